@@ -1,0 +1,765 @@
+"""One D-Bus connection: a receive loop that answers every call, a writer,
+outgoing calls with deadlines, signal subscriptions and name-owner tracking.
+
+Open it with :func:`open_connection` as an ``async with`` resource; it owns
+its tasks (receive loop, writer, handler nursery) and cancels them on exit.
+"""
+
+from __future__ import annotations
+
+import array
+import itertools
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, cast
+
+import attrs
+import trio
+from jeepney.low_level import HeaderFields, Message, MessageFlag, MessageType
+from jeepney.wrappers import (
+    DBusAddress,
+    new_error,
+    new_method_call,
+    new_method_return,
+    new_signal,
+)
+from trio_util import AsyncValue
+
+from .errors import (
+    ACCESS_DENIED,
+    FAILED,
+    INVALID_ARGS,
+    NAME_HAS_NO_OWNER,
+    PROPERTY_READ_ONLY,
+    UNKNOWN_INTERFACE,
+    UNKNOWN_METHOD,
+    UNKNOWN_OBJECT,
+    CallTimeout,
+    ConnectionLost,
+    DBusError,
+)
+from .interface import CallContext, Interface, Method
+from .match import MatchRule
+from .objects import INTROSPECTABLE, OBJECT_MANAGER, PEER, PROPERTIES, ObjectTree
+from .signature import body_from_result
+from .transport import MessageReader, MessageWriter, open_authenticated_socket, resolve_bus_address
+
+log = logging.getLogger(__name__)
+
+BUS_NAME = "org.freedesktop.DBus"
+BUS_PATH = "/org/freedesktop/DBus"
+DEFAULT_CALL_TIMEOUT = 2.5
+DEFAULT_HANDLER_TIMEOUT = 5.0
+DEFAULT_WRITE_BUFFER = 4 << 20
+
+
+@attrs.frozen
+class SignalMessage:
+    """A received signal, as delivered to a subscription."""
+
+    sender: str
+    path: str
+    interface: str
+    member: str
+    signature: str
+    body: tuple[Any, ...]
+
+
+@attrs.define
+class Subscription:
+    """A live match rule and its bounded delivery channel; counts overflow."""
+
+    rule: MatchRule
+    channel: trio.MemorySendChannel[SignalMessage]
+    overflow_timeout: float
+    delivered: int = 0
+    dropped: int = 0
+    waited: int = 0
+
+
+@attrs.define
+class _PendingCall:
+    event: trio.Event = attrs.Factory(trio.Event)
+    reply: Message | None = None
+    error: DBusError | None = None
+
+
+@attrs.define
+class ConnectionStats:
+    """Counters a benchmark or status page can read."""
+
+    calls_received: int = 0
+    calls_answered: int = 0
+    errors_sent: int = 0
+    handler_timeouts: int = 0
+    handler_failures: int = 0
+    late_replies: int = 0
+    signals_received: int = 0
+    signals_dropped: int = 0
+
+
+def _machine_id() -> str:
+    for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            text = Path(candidate).read_text().strip()
+        except OSError:
+            continue
+        if text:
+            return text
+    return uuid.uuid4().hex
+
+
+_MACHINE_ID = _machine_id()
+
+
+class Connection:
+    """A D-Bus connection serving exported objects and making calls.
+
+    Construct through :func:`open_connection`.
+    """
+
+    def __init__(
+        self,
+        reader: MessageReader,
+        writer: MessageWriter,
+        *,
+        enable_fds: bool,
+        call_timeout: float,
+        handler_timeout: float,
+        timeout_error: tuple[str, str],
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._enable_fds = enable_fds
+        self.call_timeout = call_timeout
+        self.handler_timeout = handler_timeout
+        self.timeout_error = timeout_error
+        self.unique_name = ""
+        self.stats = ConnectionStats()
+        self.tree = ObjectTree()
+        self._serials = itertools.count(1)
+        self._pending: dict[int, _PendingCall] = {}
+        self._subscriptions: list[Subscription] = []
+        self._owners: dict[str, AsyncValue[str]] = {}
+        self._owners_ready: dict[str, trio.Event] = {}
+        self._handler_nursery: trio.Nursery | None = None
+        self._system_nursery: trio.Nursery | None = None
+        self.closed = trio.Event()
+
+    @property
+    def writer(self) -> MessageWriter:
+        return self._writer
+
+    # ------------------------------------------------------------------
+    # sending
+    # ------------------------------------------------------------------
+    def _serialise(self, msg: Message, serial: int) -> tuple[bytes, array.array[int] | None]:
+        if self._enable_fds:
+            fds: array.array[int] = array.array("i")
+            data = cast(bytes, msg.serialise(serial, fds=fds))
+            return data, (fds if len(fds) else None)
+        return cast(bytes, msg.serialise(serial)), None
+
+    def _send_now(self, msg: Message) -> int:
+        serial = next(self._serials)
+        data, fds = self._serialise(msg, serial)
+        self._writer.write_nowait(data, fds)
+        return serial
+
+    async def call(
+        self,
+        destination: str,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        *,
+        timeout: float | None = None,
+        no_reply: bool = False,
+    ) -> tuple[Any, ...]:
+        """Call a method and return the reply body.
+
+        Raises :class:`DBusError` for an error reply, :class:`CallTimeout` when
+        no reply arrives within ``timeout`` (default: the connection's call
+        timeout), :class:`ConnectionLost` if the bus goes away. A reply that
+        arrives after the deadline is discarded.
+        """
+        if self.closed.is_set():
+            raise ConnectionLost()
+        msg = new_method_call(
+            DBusAddress(path, bus_name=destination, interface=interface),
+            member,
+            signature or None,
+            tuple(body),
+        )
+        if no_reply:
+            msg.header.flags |= MessageFlag.no_reply_expected
+            self._send_now(msg)
+            await trio.lowlevel.checkpoint()
+            return ()
+        deadline = self.call_timeout if timeout is None else timeout
+        pending = _PendingCall()
+        serial = next(self._serials)
+        self._pending[serial] = pending
+        try:
+            data, fds = self._serialise(msg, serial)
+            self._writer.write_nowait(data, fds)
+            with trio.move_on_after(deadline):
+                await pending.event.wait()
+        finally:
+            self._pending.pop(serial, None)
+        if pending.error is not None:
+            raise pending.error
+        reply = pending.reply
+        if reply is None:
+            raise CallTimeout(f"{interface}.{member} on {destination}{path}: no reply within "
+                              f"{deadline:.3g} s")
+        if reply.header.message_type is MessageType.error:
+            name = str(reply.header.fields.get(HeaderFields.error_name, FAILED))
+            text = str(reply.body[0]) if reply.body and isinstance(reply.body[0], str) else ""
+            raise DBusError(name, text)
+        return tuple(reply.body)
+
+    async def call_bus(self, member: str, signature: str = "", body: Sequence[Any] = ()) -> Any:
+        """Call the bus daemon itself; returns the first reply value or None."""
+        reply = await self.call(BUS_NAME, BUS_PATH, BUS_NAME, member, signature, body)
+        return reply[0] if reply else None
+
+    def emit_signal_nowait(
+        self, path: str, interface: str, member: str, signature: str = "", body: Sequence[Any] = ()
+    ) -> None:
+        """Queue a signal for the next batched write; never waits."""
+        msg = new_signal(DBusAddress(path, interface=interface), member, signature or None,
+                         tuple(body))
+        data, _ = self._serialise(msg, next(self._serials))
+        self._writer.queue(data)
+
+    async def emit_signal(
+        self, path: str, interface: str, member: str, signature: str = "", body: Sequence[Any] = ()
+    ) -> None:
+        """Send a signal; waits while the outgoing buffer is full (back-pressure)."""
+        msg = new_signal(DBusAddress(path, interface=interface), member, signature or None,
+                         tuple(body))
+        data, _ = self._serialise(msg, next(self._serials))
+        await self._writer.write(data)
+
+    def _changed_body(
+        self, path: str, interface: str, changed: Mapping[str, Any], invalidated: Iterable[str]
+    ) -> tuple[Any, ...]:
+        variants = {
+            name: (self.tree.lookup_property(path, interface, name).signature, value)
+            for name, value in changed.items()
+        }
+        return (interface, variants, list(invalidated))
+
+    async def emit_properties_changed(
+        self,
+        path: str,
+        interface: str,
+        changed: Mapping[str, Any],
+        invalidated: Iterable[str] = (),
+    ) -> None:
+        """Emit PropertiesChanged; signatures come from the exported declaration."""
+        body = self._changed_body(path, interface, changed, invalidated)
+        await self.emit_signal(path, PROPERTIES, "PropertiesChanged", "sa{sv}as", body)
+
+    def emit_properties_changed_nowait(
+        self,
+        path: str,
+        interface: str,
+        changed: Mapping[str, Any],
+        invalidated: Iterable[str] = (),
+    ) -> None:
+        body = self._changed_body(path, interface, changed, invalidated)
+        self.emit_signal_nowait(path, PROPERTIES, "PropertiesChanged", "sa{sv}as", body)
+
+    # ------------------------------------------------------------------
+    # exporting
+    # ------------------------------------------------------------------
+    def export(self, path: str, interfaces: Sequence[Interface]) -> None:
+        """Export interfaces at ``path``; ObjectManager roots above announce them."""
+        added = self.tree.add(path, interfaces)
+        for iface in added:
+            if iface.allowed_caller and not iface.allowed_caller.startswith(":"):
+                self._ensure_owner_watch(iface.allowed_caller)
+        if not added:
+            return
+        props = {iface.name: iface.property_values() for iface in added}
+        for root in self.tree.managers_of(path):
+            self.emit_signal_nowait(root, OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}",
+                                    (path, props))
+
+    def unexport(self, path: str, interface_names: Iterable[str] | None = None) -> None:
+        """Remove interfaces (all by default) at ``path``, announcing the removal."""
+        removed = self.tree.remove(path, interface_names)
+        if not removed:
+            return
+        for root in self.tree.managers_of(path):
+            self.emit_signal_nowait(root, OBJECT_MANAGER, "InterfacesRemoved", "oas",
+                                    (path, removed))
+
+    def add_object_manager(self, root: str) -> None:
+        """Serve ``org.freedesktop.DBus.ObjectManager`` at ``root``."""
+        self.tree.add_manager(root)
+
+    def remove_object_manager(self, root: str) -> None:
+        self.tree.remove_manager(root)
+
+    # ------------------------------------------------------------------
+    # names
+    # ------------------------------------------------------------------
+    async def request_name(self, name: str, flags: int = 0) -> int:
+        return int(await self.call_bus("RequestName", "su", (name, flags)))
+
+    async def release_name(self, name: str) -> int:
+        return int(await self.call_bus("ReleaseName", "s", (name,)))
+
+    async def get_name_owner(self, name: str) -> str:
+        try:
+            return str(await self.call_bus("GetNameOwner", "s", (name,)))
+        except DBusError as exc:
+            if exc.name == NAME_HAS_NO_OWNER:
+                return ""
+            raise
+
+    def _ensure_owner_watch(self, name: str) -> None:
+        if name not in self._owners and self._system_nursery is not None:
+            self._system_nursery.start_soon(self.watch_name_owner, name)
+
+    async def watch_name_owner(self, name: str) -> AsyncValue[str]:
+        """An :class:`AsyncValue` holding the unique name owning ``name`` ("" if none).
+
+        Kept current from ``NameOwnerChanged``; watching is set up once per name.
+        """
+        value = self._owners.get(name)
+        if value is not None:
+            await self._owners_ready[name].wait()
+            return value
+        value = AsyncValue("")
+        ready = trio.Event()
+        self._owners[name] = value
+        self._owners_ready[name] = ready
+        rule = MatchRule(sender=BUS_NAME, interface=BUS_NAME, member="NameOwnerChanged", arg0=name)
+        try:
+            await self.call_bus("AddMatch", "s", (rule.to_string(),))
+            value.value = await self.get_name_owner(name)
+        except BaseException:
+            del self._owners[name]
+            del self._owners_ready[name]
+            raise
+        ready.set()
+        return value
+
+    def current_owner(self, name: str) -> str | None:
+        """The tracked owner of ``name``, or None when it is not tracked yet."""
+        if name.startswith(":") or name == BUS_NAME:
+            return name
+        ready = self._owners_ready.get(name)
+        if ready is None or not ready.is_set():
+            return None
+        return self._owners[name].value
+
+    # ------------------------------------------------------------------
+    # subscriptions
+    # ------------------------------------------------------------------
+    @asynccontextmanager
+    async def subscribe(
+        self, rule: MatchRule, *, capacity: int = 1024, overflow_timeout: float = 1.0
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[SignalMessage]]:
+        """Receive signals matching ``rule`` into a bounded channel.
+
+        When the channel is full the receive loop waits up to
+        ``overflow_timeout`` for room (back-pressure), then drops the signal,
+        counting and logging it.
+        """
+        send, recv = trio.open_memory_channel[SignalMessage](capacity)
+        sub = Subscription(rule, send, overflow_timeout)
+        if rule.sender and not rule.sender.startswith(":") and rule.sender != BUS_NAME:
+            await self.watch_name_owner(rule.sender)
+        self._subscriptions.append(sub)
+        try:
+            await self.call_bus("AddMatch", "s", (rule.to_string(),))
+            async with recv:
+                yield recv
+        finally:
+            self._subscriptions.remove(sub)
+            await send.aclose()
+            if not self.closed.is_set():
+                with trio.move_on_after(self.call_timeout) as scope:
+                    scope.shield = True
+                    try:
+                        await self.call_bus("RemoveMatch", "s", (rule.to_string(),))
+                    except DBusError as exc:
+                        log.debug("RemoveMatch failed rule=%s error=%s", rule.to_string(), exc)
+
+    # ------------------------------------------------------------------
+    # the receive loop
+    # ------------------------------------------------------------------
+    async def _receive_loop(self) -> None:
+        try:
+            while True:
+                for msg in await self._reader.receive_batch():
+                    kind = msg.header.message_type
+                    if kind is MessageType.method_call:
+                        self._handle_call(msg)
+                    elif kind is MessageType.signal:
+                        await self._handle_signal(msg)
+                    else:
+                        self._handle_reply(msg)
+        except ConnectionLost as exc:
+            self._fail_pending(exc)
+            raise
+        finally:
+            self.closed.set()
+
+    def _fail_pending(self, exc: DBusError) -> None:
+        for pending in self._pending.values():
+            pending.error = exc
+            pending.event.set()
+
+    def _handle_reply(self, msg: Message) -> None:
+        serial = msg.header.fields.get(HeaderFields.reply_serial)
+        pending = self._pending.get(serial) if serial is not None else None
+        if pending is None:
+            self.stats.late_replies += 1
+            log.debug("discarding reply to a call that is no longer waiting serial=%s", serial)
+            return
+        pending.reply = msg
+        pending.event.set()
+
+    async def _handle_signal(self, msg: Message) -> None:
+        fields = msg.header.fields
+        self.stats.signals_received += 1
+        signal = SignalMessage(
+            sender=str(fields.get(HeaderFields.sender, "")),
+            path=str(fields.get(HeaderFields.path, "")),
+            interface=str(fields.get(HeaderFields.interface, "")),
+            member=str(fields.get(HeaderFields.member, "")),
+            signature=str(fields.get(HeaderFields.signature, "")),
+            body=tuple(msg.body),
+        )
+        if signal.member == "NameOwnerChanged" and signal.sender == BUS_NAME:
+            name, _old, new = signal.body
+            watched = self._owners.get(name)
+            if watched is not None:
+                watched.value = new
+        for sub in list(self._subscriptions):
+            owner = self.current_owner(sub.rule.sender) if sub.rule.sender else None
+            if not sub.rule.matches(
+                sender=signal.sender,
+                path=signal.path,
+                interface=signal.interface,
+                member=signal.member,
+                body=signal.body,
+                sender_owner=owner,
+            ):
+                continue
+            await self._deliver(sub, signal)
+
+    async def _deliver(self, sub: Subscription, signal: SignalMessage) -> None:
+        try:
+            sub.channel.send_nowait(signal)
+            sub.delivered += 1
+            return
+        except trio.WouldBlock:
+            pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        sub.waited += 1
+        with trio.move_on_after(sub.overflow_timeout):
+            try:
+                await sub.channel.send(signal)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+            sub.delivered += 1
+            return
+        sub.dropped += 1
+        self.stats.signals_dropped += 1
+        if sub.dropped == 1 or sub.dropped % 1000 == 0:
+            log.warning(
+                "subscription overflow rule=%s dropped=%d capacity=%s",
+                sub.rule.to_string(),
+                sub.dropped,
+                sub.channel.statistics().max_buffer_size,
+            )
+
+    # ------------------------------------------------------------------
+    # answering calls
+    # ------------------------------------------------------------------
+    def _reply(self, call: Message, signature: str, body: tuple[Any, ...]) -> None:
+        self._send_now(new_method_return(call, signature or None, body))
+        self.stats.calls_answered += 1
+
+    def _reply_error(self, call: Message, name: str, text: str) -> None:
+        self._send_now(new_error(call, name, "s", (text,)))
+        self.stats.calls_answered += 1
+        self.stats.errors_sent += 1
+
+    def _handle_call(self, msg: Message) -> None:
+        fields = msg.header.fields
+        self.stats.calls_received += 1
+        no_reply = bool(msg.header.flags & MessageFlag.no_reply_expected)
+        ctx = CallContext(
+            sender=str(fields.get(HeaderFields.sender, "")),
+            path=str(fields.get(HeaderFields.path, "/")),
+            interface=str(fields.get(HeaderFields.interface, "")),
+            member=str(fields.get(HeaderFields.member, "")),
+            fds=tuple(a for a in msg.body if hasattr(a, "fileno")) if self._enable_fds else (),
+        )
+        signature = str(fields.get(HeaderFields.signature, ""))
+        try:
+            method = self._resolve(ctx, signature)
+            if method.is_async:
+                if self._handler_nursery is None:
+                    raise DBusError(FAILED, "connection is shutting down")
+                self._handler_nursery.start_soon(self._run_async, msg, method, ctx, no_reply)
+                return
+            assert method.handler is not None
+            result = method.handler(ctx, *msg.body)
+            body = body_from_result(method.out_signature, result)
+            if not no_reply:
+                self._reply(msg, method.out_signature, body)
+        except DBusError as exc:
+            if not no_reply:
+                self._reply_error(msg, exc.name, exc.text)
+        except Exception as exc:
+            self.stats.handler_failures += 1
+            log.exception("handler failed path=%s member=%s", ctx.path, ctx.member)
+            if not no_reply:
+                self._reply_error(msg, FAILED, f"{type(exc).__name__}: {exc}")
+
+    async def _run_async(self, msg: Message, method: Method, ctx: CallContext,
+                         no_reply: bool) -> None:
+        timeout = method.timeout if method.timeout is not None else self.handler_timeout
+        assert method.handler is not None
+        try:
+            with trio.move_on_after(timeout) as scope:
+                result = await method.handler(ctx, *msg.body)
+            if scope.cancelled_caught:
+                self.stats.handler_timeouts += 1
+                log.warning("handler deadline expired path=%s member=%s timeout_s=%.3f",
+                            ctx.path, ctx.member, timeout)
+                if not no_reply:
+                    self._reply_error(msg, *self.timeout_error)
+                return
+            body = body_from_result(method.out_signature, result)
+            if not no_reply:
+                self._reply(msg, method.out_signature, body)
+        except DBusError as exc:
+            if not no_reply:
+                self._reply_error(msg, exc.name, exc.text)
+        except trio.Cancelled:
+            if not no_reply and not self.closed.is_set():
+                try:
+                    self._reply_error(msg, FAILED, "shutting down")
+                except ConnectionLost:
+                    pass
+            raise
+        except Exception as exc:
+            self.stats.handler_failures += 1
+            log.exception("handler failed path=%s member=%s", ctx.path, ctx.member)
+            if not no_reply:
+                self._reply_error(msg, FAILED, f"{type(exc).__name__}: {exc}")
+
+    def _check_caller(self, ctx: CallContext, iface: Interface) -> None:
+        allowed = iface.allowed_caller
+        if allowed is None:
+            return
+        owner = self.current_owner(allowed)
+        if owner is None or ctx.sender != owner:
+            log.warning(
+                "access denied sender=%s path=%s member=%s allowed=%s owner=%s",
+                ctx.sender, ctx.path, ctx.member, allowed, owner or "-",
+            )
+            raise DBusError(ACCESS_DENIED, f"only the owner of {allowed} may call {ctx.member}")
+
+    def _resolve(self, ctx: CallContext, signature: str) -> Method:
+        """Find the method a call names, or raise the standard D-Bus error."""
+        builtin = self._builtin(ctx)
+        if builtin is not None:
+            method = builtin
+            iface = None
+        else:
+            ifaces = self.tree.interfaces(ctx.path)
+            if ifaces is None:
+                if self.tree.node_exists(ctx.path):
+                    raise DBusError(UNKNOWN_INTERFACE if ctx.interface else UNKNOWN_METHOD,
+                                    f"{ctx.path} has no {ctx.interface or ctx.member}")
+                raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
+            found: tuple[Method, Interface] | None = None
+            if ctx.interface:
+                iface_found = ifaces.get(ctx.interface)
+                if iface_found is None:
+                    raise DBusError(UNKNOWN_INTERFACE,
+                                    f"no interface {ctx.interface} at {ctx.path}")
+                m = iface_found.method(ctx.member)
+                if m is not None:
+                    found = (m, iface_found)
+            else:
+                for candidate in ifaces.values():
+                    m = candidate.method(ctx.member)
+                    if m is not None:
+                        found = (m, candidate)
+                        break
+            if found is None:
+                raise DBusError(UNKNOWN_METHOD,
+                                f"no method {ctx.member} on {ctx.interface or 'any interface'}"
+                                f" at {ctx.path}")
+            method, iface = found
+        if signature != method.in_signature:
+            raise DBusError(INVALID_ARGS, f"{ctx.member} takes signature "
+                            f"{method.in_signature!r}, got {signature!r}")
+        if iface is not None and method.restricted:
+            self._check_caller(ctx, iface)
+        return method
+
+    # -- the standard interfaces ------------------------------------------
+    def _builtin(self, ctx: CallContext) -> Method | None:
+        iface, member = ctx.interface, ctx.member
+        exported = self.tree.is_exported(ctx.path)
+        if iface in ("", PEER) and member == "Ping":
+            return Method("Ping", handler=lambda _ctx: None)
+        if iface in ("", PEER) and member == "GetMachineId":
+            return Method("GetMachineId", "", "s", handler=lambda _ctx: _MACHINE_ID)
+        if iface in ("", INTROSPECTABLE) and member == "Introspect":
+            if not self.tree.node_exists(ctx.path) and ctx.path != "/":
+                raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
+            return Method("Introspect", "", "s",
+                          handler=lambda c: self.tree.introspect(c.path))
+        if iface == PROPERTIES or (not iface and member in ("Get", "GetAll", "Set") and exported
+                                   and not self._user_has_member(ctx)):
+            if not exported:
+                raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
+            if member == "Get":
+                return Method("Get", "ss", "v", handler=self._prop_get)
+            if member == "GetAll":
+                return Method("GetAll", "s", "a{sv}", handler=self._prop_get_all)
+            if member == "Set":
+                return Method("Set", "ssv", "", handler=self._prop_set)
+            raise DBusError(UNKNOWN_METHOD, f"no method {member} on {PROPERTIES}")
+        if iface == OBJECT_MANAGER or (not iface and member == "GetManagedObjects"):
+            if not self.tree.is_manager(ctx.path):
+                if self.tree.node_exists(ctx.path):
+                    raise DBusError(UNKNOWN_INTERFACE, f"no {OBJECT_MANAGER} at {ctx.path}")
+                raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
+            if member == "GetManagedObjects":
+                return Method("GetManagedObjects", "", "a{oa{sa{sv}}}",
+                              handler=self._get_managed_objects)
+            raise DBusError(UNKNOWN_METHOD, f"no method {member} on {OBJECT_MANAGER}")
+        if iface in (PEER, INTROSPECTABLE):
+            raise DBusError(UNKNOWN_METHOD, f"no method {member} on {iface}")
+        return None
+
+    def _user_has_member(self, ctx: CallContext) -> bool:
+        ifaces = self.tree.interfaces(ctx.path) or {}
+        return any(i.method(ctx.member) is not None for i in ifaces.values())
+
+    def _may_read_restricted(self, ctx: CallContext, iface: Interface) -> bool:
+        if iface.allowed_caller is None:
+            return True
+        return ctx.sender == self.current_owner(iface.allowed_caller)
+
+    def _prop_get(self, ctx: CallContext, interface: str, name: str) -> tuple[str, Any]:
+        iface = self.tree.lookup_interface(ctx.path, interface)
+        prop = self.tree.lookup_property(ctx.path, interface, name)
+        if prop.restricted:
+            self._check_caller(ctx, iface)
+        return (prop.signature, prop.get())
+
+    def _prop_get_all(self, ctx: CallContext, interface: str) -> dict[str, tuple[str, Any]]:
+        if interface in (PROPERTIES, INTROSPECTABLE, PEER):
+            return {}
+        iface = self.tree.lookup_interface(ctx.path, interface)
+        return iface.property_values(include_restricted=self._may_read_restricted(ctx, iface))
+
+    def _prop_set(self, ctx: CallContext, interface: str, name: str,
+                  variant: tuple[str, Any]) -> None:
+        iface = self.tree.lookup_interface(ctx.path, interface)
+        prop = self.tree.lookup_property(ctx.path, interface, name)
+        if prop.set is None:
+            raise DBusError(PROPERTY_READ_ONLY, f"{interface}.{name} is read-only")
+        if prop.restricted:
+            self._check_caller(ctx, iface)
+        signature, value = variant
+        if signature != prop.signature:
+            raise DBusError(INVALID_ARGS, f"{interface}.{name} has type {prop.signature!r}, "
+                            f"got {signature!r}")
+        prop.set(value)
+        self.emit_properties_changed_nowait(ctx.path, interface, {name: prop.get()})
+
+    def _get_managed_objects(self, ctx: CallContext) -> dict[str, Any]:
+        allowed_all = all(
+            self._may_read_restricted(ctx, iface)
+            for path in self.tree.managed_objects(ctx.path)
+            for iface in (self.tree.interfaces(path) or {}).values()
+        )
+        return self.tree.managed_objects(ctx.path, include_restricted=allowed_all)
+
+    # ------------------------------------------------------------------
+    # lifetime
+    # ------------------------------------------------------------------
+    async def _run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as handlers:
+            self._handler_nursery = handlers
+            task_status.started()
+            await trio.sleep_forever()
+
+
+def _unwrap_single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        inner = group.exceptions[0]
+        if not isinstance(inner, BaseExceptionGroup):
+            return inner
+        group = inner
+    return group
+
+
+@asynccontextmanager
+async def open_connection(
+    bus: str = "SYSTEM",
+    *,
+    enable_fds: bool = True,
+    call_timeout: float = DEFAULT_CALL_TIMEOUT,
+    handler_timeout: float = DEFAULT_HANDLER_TIMEOUT,
+    timeout_error: tuple[str, str] = ("org.bluez.Error.Failed", "timeout"),
+    max_write_buffer: int = DEFAULT_WRITE_BUFFER,
+) -> AsyncIterator[Connection]:
+    """Connect to ``bus`` (``"SYSTEM"``, ``"SESSION"`` or an address) and serve.
+
+    ``"SYSTEM"`` honours ``DBUS_SYSTEM_BUS_ADDRESS`` and ``"SESSION"``
+    ``DBUS_SESSION_BUS_ADDRESS``. The connection's tasks live until the
+    block exits; a lost bus raises :class:`ConnectionLost` out of it.
+    """
+    if not (call_timeout > 0 and math.isfinite(call_timeout)):
+        raise ValueError("call_timeout must be a positive number of seconds")
+    address = resolve_bus_address(bus)
+    sock = await open_authenticated_socket(address, enable_fds=enable_fds)
+    conn = Connection(
+        MessageReader(sock, enable_fds=enable_fds),
+        MessageWriter(sock, max_buffer=max_write_buffer),
+        enable_fds=enable_fds,
+        call_timeout=call_timeout,
+        handler_timeout=handler_timeout,
+        timeout_error=timeout_error,
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            conn._system_nursery = nursery
+            nursery.start_soon(conn._receive_loop)
+            nursery.start_soon(conn.writer.run)
+            await nursery.start(conn._run)
+            conn.unique_name = str(await conn.call_bus("Hello"))
+            log.debug("connected address=%s unique_name=%s", address, conn.unique_name)
+            yield conn
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise _unwrap_single(group) from None
+    finally:
+        conn._handler_nursery = None
+        conn.closed.set()
+        sock.close()

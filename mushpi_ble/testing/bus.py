@@ -1,0 +1,82 @@
+"""A private ``dbus-daemon`` for tests, demos and benchmarks.
+
+Runs a bus of its own in a temporary directory with a permissive policy
+(any connection may own any name), so nothing touches the machine's
+system bus and no Bluetooth or root rights are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={socket}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow receive_sender="*"/>
+  </policy>
+  <limit name="max_incoming_bytes">1000000000</limit>
+  <limit name="max_outgoing_bytes">1000000000</limit>
+  <limit name="max_message_size">33554432</limit>
+  <limit name="reply_timeout">300000</limit>
+</busconfig>
+"""
+
+
+class DBusDaemonMissing(RuntimeError):
+    """dbus-daemon is not installed (Debian package ``dbus-daemon``)."""
+
+
+@contextmanager
+def private_bus(startup_timeout: float = 10.0) -> Iterator[str]:
+    """Start a private dbus-daemon; yields its address, stops it on exit."""
+    daemon = shutil.which("dbus-daemon")
+    if daemon is None:
+        raise DBusDaemonMissing(
+            "dbus-daemon not found: install the Debian package 'dbus-daemon'"
+        )
+    with tempfile.TemporaryDirectory(prefix="mushpi-bus-") as tmp:
+        socket_path = Path(tmp) / "bus"
+        config = Path(tmp) / "bus.conf"
+        config.write_text(CONFIG.format(socket=socket_path))
+        proc = subprocess.Popen(
+            [daemon, f"--config-file={config}", "--nofork", "--print-address"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "DBUS_VERBOSE": "0"},
+        )
+        try:
+            assert proc.stdout is not None
+            address = proc.stdout.readline().strip()
+            deadline = time.monotonic() + startup_timeout
+            while not socket_path.exists():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    err = proc.stderr.read() if proc.stderr else ""
+                    raise RuntimeError(f"dbus-daemon did not start: {err.strip()}")
+                time.sleep(0.01)
+            yield address or f"unix:path={socket_path}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+            if proc.stderr:
+                proc.stderr.close()
