@@ -8,6 +8,7 @@ its tasks (receive loop, writer, handler nursery) and cancels them on exit.
 from __future__ import annotations
 
 import array
+import contextlib
 import itertools
 import logging
 import math
@@ -362,7 +363,7 @@ class Connection:
         ready = self._owners_ready.get(name)
         if ready is None or not ready.is_set():
             return None
-        return self._owners[name].value
+        return str(self._owners[name].value)
 
     # ------------------------------------------------------------------
     # subscriptions
@@ -555,10 +556,8 @@ class Connection:
                 self._reply_error(msg, exc.name, exc.text)
         except trio.Cancelled:
             if not no_reply and not self.closed.is_set():
-                try:
+                with contextlib.suppress(ConnectionLost):
                     self._reply_error(msg, FAILED, "shutting down")
-                except ConnectionLost:
-                    pass
             raise
         except Exception as exc:
             self.stats.handler_failures += 1
@@ -711,11 +710,25 @@ class Connection:
 
 
 def _unwrap_single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-        inner = group.exceptions[0]
-        if not isinstance(inner, BaseExceptionGroup):
-            return inner
-        group = inner
+    """The one real error inside a nursery's group, or the group itself.
+
+    A lost bus fails the receive loop and every pending call at once; those
+    copies of :class:`ConnectionLost` are one event, reported once.
+    """
+    leaves: list[BaseException] = []
+
+    def collect(exc: BaseException) -> None:
+        if isinstance(exc, BaseExceptionGroup):
+            for inner in exc.exceptions:
+                collect(inner)
+        else:
+            leaves.append(exc)
+
+    collect(group)
+    if len(leaves) == 1:
+        return leaves[0]
+    if leaves and all(isinstance(exc, ConnectionLost) for exc in leaves):
+        return leaves[0]
     return group
 
 

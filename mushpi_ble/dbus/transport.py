@@ -280,7 +280,7 @@ class MessageWriter:
     def _consume(self, sent: int) -> None:
         self._queued_bytes -= sent
         while sent:
-            view, fds = self._queue[0]
+            view, _fds = self._queue[0]
             if sent >= len(view):
                 self._queue.popleft()
                 sent -= len(view)

@@ -32,6 +32,9 @@ CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configurat
   <limit name="max_outgoing_bytes">1000000000</limit>
   <limit name="max_message_size">33554432</limit>
   <limit name="reply_timeout">300000</limit>
+  <limit name="max_replies_per_connection">50000</limit>
+  <limit name="max_connections_per_user">4096</limit>
+  <limit name="max_match_rules_per_connection">4096</limit>
 </busconfig>
 """
 

@@ -1,0 +1,630 @@
+"""Settings for mushpi_ble, read once from the environment and an optional ``.env`` file.
+
+Every variable is described once, in :data:`VARIABLES`. The loader, the error messages,
+``.env.example`` (:func:`render_env_example`) and the documentation table
+(:func:`render_markdown_table`) are all generated from that table, so they cannot drift
+apart. Every value is validated at load, so a typo stops the service at start-up with one
+:class:`ConfigError` naming the variable, instead of failing later deep inside the stack.
+
+Precedence: environment variables win over the file. The file is ``.env`` in the current
+directory unless the caller names another one, or the environment names one in
+``MUSHPI_ENV_FILE``. The file is read with python-dotenv's ``dotenv_values`` and is never
+exported into ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal, cast, get_args
+
+import attrs
+from dotenv import dotenv_values
+
+__all__ = [
+    "ENV_FILE_VARIABLE",
+    "NOTIFYING_CHARACTERISTICS",
+    "POLICY_PREFIX",
+    "VARIABLES",
+    "Backend",
+    "BackpressurePolicy",
+    "ConfigError",
+    "InvalidWriteMode",
+    "Settings",
+    "TxPower",
+    "VarSpec",
+    "load_settings",
+    "render_env_example",
+    "render_markdown_table",
+]
+
+log = logging.getLogger(__name__)
+
+PREFIX = "MUSHPI_"
+ENV_FILE_VARIABLE = "MUSHPI_ENV_FILE"
+POLICY_PREFIX = "MUSHPI_BLE_POLICY_"
+
+Backend = Literal["bluez-dbus", "bluezero"]
+TxPower = Literal["low", "med", "high"]
+BackpressurePolicy = Literal["drop_oldest", "drop_newest", "coalesce"]
+InvalidWriteMode = Literal["reject", "ignore"]
+
+#: Characteristics that notify and therefore own a publish queue with a policy.
+NOTIFYING_CHARACTERISTICS: tuple[str, ...] = ("ENV_MEASUREMENTS", "STATUS_FLAGS", "ACTUATOR_STATUS")
+
+
+class ConfigError(ValueError):
+    """One invalid setting, named precisely enough to fix it without reading code."""
+
+    def __init__(
+        self,
+        variable: str,
+        value: str,
+        allowed: str,
+        problem: str | None = None,
+        source: str | None = None,
+    ) -> None:
+        self.variable = variable
+        self.value = value
+        self.allowed = allowed
+        self.problem = problem
+        self.source = source
+        where = f" (from {source})" if source else ""
+        why = f"{problem}; " if problem else ""
+        super().__init__(f"{variable}={value!r}{where} is invalid: {why}allowed {allowed}")
+
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str, str | None, str | None]]:
+        """Keep the fields when the error crosses a process or thread boundary."""
+        return (type(self), (self.variable, self.value, self.allowed, self.problem, self.source))
+
+
+class _Invalid(Exception):
+    """Raised by a parser; the loader turns it into a ConfigError with the variable's name."""
+
+    def __init__(self, problem: str | None = None) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+# --- parsers: stripped text in, typed and normalised value out, _Invalid otherwise ---
+
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_ADAPTER_NAME_RE = re.compile(r"hci(?:0|[1-9][0-9]*)", re.IGNORECASE)
+_MAC_RE = re.compile(r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}")
+_OBJECT_PATH_RE = re.compile(r"/|(?:/[A-Za-z0-9_]+)+")
+_UUID_RE = re.compile(
+    r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+)
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+_POLICIES: tuple[str, ...] = get_args(BackpressurePolicy)
+
+
+def _integer(low: int, high: int) -> Callable[[str], int]:
+    """Accept plain ASCII decimal integers only, so '10.5', '1e3' or '0x10' fail loudly."""
+
+    def parse(text: str) -> int:
+        if not _INT_RE.fullmatch(text):
+            raise _Invalid("not an integer")
+        number = int(text)
+        if not low <= number <= high:
+            raise _Invalid()
+        return number
+
+    return parse
+
+
+def _choice(values: tuple[str, ...]) -> Callable[[str], str]:
+    """Case-insensitive choice, normalised to the canonical lower-case spelling."""
+
+    def parse(text: str) -> str:
+        lowered = text.lower()
+        if lowered not in values:
+            raise _Invalid()
+        return lowered
+
+    return parse
+
+
+def _boolean(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise _Invalid()
+
+
+def _adapter(text: str) -> str:
+    if _ADAPTER_NAME_RE.fullmatch(text):
+        return text.lower()
+    if _MAC_RE.fullmatch(text):
+        return text.upper()
+    raise _Invalid()
+
+
+def _object_path(text: str) -> str:
+    if not _OBJECT_PATH_RE.fullmatch(text):
+        raise _Invalid()
+    return text
+
+
+def _uuid128(text: str) -> str:
+    if not _UUID_RE.fullmatch(text):
+        raise _Invalid()
+    return text.lower()
+
+
+def _name_prefix(text: str) -> str:
+    # ASCII only: the advertised name is counted in bytes, and the limit is sized for ASCII.
+    if not 1 <= len(text) <= 12 or not all(" " <= ch <= "~" for ch in text):
+        raise _Invalid()
+    return text
+
+
+def _ip_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise _Invalid() from None
+
+
+def _file_in_existing_dir(text: str) -> Path:
+    # Absolute, so a later change of working directory cannot move the file.
+    path = Path(text).expanduser().absolute()
+    if path.is_dir():
+        raise _Invalid(f"{path} is a directory")
+    if not path.parent.is_dir():
+        raise _Invalid(f"directory {path.parent} does not exist")
+    return path
+
+
+# --- the table ---
+
+
+@attrs.frozen(kw_only=True)
+class VarSpec:
+    """One environment variable: everything the loader and the generated docs need."""
+
+    name: str
+    attribute: str
+    #: Default as it would be written in the file; None means unset by default (optional).
+    default: str | None
+    parse: Callable[[str], object]
+    allowed: str
+    comment: str
+    #: Old spellings still accepted, with a logged warning: (old, replacement, why).
+    legacy: tuple[tuple[str, str, str], ...] = ()
+    #: For per-characteristic overrides: the key in ``Settings.policy_overrides``.
+    key: str | None = None
+
+    @property
+    def optional(self) -> bool:
+        """Optional variables treat an empty value as unset."""
+        return self.default is None
+
+
+def _int_var(
+    name: str, attribute: str, default: str | None, low: int, high: int, comment: str
+) -> VarSpec:
+    allowed = f"{low}..{high}" + (" or empty (off)" if default is None else "")
+    return VarSpec(
+        name=name,
+        attribute=attribute,
+        default=default,
+        parse=_integer(low, high),
+        allowed=allowed,
+        comment=comment,
+    )
+
+
+def _choice_var(
+    name: str,
+    attribute: str,
+    values: tuple[str, ...],
+    default: str | None,
+    comment: str,
+    legacy: tuple[tuple[str, str, str], ...] = (),
+) -> VarSpec:
+    return VarSpec(
+        name=name,
+        attribute=attribute,
+        default=default,
+        parse=_choice(values),
+        allowed=", ".join(values) + (" or empty" if default is None else ""),
+        comment=comment,
+        legacy=legacy,
+    )
+
+
+def _bool_var(name: str, attribute: str, default: str, comment: str) -> VarSpec:
+    return VarSpec(
+        name=name,
+        attribute=attribute,
+        default=default,
+        parse=_boolean,
+        allowed="true/false (also 1/0, yes/no, on/off)",
+        comment=comment,
+    )
+
+
+def _policy_override_var(characteristic: str) -> VarSpec:
+    return VarSpec(
+        name=POLICY_PREFIX + characteristic,
+        attribute="policy_overrides",
+        default=None,
+        parse=_choice(_POLICIES),
+        allowed=", ".join(_POLICIES) + " or empty",
+        comment=f"Back-pressure policy for {characteristic} only; "
+        "empty = MUSHPI_BLE_BACKPRESSURE_POLICY.",
+        key=characteristic,
+    )
+
+
+_PRIORITY_WHY = "queues are per characteristic, so one can no longer starve another"
+
+VARIABLES: tuple[VarSpec, ...] = (
+    _choice_var(
+        "MUSHPI_BLE_BACKEND", "ble_backend", get_args(Backend), "bluez-dbus",
+        "Which BLE backend serves the MushPi GATT service.",
+    ),
+    _int_var(
+        "MUSHPI_DBUS_BUS_TIMEOUT_MS", "dbus_bus_timeout_ms", "2500", 100, 60000,
+        "Deadline for each D-Bus call to bluetoothd, in milliseconds.",
+    ),
+    VarSpec(
+        name="MUSHPI_BLE_ADAPTER", attribute="ble_adapter", default="hci0", parse=_adapter,
+        allowed="hciN or a MAC address AA:BB:CC:DD:EE:FF",
+        comment="Bluetooth adapter to use, by name or by address.",
+    ),
+    VarSpec(
+        name="MUSHPI_DBUS_APP_PATH", attribute="dbus_app_path", default="/com/mushpi/gatt",
+        parse=_object_path,
+        allowed="a D-Bus object path (/ or /a/b, elements of [A-Za-z0-9_], no trailing /)",
+        comment="D-Bus object path under which the GATT application is exported.",
+    ),
+    VarSpec(
+        name="MUSHPI_BLE_SERVICE_UUID", attribute="ble_service_uuid",
+        default="12345678-1234-5678-1234-56789abcdef0", parse=_uuid128,
+        allowed="a 128-bit UUID in canonical form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+        comment="UUID of the MushPi GATT service the phone app looks for.",
+    ),
+    VarSpec(
+        name="MUSHPI_BLE_NAME_PREFIX", attribute="ble_name_prefix", default="MushPi",
+        parse=_name_prefix, allowed="1..12 printable ASCII characters",
+        comment="Prefix of the advertised local name; short so it fits the advertisement.",
+    ),
+    _bool_var(
+        "MUSHPI_BLE_ADV_ENABLE", "ble_adv_enable", "true",
+        "Whether to send LE advertisements so phones can discover the service.",
+    ),
+    _choice_var(
+        "MUSHPI_BLE_ADV_TX_POWER", "ble_adv_tx_power", get_args(TxPower), "med",
+        "Advertising transmit power level.",
+    ),
+    _bool_var(
+        "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "ble_actuator_status_enable", "true",
+        "Whether to expose the actuator status characteristic.",
+    ),
+    _int_var(
+        "MUSHPI_BLE_QUEUE_MAX_SIZE", "ble_queue_max_size", "64", 1, 4096,
+        "Capacity of each notifying characteristic's publish queue.",
+    ),
+    _int_var(
+        "MUSHPI_BLE_QUEUE_PUT_TIMEOUT_MS", "ble_queue_put_timeout_ms", "10", 0, 1000,
+        "Longest a controller thread waits to hand over a payload, in milliseconds.",
+    ),
+    _choice_var(
+        "MUSHPI_BLE_BACKPRESSURE_POLICY", "ble_backpressure_policy", _POLICIES, "drop_oldest",
+        "What a full publish queue does with a new payload (legacy 'priority' = drop_oldest).",
+        legacy=(("priority", "drop_oldest", _PRIORITY_WHY),),
+    ),
+    *(_policy_override_var(name) for name in NOTIFYING_CHARACTERISTICS),
+    _int_var(
+        "MUSHPI_BLE_LOG_SLOW_PUBLISH_MS", "ble_log_slow_publish_ms", "250", 1, 60000,
+        "Log a publish that takes longer than this, in milliseconds.",
+    ),
+    _int_var(
+        "MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS", "ble_shutdown_timeout_ms", "1500", 50, 30000,
+        "Deadline for a clean shutdown (cancel tasks, unregister), in milliseconds.",
+    ),
+    _int_var(
+        "MUSHPI_BLE_HANDLER_TIMEOUT_MS", "ble_handler_timeout_ms", "5000", 10, 25000,
+        "Deadline for a controller read/write handler, in ms; below the phone's 30 s ATT timeout.",
+    ),
+    _choice_var(
+        "MUSHPI_BLE_INVALID_WRITE", "ble_invalid_write", get_args(InvalidWriteMode), "reject",
+        "Answer to an invalid write: reject with an error, or ignore (ack, log, never apply).",
+    ),
+    _int_var(
+        "MUSHPI_BLE_METRICS_PORT", "ble_metrics_port", None, 1, 65535,
+        "TCP port of the metrics endpoint.",
+    ),
+    VarSpec(
+        name="MUSHPI_BLE_METRICS_BIND", attribute="ble_metrics_bind", default="127.0.0.1",
+        parse=_ip_address, allowed="an IPv4 or IPv6 address",
+        comment="Address the metrics endpoint listens on.",
+    ),
+    VarSpec(
+        name="MUSHPI_BLE_METRICS_FILE", attribute="ble_metrics_file", default=None,
+        parse=_file_in_existing_dir, allowed="a file path whose directory exists, or empty (off)",
+        comment="File the metrics snapshot is written to.",
+    ),
+    _int_var(
+        "MUSHPI_SIM_INTERVAL_S", "sim_interval_s", "30", 5, 300,
+        "Publish interval of the simulated controller, in seconds.",
+    ),
+)
+
+_BY_NAME: Mapping[str, VarSpec] = {spec.name: spec for spec in VARIABLES}
+_BY_ATTRIBUTE: Mapping[str, VarSpec] = {
+    spec.attribute: spec for spec in VARIABLES if spec.key is None
+}
+#: MUSHPI_* names that are not settings (scripts/test reads MUSHPI_VENV); never warned about.
+_NOT_SETTINGS: frozenset[str] = frozenset({"MUSHPI_VENV"})
+_KNOWN_NAMES: frozenset[str] = frozenset(_BY_NAME) | {ENV_FILE_VARIABLE} | _NOT_SETTINGS
+
+
+def _default(name: str) -> Any:
+    """Parse a table default, so Settings() and load_settings({}) cannot disagree."""
+    spec = _BY_NAME[name]
+    return None if spec.default is None else spec.parse(spec.default)
+
+
+def _freeze_policies(value: Mapping[str, str]) -> Mapping[str, BackpressurePolicy]:
+    """Copy into a read-only mapping so a frozen Settings stays frozen."""
+    # The values are checked in Settings.__attrs_post_init__; the cast only names the type.
+    return cast("Mapping[str, BackpressurePolicy]", MappingProxyType(dict(value)))
+
+
+def _as_text(value: object) -> str:
+    """Write a typed value back as the text a user would put in the environment."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Path):
+        return os.fspath(value)
+    return str(value)
+
+
+@attrs.frozen(kw_only=True)
+class Settings:
+    """Validated, immutable settings; derive variants with ``attrs.evolve``.
+
+    Construction re-checks every field against the table, so an evolved copy is held to the
+    same rules as a loaded one.
+    """
+
+    ble_backend: Backend = attrs.field(default=_default("MUSHPI_BLE_BACKEND"))
+    dbus_bus_timeout_ms: int = attrs.field(default=_default("MUSHPI_DBUS_BUS_TIMEOUT_MS"))
+    ble_adapter: str = attrs.field(default=_default("MUSHPI_BLE_ADAPTER"))
+    dbus_app_path: str = attrs.field(default=_default("MUSHPI_DBUS_APP_PATH"))
+    ble_service_uuid: str = attrs.field(default=_default("MUSHPI_BLE_SERVICE_UUID"))
+    ble_name_prefix: str = attrs.field(default=_default("MUSHPI_BLE_NAME_PREFIX"))
+    ble_adv_enable: bool = attrs.field(default=_default("MUSHPI_BLE_ADV_ENABLE"))
+    ble_adv_tx_power: TxPower = attrs.field(default=_default("MUSHPI_BLE_ADV_TX_POWER"))
+    ble_actuator_status_enable: bool = attrs.field(
+        default=_default("MUSHPI_BLE_ACTUATOR_STATUS_ENABLE")
+    )
+    ble_queue_max_size: int = attrs.field(default=_default("MUSHPI_BLE_QUEUE_MAX_SIZE"))
+    ble_queue_put_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_QUEUE_PUT_TIMEOUT_MS"))
+    ble_backpressure_policy: BackpressurePolicy = attrs.field(
+        default=_default("MUSHPI_BLE_BACKPRESSURE_POLICY")
+    )
+    #: Per-characteristic policies (keys from NOTIFYING_CHARACTERISTICS); see policy_for().
+    policy_overrides: Mapping[str, BackpressurePolicy] = attrs.field(
+        factory=dict, converter=_freeze_policies, hash=False
+    )
+    ble_log_slow_publish_ms: int = attrs.field(default=_default("MUSHPI_BLE_LOG_SLOW_PUBLISH_MS"))
+    ble_shutdown_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS"))
+    ble_handler_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_HANDLER_TIMEOUT_MS"))
+    ble_invalid_write: InvalidWriteMode = attrs.field(default=_default("MUSHPI_BLE_INVALID_WRITE"))
+    ble_metrics_port: int | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_PORT"))
+    ble_metrics_bind: str = attrs.field(default=_default("MUSHPI_BLE_METRICS_BIND"))
+    ble_metrics_file: Path | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_FILE"))
+    sim_interval_s: int = attrs.field(default=_default("MUSHPI_SIM_INTERVAL_S"))
+
+    def __attrs_post_init__(self) -> None:
+        """Hold directly built and evolved Settings to the same rules as loaded ones."""
+        for attribute, spec in _BY_ATTRIBUTE.items():
+            value = getattr(self, attribute)
+            if value is None and spec.optional:
+                continue
+            _check_field(spec, value)
+        for key, policy in self.policy_overrides.items():
+            if key not in NOTIFYING_CHARACTERISTICS:
+                raise _unknown_characteristic(POLICY_PREFIX + key, policy, None)
+            _check_field(_BY_NAME[POLICY_PREFIX + key], policy)
+
+    def policy_for(self, characteristic: str) -> BackpressurePolicy:
+        """The back-pressure policy of one notifying characteristic (name case-insensitive)."""
+        key = characteristic.upper()
+        if key not in NOTIFYING_CHARACTERISTICS:
+            raise ValueError(
+                f"{characteristic!r} is not a notifying characteristic: "
+                f"allowed {', '.join(NOTIFYING_CHARACTERISTICS)}"
+            )
+        return self.policy_overrides.get(key, self.ble_backpressure_policy)
+
+    @property
+    def bus_timeout_s(self) -> float:
+        """D-Bus call deadline in seconds, the unit trio's fail_after takes."""
+        return self.dbus_bus_timeout_ms / 1000
+
+    @property
+    def queue_put_timeout_s(self) -> float:
+        """Producer hand-over deadline in seconds."""
+        return self.ble_queue_put_timeout_ms / 1000
+
+    @property
+    def log_slow_publish_s(self) -> float:
+        """Slow-publish log threshold in seconds."""
+        return self.ble_log_slow_publish_ms / 1000
+
+    @property
+    def shutdown_timeout_s(self) -> float:
+        """Shutdown deadline in seconds."""
+        return self.ble_shutdown_timeout_ms / 1000
+
+    @property
+    def handler_timeout_s(self) -> float:
+        """Controller handler deadline in seconds."""
+        return self.ble_handler_timeout_ms / 1000
+
+
+def _check_field(spec: VarSpec, value: object) -> None:
+    """Round-trip a constructed value through its parser; it must come back identical."""
+    text = _as_text(value)
+    try:
+        parsed = spec.parse(text)
+    except _Invalid as exc:
+        raise ConfigError(spec.name, text, spec.allowed, exc.problem) from None
+    if type(parsed) is not type(value) or parsed != value:
+        raise ConfigError(spec.name, text, spec.allowed, f"not normalised, expected {parsed!r}")
+
+
+def _unknown_characteristic(variable: str, value: str, source: str | None) -> ConfigError:
+    suffix = variable.removeprefix(POLICY_PREFIX)
+    return ConfigError(
+        variable,
+        value,
+        "a characteristic among " + ", ".join(NOTIFYING_CHARACTERISTICS),
+        f"unknown characteristic {suffix!r}",
+        source,
+    )
+
+
+# --- loading ---
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = ".env",
+) -> Settings:
+    """Read, validate and return the settings; raise one ConfigError on the first bad value.
+
+    ``environ`` defaults to ``os.environ``. ``env_file`` is read if it exists (None: no file);
+    a non-empty ``MUSHPI_ENV_FILE`` in ``environ`` replaces it, and must then exist, since an
+    operator who names a file expects it to be used.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    path, must_exist = _choose_env_file(env, env_file)
+    values: dict[str, tuple[str, str | None]] = {}
+    if path is not None:
+        for name, value in _read_env_file(path, must_exist).items():
+            if name.startswith(PREFIX) and name != ENV_FILE_VARIABLE:
+                values[name] = (value, os.fspath(path))
+    for name, value in env.items():
+        if name.startswith(PREFIX):
+            values[name] = (value, None)
+
+    for name, (value, source) in values.items():
+        if name.startswith(POLICY_PREFIX) and name not in _BY_NAME:
+            raise _unknown_characteristic(name, value, source)
+    _warn_unknown(values)
+
+    fields: dict[str, Any] = {}
+    overrides: dict[str, str] = {}
+    for spec in VARIABLES:
+        raw, source = values.get(spec.name, (None, None))
+        value = _load_one(spec, raw, source)
+        if spec.key is None:
+            fields[spec.attribute] = value
+        elif value is not None:
+            overrides[spec.key] = value
+    return Settings(policy_overrides=overrides, **fields)
+
+
+def _choose_env_file(
+    env: Mapping[str, str], env_file: str | os.PathLike[str] | None
+) -> tuple[Path | None, bool]:
+    named = env.get(ENV_FILE_VARIABLE, "").strip()
+    if named:
+        return Path(named), True
+    return (None if env_file is None else Path(env_file)), False
+
+
+def _read_env_file(path: Path, must_exist: bool) -> dict[str, str]:
+    if not path.is_file():
+        if must_exist:
+            raise ConfigError(ENV_FILE_VARIABLE, os.fspath(path), "an existing, readable file")
+        return {}
+    try:
+        # No interpolation: ${VAR} would silently read os.environ even when the caller
+        # passed its own environ mapping.
+        raw = dotenv_values(path, interpolate=False)
+    except (OSError, UnicodeError) as exc:
+        raise ConfigError(
+            ENV_FILE_VARIABLE, os.fspath(path), "an existing, readable UTF-8 file", str(exc)
+        ) from None
+    # A bare "NAME" line (no '=') yields None: treat it as not set at all.
+    return {name: value for name, value in raw.items() if value is not None}
+
+
+def _warn_unknown(values: Mapping[str, tuple[str, str | None]]) -> None:
+    """Unknown names are most often typos of known ones: say so, but keep running."""
+    for name in sorted(set(values) - _KNOWN_NAMES):
+        close = difflib.get_close_matches(name, _BY_NAME, n=1)
+        source = values[name][1] or "environment"
+        log.warning(
+            "unknown config variable ignored variable=%s source=%s did_you_mean=%s",
+            name,
+            source,
+            close[0] if close else "-",
+        )
+
+
+def _load_one(spec: VarSpec, raw: str | None, source: str | None) -> Any:
+    if raw is None or (spec.optional and not raw.strip()):
+        return _default(spec.name)
+    text = raw.strip()
+    for old, new, why in spec.legacy:
+        if text.lower() == old:
+            log.warning(
+                "legacy config value variable=%s value=%s using=%s reason=%r",
+                spec.name,
+                old,
+                new,
+                why,
+            )
+            text = new
+    try:
+        return spec.parse(text)
+    except _Invalid as exc:
+        raise ConfigError(spec.name, raw, spec.allowed, exc.problem, source) from None
+
+
+# --- generated documentation ---
+
+_ENV_EXAMPLE_HEADER = """\
+# mushpi_ble settings. Generated from mushpi_ble/config.py (render_env_example); do not edit.
+# Every line shows the default and is commented out, so copying this file to .env changes
+# nothing; uncomment a line to change it. Environment variables win over the file.
+# MUSHPI_ENV_FILE (environment only) names a file to read instead of ./.env."""
+
+
+def render_env_example() -> str:
+    """The text of ``.env.example``: each variable, its meaning, allowed values and default."""
+    lines = [_ENV_EXAMPLE_HEADER]
+    for spec in VARIABLES:
+        lines.append("")
+        lines.append(f"# {spec.comment} Allowed: {spec.allowed}.")
+        lines.append(f"# {spec.name}={spec.default or ''}")
+    return "\n".join(lines) + "\n"
+
+
+def render_markdown_table() -> str:
+    """A Markdown table of the variables, for the README or other docs."""
+    lines = [
+        "| Variable | Default | Allowed | Meaning |",
+        "|---|---|---|---|",
+    ]
+    for spec in VARIABLES:
+        default = f"`{spec.default}`" if spec.default is not None else "(unset)"
+        lines.append(f"| `{spec.name}` | {default} | {spec.allowed} | {spec.comment} |")
+    return "\n".join(lines) + "\n"
