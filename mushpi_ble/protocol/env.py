@@ -1,0 +1,114 @@
+"""env_measurements: 12 bytes ``<HhHHI`` — co2, temperature x10, RH x10, light, uptime.
+
+Published every monitor tick, so encoding never fails: a missing or broken
+reading becomes 0 and everything is clamped (never wrapped) to its type.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from typing import ClassVar, Self, TypedDict
+
+import attrs
+
+from ._coerce import (
+    S16_MAX,
+    S16_MIN,
+    U16_MAX,
+    U32_MAX,
+    BytesLike,
+    check_length,
+    int_range,
+    truncated,
+)
+from .uuids import ENV_MEASUREMENTS
+
+__all__ = ["EnvMeasurement", "SensorReadings"]
+
+_STRUCT = struct.Struct("<HhHHI")
+
+
+class SensorReadings(TypedDict):
+    """Readings in the units of the controller's ``get_sensor_data``."""
+
+    temperature: float
+    humidity: float
+    co2: int
+    light: int
+
+
+@attrs.frozen
+class EnvMeasurement:
+    """One env_measurements packet, fields in wire units and wire order."""
+
+    SIZE: ClassVar[int] = _STRUCT.size
+    CHARACTERISTIC: ClassVar[str] = ENV_MEASUREMENTS
+
+    co2: int = attrs.field(validator=int_range(0, U16_MAX))
+    """ppm."""
+    temperature_x10: int = attrs.field(validator=int_range(S16_MIN, S16_MAX))
+    """°C x 10."""
+    humidity_x10: int = attrs.field(validator=int_range(0, U16_MAX))
+    """%RH x 10."""
+    light: int = attrs.field(validator=int_range(0, U16_MAX))
+    """Raw sensor value."""
+    uptime_ms: int = attrs.field(validator=int_range(0, U32_MAX))
+    """Milliseconds since the BLE service started."""
+
+    @classmethod
+    def from_readings(
+        cls,
+        temperature: object,
+        humidity: object,
+        co2: object,
+        light: object,
+        uptime_ms: object,
+    ) -> Self:
+        """Encode readings as today's server did: bad → 0, x10 truncated, clamped."""
+        return cls(
+            co2=truncated(co2, 1, 0, U16_MAX),
+            temperature_x10=truncated(temperature, 10, S16_MIN, S16_MAX),
+            humidity_x10=truncated(humidity, 10, 0, U16_MAX),
+            light=truncated(light, 1, 0, U16_MAX),
+            uptime_ms=truncated(uptime_ms, 1, 0, U32_MAX),
+        )
+
+    @classmethod
+    def from_controller(cls, data: Mapping[str, object] | None, uptime_ms: object) -> Self:
+        """From a ``get_sensor_data()`` dict (None or missing keys → 0)."""
+        d: Mapping[str, object] = data if isinstance(data, Mapping) else {}
+        return cls.from_readings(
+            d.get("temperature"), d.get("humidity"), d.get("co2"), d.get("light"), uptime_ms
+        )
+
+    @property
+    def temperature(self) -> float:
+        """°C."""
+        return self.temperature_x10 / 10
+
+    @property
+    def humidity(self) -> float:
+        """%RH."""
+        return self.humidity_x10 / 10
+
+    def to_controller(self) -> SensorReadings:
+        """As a ``get_sensor_data()`` dict (for test centrals and logs)."""
+        return {
+            "temperature": self.temperature,
+            "humidity": self.humidity,
+            "co2": self.co2,
+            "light": self.light,
+        }
+
+    def pack(self) -> bytes:
+        return _STRUCT.pack(
+            self.co2, self.temperature_x10, self.humidity_x10, self.light, self.uptime_ms
+        )
+
+    @classmethod
+    def unpack(cls, data: BytesLike) -> Self:
+        """Decode a notification; only the length can be wrong."""
+        check_length(cls.CHARACTERISTIC, data, cls.SIZE)
+        co2, temp, rh, light, uptime = _STRUCT.unpack(data)
+        return cls(co2, temp, rh, light, uptime)
