@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import array
 import contextlib
+import inspect
 import itertools
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -43,11 +44,18 @@ from .errors import (
     ConnectionLost,
     DBusError,
 )
+from .groups import unwrap_group
 from .interface import CallContext, Interface, Method
 from .match import MatchRule
 from .objects import INTROSPECTABLE, OBJECT_MANAGER, PEER, PROPERTIES, ObjectTree
 from .signature import body_from_result
-from .transport import MessageReader, MessageWriter, open_authenticated_socket, resolve_bus_address
+from .transport import (
+    BusUnreachable,
+    MessageReader,
+    MessageWriter,
+    open_authenticated_socket,
+    resolve_bus_address,
+)
 
 log = logging.getLogger(__name__)
 
@@ -515,13 +523,15 @@ class Connection:
         signature = str(fields.get(HeaderFields.signature, ""))
         try:
             method = self._resolve(ctx, signature)
-            if method.is_async:
-                if self._handler_nursery is None:
-                    raise DBusError(FAILED, "connection is shutting down")
-                self._handler_nursery.start_soon(self._run_async, msg, method, ctx, no_reply)
-                return
             assert method.handler is not None
             result = method.handler(ctx, *msg.body)
+            if inspect.isawaitable(result):
+                if self._handler_nursery is None:
+                    _close_awaitable(result)
+                    raise DBusError(FAILED, "connection is shutting down")
+                self._handler_nursery.start_soon(self._run_async, msg, method, ctx, result,
+                                                 no_reply)
+                return
             body = body_from_result(method.out_signature, result)
             if not no_reply:
                 self._reply(msg, method.out_signature, body)
@@ -535,12 +545,11 @@ class Connection:
                 self._reply_error(msg, FAILED, f"{type(exc).__name__}: {exc}")
 
     async def _run_async(self, msg: Message, method: Method, ctx: CallContext,
-                         no_reply: bool) -> None:
+                         pending: Awaitable[Any], no_reply: bool) -> None:
         timeout = method.timeout if method.timeout is not None else self.handler_timeout
-        assert method.handler is not None
         try:
             with trio.move_on_after(timeout) as scope:
-                result = await method.handler(ctx, *msg.body)
+                result = await pending
             if scope.cancelled_caught:
                 self.stats.handler_timeouts += 1
                 log.warning("handler deadline expired path=%s member=%s timeout_s=%.3f",
@@ -709,27 +718,10 @@ class Connection:
             await trio.sleep_forever()
 
 
-def _unwrap_single(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The one real error inside a nursery's group, or the group itself.
-
-    A lost bus fails the receive loop and every pending call at once; those
-    copies of :class:`ConnectionLost` are one event, reported once.
-    """
-    leaves: list[BaseException] = []
-
-    def collect(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                collect(inner)
-        else:
-            leaves.append(exc)
-
-    collect(group)
-    if len(leaves) == 1:
-        return leaves[0]
-    if leaves and all(isinstance(exc, ConnectionLost) for exc in leaves):
-        return leaves[0]
-    return group
+def _close_awaitable(pending: Awaitable[Any]) -> None:
+    close = getattr(pending, "close", None)
+    if close is not None:
+        close()
 
 
 @asynccontextmanager
@@ -751,7 +743,12 @@ async def open_connection(
     if not (call_timeout > 0 and math.isfinite(call_timeout)):
         raise ValueError("call_timeout must be a positive number of seconds")
     address = resolve_bus_address(bus)
-    sock = await open_authenticated_socket(address, enable_fds=enable_fds)
+    try:
+        with trio.fail_after(call_timeout):
+            sock = await open_authenticated_socket(address, enable_fds=enable_fds)
+    except trio.TooSlowError:
+        raise BusUnreachable(f"D-Bus at {address!r} did not answer within "
+                             f"{call_timeout:.3g} s") from None
     conn = Connection(
         MessageReader(sock, enable_fds=enable_fds),
         MessageWriter(sock, max_buffer=max_write_buffer),
@@ -771,7 +768,7 @@ async def open_connection(
             yield conn
             nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        raise _unwrap_single(group) from None
+        raise unwrap_group(group) from None
     finally:
         conn._handler_nursery = None
         conn.closed.set()

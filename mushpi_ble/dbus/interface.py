@@ -8,7 +8,6 @@ signatures before any handler runs.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -41,9 +40,10 @@ def _check_signature(_inst: object, attribute: attrs.Attribute[str], value: str)
 class Method:
     """A method: ``handler(ctx, *args)`` returns the out-arguments.
 
-    A coroutine function handler runs in the handler nursery under a
-    deadline (``timeout`` seconds, or the connection's default); a plain
-    function answers inline on the receive loop and must not block.
+    A handler that returns an awaitable (a coroutine function, or a lambda
+    calling one) runs in the handler nursery under a deadline (``timeout``
+    seconds, or the connection's default); a plain function answers inline
+    on the receive loop and must not block.
     ``restricted`` methods may only be called by the interface's
     ``allowed_caller`` (see :class:`Interface`).
     """
@@ -56,10 +56,6 @@ class Method:
     out_names: Sequence[str] = ()
     timeout: float | None = None
     restricted: bool = True
-
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
 
 
 @attrs.frozen

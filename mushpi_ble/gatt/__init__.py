@@ -1,0 +1,36 @@
+"""A generic BlueZ GATT peripheral: services as data, exported and registered.
+
+Knows BlueZ; knows nothing of mushrooms.
+"""
+
+from .application import CharacteristicState, GattApplication
+from .errors import GattError, failed, invalid_offset, invalid_value_length, not_permitted
+from .model import (
+    Characteristic,
+    Descriptor,
+    GattDefinitionError,
+    IncompleteValue,
+    Service,
+    normalise_uuid,
+    validate_services,
+)
+from .requests import ReadRequest, WriteRequest
+
+__all__ = [
+    "Characteristic",
+    "CharacteristicState",
+    "Descriptor",
+    "GattApplication",
+    "GattDefinitionError",
+    "GattError",
+    "IncompleteValue",
+    "ReadRequest",
+    "Service",
+    "WriteRequest",
+    "failed",
+    "invalid_offset",
+    "invalid_value_length",
+    "normalise_uuid",
+    "not_permitted",
+    "validate_services",
+]

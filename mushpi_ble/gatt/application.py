@@ -1,0 +1,344 @@
+"""A GATT application exported to BlueZ: objects, handlers, notifications.
+
+Turns :class:`~.model.Service` descriptions into ``GattService1`` /
+``GattCharacteristic1`` / ``GattDescriptor1`` objects under one root with
+an ObjectManager, answers bluetoothd's calls (offset reads, long writes,
+StartNotify/StopNotify), and emits notifications as PropertiesChanged on
+``Value`` — on the same connection that registered, as bluetoothd requires.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Method, Property
+
+from .errors import FAILED, NOT_PERMITTED, NOT_SUPPORTED, GattError, invalid_offset, not_permitted
+from .model import (
+    Characteristic,
+    Descriptor,
+    IncompleteValue,
+    Service,
+    slice_for_offset,
+    validate_services,
+)
+from .requests import ReadRequest, WriteRequest
+
+log = logging.getLogger(__name__)
+
+BLUEZ = "org.bluez"
+GATT_MANAGER = "org.bluez.GattManager1"
+SERVICE_IFACE = "org.bluez.GattService1"
+CHAR_IFACE = "org.bluez.GattCharacteristic1"
+DESC_IFACE = "org.bluez.GattDescriptor1"
+OPTIONS = "a{sv}"
+# A handler's own deadline should fire first; the D-Bus layer's is the backstop.
+DEADLINE_MARGIN_S = 0.25
+
+
+@attrs.define
+class PendingWrite:
+    """A long write being reassembled, piece by piece, for one device."""
+
+    data: bytearray
+    started: float
+
+
+@attrs.define
+class CharacteristicState:
+    """What the application knows about one characteristic at run time."""
+
+    spec: Characteristic
+    path: str
+    value: bytes = b""
+    notifying: bool = False
+    start_notify_calls: int = 0
+    notifications_sent: int = 0
+    pending_writes: dict[str, PendingWrite] = attrs.Factory(dict)
+
+
+DeviceSeen = Callable[[str, int], None]
+
+
+class GattApplication:
+    """One registered (or registrable) set of services on a connection."""
+
+    def __init__(
+        self,
+        conn: Connection,
+        root: str,
+        services: Sequence[Service],
+        *,
+        nursery: trio.Nursery,
+        handler_timeout: float,
+        allowed_caller: str | None = BLUEZ,
+        on_device_seen: DeviceSeen | None = None,
+        long_write_timeout: float = 30.0,
+    ) -> None:
+        validate_services(services)
+        self._conn = conn
+        self.root = root
+        self.services = tuple(services)
+        self._nursery = nursery
+        self._handler_timeout = handler_timeout
+        self._allowed_caller = allowed_caller
+        self._on_device_seen = on_device_seen
+        self._long_write_timeout = long_write_timeout
+        self._states: dict[str, CharacteristicState] = {}
+        self._paths: list[str] = []
+        self.exported = False
+        self.registered_on: str | None = None
+        self._layout()
+
+    # -- layout ------------------------------------------------------------
+    def _layout(self) -> None:
+        for s_index, service in enumerate(self.services):
+            s_path = f"{self.root}/service{s_index}"
+            for c_index, char in enumerate(service.characteristics):
+                c_path = f"{s_path}/char{c_index}"
+                self._states[char.uuid] = CharacteristicState(char, c_path)
+
+    def state(self, uuid_or_name: str) -> CharacteristicState:
+        """The run-time state of a characteristic, by UUID or by name."""
+        for state in self._states.values():
+            if uuid_or_name in (state.spec.uuid, state.spec.name):
+                return state
+        raise KeyError(uuid_or_name)
+
+    @property
+    def characteristics(self) -> Iterable[CharacteristicState]:
+        return self._states.values()
+
+    # -- export ------------------------------------------------------------
+    def export(self) -> None:
+        """Export every object under the root, with an ObjectManager at the root."""
+        if self.exported:
+            return
+        self._conn.add_object_manager(self.root)
+        for s_index, service in enumerate(self.services):
+            s_path = f"{self.root}/service{s_index}"
+            self._export(s_path, self._service_interface(service))
+            for char in service.characteristics:
+                state = self._states[char.uuid]
+                self._export(state.path, self._characteristic_interface(state, s_path))
+                for d_index, desc in enumerate(char.descriptors):
+                    self._export(f"{state.path}/desc{d_index}",
+                                 self._descriptor_interface(desc, state.path))
+        self.exported = True
+
+    def _export(self, path: str, iface: Interface) -> None:
+        self._conn.export(path, [iface])
+        self._paths.append(path)
+
+    def unexport(self) -> None:
+        for path in reversed(self._paths):
+            self._conn.unexport(path)
+        self._paths.clear()
+        self._conn.remove_object_manager(self.root)
+        self.exported = False
+
+    def _service_interface(self, service: Service) -> Interface:
+        return Interface(
+            SERVICE_IFACE,
+            properties=[
+                Property("UUID", "s", get=lambda: service.uuid),
+                Property("Primary", "b", get=lambda: service.primary),
+                Property("Includes", "ao", get=lambda: []),
+            ],
+        )
+
+    def _characteristic_interface(self, state: CharacteristicState, s_path: str) -> Interface:
+        spec = state.spec
+        deadline = self._handler_timeout + DEADLINE_MARGIN_S
+        return Interface(
+            CHAR_IFACE,
+            allowed_caller=self._allowed_caller,
+            methods=[
+                Method("ReadValue", OPTIONS, "ay", arg_names=["options"], out_names=["value"],
+                       handler=lambda ctx, opts: self._read_value(ctx, state, opts),
+                       timeout=deadline),
+                Method("WriteValue", "ay" + OPTIONS, "", arg_names=["value", "options"],
+                       handler=lambda ctx, v, opts: self._write_value(ctx, state, v, opts),
+                       timeout=deadline),
+                Method("StartNotify", handler=lambda ctx: self._start_notify(ctx, state)),
+                Method("StopNotify", handler=lambda ctx: self._stop_notify(ctx, state)),
+                Method("AcquireNotify", OPTIONS, "hq", handler=_not_supported),
+                Method("AcquireWrite", OPTIONS, "hq", handler=_not_supported),
+                Method("Confirm", handler=lambda ctx: None),
+            ],
+            properties=[
+                Property("UUID", "s", get=lambda: spec.uuid),
+                Property("Service", "o", get=lambda: s_path),
+                Property("Flags", "as", get=lambda: list(spec.flags)),
+                Property("Notifying", "b", get=lambda: state.notifying),
+                Property("Value", "ay", get=lambda: state.value, restricted=True),
+            ],
+        )
+
+    def _descriptor_interface(self, desc: Descriptor, c_path: str) -> Interface:
+        async def read(_ctx: CallContext, opts: dict[str, Any]) -> bytes:
+            if desc.read is None:
+                raise not_permitted("descriptor is not readable")
+            request = ReadRequest.from_options(opts)
+            return slice_for_offset(await desc.read(request), request.offset)
+
+        async def write(_ctx: CallContext, value: bytes, opts: dict[str, Any]) -> None:
+            if desc.write is None:
+                raise not_permitted("descriptor is not writable")
+            await desc.write(WriteRequest.from_options(value, opts))
+
+        return Interface(
+            DESC_IFACE,
+            allowed_caller=self._allowed_caller,
+            methods=[
+                Method("ReadValue", OPTIONS, "ay", handler=read),
+                Method("WriteValue", "ay" + OPTIONS, "", handler=write),
+            ],
+            properties=[
+                Property("UUID", "s", get=lambda: desc.uuid),
+                Property("Characteristic", "o", get=lambda: c_path),
+                Property("Flags", "as", get=lambda: list(desc.flags)),
+            ],
+        )
+
+    # -- handlers ------------------------------------------------------------
+    def _saw_device(self, device: str, mtu: int) -> None:
+        if device and self._on_device_seen is not None:
+            self._on_device_seen(device, mtu)
+
+    async def _read_value(self, _ctx: CallContext, state: CharacteristicState,
+                          options: dict[str, Any]) -> bytes:
+        request = ReadRequest.from_options(options)
+        self._saw_device(request.device, request.mtu)
+        if state.spec.read is None:
+            raise GattError(NOT_PERMITTED, f"{state.spec.label} is not readable")
+        value = await state.spec.read(request)
+        return slice_for_offset(value, request.offset)
+
+    async def _write_value(self, _ctx: CallContext, state: CharacteristicState, value: bytes,
+                           options: dict[str, Any]) -> None:
+        piece = WriteRequest.from_options(value, options)
+        self._saw_device(piece.device, piece.mtu)
+        if state.spec.write is None:
+            raise GattError(NOT_PERMITTED, f"{state.spec.label} is not writable")
+        whole = self._assemble(state, piece)
+        try:
+            await state.spec.write(attrs.evolve(piece, value=whole, offset=0))
+        except IncompleteValue:
+            state.pending_writes[piece.device] = PendingWrite(bytearray(whole),
+                                                              trio.current_time())
+            return
+        except (DBusError, trio.Cancelled):
+            raise
+        state.pending_writes.pop(piece.device, None)
+
+    def _assemble(self, state: CharacteristicState, piece: WriteRequest) -> bytes:
+        """Join a long write's pieces; offset 0 always starts afresh."""
+        if piece.offset == 0:
+            state.pending_writes.pop(piece.device, None)
+            whole = piece.value
+        else:
+            pending = state.pending_writes.get(piece.device)
+            now = trio.current_time()
+            if pending is not None and now - pending.started > self._long_write_timeout:
+                state.pending_writes.pop(piece.device, None)
+                pending = None
+            if pending is None or piece.offset != len(pending.data):
+                have = 0 if pending is None else len(pending.data)
+                state.pending_writes.pop(piece.device, None)
+                raise invalid_offset(piece.offset, have)
+            whole = bytes(pending.data) + piece.value
+        if len(whole) > state.spec.max_write_length:
+            state.pending_writes.pop(piece.device, None)
+            raise GattError(
+                "org.bluez.Error.InvalidValueLength",
+                f"{state.spec.label}: {len(whole)} bytes exceeds {state.spec.max_write_length}",
+            )
+        return whole
+
+    def _start_notify(self, _ctx: CallContext, state: CharacteristicState) -> None:
+        if not state.spec.notifies:
+            raise GattError(NOT_SUPPORTED, f"{state.spec.label} does not notify")
+        state.start_notify_calls += 1
+        if not state.notifying:
+            state.notifying = True
+            self._conn.emit_properties_changed_nowait(state.path, CHAR_IFACE,
+                                                      {"Notifying": True})
+            log.info("notifications on characteristic=%s", state.spec.label)
+        if state.spec.on_subscribe is not None:
+            # after this handler returns, so the reply to StartNotify leaves first
+            self._nursery.start_soon(self._run_subscribe_hook, state)
+
+    async def _run_subscribe_hook(self, state: CharacteristicState) -> None:
+        assert state.spec.on_subscribe is not None
+        try:
+            with trio.move_on_after(self._handler_timeout) as scope:
+                await state.spec.on_subscribe()
+            if scope.cancelled_caught:
+                log.warning("subscribe push timed out characteristic=%s", state.spec.label)
+        except Exception:
+            log.exception("subscribe push failed characteristic=%s", state.spec.label)
+
+    def _stop_notify(self, _ctx: CallContext, state: CharacteristicState) -> None:
+        if state.notifying:
+            state.notifying = False
+            self._conn.emit_properties_changed_nowait(state.path, CHAR_IFACE,
+                                                      {"Notifying": False})
+            log.info("notifications off characteristic=%s", state.spec.label)
+
+    # -- notifications -------------------------------------------------------
+    async def notify(self, state: CharacteristicState, value: bytes) -> bool:
+        """Store ``value`` and, while someone subscribes, send it; True if sent.
+
+        Waits only for the connection's outgoing buffer (back-pressure).
+        """
+        state.value = value
+        if not (state.notifying and self.registered_on):
+            return False
+        await self._conn.emit_properties_changed(state.path, CHAR_IFACE, {"Value": value})
+        state.notifications_sent += 1
+        return True
+
+    def reset_subscriptions(self) -> None:
+        """bluetoothd is gone: nobody is subscribed and no write is half done."""
+        for state in self._states.values():
+            state.notifying = False
+            state.pending_writes.clear()
+
+    # -- registration ----------------------------------------------------------
+    async def register(self, adapter_path: str, *, timeout: float) -> None:
+        """RegisterApplication under a deadline; raises DBusError on refusal."""
+        self.export()
+        await self._conn.call(BLUEZ, adapter_path, GATT_MANAGER, "RegisterApplication",
+                              "oa{sv}", (self.root, {}), timeout=timeout)
+        self.registered_on = adapter_path
+        log.info("application registered root=%s adapter=%s", self.root, adapter_path)
+
+    async def unregister(self, *, timeout: float) -> None:
+        """UnregisterApplication if registered; errors are logged, not raised."""
+        adapter_path, self.registered_on = self.registered_on, None
+        self.reset_subscriptions()
+        if adapter_path is None:
+            return
+        try:
+            await self._conn.call(BLUEZ, adapter_path, GATT_MANAGER, "UnregisterApplication",
+                                  "o", (self.root,), timeout=timeout)
+            log.info("application unregistered root=%s", self.root)
+        except DBusError as exc:
+            log.warning("unregister failed root=%s error=%s", self.root, exc)
+
+
+def _not_supported(_ctx: CallContext, _options: dict[str, Any]) -> tuple[int, int]:
+    raise GattError(NOT_SUPPORTED, "use StartNotify / WriteValue")
+
+
+__all__ = [
+    "FAILED",
+    "CharacteristicState",
+    "GattApplication",
+]

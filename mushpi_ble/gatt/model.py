@@ -1,0 +1,156 @@
+"""A GATT service described as data, and the checks bluetoothd would make.
+
+A characteristic is a UUID, flags and handlers; :mod:`.application` turns
+the description into BlueZ objects. Checking here, before registering,
+turns bluetoothd's one opaque "No valid service object found" into an
+error that says which characteristic and why, and refuses shapes that
+bluetoothd accepts but silently breaks (a write handler that can reject,
+behind ``write-without-response``, whose errors bluetoothd throws away).
+"""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from collections.abc import Awaitable, Callable, Sequence
+
+import attrs
+
+from .flags import CHARACTERISTIC_FLAGS, DESCRIPTOR_FLAGS, NOTIFY_FLAGS, READ_FLAGS, WRITE_FLAGS
+from .requests import ReadRequest, WriteRequest
+
+ReadHandler = Callable[[ReadRequest], Awaitable[bytes]]
+WriteHandler = Callable[[WriteRequest], Awaitable[None]]
+SubscribeHandler = Callable[[], Awaitable[None]]
+
+
+class GattDefinitionError(ValueError):
+    """The description would be refused or silently broken by bluetoothd."""
+
+
+class IncompleteValue(Exception):
+    """Raised by a write handler: this piece of a long write is not the last.
+
+    The piece is acknowledged and kept; the next piece continues it by offset.
+    """
+
+
+def normalise_uuid(value: str) -> str:
+    """Canonical lower-case 128-bit form; 16/32-bit short forms expand on the base."""
+    text = value.strip().lower()
+    if len(text) in (4, 8) and all(c in "0123456789abcdef" for c in text):
+        text = f"{int(text, 16):08x}-0000-1000-8000-00805f9b34fb"
+    try:
+        return str(uuidlib.UUID(text))
+    except ValueError:
+        raise GattDefinitionError(f"{value!r} is not a UUID") from None
+
+
+@attrs.frozen
+class Descriptor:
+    uuid: str = attrs.field(converter=normalise_uuid)
+    flags: tuple[str, ...] = ("read",)
+    read: ReadHandler | None = None
+    write: WriteHandler | None = None
+    name: str = ""
+
+
+@attrs.frozen
+class Characteristic:
+    """One characteristic: UUID, BlueZ flags and the handlers behind them.
+
+    ``on_subscribe`` runs after each StartNotify (bluetoothd calls it once per
+    subscribing device) — the place to push the current value at once.
+    ``rejects_writes`` says the write handler may refuse a value; such a
+    characteristic must not carry ``write-without-response``.
+    """
+
+    uuid: str = attrs.field(converter=normalise_uuid)
+    flags: tuple[str, ...]
+    read: ReadHandler | None = None
+    write: WriteHandler | None = None
+    on_subscribe: SubscribeHandler | None = None
+    rejects_writes: bool = True
+    descriptors: tuple[Descriptor, ...] = ()
+    name: str = ""
+    max_write_length: int = 512
+
+    @property
+    def label(self) -> str:
+        return self.name or self.uuid
+
+    @property
+    def notifies(self) -> bool:
+        return bool(NOTIFY_FLAGS.intersection(self.flags))
+
+    @property
+    def readable(self) -> bool:
+        return bool(READ_FLAGS.intersection(self.flags))
+
+    @property
+    def writable(self) -> bool:
+        return bool(WRITE_FLAGS.intersection(self.flags))
+
+
+@attrs.frozen
+class Service:
+    uuid: str = attrs.field(converter=normalise_uuid)
+    characteristics: tuple[Characteristic, ...]
+    primary: bool = True
+    name: str = ""
+
+
+def validate_services(services: Sequence[Service]) -> None:
+    """Raise :class:`GattDefinitionError` naming the first problem found."""
+    seen_services: set[str] = set()
+    for service in services:
+        if service.uuid in seen_services:
+            raise GattDefinitionError(f"service {service.uuid} is declared twice")
+        seen_services.add(service.uuid)
+        seen_chars: set[str] = set()
+        for char in service.characteristics:
+            _validate_characteristic(char)
+            if char.uuid in seen_chars:
+                raise GattDefinitionError(
+                    f"characteristic {char.uuid} appears twice in service {service.uuid}"
+                )
+            seen_chars.add(char.uuid)
+
+
+def _validate_characteristic(char: Characteristic) -> None:
+    unknown = sorted(set(char.flags) - CHARACTERISTIC_FLAGS)
+    if unknown:
+        raise GattDefinitionError(f"characteristic {char.label}: unknown flags {unknown}")
+    if not char.flags:
+        raise GattDefinitionError(f"characteristic {char.label}: no flags")
+    if char.readable and char.read is None:
+        raise GattDefinitionError(f"characteristic {char.label}: readable but no read handler")
+    if char.writable and char.write is None:
+        raise GattDefinitionError(f"characteristic {char.label}: writable but no write handler")
+    if "write-without-response" in char.flags and char.rejects_writes:
+        raise GattDefinitionError(
+            f"characteristic {char.label}: its write handler can reject values, but "
+            "bluetoothd acknowledges write-without-response at once and drops our errors"
+        )
+    seen: set[str] = set()
+    for desc in char.descriptors:
+        bad = sorted(set(desc.flags) - DESCRIPTOR_FLAGS)
+        if bad:
+            raise GattDefinitionError(
+                f"descriptor {desc.uuid} of {char.label}: unknown flags {bad}"
+            )
+        if desc.uuid in seen:
+            raise GattDefinitionError(f"descriptor {desc.uuid} appears twice on {char.label}")
+        if desc.uuid == "00002902-0000-1000-8000-00805f9b34fb":
+            raise GattDefinitionError(
+                f"{char.label}: bluetoothd adds the CCCD itself; do not declare 0x2902"
+            )
+        seen.add(desc.uuid)
+
+
+def slice_for_offset(value: bytes, offset: int) -> bytes:
+    """What a read at ``offset`` answers; beyond the end is InvalidOffset."""
+    from .errors import invalid_offset
+
+    if offset > len(value):
+        raise invalid_offset(offset, len(value))
+    return value[offset:]

@@ -1,0 +1,201 @@
+"""Per-characteristic notification queues: producers in any thread, one
+notifier task each on the trio side.
+
+Why not a ``trio.MemorySendChannel``: its methods are not thread-safe, and
+reaching it through ``trio.from_thread`` makes the producer wait for the
+loop (24 ms p99 measured on a busy loop, see ``shared/dbus-facts.md``).
+:class:`Mailbox` is a channel of fixed capacity whose sending side is
+thread-safe and never waits for the loop: the policy is applied under a
+short lock in the producer's thread, which learns the outcome at once, and
+the loop is woken with ``TrioToken.run_sync_soon`` only when the notifier
+is parked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+import attrs
+import trio
+
+from .metrics import LatencyHistogram
+
+log = logging.getLogger(__name__)
+
+POLICIES = ("drop_oldest", "drop_newest", "coalesce")
+
+
+class Outcome(enum.Enum):
+    """What happened to one offered payload, told to the producer at once."""
+
+    QUEUED = "queued"
+    COALESCED = "coalesced"
+    DROPPED = "dropped"
+    NOT_RUNNING = "not_running"
+
+
+@attrs.frozen
+class Counters:
+    """A consistent snapshot: offered = sent + dropped + coalesced + pending."""
+
+    offered: int
+    sent: int
+    dropped: int
+    coalesced: int
+    pending: int
+    notified: int
+
+    def as_dict(self) -> dict[str, int]:
+        return attrs.asdict(self)
+
+
+class Mailbox:
+    """A fixed-capacity channel: thread-safe sends, trio-side receive."""
+
+    def __init__(self, name: str, *, capacity: int, policy: str, put_timeout: float) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"unknown policy {policy!r}; allowed: {', '.join(POLICIES)}")
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.name = name
+        self.capacity = 1 if policy == "coalesce" else capacity
+        self.policy = policy
+        self.put_timeout = put_timeout
+        self._lock = threading.Lock()
+        self._queue: deque[tuple[bytes, float]] = deque()
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._parked = False
+        self._event: trio.Event | None = None
+        self._in_flight = 0
+        self._offered = 0
+        self._sent = 0
+        self._dropped = 0
+        self._coalesced = 0
+        self._notified = 0
+        self._lock_timeouts = 0
+        self._timeout_lock = threading.Lock()
+        self.latency = LatencyHistogram()
+
+    # -- producer side (any thread) ------------------------------------------
+    def offer(self, payload: bytes) -> Outcome:
+        """Hand over one payload; never waits longer than ``put_timeout``."""
+        if self._token is None:
+            return Outcome.NOT_RUNNING
+        if not self._lock.acquire(timeout=self.put_timeout):
+            with self._timeout_lock:
+                self._lock_timeouts += 1
+            return Outcome.DROPPED
+        try:
+            if self._token is None:
+                return Outcome.NOT_RUNNING
+            self._offered += 1
+            outcome = self._apply_policy(payload)
+            wake = self._parked and bool(self._queue)
+            if wake:
+                self._parked = False
+            token = self._token
+        finally:
+            self._lock.release()
+        if wake:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(self._wake)
+        return outcome
+
+    def _apply_policy(self, payload: bytes) -> Outcome:
+        item = (payload, time.perf_counter())
+        if self.policy == "coalesce" and self._queue:
+            self._queue[-1] = item
+            self._coalesced += 1
+            return Outcome.COALESCED
+        if len(self._queue) >= self.capacity:
+            if self.policy == "drop_newest":
+                self._dropped += 1
+                return Outcome.DROPPED
+            self._queue.popleft()
+            self._dropped += 1
+        self._queue.append(item)
+        return Outcome.QUEUED
+
+    # -- consumer side (the trio thread) --------------------------------------
+    def attach(self, token: trio.lowlevel.TrioToken) -> None:
+        with self._lock:
+            self._token = token
+
+    def detach(self) -> None:
+        """Stop accepting; what is still queued counts as dropped."""
+        with self._lock:
+            self._token = None
+            self._dropped += len(self._queue)
+            self._queue.clear()
+            self._parked = False
+
+    def _wake(self) -> None:
+        if self._event is not None:
+            self._event.set()
+
+    async def get(self) -> tuple[bytes, float]:
+        """Next payload and the perf_counter time it was offered."""
+        while True:
+            with self._lock:
+                if self._queue:
+                    self._in_flight += 1
+                    return self._queue.popleft()
+                self._event = trio.Event()
+                self._parked = True
+                event = self._event
+            await event.wait()
+
+    def done(self, *, notified: bool, failed: bool = False) -> None:
+        with self._lock:
+            self._in_flight -= 1
+            if failed:
+                self._dropped += 1
+            else:
+                self._sent += 1
+                if notified:
+                    self._notified += 1
+
+    # -- reading --------------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def counters(self) -> Counters:
+        with self._lock:
+            timeouts = self._lock_timeouts
+            return Counters(
+                offered=self._offered + timeouts,
+                sent=self._sent,
+                dropped=self._dropped + timeouts,
+                coalesced=self._coalesced,
+                pending=len(self._queue) + self._in_flight,
+                notified=self._notified,
+            )
+
+
+Emit = Callable[[bytes], Awaitable[bool]]
+
+
+async def run_notifier(mailbox: Mailbox, emit: Emit, *, slow_publish_s: float) -> None:
+    """The one task behind one characteristic: take, emit, count, time."""
+    while True:
+        payload, offered_at = await mailbox.get()
+        started = time.perf_counter()
+        try:
+            notified = await emit(payload)
+        except BaseException:
+            mailbox.done(notified=False, failed=True)
+            raise
+        mailbox.done(notified=notified)
+        finished = time.perf_counter()
+        mailbox.latency.observe(finished - offered_at)
+        if finished - started > slow_publish_s:
+            log.warning("slow publish characteristic=%s took_ms=%.1f threshold_ms=%.0f",
+                        mailbox.name, (finished - started) * 1000, slow_publish_s * 1000)

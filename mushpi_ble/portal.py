@@ -1,0 +1,235 @@
+"""The synchronous object the controller owns: trio runs in a thread of its own.
+
+``start()`` launches trio in a named daemon thread and returns once the
+application is registered (or raises a :class:`~.errors.StartError` that
+says why). Publishing methods encode in the caller's thread and hand the
+payload over without waiting for the loop; they return an
+:class:`~.notify.Outcome` and never raise into the controller. ``stop()``
+is idempotent, callable from any thread, and bounded.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import trio
+
+from .config import Settings, load_settings
+from .controller import ControllerCallbacks
+from .dbus.groups import unwrap_group
+from .errors import StartError, StartTimeout
+from .notify import Outcome
+from .peripheral import Peripheral
+from .service import MushPiService
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+THREAD_NAME = "mushpi-ble-trio"
+START_MARGIN_S = 1.0
+
+
+class LoopNotRunning(RuntimeError):
+    """A control operation was asked of a portal whose loop is not running."""
+
+
+class BlePortal:
+    """The MushPi BLE peripheral, driven from ordinary threads."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        callbacks: ControllerCallbacks | None = None,
+        *,
+        bus: str = "SYSTEM",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings if settings is not None else load_settings()
+        self._callbacks = callbacks or ControllerCallbacks()
+        self.service = MushPiService(self.settings, lambda: self._callbacks, clock=clock)
+        self.peripheral = Peripheral(self.settings, self.service, bus=bus)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._cancel: trio.CancelScope | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._stopped = threading.Event()
+
+    # -- callbacks ------------------------------------------------------------------
+    def set_callbacks(self, callbacks: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        """Register controller callbacks; None never clears an earlier one."""
+        updates = {**(callbacks or {}), **kwargs}
+        self._callbacks = self._callbacks.merged(updates)
+
+    @property
+    def callbacks(self) -> ControllerCallbacks:
+        return self._callbacks
+
+    # -- lifetime ---------------------------------------------------------------------
+    def start(self) -> None:
+        """Run the peripheral; returns once registered, else raises a StartError."""
+        with self._lock:
+            if self.is_running():
+                return
+            self._ready.clear()
+            self._stopped.clear()
+            self._start_error = None
+            self._thread = threading.Thread(target=self._thread_main, name=THREAD_NAME,
+                                            daemon=True)
+            self._thread.start()
+        wait = self.settings.bus_timeout_s + START_MARGIN_S
+        if not self._ready.wait(wait):
+            self.stop()
+            raise StartTimeout(f"the peripheral did not start within {wait:.3g} s")
+        if self._start_error is not None:
+            error = self._start_error
+            self.stop()
+            if isinstance(error, StartError):
+                raise error
+            raise StartError(f"start-up failed: {type(error).__name__}: {error}") from error
+
+    def stop(self) -> None:
+        """Unregister and stop, within MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS; idempotent."""
+        with self._lock:
+            thread, token, scope = self._thread, self._token, self._cancel
+            if thread is None:
+                return
+            if token is not None and scope is not None:
+                try:
+                    token.run_sync_soon(scope.cancel)
+                except trio.RunFinishedError:
+                    pass
+            if thread is not threading.current_thread():
+                thread.join(self.settings.shutdown_timeout_s)
+                if thread.is_alive():
+                    log.warning("trio thread still running after shutdown bound_ms=%d",
+                                self.settings.ble_shutdown_timeout_ms)
+            self._thread = None
+
+    def is_running(self) -> bool:
+        return (self._thread is not None and self._thread.is_alive()
+                and self._ready.is_set() and self._start_error is None)
+
+    def __enter__(self) -> BlePortal:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def _thread_main(self) -> None:
+        try:
+            trio.run(self._trio_main)
+        except BaseException as exc:  # report, never kill the interpreter's thread silently
+            error = unwrap_group(exc) if isinstance(exc, BaseExceptionGroup) else exc
+            if not self._ready.is_set():
+                self._start_error = error
+            else:
+                self.peripheral.status.last_error = f"{type(error).__name__}: {error}"
+                log.error("peripheral stopped with an error: %s", error)
+        finally:
+            self._token = None
+            self._cancel = None
+            self._stopped.set()
+            self._ready.set()
+
+    async def _trio_main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        with trio.CancelScope() as scope:
+            self._cancel = scope
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self._run_peripheral)
+                self._ready.set()
+
+    async def _run_peripheral(self, task_status: trio.TaskStatus[None]) -> None:
+        await self.peripheral.run(task_status=task_status)
+
+    # -- publishing (any thread; never blocks past the put timeout; never raises) ----
+    def publish_env(self, temperature: object = None, humidity: object = None,
+                    co2: object = None, light: object = None) -> Outcome:
+        return self._guard(lambda: self.service.publish_env(temperature, humidity, co2, light))
+
+    def publish_status(self, flags: object) -> Outcome:
+        return self._guard(lambda: self.service.publish_status(flags))
+
+    def publish_actuator(self, control_data: Mapping[str, Any] | None = None) -> Outcome:
+        """Publish relay state; without an argument it is read via ``get_control_data``."""
+        def read_and_publish() -> Outcome:
+            data: object = control_data
+            if data is None:
+                getter = self._callbacks.get_control_data
+                data = getter() if getter is not None else None
+            return self.service.publish_actuator(data)
+
+        return self._guard(read_and_publish)
+
+    def notify(self, name: str, payload: bytes) -> Outcome:
+        """Publish a ready payload for a notifying characteristic by name."""
+        return self._guard(lambda: self.service.publish_raw(name, payload))
+
+    def _guard(self, publish: Callable[[], Outcome]) -> Outcome:
+        if not self.is_running():
+            return Outcome.NOT_RUNNING
+        try:
+            return publish()
+        except Exception:
+            log.exception("publish failed")
+            return Outcome.DROPPED
+
+    # -- control operations (wait for the loop, with a timeout) ------------------------
+    def call_in_loop(self, fn: Callable[[], T], *, timeout: float | None = None) -> T:
+        """Run ``fn`` on the trio thread and return its result within ``timeout``.
+
+        ``trio.from_thread.run_sync`` cannot time out; this hands ``fn`` over
+        with ``TrioToken.run_sync_soon`` and waits on a future that can.
+        """
+        token = self._token
+        if token is None:
+            raise LoopNotRunning("the peripheral is not running")
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                future.set_result(fn())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        token.run_sync_soon(run)
+        return future.result(self.settings.bus_timeout_s if timeout is None else timeout)
+
+    def connection_count(self) -> int:
+        return sum(1 for d in self.peripheral.devices.values() if d.connected)
+
+    def get_status(self) -> dict[str, Any]:
+        """A snapshot for dashboards and logs (documented in the README)."""
+        status = self.peripheral.status
+        devices = [
+            {"path": d.path, "mtu": d.mtu, "connected": d.connected}
+            for d in list(self.peripheral.devices.values())
+        ]
+        app = self.peripheral.app
+        subscriptions = (
+            {s.spec.name: s.notifying for s in app.characteristics if s.spec.notifies}
+            if app is not None else {}
+        )
+        return {
+            "backend": "bluez-dbus",
+            "running": self.is_running(),
+            "registered": status.registered,
+            "adapter": status.adapter,
+            "bluez_owner": status.bluez_owner,
+            "connected_devices": devices,
+            "connection_count": sum(1 for d in devices if d["connected"]),
+            "subscriptions": subscriptions,
+            "characteristics": self.service.counters(),
+            "restarts": status.restarts,
+            "last_recovery_s": status.last_recovery_s,
+            "last_error": status.last_error,
+            "started_at": status.started_at,
+        }
