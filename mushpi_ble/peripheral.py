@@ -1,16 +1,18 @@
 """The trio side of the peripheral: one connection, one nursery, supervised.
 
 Connects to the bus, waits for ``org.bluez``, finds (and powers) the
-adapter, exports and registers the MushPi application, runs the notifier
-tasks, and keeps the registration alive across bluetoothd restarts by
-watching who owns ``org.bluez``. Shutdown unregisters within a bound.
+adapter, exports and registers the MushPi application, advertises, follows
+connected centrals, and keeps all of it alive across bluetoothd restarts by
+watching who owns ``org.bluez``: each owner gets a *session* that is
+cancelled when the owner changes. Shutdown unregisters within a bound.
 """
 
 from __future__ import annotations
 
 import logging
+import operator
 import time
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import attrs
@@ -18,7 +20,7 @@ import trio
 from trio_util import AsyncValue
 
 from .config import Settings
-from .dbus import BusUnreachable, Connection, DBusError, open_connection
+from .dbus import BusUnreachable, Connection, DBusError, MatchRule, open_connection
 from .dbus.groups import single_errors
 from .errors import (
     AdapterNotFound,
@@ -29,7 +31,25 @@ from .errors import (
     StartTimeout,
 )
 from .gatt import GattApplication
-from .gatt.adapter import ensure_powered, managed_objects, pick_adapter
+from .gatt.adapter import (
+    ADAPTER_IFACE,
+    ensure_powered,
+    managed_objects,
+    pick_adapter,
+    set_property,
+)
+from .gatt.adapter import (
+    OBJECT_MANAGER as OBJECT_MANAGER_IFACE,
+)
+from .gatt.advertising import (
+    Advertisement,
+    AdvertisingCapabilities,
+    advert_path,
+    plan_advertisement,
+    read_capabilities,
+)
+from .gatt.devices import Central, DeviceTracker
+from .naming import advertised_name
 from .service import MushPiService
 
 log = logging.getLogger(__name__)
@@ -37,16 +57,7 @@ log = logging.getLogger(__name__)
 BLUEZ = "org.bluez"
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
-
-
-@attrs.define
-class DeviceInfo:
-    """A central seen through its requests (address path and negotiated MTU)."""
-
-    path: str
-    mtu: int = 23
-    connected: bool = True
-    first_seen: float = attrs.Factory(time.time)
+ADAPTER_WAIT_S = 10.0
 
 
 @attrs.define
@@ -55,12 +66,21 @@ class PeripheralStatus:
 
     running: bool = False
     registered: bool = False
+    advertising: bool = False
     adapter: str | None = None
+    advertised_name: str = ""
+    advert_left_out: tuple[str, ...] = ()
     bluez_owner: str = ""
     restarts: int = 0
     last_recovery_s: float | None = None
     last_error: str | None = None
     started_at: float | None = None
+    connects: int = 0
+    disconnects: int = 0
+
+
+def _backoff(attempt: int) -> float:
+    return float(min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, attempt - 1)))
 
 
 class Peripheral:
@@ -71,10 +91,15 @@ class Peripheral:
         self.service = service
         self.bus = bus
         self.status = PeripheralStatus()
-        self.devices: dict[str, DeviceInfo] = {}
+        self.tracker: DeviceTracker | None = None
         self.conn: Connection | None = None
         self.app: GattApplication | None = None
-        self.on_registered: list[Callable[[], Any]] = []
+        self.advert: Advertisement | None = None
+        self._capabilities = AdvertisingCapabilities()
+        self._advert_wanted = trio.Event()
+        self._stopping = False
+        self._nursery: trio.Nursery | None = None
+        self.name = advertised_name(settings.ble_name_prefix, None)
 
     # -- lifetime ---------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -95,6 +120,7 @@ class Peripheral:
     async def _serve(self, conn: Connection, nursery: trio.Nursery,
                      task_status: trio.TaskStatus[None]) -> None:
         self.conn = conn
+        self._nursery = nursery
         app = GattApplication(
             conn,
             self.settings.dbus_app_path,
@@ -114,6 +140,7 @@ class Peripheral:
             task_status.started()
             await self._supervise(conn, app, owner)
         finally:
+            self._stopping = True
             self.status.running = False
             self.service.detach()
             await self._shutdown(app)
@@ -121,8 +148,11 @@ class Peripheral:
     async def _shutdown(self, app: GattApplication) -> None:
         bound = self.settings.shutdown_timeout_s
         with trio.CancelScope(shield=True), trio.move_on_after(bound * 0.8):
-            await app.unregister(timeout=bound * 0.5)
+            if self.advert is not None:
+                await self.advert.unregister(timeout=bound * 0.4)
+            await app.unregister(timeout=bound * 0.4)
         self.status.registered = False
+        self.status.advertising = False
 
     # -- registration --------------------------------------------------------------------
     async def _first_registration(self, conn: Connection, app: GattApplication,
@@ -140,23 +170,37 @@ class Peripheral:
                 )
         try:
             with trio.fail_at(deadline):
-                await self._register(conn, app, owner.value)
+                await self._register(conn, app, owner.value, wait_for_adapter=False)
         except trio.TooSlowError as exc:
             raise StartTimeout(
                 f"registration did not finish within {timeout:.3g} s "
                 f"(MUSHPI_DBUS_BUS_TIMEOUT_MS)"
             ) from exc
 
-    async def _register(self, conn: Connection, app: GattApplication, bluez_owner: str) -> None:
+    async def _find_adapter(self, conn: Connection, *, wait: bool) -> str:
+        """The configured adapter's path; optionally wait (bounded) for it to appear."""
         timeout = self.settings.bus_timeout_s
-        objects = await managed_objects(conn, timeout=timeout)
-        adapter = pick_adapter(objects, self.settings.ble_adapter)
-        if adapter is None:
-            found = sorted(p.rsplit("/", 1)[-1] for p in objects if p.count("/") == 3)
-            raise AdapterNotFound(
-                f"adapter {self.settings.ble_adapter!r} not found (MUSHPI_BLE_ADAPTER); "
-                f"bluetoothd has: {', '.join(found) or 'no adapters'}"
-            )
+        give_up = trio.current_time() + (ADAPTER_WAIT_S if wait else 0)
+        attempt = 0
+        while True:
+            objects = await managed_objects(conn, timeout=timeout)
+            adapter = pick_adapter(objects, self.settings.ble_adapter)
+            if adapter is not None:
+                return adapter
+            if trio.current_time() >= give_up:
+                found = sorted(p.rsplit("/", 1)[-1] for p in objects if p.count("/") == 3)
+                raise AdapterNotFound(
+                    f"adapter {self.settings.ble_adapter!r} not found (MUSHPI_BLE_ADAPTER); "
+                    f"bluetoothd has: {', '.join(found) or 'no adapters'}"
+                )
+            attempt += 1
+            log.info("waiting for adapter=%s attempt=%d", self.settings.ble_adapter, attempt)
+            await trio.sleep(_backoff(attempt))
+
+    async def _register(self, conn: Connection, app: GattApplication, bluez_owner: str, *,
+                        wait_for_adapter: bool) -> None:
+        timeout = self.settings.bus_timeout_s
+        adapter = await self._find_adapter(conn, wait=wait_for_adapter)
         await ensure_powered(conn, adapter, timeout=timeout)
         try:
             await app.register(adapter, timeout=timeout)
@@ -167,66 +211,179 @@ class Peripheral:
         self.status.adapter = adapter
         self.status.registered = True
         self.status.bluez_owner = bluez_owner
-        for hook in self.on_registered:
-            hook()
+        self.status.last_error = None
 
     # -- supervision ---------------------------------------------------------------------
     async def _supervise(self, conn: Connection, app: GattApplication,
                          owner: AsyncValue[str]) -> None:
-        """Follow ``org.bluez``: forget state when it goes, register when it returns."""
+        """One session per bluetoothd instance; a new owner means a new session."""
+        recovering_since: float | None = None
         while True:
             current = owner.value
-            if current and current == self.status.bluez_owner and self.status.registered:
-                await owner.wait_transition()
-                continue
             if not current:
-                if self.status.registered or self.status.bluez_owner:
-                    self._bluez_gone()
+                self._forget_registrations("bluetoothd left the bus")
                 await owner.wait_value(lambda v: bool(v))
+                recovering_since = trio.current_time()
                 continue
-            await self._recover(conn, app, owner, current)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._session, conn, app, current, recovering_since)
+                await owner.wait_value(partial(operator.ne, current))
+                nursery.cancel_scope.cancel()
+            recovering_since = trio.current_time()
+            self._forget_registrations("bluetoothd left the bus")
 
-    def _bluez_gone(self) -> None:
-        log.warning("bluetoothd left the bus; registrations are gone")
+    def _forget_registrations(self, reason: str) -> None:
+        if not (self.status.registered or self.status.bluez_owner):
+            return
+        log.warning("registrations are gone reason=%s", reason)
         assert self.app is not None
         self.app.registered_on = None
         self.app.reset_subscriptions()
+        if self.advert is not None:
+            self.advert.registered_on = None
         self.status.registered = False
+        self.status.advertising = False
         self.status.bluez_owner = ""
-        self.devices.clear()
+        if self.tracker is not None:
+            self.tracker.clear()
         self.service.set_connected(False)
 
-    async def _recover(self, conn: Connection, app: GattApplication, owner: AsyncValue[str],
-                       new_owner: str) -> None:
-        """Register again with bounded exponential backoff while ``new_owner`` stays."""
-        started = trio.current_time()
-        if self.status.registered:
-            self._bluez_gone()
-        delay = BACKOFF_FIRST_S
+    async def _session(self, conn: Connection, app: GattApplication, bluez_owner: str,
+                       recovering_since: float | None) -> None:
+        """Everything that lives as long as one bluetoothd: registration, advert, devices.
+
+        An adapter that disappears takes its registrations with it; the
+        session then waits for it to return and registers again.
+        """
+        rule = MatchRule(sender=BLUEZ, path="/", interface=OBJECT_MANAGER_IFACE,
+                         member="InterfacesRemoved")
+        async with conn.subscribe(rule) as removals:
+            while True:
+                await self._register_with_retry(conn, app, bluez_owner, recovering_since)
+                assert self.status.adapter is not None
+                adapter = self.status.adapter
+                tracker = DeviceTracker(adapter, self._connection_changed)
+                self.tracker = tracker
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(partial(tracker.run, conn,
+                                                timeout=self.settings.bus_timeout_s))
+                    nursery.start_soon(self._keep_advertising, conn, adapter)
+                    async for signal in removals:
+                        path, ifaces = signal.body
+                        if path == adapter and ADAPTER_IFACE in ifaces:
+                            break
+                    nursery.cancel_scope.cancel()
+                log.warning("adapter removed adapter=%s", adapter)
+                self._forget_registrations("adapter removed")
+                recovering_since = trio.current_time()
+
+    async def _register_with_retry(self, conn: Connection, app: GattApplication,
+                                   bluez_owner: str, recovering_since: float | None) -> None:
         attempt = 0
-        while owner.value == new_owner:
+        while not self.status.registered:
             attempt += 1
             try:
-                await self._register(conn, app, new_owner)
+                await self._register(conn, app, bluez_owner, wait_for_adapter=True)
             except (StartError, DBusError) as exc:
                 self.status.last_error = str(exc)
-                log.info("re-registration attempt=%d failed retry_in_s=%.2f error=%s",
-                         attempt, delay, exc)
-                with trio.move_on_after(delay):
-                    await owner.wait_transition()
-                delay = min(delay * 2, BACKOFF_MAX_S)
+                log.info("registration attempt=%d failed retry_in_s=%.2f error=%s",
+                         attempt, _backoff(attempt), exc)
+                await trio.sleep(_backoff(attempt))
                 continue
-            self.status.restarts += 1
-            self.status.last_recovery_s = trio.current_time() - started
-            log.info("registered again after bluetoothd restart attempts=%d recovery_s=%.3f",
-                     attempt, self.status.last_recovery_s)
+            if recovering_since is not None:
+                self.status.restarts += 1
+                self.status.last_recovery_s = trio.current_time() - recovering_since
+                log.info("registered again attempts=%d recovery_s=%.3f", attempt,
+                         self.status.last_recovery_s)
+
+    # -- advertising and the name ----------------------------------------------------------
+    async def _keep_advertising(self, conn: Connection, adapter: str) -> None:
+        """Set the alias; when enabled, register the advert and re-register on Release."""
+        timeout = self.settings.bus_timeout_s
+        await self._apply_alias(conn, adapter)
+        if not self.settings.ble_adv_enable:
+            log.info("advertising disabled (MUSHPI_BLE_ADV_ENABLE=false); alias only name=%s",
+                     self.name)
             return
+        attempt = 0
+        while True:
+            try:
+                self._capabilities = await read_capabilities(conn, adapter, timeout=timeout)
+                plan = self._plan()
+                if self.advert is None:
+                    self.advert = Advertisement(conn, advert_path(self.settings.dbus_app_path),
+                                                plan, on_release=self._advert_released)
+                elif self.advert.plan != plan:
+                    await self.advert.update(plan)
+                self._advert_wanted = trio.Event()
+                await self.advert.register(adapter, timeout=timeout)
+                self.status.advertising = True
+                attempt = 0
+            except DBusError as exc:
+                attempt += 1
+                self.status.last_error = f"advertising: {exc}"
+                log.warning("advertisement registration failed attempt=%d retry_in_s=%.2f "
+                            "error=%s", attempt, _backoff(attempt), exc)
+                await trio.sleep(_backoff(attempt))
+                continue
+            await self._advert_wanted.wait()
+            self.status.advertising = False
+            attempt += 1
+            await trio.sleep(_backoff(attempt))
+
+    def _advert_released(self) -> None:
+        self.status.advertising = False
+        if not self._stopping:
+            self._advert_wanted.set()
+
+    def _plan(self) -> Any:
+        plan = plan_advertisement(self.name, self.settings.ble_service_uuid,
+                                  self._capabilities, self.settings.ble_adv_tx_power)
+        if plan.left_out and plan.left_out != self.status.advert_left_out:
+            log.info("advertisement leaves out: %s", "; ".join(plan.left_out))
+        self.status.advert_left_out = plan.left_out
+        return plan
+
+    async def _apply_alias(self, conn: Connection, adapter: str) -> None:
+        try:
+            await set_property(conn, adapter, ADAPTER_IFACE, "Alias", "s", self.name,
+                               timeout=self.settings.bus_timeout_s)
+            self.status.advertised_name = self.name
+        except DBusError as exc:
+            log.warning("setting the adapter alias failed error=%s", exc)
+
+    def request_rename(self, name: str) -> None:
+        """From the loop thread: start a live rename without waiting for it."""
+        if self._nursery is None:
+            self.name = name
+            return
+        self._nursery.start_soon(self.rename, name)
+
+    async def rename(self, name: str) -> None:
+        """Apply a new advertised name live (alias and advert), no re-registration."""
+        if name == self.name:
+            return
+        self.name = name
+        log.info("advertised name name=%s", name)
+        conn, adapter = self.conn, self.status.adapter
+        if conn is None or adapter is None or not self.status.registered:
+            return
+        await self._apply_alias(conn, adapter)
+        if self.advert is not None and self.settings.ble_adv_enable:
+            await self.advert.update(self._plan())
 
     # -- devices -------------------------------------------------------------------------
     def _device_seen(self, device: str, mtu: int) -> None:
-        info = self.devices.get(device)
-        if info is None:
-            self.devices[device] = DeviceInfo(device, mtu)
-            log.info("central seen device=%s mtu=%d", device, mtu)
+        if self.tracker is not None:
+            self.tracker.note_mtu(device, mtu)
+
+    def _connection_changed(self, central: Central, connected: bool) -> None:
+        if connected:
+            self.status.connects += 1
         else:
-            info.mtu = mtu
+            self.status.disconnects += 1
+        self.service.set_connected(bool(self.tracker and self.tracker.connected))
+
+    @property
+    def centrals(self) -> list[Central]:
+        return list(self.tracker.centrals.values()) if self.tracker else []

@@ -11,6 +11,7 @@ is idempotent, callable from any thread, and bounded.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -23,6 +24,7 @@ from .config import Settings, load_settings
 from .controller import ControllerCallbacks
 from .dbus.groups import unwrap_group
 from .errors import StartError, StartTimeout
+from .naming import advertised_name
 from .notify import Outcome
 from .peripheral import Peripheral
 from .service import MushPiService
@@ -101,10 +103,8 @@ class BlePortal:
             if thread is None:
                 return
             if token is not None and scope is not None:
-                try:
+                with contextlib.suppress(trio.RunFinishedError):
                     token.run_sync_soon(scope.cancel)
-                except trio.RunFinishedError:
-                    pass
             if thread is not threading.current_thread():
                 thread.join(self.settings.shutdown_timeout_s)
                 if thread.is_alive():
@@ -204,14 +204,31 @@ class BlePortal:
         return future.result(self.settings.bus_timeout_s if timeout is None else timeout)
 
     def connection_count(self) -> int:
-        return sum(1 for d in self.peripheral.devices.values() if d.connected)
+        return sum(1 for c in self.peripheral.centrals if c.connected)
+
+    def update_advertising_name(self, name: str | None = None) -> str:
+        """Recompute the name from ``get_stage_data`` (or take ``name``) and apply it live.
+
+        Returns the name. The stage getter runs in the caller's thread; the
+        rename itself is handed to the loop without waiting for it.
+        """
+        if name is None:
+            getter = self._callbacks.get_stage_data
+            name = advertised_name(self.settings.ble_name_prefix,
+                                   getter() if getter is not None else None)
+        if self.is_running():
+            self.call_in_loop(lambda: self.peripheral.request_rename(name))
+        else:
+            self.peripheral.name = name
+        return name
 
     def get_status(self) -> dict[str, Any]:
         """A snapshot for dashboards and logs (documented in the README)."""
         status = self.peripheral.status
         devices = [
-            {"path": d.path, "mtu": d.mtu, "connected": d.connected}
-            for d in list(self.peripheral.devices.values())
+            {"path": c.path, "address": c.address, "mtu": c.mtu, "connected": c.connected,
+             "connected_at": c.connected_at}
+            for c in self.peripheral.centrals
         ]
         app = self.peripheral.app
         subscriptions = (
@@ -222,12 +239,17 @@ class BlePortal:
             "backend": "bluez-dbus",
             "running": self.is_running(),
             "registered": status.registered,
+            "advertising": status.advertising,
+            "advertised_name": status.advertised_name,
+            "advert_left_out": list(status.advert_left_out),
             "adapter": status.adapter,
             "bluez_owner": status.bluez_owner,
             "connected_devices": devices,
             "connection_count": sum(1 for d in devices if d["connected"]),
             "subscriptions": subscriptions,
             "characteristics": self.service.counters(),
+            "connects": status.connects,
+            "disconnects": status.disconnects,
             "restarts": status.restarts,
             "last_recovery_s": status.last_recovery_s,
             "last_error": status.last_error,

@@ -1,0 +1,262 @@
+"""LE advertising: plan what fits in 31 bytes, export the advert, keep it registered.
+
+bluetoothd refuses an advertisement whose legacy payload exceeds 31 bytes
+(flags included) with ``InvalidLength``; planning first lets us drop the
+least important part — the name, which the adapter alias still carries in
+scan responses — and say so in one log line instead of failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid as uuidlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Method, Property
+
+log = logging.getLogger(__name__)
+
+BLUEZ = "org.bluez"
+ADVERT_IFACE = "org.bluez.LEAdvertisement1"
+MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
+LEGACY_MAX = 31
+FLAGS_SIZE = 3
+BASE_UUID_SUFFIX = "-0000-1000-8000-00805f9b34fb"
+
+# MUSHPI_BLE_ADV_TX_POWER → dBm requested when the controller can set it
+TX_POWER_DBM = {"low": -20, "med": -8, "high": 4}
+
+
+def uuid_size(value: str) -> int:
+    """Bytes a UUID takes in an AD structure: 2, 4 or 16."""
+    text = str(uuidlib.UUID(value)) if len(value) > 8 else value
+    if len(text) <= 8:
+        return 2 if int(text, 16) <= 0xFFFF else 4
+    if text.endswith(BASE_UUID_SUFFIX):
+        short = int(text[:8], 16)
+        return 2 if short <= 0xFFFF else 4
+    return 16
+
+
+def legacy_payload_size(
+    *,
+    service_uuids: Sequence[str] = (),
+    local_name: str | None = None,
+    tx_power: bool = False,
+    appearance: bool = False,
+    manufacturer_data: Mapping[int, bytes] | None = None,
+    service_data: Mapping[str, bytes] | None = None,
+) -> int:
+    """The legacy advertising payload size bluetoothd would build, flags included."""
+    size = FLAGS_SIZE
+    by_width: dict[int, int] = {}
+    for value in service_uuids:
+        width = uuid_size(value)
+        by_width[width] = by_width.get(width, 0) + 1
+    size += sum(2 + width * count for width, count in by_width.items())
+    if local_name:
+        size += 2 + len(local_name.encode())
+    if tx_power:
+        size += 3
+    if appearance:
+        size += 4
+    for data in (manufacturer_data or {}).values():
+        size += 2 + 2 + len(data)
+    for key, data in (service_data or {}).items():
+        size += 2 + uuid_size(key) + len(data)
+    return size
+
+
+@attrs.frozen
+class AdvertisingCapabilities:
+    """What the adapter's LEAdvertisingManager1 says it supports."""
+
+    supported_includes: tuple[str, ...] = ("tx-power", "appearance", "local-name")
+    supported_instances: int = 1
+    active_instances: int = 0
+    can_set_tx_power: bool = False
+    max_adv_len: int = LEGACY_MAX
+    min_tx_power: int = -127
+    max_tx_power: int = 20
+
+    @classmethod
+    def from_properties(cls, props: Mapping[str, Any]) -> AdvertisingCapabilities:
+        caps = {k: v[1] if isinstance(v, tuple) else v
+                for k, v in dict(props.get("SupportedCapabilities", {})).items()}
+        return cls(
+            supported_includes=tuple(props.get("SupportedIncludes", ())),
+            supported_instances=int(props.get("SupportedInstances", 1)),
+            active_instances=int(props.get("ActiveInstances", 0)),
+            can_set_tx_power="CanSetTxPower" in tuple(props.get("SupportedFeatures", ())),
+            max_adv_len=int(caps.get("MaxAdvLen", LEGACY_MAX)),
+            min_tx_power=int(caps.get("MinTxPower", -127)),
+            max_tx_power=int(caps.get("MaxTxPower", 20)),
+        )
+
+
+@attrs.frozen
+class AdvertPlan:
+    """The properties to advertise and what was left out, with the reason."""
+
+    service_uuids: tuple[str, ...]
+    local_name: str | None
+    includes: tuple[str, ...]
+    tx_power: int | None
+    size: int
+    left_out: tuple[str, ...] = ()
+
+
+def plan_advertisement(
+    name: str,
+    service_uuid: str,
+    capabilities: AdvertisingCapabilities,
+    tx_level: str,
+) -> AdvertPlan:
+    """Fit the service UUID, the name and the tx power into the legacy budget.
+
+    The service UUID always stays (the app finds the device by it); the
+    name goes first when the budget is short.
+    """
+    budget = min(LEGACY_MAX, capabilities.max_adv_len)
+    left_out: list[str] = []
+    includes: list[str] = []
+    tx_power: int | None = None
+    dbm = TX_POWER_DBM[tx_level]
+    if capabilities.can_set_tx_power:
+        tx_power = max(capabilities.min_tx_power, min(capabilities.max_tx_power, dbm))
+    elif "tx-power" in capabilities.supported_includes:
+        includes.append("tx-power")
+    else:
+        left_out.append("tx-power (the adapter can neither set nor report it)")
+    uuids = (service_uuid,)
+    size = legacy_payload_size(service_uuids=uuids, tx_power="tx-power" in includes)
+    local_name: str | None = name
+    with_name = size + 2 + len(name.encode())
+    if with_name > budget:
+        left_out.append(
+            f"local name {name!r} ({with_name} > {budget} bytes; the adapter alias still "
+            "carries it in scan responses)"
+        )
+        local_name = None
+    else:
+        size = with_name
+    if size > budget and "tx-power" in includes:
+        includes.remove("tx-power")
+        left_out.append("tx-power include (no room)")
+        size -= 3
+    return AdvertPlan(uuids, local_name, tuple(includes), tx_power, size, tuple(left_out))
+
+
+class Advertisement:
+    """Our ``org.bluez.LEAdvertisement1`` object, kept registered.
+
+    ``Release()`` from bluetoothd (adapter gone, timeout) triggers
+    re-registration with backoff unless we are stopping.
+    """
+
+    def __init__(self, conn: Connection, path: str, plan: AdvertPlan, *,
+                 allowed_caller: str | None = BLUEZ,
+                 on_release: Callable[[], None] | None = None) -> None:
+        self._conn = conn
+        self.path = path
+        self.plan = plan
+        self._allowed_caller = allowed_caller
+        self._on_release = on_release
+        self.registered_on: str | None = None
+        self.exported = False
+        self.releases = 0
+
+    def _interface(self) -> Interface:
+        def props() -> list[Property]:
+            out = [
+                Property("Type", "s", get=lambda: "peripheral"),
+                Property("ServiceUUIDs", "as", get=lambda: list(self.plan.service_uuids)),
+                Property("Includes", "as", get=lambda: list(self.plan.includes)),
+                Property("Discoverable", "b", get=lambda: True),
+            ]
+            if self.plan.local_name is not None:
+                out.append(Property("LocalName", "s", get=lambda: self.plan.local_name or ""))
+            if self.plan.tx_power is not None:
+                out.append(Property("TxPower", "n", get=lambda: self.plan.tx_power))
+            return out
+
+        return Interface(
+            ADVERT_IFACE,
+            allowed_caller=self._allowed_caller,
+            methods=[Method("Release", handler=self._release)],
+            properties=props(),
+        )
+
+    def export(self) -> None:
+        if not self.exported:
+            self._conn.export(self.path, [self._interface()])
+            self.exported = True
+
+    def unexport(self) -> None:
+        if self.exported:
+            self._conn.unexport(self.path)
+            self.exported = False
+
+    def _release(self, _ctx: CallContext) -> None:
+        self.releases += 1
+        self.registered_on = None
+        log.warning("advertisement released by bluetoothd path=%s", self.path)
+        if self._on_release is not None:
+            self._on_release()
+
+    async def register(self, adapter_path: str, *, timeout: float) -> None:
+        self.export()
+        await self._conn.call(BLUEZ, adapter_path, MANAGER_IFACE, "RegisterAdvertisement",
+                              "oa{sv}", (self.path, {}), timeout=timeout)
+        self.registered_on = adapter_path
+        log.info("advertisement registered path=%s name=%s size=%d", self.path,
+                 self.plan.local_name or "-", self.plan.size)
+
+    async def unregister(self, *, timeout: float) -> None:
+        adapter_path, self.registered_on = self.registered_on, None
+        if adapter_path is None:
+            return
+        try:
+            await self._conn.call(BLUEZ, adapter_path, MANAGER_IFACE, "UnregisterAdvertisement",
+                                  "o", (self.path,), timeout=timeout)
+        except DBusError as exc:
+            log.warning("advertisement unregister failed error=%s", exc)
+
+    async def update(self, plan: AdvertPlan) -> None:
+        """Apply a new plan live: PropertiesChanged makes bluetoothd re-read it."""
+        old, self.plan = self.plan, plan
+        if not self.exported:
+            return
+        # the property set follows the plan: LocalName is absent, not "", when left out
+        self._conn.unexport(self.path)
+        self._conn.export(self.path, [self._interface()])
+        changed: dict[str, Any] = {}
+        invalidated: list[str] = []
+        if old.local_name != plan.local_name:
+            if plan.local_name is None:
+                invalidated.append("LocalName")
+            else:
+                changed["LocalName"] = plan.local_name
+        if old.includes != plan.includes:
+            changed["Includes"] = list(plan.includes)
+        if changed or invalidated:
+            await self._conn.emit_properties_changed(self.path, ADVERT_IFACE, changed,
+                                                     invalidated)
+
+
+async def read_capabilities(conn: Connection, adapter_path: str, *,
+                            timeout: float) -> AdvertisingCapabilities:
+    (props,) = await conn.call(BLUEZ, adapter_path, "org.freedesktop.DBus.Properties", "GetAll",
+                               "s", (MANAGER_IFACE,), timeout=timeout)
+    return AdvertisingCapabilities.from_properties(
+        {k: v[1] for k, v in dict(props).items()}
+    )
+
+
+def advert_path(app_root: str) -> str:
+    """Beside the GATT application, not under it: bluetoothd watches the app's subtree."""
+    parent = app_root.rsplit("/", 1)[0]
+    return (parent or "") + "/advertisement0"

@@ -1,0 +1,148 @@
+"""Notification mailboxes: policies, counters, thread hand-off, the notifier task."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import trio
+
+from mushpi_ble.notify import Mailbox, Outcome, run_notifier
+
+
+def check_sum(box: Mailbox) -> None:
+    c = box.counters()
+    assert c.offered == c.sent + c.dropped + c.coalesced + c.pending, c
+
+
+def payload(n: int) -> bytes:
+    return n.to_bytes(4, "little")
+
+
+async def test_not_running_until_attached() -> None:
+    box = Mailbox("env", capacity=4, policy="drop_oldest", put_timeout=0.01)
+    assert box.offer(b"x") is Outcome.NOT_RUNNING
+    assert box.counters().offered == 0
+
+
+@pytest.mark.parametrize(
+    ("policy", "outcomes", "kept", "dropped", "coalesced"),
+    [
+        ("drop_oldest", [Outcome.QUEUED] * 5, [2, 3, 4], 2, 0),
+        ("drop_newest", [Outcome.QUEUED] * 3 + [Outcome.DROPPED] * 2, [0, 1, 2], 2, 0),
+        ("coalesce", [Outcome.QUEUED] + [Outcome.COALESCED] * 4, [4], 0, 4),
+    ],
+)
+async def test_policies_under_overload(policy: str, outcomes: list[Outcome], kept: list[int],
+                                       dropped: int, coalesced: int) -> None:
+    box = Mailbox("env", capacity=3, policy=policy, put_timeout=0.01)
+    box.attach(trio.lowlevel.current_trio_token())
+    assert [box.offer(payload(n)) for n in range(5)] == outcomes
+    check_sum(box)
+    got = []
+    for _ in kept:
+        value, _at = await box.get()
+        box.done(notified=True)
+        got.append(int.from_bytes(value, "little"))
+    assert got == kept
+    c = box.counters()
+    assert (c.offered, c.sent, c.dropped, c.coalesced, c.pending) == (
+        5, len(kept), dropped, coalesced, 0)
+
+
+async def test_thread_producers_wake_the_parked_notifier_in_order() -> None:
+    box = Mailbox("env", capacity=10_000, policy="drop_newest", put_timeout=0.01)
+    box.attach(trio.lowlevel.current_trio_token())
+    received: list[int] = []
+    emitted = trio.Event()
+    total = 2000
+
+    async def emit(value: bytes) -> bool:
+        received.append(int.from_bytes(value, "little"))
+        if len(received) == total:
+            emitted.set()
+        return True
+
+    def produce() -> list[Outcome]:
+        return [box.offer(payload(n)) for n in range(total)]
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_notifier(box, emit, slow_publish_s=1.0))
+        outcomes = await trio.to_thread.run_sync(produce)
+        with trio.fail_after(5):
+            await emitted.wait()
+        nursery.cancel_scope.cancel()
+    assert set(outcomes) == {Outcome.QUEUED}
+    assert received == list(range(total))
+    c = box.counters()
+    assert (c.offered, c.sent, c.notified, c.pending) == (total, total, total, 0)
+    assert box.latency.snapshot()["count"] == total
+
+
+async def test_slow_emit_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    box = Mailbox("status", capacity=2, policy="drop_oldest", put_timeout=0.01)
+    box.attach(trio.lowlevel.current_trio_token())
+    done = trio.Event()
+
+    async def slow_emit(_value: bytes) -> bool:
+        await trio.sleep(0.05)
+        done.set()
+        return False
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_notifier(box, slow_emit, slow_publish_s=0.01))
+        box.offer(b"abcd")
+        with trio.fail_after(2):
+            await done.wait()
+        await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert "slow publish characteristic=status" in caplog.text
+    c = box.counters()
+    assert (c.sent, c.notified) == (1, 0)
+
+
+async def test_failed_emit_counts_as_dropped() -> None:
+    box = Mailbox("env", capacity=2, policy="drop_oldest", put_timeout=0.01)
+    box.attach(trio.lowlevel.current_trio_token())
+
+    async def broken(_value: bytes) -> bool:
+        raise RuntimeError("bus gone")
+
+    box.offer(b"1")
+    with pytest.raises(RuntimeError):
+        await run_notifier(box, broken, slow_publish_s=1.0)
+    c = box.counters()
+    assert (c.offered, c.dropped, c.pending) == (1, 1, 0)
+    check_sum(box)
+
+
+async def test_detach_drops_what_is_queued_and_refuses_more() -> None:
+    box = Mailbox("env", capacity=5, policy="drop_oldest", put_timeout=0.01)
+    box.attach(trio.lowlevel.current_trio_token())
+    for n in range(3):
+        box.offer(payload(n))
+    box.detach()
+    assert box.offer(b"late") is Outcome.NOT_RUNNING
+    c = box.counters()
+    assert (c.offered, c.dropped, c.pending) == (3, 3, 0)
+
+
+def test_contended_lock_returns_dropped_within_put_timeout() -> None:
+    box = Mailbox("env", capacity=5, policy="drop_oldest", put_timeout=0.02)
+    box._token = object()  # type: ignore[assignment]  # attached without a loop
+    box._lock.acquire()
+    try:
+        result: list[Outcome] = []
+        t = threading.Thread(target=lambda: result.append(box.offer(b"x")))
+        t.start()
+        t.join(2)
+        assert result == [Outcome.DROPPED]
+    finally:
+        box._lock.release()
+    check_sum(box)
+    assert box.counters().dropped == 1
+
+
+def test_unknown_policy_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown policy"):
+        Mailbox("env", capacity=1, policy="priority", put_timeout=0.01)
