@@ -38,7 +38,7 @@ def _load(name: str) -> Callable[..., BLEBackend]:
 def select_backend(settings: Settings | None = None, *, bus: str = "SYSTEM") -> BLEBackend:
     """Instantiate the backend ``MUSHPI_BLE_BACKEND`` names (or its fallback)."""
     settings = settings if settings is not None else load_settings()
-    wanted = settings.ble_backend
+    wanted: str = settings.ble_backend
     if wanted not in BACKEND_MODULES:
         raise ValueError(f"unknown backend {wanted!r}; allowed: {', '.join(BACKEND_MODULES)}")
     try:

@@ -63,7 +63,7 @@ BUS_NAME = "org.freedesktop.DBus"
 BUS_PATH = "/org/freedesktop/DBus"
 DEFAULT_CALL_TIMEOUT = 2.5
 DEFAULT_HANDLER_TIMEOUT = 5.0
-DEFAULT_WRITE_BUFFER = 4 << 20
+DEFAULT_WRITE_BUFFER = 64 << 10  # emitters yield to the writer past this
 
 
 @attrs.frozen

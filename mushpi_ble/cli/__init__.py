@@ -1,0 +1,48 @@
+"""``mushpi-ble``: serve, demo, bench and check from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from mushpi_ble import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mushpi-ble", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"mushpi-ble {__version__}")
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    from . import serve
+
+    serve.add_arguments(sub.add_parser("serve", help="serve the MushPi service on bluetoothd "
+                                                     "with a simulated controller"))
+    try:
+        from . import demo
+    except ImportError:  # pragma: no cover - demo ships with the package
+        pass
+    else:
+        demo.add_arguments(sub.add_parser("demo", help="everything simulated on a private bus: "
+                                                       "fake bluetoothd, peripheral, phone app"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        from . import serve
+
+        return serve.run(args)
+    if args.command == "demo":
+        from . import demo
+
+        return demo.run(args)
+    raise SystemExit(f"unknown command {args.command}")  # pragma: no cover
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""``mushpi-ble serve``: the real MushPi service with a simulated controller.
+
+For bench testing on a Pi (or any machine with bluetoothd): it publishes
+simulated sensor readings every ``--interval`` seconds, keeps the control
+targets, stage and thresholds a phone writes, and flips relays on
+overrides. A live view shows centrals, subscriptions, counters, the last
+values and recent writes; without a TTY (or with ``--log-format json``) it
+logs plain lines instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from mushpi_ble.config import ConfigError, Settings, load_settings
+from mushpi_ble.errors import StartError
+from mushpi_ble.portal import BlePortal
+from mushpi_ble.protocol import ActuatorStatus, EnvMeasurement, StatusFlags
+from mushpi_ble.testing.controller import SimulatedController
+
+log = logging.getLogger("mushpi_ble.serve")
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_START = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--interval", type=_interval, default=None,
+                        help="seconds between simulated sensor publishes (5..300; "
+                             "default MUSHPI_SIM_INTERVAL_S or 30)")
+    parser.add_argument("--state", type=Path, default=None,
+                        help="JSON file to start from (if it exists)")
+    parser.add_argument("--save", type=Path, default=None,
+                        help="JSON file to save the controller state to on exit")
+    parser.add_argument("--bus", default="SYSTEM",
+                        help="D-Bus bus: SYSTEM (honours DBUS_SYSTEM_BUS_ADDRESS), SESSION "
+                             "or an address")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="stop after this many seconds (default: run until signalled)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for the sensor noise")
+
+
+def _interval(text: str) -> int:
+    value = int(text)
+    if not 5 <= value <= 300:
+        raise argparse.ArgumentTypeError("--interval must be 5..300 seconds")
+    return value
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps({"ts": round(record.created, 3), "level": record.levelname,
+                           "logger": record.name, "msg": record.getMessage()})
+
+
+def configure_logging(fmt: str, level: str, stream: TextIO) -> None:
+    handler = logging.StreamHandler(stream)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def render_view(portal: BlePortal, controller: SimulatedController) -> str:
+    """The live terminal view, as text (also used by tests)."""
+    status = portal.get_status()
+    app = portal.peripheral.app
+    lines = [
+        f"MushPi BLE  {status['advertised_name'] or '-'}  adapter={status['adapter']}  "
+        f"registered={status['registered']}  advertising={status['advertising']}  "
+        f"restarts={status['restarts']}",
+        "",
+        f"centrals ({status['connection_count']}):",
+    ]
+    for dev in status["connected_devices"]:
+        if dev["connected"]:
+            lines.append(f"  {dev['address'] or dev['path']}  mtu={dev['mtu']}")
+    lines.append("")
+    lines.append("characteristic       subscribed offered  sent  dropped coalesced pending "
+                 "p50ms  last value")
+    for name, c in status["characteristics"].items():
+        value = app.state(name).value if app is not None else b""
+        lines.append(
+            f"{name:20} {status['subscriptions'].get(name, False)!s:10} {c['offered']:7} "
+            f"{c['sent']:5} {c['dropped']:8} {c['coalesced']:9} {c['pending']:7} "
+            f"{c['latency']['p50_s'] * 1000:5.2f}  {_decode(name, value)}"
+        )
+    lines.append("")
+    lines.append("recent writes:")
+    for event in list(portal.service.recent_writes)[-8:]:
+        mark = "ok " if event.accepted else "REJ"
+        when = time.strftime("%H:%M:%S", time.localtime(event.at))
+        lines.append(f"  {when} {mark} {event.characteristic:17} {event.detail}")
+    relays = ", ".join(k for k, v in controller.relays.items() if v) or "none"
+    lines.append("")
+    lines.append(f"relays on: {relays}   stage: {controller.stage.get('species')} "
+                 f"{controller.stage.get('stage')}")
+    return "\n".join(lines)
+
+
+def _decode(name: str, value: bytes) -> str:
+    try:
+        if name == "env_measurements":
+            env = EnvMeasurement.unpack(value)
+            return (f"{env.temperature:.1f}°C {env.humidity:.1f}% {env.co2}ppm "
+                    f"light={env.light}")
+        if name == "status_flags":
+            return f"flags=0x{StatusFlags.unpack(value).flags:04x}"
+        if name == "actuator_status":
+            act = ActuatorStatus.unpack(value)
+            return f"relays=0x{act.relay_bits:02x}"
+    except ValueError:
+        pass
+    return value.hex()
+
+
+def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
+    try:
+        settings = settings or load_settings()
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    interval = args.interval or settings.sim_interval_s
+    live = sys.stdout.isatty() and args.log_format != "json"
+    configure_logging(args.log_format, args.log_level, sys.stderr if live else sys.stdout)
+    controller = SimulatedController(seed=args.seed)
+    if args.state is not None and args.state.exists():
+        controller.load(args.state)
+    portal = BlePortal(settings, bus=args.bus)
+    portal.set_callbacks(controller.callbacks())
+    controller.on_relays_changed = lambda: None  # the override write refreshes actuator status
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal received signal=%s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            portal.start()
+        except StartError as exc:
+            print(f"cannot start: {exc}", file=sys.stderr)
+            return EXIT_START
+        portal.update_advertising_name()
+        log.info("serving name=%s interval_s=%d", portal.get_status()["advertised_name"],
+                 interval)
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        next_publish = time.monotonic()
+        while not stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if now >= next_publish:
+                reading = controller.sensor_reading()
+                outcome = portal.publish_env(reading["temperature"], reading["humidity"],
+                                             reading["co2"], reading["light"])
+                if not live:
+                    log.info("env published outcome=%s temperature=%.1f humidity=%.1f "
+                             "co2=%d light=%.0f", outcome.value, reading["temperature"],
+                             reading["humidity"], reading["co2"], reading["light"])
+                next_publish = now + interval
+            if live:
+                sys.stdout.write("\x1b[H\x1b[2J" + render_view(portal, controller) + "\n")
+                sys.stdout.flush()
+            stop.wait(1.0 if live else min(1.0, max(0.05, next_publish - time.monotonic())))
+    finally:
+        started = time.monotonic()
+        portal.stop()
+        log.info("stopped stop_ms=%.0f", (time.monotonic() - started) * 1000)
+        if args.save is not None:
+            controller.save(args.save)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return EXIT_OK

@@ -1,0 +1,29 @@
+# Shared set-up for scripts/demo and scripts/test (sourced, not run):
+# Debian tools the package needs, then a local virtualenv with the package.
+# Usage: source scripts/_env.sh [extra]   e.g. "test" installs .[test]
+set -euo pipefail
+
+mushpi_need_apt=()
+command -v dbus-daemon >/dev/null 2>&1 || mushpi_need_apt+=(dbus-daemon)
+command -v dbus-send >/dev/null 2>&1 || mushpi_need_apt+=(dbus-bin)
+if [ "${1:-}" = "test" ]; then
+    command -v gdbus >/dev/null 2>&1 || mushpi_need_apt+=(libglib2.0-bin)
+    command -v busctl >/dev/null 2>&1 || mushpi_need_apt+=(systemd)
+fi
+if [ "${#mushpi_need_apt[@]}" -gt 0 ]; then
+    echo "installing Debian packages: ${mushpi_need_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${mushpi_need_apt[@]}" >/dev/null
+fi
+
+MUSHPI_VENV="${MUSHPI_VENV:-.venv}"
+if [ ! -x "$MUSHPI_VENV/bin/python" ]; then
+    python3 -m venv "$MUSHPI_VENV"
+    "$MUSHPI_VENV/bin/python" -m pip install -q --upgrade pip
+fi
+if [ -n "${1:-}" ]; then
+    "$MUSHPI_VENV/bin/python" -m pip install -q -e ".[$1]"
+else
+    "$MUSHPI_VENV/bin/python" -m pip install -q -e .
+fi
