@@ -314,3 +314,19 @@ def test_self_check_all_ok() -> None:
     lines = self_check()
     assert len(lines) >= 10
     assert all(line.startswith("ok ") for line in lines), "\n".join(lines)
+
+
+def test_thresholds_answer_fits_one_attribute_value() -> None:
+    """Over 512 bytes: extra keys go first, then an honest error — never a cut JSON."""
+    import json
+
+    from mushpi_ble.protocol import encode_thresholds_answer
+
+    big_note = {"temp_min": 15.0, "co2_max": 900, "notes": "x" * 600}
+    answer = json.loads(encode_thresholds_answer("Oyster", "Pinning", big_note))
+    assert answer == {"species": "Oyster", "stage": "Pinning", "temp_min": 15.0, "co2_max": 900}
+    huge = {"light": {"mode": "cycle", "schedule": list(range(300))}}
+    raw = encode_thresholds_answer("Oyster", "Pinning", huge)
+    assert len(raw) <= 512
+    assert json.loads(raw) == {"error": "Thresholds too large", "species": "Oyster",
+                               "stage": "Pinning"}

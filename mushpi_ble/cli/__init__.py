@@ -17,29 +17,22 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from . import serve
+    from mushpi_ble.cli import demo, serve
 
     serve.add_arguments(sub.add_parser("serve", help="serve the MushPi service on bluetoothd "
                                                      "with a simulated controller"))
-    try:
-        from . import demo
-    except ImportError:  # pragma: no cover - demo ships with the package
-        pass
-    else:
-        demo.add_arguments(sub.add_parser("demo", help="everything simulated on a private bus: "
-                                                       "fake bluetoothd, peripheral, phone app"))
+    demo.add_arguments(sub.add_parser("demo", help="everything simulated on a private bus: "
+                                                   "fake bluetoothd, peripheral, phone app"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        from . import serve
+    from mushpi_ble.cli import demo, serve
 
+    if args.command == "serve":
         return serve.run(args)
     if args.command == "demo":
-        from . import demo
-
         return demo.run(args)
     raise SystemExit(f"unknown command {args.command}")  # pragma: no cover
 

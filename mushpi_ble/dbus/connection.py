@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import array
 import contextlib
+import functools
 import inspect
 import itertools
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, cast
@@ -49,6 +50,12 @@ from .interface import CallContext, Interface, Method
 from .match import MatchRule
 from .objects import INTROSPECTABLE, OBJECT_MANAGER, PEER, PROPERTIES, ObjectTree
 from .signature import body_from_result
+from .templates import (
+    encode_method_call,
+    encode_method_return,
+    encode_properties_changed,
+    encode_signal,
+)
 from .transport import (
     BusUnreachable,
     MessageReader,
@@ -123,6 +130,9 @@ def _machine_id() -> str:
 
 
 _MACHINE_ID = _machine_id()
+_STANDARD_INTERFACES = frozenset((PEER, INTROSPECTABLE, PROPERTIES, OBJECT_MANAGER))
+_PING = Method("Ping", handler=lambda _ctx: None)
+_GET_MACHINE_ID = Method("GetMachineId", "", "s", handler=lambda _ctx: _MACHINE_ID)
 
 
 class Connection:
@@ -157,6 +167,7 @@ class Connection:
         self._owners_ready: dict[str, trio.Event] = {}
         self._handler_nursery: trio.Nursery | None = None
         self._system_nursery: trio.Nursery | None = None
+        self._resume: trio.Event | None = None
         self.closed = trio.Event()
 
     @property
@@ -200,15 +211,10 @@ class Connection:
         """
         if self.closed.is_set():
             raise ConnectionLost()
-        msg = new_method_call(
-            DBusAddress(path, bus_name=destination, interface=interface),
-            member,
-            signature or None,
-            tuple(body),
-        )
+        args = (destination, path, interface, member, signature, tuple(body))
         if no_reply:
-            msg.header.flags |= MessageFlag.no_reply_expected
-            self._send_now(msg)
+            data, fds = self._call_bytes(*args, next(self._serials), no_reply=True)
+            self._writer.write_nowait(data, fds)
             await trio.lowlevel.checkpoint()
             return ()
         deadline = self.call_timeout if timeout is None else timeout
@@ -216,7 +222,7 @@ class Connection:
         serial = next(self._serials)
         self._pending[serial] = pending
         try:
-            data, fds = self._serialise(msg, serial)
+            data, fds = self._call_bytes(*args, serial, no_reply=False)
             self._writer.write_nowait(data, fds)
             with trio.move_on_after(deadline):
                 await pending.event.wait()
@@ -234,6 +240,36 @@ class Connection:
             raise DBusError(name, text)
         return tuple(reply.body)
 
+    def _call_bytes(
+        self, destination: str, path: str, interface: str, member: str, signature: str,
+        body: tuple[Any, ...], serial: int, *, no_reply: bool,
+    ) -> tuple[bytes, array.array[int] | None]:
+        flags = MessageFlag.no_reply_expected if no_reply else 0
+        try:
+            return encode_method_call(destination, path, interface, member, signature, body,
+                                      serial, flags), None
+        except Exception:
+            pass  # not for the fast encoder: jeepney builds it, or raises its own error
+        msg = new_method_call(
+            DBusAddress(path, bus_name=destination, interface=interface),
+            member,
+            signature or None,
+            body,
+        )
+        msg.header.flags |= flags
+        return self._serialise(msg, serial)
+
+    def _signal_bytes(
+        self, path: str, interface: str, member: str, signature: str, body: tuple[Any, ...]
+    ) -> bytes:
+        serial = next(self._serials)
+        try:
+            return encode_signal(path, interface, member, signature, body, serial)
+        except Exception:
+            pass  # not for the fast encoder: jeepney builds it, or raises its own error
+        msg = new_signal(DBusAddress(path, interface=interface), member, signature or None, body)
+        return self._serialise(msg, serial)[0]
+
     async def call_bus(self, member: str, signature: str = "", body: Sequence[Any] = ()) -> Any:
         """Call the bus daemon itself; returns the first reply value or None."""
         reply = await self.call(BUS_NAME, BUS_PATH, BUS_NAME, member, signature, body)
@@ -243,19 +279,14 @@ class Connection:
         self, path: str, interface: str, member: str, signature: str = "", body: Sequence[Any] = ()
     ) -> None:
         """Queue a signal for the next batched write; never waits."""
-        msg = new_signal(DBusAddress(path, interface=interface), member, signature or None,
-                         tuple(body))
-        data, _ = self._serialise(msg, next(self._serials))
-        self._writer.queue(data)
+        self._writer.queue(self._signal_bytes(path, interface, member, signature, tuple(body)))
 
     async def emit_signal(
         self, path: str, interface: str, member: str, signature: str = "", body: Sequence[Any] = ()
     ) -> None:
         """Send a signal; waits while the outgoing buffer is full (back-pressure)."""
-        msg = new_signal(DBusAddress(path, interface=interface), member, signature or None,
-                         tuple(body))
-        data, _ = self._serialise(msg, next(self._serials))
-        await self._writer.write(data)
+        await self._writer.write(
+            self._signal_bytes(path, interface, member, signature, tuple(body)))
 
     def _changed_body(
         self, path: str, interface: str, changed: Mapping[str, Any], invalidated: Iterable[str]
@@ -266,6 +297,25 @@ class Connection:
         }
         return (interface, variants, list(invalidated))
 
+    def _properties_changed_bytes(
+        self, path: str, interface: str, changed: Mapping[str, Any], invalidated: Iterable[str]
+    ) -> bytes:
+        if len(changed) == 1 and (invalidated == () or invalidated == []):
+            # One changed property and nothing invalidated, as every GATT
+            # notification is: a pre-serialised template, only the value written.
+            ((name, value),) = changed.items()
+            signature = self.tree.lookup_property(path, interface, name).signature
+            serial = next(self._serials)
+            try:
+                return encode_properties_changed(path, interface, name, signature, value, serial)
+            except Exception:
+                pass  # not for the fast encoder: jeepney builds it, or raises its own error
+            msg = new_signal(DBusAddress(path, interface=PROPERTIES), "PropertiesChanged",
+                             "sa{sv}as", (interface, {name: (signature, value)}, []))
+            return self._serialise(msg, serial)[0]
+        body = self._changed_body(path, interface, changed, invalidated)
+        return self._signal_bytes(path, PROPERTIES, "PropertiesChanged", "sa{sv}as", body)
+
     async def emit_properties_changed(
         self,
         path: str,
@@ -274,8 +324,8 @@ class Connection:
         invalidated: Iterable[str] = (),
     ) -> None:
         """Emit PropertiesChanged; signatures come from the exported declaration."""
-        body = self._changed_body(path, interface, changed, invalidated)
-        await self.emit_signal(path, PROPERTIES, "PropertiesChanged", "sa{sv}as", body)
+        await self._writer.write(
+            self._properties_changed_bytes(path, interface, changed, invalidated))
 
     def emit_properties_changed_nowait(
         self,
@@ -284,8 +334,7 @@ class Connection:
         changed: Mapping[str, Any],
         invalidated: Iterable[str] = (),
     ) -> None:
-        body = self._changed_body(path, interface, changed, invalidated)
-        self.emit_signal_nowait(path, PROPERTIES, "PropertiesChanged", "sa{sv}as", body)
+        self._writer.queue(self._properties_changed_bytes(path, interface, changed, invalidated))
 
     # ------------------------------------------------------------------
     # exporting
@@ -409,10 +458,29 @@ class Connection:
     # ------------------------------------------------------------------
     # the receive loop
     # ------------------------------------------------------------------
+    def pause_receiving(self) -> None:
+        """Stop reading and handling messages until :meth:`resume_receiving`.
+
+        For tests that simulate a stalled peer: what others send piles up in
+        the bus daemon and then in their own buffers. Messages already read
+        wait, unhandled, like the rest.
+        """
+        if self._resume is None:
+            self._resume = trio.Event()
+
+    def resume_receiving(self) -> None:
+        if self._resume is not None:
+            self._resume.set()
+            self._resume = None
+
     async def _receive_loop(self) -> None:
         try:
             while True:
+                if self._resume is not None:
+                    await self._resume.wait()
                 for msg in await self._reader.receive_batch():
+                    if self._resume is not None:
+                        await self._resume.wait()
                     kind = msg.header.message_type
                     if kind is MessageType.method_call:
                         self._handle_call(msg)
@@ -501,7 +569,13 @@ class Connection:
     # answering calls
     # ------------------------------------------------------------------
     def _reply(self, call: Message, signature: str, body: tuple[Any, ...]) -> None:
-        self._send_now(new_method_return(call, signature or None, body))
+        serial = next(self._serials)
+        try:
+            data, fds = encode_method_return(call, signature, body, serial), None
+        except Exception:
+            # Not for the fast encoder: jeepney builds it, or raises its own error.
+            data, fds = self._serialise(new_method_return(call, signature or None, body), serial)
+        self._writer.write_nowait(data, fds)
         self.stats.calls_answered += 1
 
     def _reply_error(self, call: Message, name: str, text: str) -> None:
@@ -518,7 +592,8 @@ class Connection:
             path=str(fields.get(HeaderFields.path, "/")),
             interface=str(fields.get(HeaderFields.interface, "")),
             member=str(fields.get(HeaderFields.member, "")),
-            fds=tuple(a for a in msg.body if hasattr(a, "fileno")) if self._enable_fds else (),
+            fds=(tuple(a for a in msg.body if hasattr(a, "fileno"))
+                 if self._enable_fds and HeaderFields.unix_fds in fields else ()),
         )
         signature = str(fields.get(HeaderFields.signature, ""))
         try:
@@ -627,28 +702,40 @@ class Connection:
         return method
 
     # -- the standard interfaces ------------------------------------------
+    @functools.cached_property
+    def _builtin_methods(self) -> dict[str, Method]:
+        return {
+            "Introspect": Method("Introspect", "", "s", handler=self._introspect),
+            "Get": Method("Get", "ss", "v", handler=self._prop_get),
+            "GetAll": Method("GetAll", "s", "a{sv}", handler=self._prop_get_all),
+            "Set": Method("Set", "ssv", "", handler=self._prop_set),
+            "GetManagedObjects": Method("GetManagedObjects", "", "a{oa{sa{sv}}}",
+                                        handler=self._get_managed_objects),
+        }
+
+    def _introspect(self, ctx: CallContext) -> str:
+        return self.tree.introspect(ctx.path)
+
     def _builtin(self, ctx: CallContext) -> Method | None:
         iface, member = ctx.interface, ctx.member
+        if iface and iface not in _STANDARD_INTERFACES:
+            return None  # the usual case: a call on an exported interface
         exported = self.tree.is_exported(ctx.path)
+        builtins = self._builtin_methods
         if iface in ("", PEER) and member == "Ping":
-            return Method("Ping", handler=lambda _ctx: None)
+            return _PING
         if iface in ("", PEER) and member == "GetMachineId":
-            return Method("GetMachineId", "", "s", handler=lambda _ctx: _MACHINE_ID)
+            return _GET_MACHINE_ID
         if iface in ("", INTROSPECTABLE) and member == "Introspect":
             if not self.tree.node_exists(ctx.path) and ctx.path != "/":
                 raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
-            return Method("Introspect", "", "s",
-                          handler=lambda c: self.tree.introspect(c.path))
+            return builtins["Introspect"]
         if iface == PROPERTIES or (not iface and member in ("Get", "GetAll", "Set") and exported
                                    and not self._user_has_member(ctx)):
             if not exported:
                 raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
-            if member == "Get":
-                return Method("Get", "ss", "v", handler=self._prop_get)
-            if member == "GetAll":
-                return Method("GetAll", "s", "a{sv}", handler=self._prop_get_all)
-            if member == "Set":
-                return Method("Set", "ssv", "", handler=self._prop_set)
+            if member in ("Get", "GetAll", "Set"):
+                return builtins[member]
             raise DBusError(UNKNOWN_METHOD, f"no method {member} on {PROPERTIES}")
         if iface == OBJECT_MANAGER or (not iface and member == "GetManagedObjects"):
             if not self.tree.is_manager(ctx.path):
@@ -656,8 +743,7 @@ class Connection:
                     raise DBusError(UNKNOWN_INTERFACE, f"no {OBJECT_MANAGER} at {ctx.path}")
                 raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
             if member == "GetManagedObjects":
-                return Method("GetManagedObjects", "", "a{oa{sa{sv}}}",
-                              handler=self._get_managed_objects)
+                return builtins["GetManagedObjects"]
             raise DBusError(UNKNOWN_METHOD, f"no method {member} on {OBJECT_MANAGER}")
         if iface in (PEER, INTROSPECTABLE):
             raise DBusError(UNKNOWN_METHOD, f"no method {member} on {iface}")
@@ -758,15 +844,34 @@ async def open_connection(
         timeout_error=timeout_error,
     )
     try:
+        # The connection's own tasks are shielded from the caller's cancellation
+        # so that cleanup in the body (unregistering, say) can still make calls;
+        # they stop when the body is left, however it is left.
+        internal: list[trio.CancelScope] = []
+
+        async def shielded(run: Callable[..., Awaitable[None]], reports_start: bool = False,
+                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope(shield=True) as scope:
+                internal.append(scope)
+                if reports_start:
+                    await run(task_status=task_status)
+                else:
+                    task_status.started()
+                    await run()
+
         async with trio.open_nursery() as nursery:
             conn._system_nursery = nursery
-            nursery.start_soon(conn._receive_loop)
-            nursery.start_soon(conn.writer.run)
-            await nursery.start(conn._run)
-            conn.unique_name = str(await conn.call_bus("Hello"))
-            log.debug("connected address=%s unique_name=%s", address, conn.unique_name)
-            yield conn
-            nursery.cancel_scope.cancel()
+            try:
+                await nursery.start(shielded, conn._receive_loop)
+                await nursery.start(shielded, conn.writer.run)
+                await nursery.start(shielded, conn._run, True)
+                conn.unique_name = str(await conn.call_bus("Hello"))
+                log.debug("connected address=%s unique_name=%s", address, conn.unique_name)
+                yield conn
+            finally:
+                for scope in internal:
+                    scope.cancel()
+                nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise unwrap_group(group) from None
     finally:

@@ -53,6 +53,9 @@ THRESHOLD_KEYS: Final = frozenset((*NUMERIC_KEYS, "light", "expected_days"))
 MAX_EXPECTED_DAYS: Final = 365
 NOT_FOUND: Final = "Stage not found"
 _PAIR_KEYS: Final = ("species", "stage")
+MAX_ATTRIBUTE_VALUE: Final = 512
+"""ATT's limit on one attribute value; read answers are fitted to it."""
+TOO_LARGE_ANSWER: Final = "Thresholds too large"
 _MAX_ANSWER_DEPTH: Final = 16
 MAX_WRITE_DEPTH: Final = 32
 """Deepest JSON nesting a write may use (0x88 beyond)."""
@@ -339,4 +342,14 @@ def encode_thresholds_answer(
         name = str(key)
         if name not in _PAIR_KEYS:
             body[name] = _jsonable(value)
-    return _dump(body)
+    encoded = _dump(body)
+    if len(encoded) <= MAX_ATTRIBUTE_VALUE:
+        return encoded
+    # An ATT attribute value is at most 512 bytes: phones stop reading there and
+    # bluetoothd cuts every ReadValue answer to it. Keep the threshold keys the
+    # app knows; drop the rest; refuse honestly if even that does not fit.
+    essential = {k: v for k, v in body.items() if k in _PAIR_KEYS or k in THRESHOLD_KEYS}
+    encoded = _dump(essential)
+    if len(encoded) <= MAX_ATTRIBUTE_VALUE:
+        return encoded
+    return _dump({"error": TOO_LARGE_ANSWER, "species": species, "stage": stage})

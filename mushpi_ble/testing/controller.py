@@ -41,8 +41,11 @@ DEFAULT_THRESHOLDS: dict[tuple[str, str], dict[str, Any]] = {
                                   "rh_max": 95.0, "co2_max": 1000,
                                   "light": {"mode": "on", "on_min": 0, "off_min": 0},
                                   "expected_days": 10,
-                                  "notes": "Lion's Mane likes fresh air; keep CO2 low and mist "
-                                           "lightly so the spines stay white and do not brown"},
+                                  "mist": {"pulses_per_hour": 6, "pulse_s": 8},
+                                  "fan": {"on_min": 5, "off_min": 10},
+                                  "notes": "Lion's Mane likes fresh air: keep CO2 under 1000 ppm "
+                                           "and mist lightly so the spines stay white. Harvest "
+                                           "when the spines are about 5 mm long."},
 }
 
 
