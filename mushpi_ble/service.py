@@ -151,8 +151,8 @@ class MushPiService:
             Characteristic(uuid[OVERRIDE_BITS], ("write",), name=OVERRIDE_BITS,
                            write=self._write_overrides),
             Characteristic(uuid[STATUS_FLAGS], ("read", "notify"), name=STATUS_FLAGS,
-                           read=self._published_reader(STATUS_FLAGS),
-                           on_subscribe=self._push_current(STATUS_FLAGS)),
+                           read=self._read_status,
+                           on_subscribe=self._push_status_on_subscribe),
         ]
         if self.settings.ble_actuator_status_enable:
             chars.append(
@@ -245,6 +245,11 @@ class MushPiService:
             return self.app.state(name).value
 
         return read
+
+    async def _read_status(self, _request: ReadRequest) -> bytes:
+        """The controller's last flags with the live CONNECTIVITY bit (the reader
+        itself is connected, even before bluetoothd's Device1 signal arrives)."""
+        return StatusFlags(self._status_flags).with_connectivity(self._connected).pack()
 
     async def _controller_read(self, name: str, request: ReadRequest,
                                fetch: Callable[[], bytes | None]) -> bytes:
@@ -422,6 +427,14 @@ class MushPiService:
             await self.app.notify(state, state.value)
 
         return push
+
+    async def _push_status_on_subscribe(self) -> None:
+        """A subscriber is by definition connected: push with CONNECTIVITY set,
+        even if bluetoothd's Device1 signal has not been processed yet."""
+        assert self.app is not None
+        state = self.app.state(STATUS_FLAGS)
+        state.value = StatusFlags(self._status_flags).with_connectivity(True).pack()
+        await self.app.notify(state, state.value)
 
     async def _push_actuator_on_subscribe(self) -> None:
         assert self.app is not None

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import trio
+from rig import Rig, make_settings, start_rig
 
 from mushpi_ble.dbus import Connection, open_connection
 from mushpi_ble.testing import private_bus
+from mushpi_ble.testing.fakebluez import FakeBluez
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +29,19 @@ async def server(bus_address: str) -> AsyncIterator[Connection]:
 async def client(bus_address: str) -> AsyncIterator[Connection]:
     async with open_connection(bus_address, call_timeout=2.0) as conn:
         yield conn
+
+
+@pytest.fixture
+async def bluez(bus_address: str) -> AsyncIterator[FakeBluez]:
+    async with FakeBluez.serve(bus_address) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def rig(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Rig]:
+    """A running portal with a simulated controller on the fake bluetoothd."""
+    running = await start_rig(bus_address, bluez, make_settings())
+    try:
+        yield running
+    finally:
+        await trio.to_thread.run_sync(running.portal.stop)

@@ -7,66 +7,22 @@ import json
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import attrs
 import pytest
 import trio
+from rig import NOW, Rig, make_settings, phone, start_rig
 
-from mushpi_ble.config import Settings, load_settings
 from mushpi_ble.notify import Outcome
-from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import (
     CHARACTERISTIC_UUIDS,
     ControlTargets,
     OverrideBits,
 )
 from mushpi_ble.testing.controller import SimulatedController
-from mushpi_ble.testing.fakebluez import AttError, FakeBluez, FakeCentral
+from mushpi_ble.testing.fakebluez import AttError, FakeBluez
 
 UUID = CHARACTERISTIC_UUIDS
-NOW = 1_700_000_000.0
-
-
-def make_settings(**env: str) -> Settings:
-    base = {"MUSHPI_DBUS_BUS_TIMEOUT_MS": "2000", "MUSHPI_BLE_HANDLER_TIMEOUT_MS": "1000"}
-    return load_settings(environ={**base, **env}, env_file=None)
-
-
-@attrs.define
-class Rig:
-    portal: BlePortal
-    controller: SimulatedController
-    bluez: FakeBluez
-
-
-async def start_rig(bus_address: str, bluez: FakeBluez, settings: Settings,
-                    controller: SimulatedController | None = None) -> Rig:
-    controller = controller or SimulatedController(seed=1, now=lambda: NOW)
-    portal = BlePortal(settings, bus=bus_address, clock=lambda: NOW)
-    portal.set_callbacks(controller.callbacks())
-    await trio.to_thread.run_sync(portal.start)
-    return Rig(portal, controller, bluez)
-
-
-@pytest.fixture
-async def bluez(bus_address: str) -> AsyncIterator[FakeBluez]:
-    async with FakeBluez.serve(bus_address) as fake:
-        yield fake
-
-
-@pytest.fixture
-async def rig(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Rig]:
-    rig = await start_rig(bus_address, bluez, make_settings())
-    try:
-        yield rig
-    finally:
-        await trio.to_thread.run_sync(rig.portal.stop)
-
-
-async def phone(rig: Rig, mtu: int = 512, address: str = "11:22:33:44:55:66") -> FakeCentral:
-    return await rig.bluez.connect_central(address=address, mtu=mtu)
 
 
 async def test_registration_serves_the_protocol_table(rig: Rig) -> None:

@@ -1,9 +1,10 @@
 """LE advertising: plan what fits in 31 bytes, export the advert, keep it registered.
 
 bluetoothd refuses an advertisement whose legacy payload exceeds 31 bytes
-(flags included) with ``InvalidLength``; planning first lets us drop the
-least important part — the name, which the adapter alias still carries in
-scan responses — and say so in one log line instead of failing.
+(flags included) with ``InvalidLength`` and silently truncates a long local
+name in the scan response; planning first lets us drop the least important
+part — the name, which the adapter alias still carries — and say so in one
+log line instead of failing or advertising a clipped name.
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ class AdvertisingCapabilities:
     active_instances: int = 0
     can_set_tx_power: bool = False
     max_adv_len: int = LEGACY_MAX
+    max_scan_rsp_len: int = LEGACY_MAX
     min_tx_power: int = -127
     max_tx_power: int = 20
 
@@ -92,6 +94,7 @@ class AdvertisingCapabilities:
             active_instances=int(props.get("ActiveInstances", 0)),
             can_set_tx_power="CanSetTxPower" in tuple(props.get("SupportedFeatures", ())),
             max_adv_len=int(caps.get("MaxAdvLen", LEGACY_MAX)),
+            max_scan_rsp_len=int(caps.get("MaxScnRspLen", LEGACY_MAX)),
             min_tx_power=int(caps.get("MinTxPower", -127)),
             max_tx_power=int(caps.get("MaxTxPower", 20)),
         )
@@ -106,6 +109,7 @@ class AdvertPlan:
     includes: tuple[str, ...]
     tx_power: int | None
     size: int
+    scan_response_size: int = 0
     left_out: tuple[str, ...] = ()
 
 
@@ -115,12 +119,15 @@ def plan_advertisement(
     capabilities: AdvertisingCapabilities,
     tx_level: str,
 ) -> AdvertPlan:
-    """Fit the service UUID, the name and the tx power into the legacy budget.
+    """Fit the service UUID, the tx power and the name into the legacy budgets.
 
-    The service UUID always stays (the app finds the device by it); the
-    name goes first when the budget is short.
+    bluetoothd (5.5x and later) builds the advertising data from the flags,
+    the service UUIDs and the tx-power include, and puts LocalName in the
+    scan response, each within 31 bytes. The service UUID always stays (the
+    app finds the device by it); the name goes first when a budget is short.
     """
-    budget = min(LEGACY_MAX, capabilities.max_adv_len)
+    adv_budget = min(LEGACY_MAX, capabilities.max_adv_len)
+    scan_budget = min(LEGACY_MAX, capabilities.max_scan_rsp_len)
     left_out: list[str] = []
     includes: list[str] = []
     tx_power: int | None = None
@@ -133,21 +140,20 @@ def plan_advertisement(
         left_out.append("tx-power (the adapter can neither set nor report it)")
     uuids = (service_uuid,)
     size = legacy_payload_size(service_uuids=uuids, tx_power="tx-power" in includes)
+    if size > adv_budget and "tx-power" in includes:
+        includes.remove("tx-power")
+        left_out.append(f"tx-power include ({size} > {adv_budget} bytes)")
+        size -= 3
     local_name: str | None = name
-    with_name = size + 2 + len(name.encode())
-    if with_name > budget:
+    name_size = 2 + len(name.encode())
+    if name_size > scan_budget:
         left_out.append(
-            f"local name {name!r} ({with_name} > {budget} bytes; the adapter alias still "
-            "carries it in scan responses)"
+            f"local name {name!r} ({name_size} > {scan_budget} bytes of scan response; "
+            "the adapter alias still names the device)"
         )
         local_name = None
-    else:
-        size = with_name
-    if size > budget and "tx-power" in includes:
-        includes.remove("tx-power")
-        left_out.append("tx-power include (no room)")
-        size -= 3
-    return AdvertPlan(uuids, local_name, tuple(includes), tx_power, size, tuple(left_out))
+    return AdvertPlan(uuids, local_name, tuple(includes), tx_power, size,
+                      name_size if local_name else 0, tuple(left_out))
 
 
 class Advertisement:

@@ -52,7 +52,7 @@ class DeviceTracker:
         """MTU comes from the options of a central's requests."""
         central = self.centrals.get(path)
         if central is None:
-            central = self.centrals[path] = Central(path, connected=True)
+            central = self.centrals[path] = Central(path)
             self._set_connected(central, True)
         central.mtu = mtu
 
@@ -66,7 +66,7 @@ class DeviceTracker:
         return path.startswith(self.adapter_path + "/dev_")
 
     def _set_connected(self, central: Central, connected: bool) -> None:
-        if central.connected == connected and central.connected_at is not None:
+        if central.connected == connected:
             return
         central.connected = connected
         central.connected_at = time.time() if connected else None

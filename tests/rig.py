@@ -1,0 +1,47 @@
+"""Shared set-up for peripheral tests: settings, a portal on the fake bluetoothd."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import attrs
+import trio
+
+from mushpi_ble.config import Settings, load_settings
+from mushpi_ble.portal import BlePortal
+from mushpi_ble.testing.controller import SimulatedController
+from mushpi_ble.testing.fakebluez import FakeBluez, FakeCentral
+
+NOW = 1_700_000_000.0
+
+
+def make_settings(**env: str) -> Settings:
+    base = {"MUSHPI_DBUS_BUS_TIMEOUT_MS": "2000", "MUSHPI_BLE_HANDLER_TIMEOUT_MS": "1000"}
+    return load_settings(environ={**base, **env}, env_file=None)
+
+
+@attrs.define
+class Rig:
+    portal: BlePortal
+    controller: SimulatedController
+    bluez: FakeBluez
+
+
+async def start_rig(bus_address: str, bluez: FakeBluez, settings: Settings,
+                    controller: SimulatedController | None = None) -> Rig:
+    controller = controller or SimulatedController(seed=1, now=lambda: NOW)
+    portal = BlePortal(settings, bus=bus_address, clock=lambda: NOW)
+    portal.set_callbacks(controller.callbacks())
+    await trio.to_thread.run_sync(portal.start)
+    return Rig(portal, controller, bluez)
+
+
+async def phone(rig: Rig, mtu: int = 512, address: str = "11:22:33:44:55:66") -> FakeCentral:
+    return await rig.bluez.connect_central(address=address, mtu=mtu)
+
+
+async def eventually(predicate: Callable[[], object], timeout: float = 3.0) -> None:
+    """Poll a condition on state this test does not get events for (the portal's)."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.01)
