@@ -1,0 +1,369 @@
+"""``org.bluez.Adapter1`` at ``/org/bluez/hciN``, with its devices.
+
+An adapter owns its GATT database (:class:`GattManager`), its advertising
+manager and the simulated centrals connected to it. Property changes made
+here (not through ``Properties.Set``) emit ``PropertiesChanged`` themselves.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from mushpi_ble.dbus import CallContext, DBusError, Interface, Method, Property
+
+from .advertising import Advertisement, AdvertisingManager
+from .gatt_db import Characteristic
+from .gatt_manager import Application, GattManager
+from .names import (
+    ADAPTER,
+    DEVICE,
+    DOES_NOT_EXIST,
+    GATT_CHARACTERISTIC,
+    INVALID_ARGUMENTS,
+    TEXT_DOES_NOT_EXIST,
+    TEXT_INVALID_ARGUMENTS,
+)
+from .runtime import Link, Runtime
+
+if TYPE_CHECKING:
+    from .central import FakeCentral
+
+log = logging.getLogger(__name__)
+
+BASE_UUIDS = (
+    "00001800-0000-1000-8000-00805f9b34fb",
+    "00001801-0000-1000-8000-00805f9b34fb",
+    "0000180a-0000-1000-8000-00805f9b34fb",
+)
+DEFAULT_DISCOVERABLE_TIMEOUT = 180
+
+
+def adapter_index(adapter_id: str, fallback: int) -> int:
+    """N of "hciN", or ``fallback`` for other names."""
+    digits = adapter_id[3:] if adapter_id.startswith("hci") else ""
+    return int(digits) if digits.isdigit() else fallback
+
+
+@attrs.define(eq=False)
+class _Device:
+    address: str
+    path: str
+    address_type: str
+    connected: bool = True
+    removal: trio.CancelScope | None = None
+
+
+class FakeAdapter:
+    """One simulated controller, as bluetoothd presents it on D-Bus."""
+
+    def __init__(self, runtime: Runtime, adapter_id: str, index: int) -> None:
+        self._runtime = runtime
+        self.id = adapter_id
+        self.index = index
+        self.path = f"/org/bluez/{adapter_id}"
+        self.address = f"00:AA:01:00:00:{index & 0xFF:02X}"
+        system = runtime.config.system_name
+        self.name = system if index == 0 else f"{system} #{index + 1}"
+        self._alias: str | None = None
+        self.powered = True
+        self.discoverable = False
+        self.pairable = True
+        self.discoverable_timeout = DEFAULT_DISCOVERABLE_TIMEOUT
+        self.pairable_timeout = 0
+        self.gatt = GattManager(runtime, self)
+        self.advertising = AdvertisingManager(runtime, self)
+        self.centrals: dict[str, FakeCentral] = {}
+        self._devices: dict[str, _Device] = {}
+        self._discoverable_scope: trio.CancelScope | None = None
+
+    # -- public view ---------------------------------------------------------
+    @property
+    def alias(self) -> str:
+        """The alias, or the system name when none is set (Alias "" resets it)."""
+        return self._alias if self._alias else self.name
+
+    @property
+    def applications(self) -> list[Application]:
+        return self.gatt.registered()
+
+    @property
+    def advertisements(self) -> list[Advertisement]:
+        return self.advertising.registered()
+
+    def device_path(self, address: str) -> str:
+        return f"{self.path}/dev_{address.upper().replace(':', '_')}"
+
+    # -- D-Bus -----------------------------------------------------------
+    def _interface(self) -> Interface:
+        return Interface(ADAPTER, methods=[
+            Method("RemoveDevice", "o", "", handler=self._remove_device_call,
+                   arg_names=["device"]),
+        ], properties=[
+            Property("Address", "s", get=lambda: self.address),
+            Property("AddressType", "s", get=lambda: "public"),
+            Property("Name", "s", get=lambda: self.name),
+            Property("Alias", "s", get=lambda: self.alias, set=self._set_alias),
+            Property("Class", "u", get=lambda: 0),
+            Property("Powered", "b", get=lambda: self.powered, set=self._set_powered_bus),
+            Property("PowerState", "s", get=lambda: "on" if self.powered else "off"),
+            Property("Discoverable", "b", get=lambda: self.discoverable,
+                     set=self._set_discoverable),
+            Property("DiscoverableTimeout", "u", get=lambda: self.discoverable_timeout,
+                     set=self._set_discoverable_timeout),
+            Property("Pairable", "b", get=lambda: self.pairable, set=self._set_pairable),
+            Property("PairableTimeout", "u", get=lambda: self.pairable_timeout,
+                     set=self._set_pairable_timeout),
+            Property("Discovering", "b", get=lambda: False),
+            Property("UUIDs", "as", get=self._uuids),
+            Property("Modalias", "s", get=lambda: "usb:v1D6Bp0246d0542"),
+            Property("Roles", "as", get=lambda: ["central", "peripheral"]),
+        ])
+
+    def _uuids(self) -> list[str]:
+        extra = {s.uuid for app in self.gatt.registered() for s in app.services}
+        return sorted(set(BASE_UUIDS) | extra)
+
+    def attach(self, link: Link) -> None:
+        """Export the adapter on a (new) connection; InterfacesAdded announces it."""
+        link.conn.export(self.path, [self._interface(), self.gatt.interface(),
+                                     self.advertising.interface()])
+        log.info("adapter added adapter=%s address=%s powered=%s", self.id, self.address,
+                 self.powered)
+
+    def _emit(self, interface: str, changed: dict[str, Any], path: str | None = None) -> None:
+        link = self._runtime.link
+        if link is not None:
+            link.conn.emit_properties_changed_nowait(path or self.path, interface, changed)
+        self._runtime.changed()
+
+    # -- property setters (Properties.Set emits the change itself) -----------
+    def _set_alias(self, value: str) -> None:
+        self._alias = value or None
+        log.info("adapter alias set adapter=%s alias=%r", self.id, self.alias)
+        self._runtime.changed()
+
+    def _set_powered_bus(self, value: bool) -> None:
+        self._apply_powered(bool(value))
+        self._emit(ADAPTER, {"PowerState": "on" if self.powered else "off"})
+
+    def _apply_powered(self, value: bool) -> bool:
+        if value == self.powered:
+            return False
+        self.powered = value
+        log.info("adapter powered adapter=%s powered=%s", self.id, value)
+        if not value:
+            self._stop_discoverable_timer()
+            if self.discoverable:
+                self.discoverable = False
+                self._emit(ADAPTER, {"Discoverable": False})
+            if self.centrals and self._runtime.link is not None:
+                self._runtime.spawn(self.disconnect_all, "power-off")
+        return True
+
+    async def set_powered(self, value: bool) -> None:
+        """Power the adapter on or off (off drops every connection)."""
+        if self._apply_powered(bool(value)):
+            self._emit(ADAPTER, {"Powered": self.powered,
+                                 "PowerState": "on" if self.powered else "off"})
+        await trio.lowlevel.checkpoint()
+
+    def _set_discoverable(self, value: bool) -> None:
+        if value and not self.powered:
+            raise DBusError("org.bluez.Error.NotReady", "Resource Not Ready")
+        self.discoverable = bool(value)
+        self._stop_discoverable_timer()
+        if self.discoverable and self.discoverable_timeout:
+            self._start_discoverable_timer()
+        self._runtime.changed()
+
+    def _set_discoverable_timeout(self, value: int) -> None:
+        self.discoverable_timeout = int(value)
+        if self.discoverable:
+            self._stop_discoverable_timer()
+            if self.discoverable_timeout:
+                self._start_discoverable_timer()
+
+    def _set_pairable(self, value: bool) -> None:
+        self.pairable = bool(value)
+
+    def _set_pairable_timeout(self, value: int) -> None:
+        self.pairable_timeout = int(value)
+
+    def _start_discoverable_timer(self) -> None:
+        if self._runtime.link is None:
+            return
+        scope = trio.CancelScope()
+        self._discoverable_scope = scope
+        self._runtime.spawn(self._discoverable_expiry, scope, self.discoverable_timeout)
+
+    def _stop_discoverable_timer(self) -> None:
+        if self._discoverable_scope is not None:
+            self._discoverable_scope.cancel()
+            self._discoverable_scope = None
+
+    async def _discoverable_expiry(self, scope: trio.CancelScope, seconds: int) -> None:
+        with scope:
+            await trio.sleep(seconds)
+            self._discoverable_scope = None
+            self.discoverable = False
+            log.info("adapter discoverable expired adapter=%s timeout_s=%d", self.id, seconds)
+            self._emit(ADAPTER, {"Discoverable": False})
+
+    # -- the GATT database -------------------------------------------------
+    def database_changed(self) -> None:
+        self._emit(ADAPTER, {"UUIDs": self._uuids()})
+
+    def forget_characteristics(self, chars: list[Characteristic]) -> None:
+        """Characteristics left the database: subscriptions and sockets go with them."""
+        for central in self.centrals.values():
+            central.forget(chars)
+        for chrc in chars:
+            if chrc.write_socket is not None:
+                chrc.write_socket.close()
+                chrc.write_socket = None
+
+    def notify(self, app: Application, chrc: Characteristic, value: bytes,
+               only: FakeCentral | None = None) -> None:
+        """Send a value to every subscribed central (or to ``only``), cut to its MTU - 3.
+
+        On a characteristic that can indicate, bluetoothd sends to devices
+        that enabled indications only, and calls ``Confirm()`` per device.
+        """
+        targets = [only] if only is not None else list(self.centrals.values())
+        indication = chrc.can_indicate
+        for central in targets:
+            ccc = central.ccc_value(chrc)
+            if not ccc or (indication and not ccc & 0x0002):
+                continue
+            central.receive(chrc, value[: central.mtu - 3], indication=indication)
+            if indication:
+                self._runtime.spawn(self._confirm, app.sender, chrc.path)
+
+    async def _confirm(self, sender: str, path: str) -> None:
+        try:
+            await self._runtime.call(sender, path, GATT_CHARACTERISTIC, "Confirm",
+                                     no_reply=True)
+        except DBusError as exc:
+            log.debug("confirm not sent path=%s error=%s", path, exc)
+
+    # -- devices -------------------------------------------------------------
+    def _device_interface(self, device: _Device) -> Interface:
+        return Interface(DEVICE, methods=[
+            Method("Disconnect", "", "", handler=self._disconnect_call),
+        ], properties=[
+            Property("Address", "s", get=lambda: device.address),
+            Property("AddressType", "s", get=lambda: device.address_type),
+            Property("Alias", "s", get=lambda: device.address.replace(":", "-")),
+            Property("Paired", "b", get=lambda: False),
+            Property("Bonded", "b", get=lambda: False),
+            Property("Trusted", "b", get=lambda: False),
+            Property("Blocked", "b", get=lambda: False),
+            Property("LegacyPairing", "b", get=lambda: False),
+            Property("Connected", "b", get=lambda: device.connected),
+            Property("ServicesResolved", "b", get=lambda: False),
+            Property("UUIDs", "as", get=lambda: []),
+            Property("Adapter", "o", get=lambda: self.path),
+        ])
+
+    def add_device(self, central: FakeCentral, address_type: str) -> str:
+        """The device object of a connecting central: new (InterfacesAdded) or reused."""
+        link = self._runtime.require_link()
+        device = self._devices.get(central.address)
+        if device is not None:
+            if device.removal is not None:
+                device.removal.cancel()
+                device.removal = None
+            device.connected = True
+            self._emit(DEVICE, {"Connected": True}, device.path)
+        else:
+            device = _Device(central.address, self.device_path(central.address), address_type)
+            self._devices[central.address] = device
+            link.conn.export(device.path, [self._device_interface(device)])
+        return device.path
+
+    def device_disconnected(self, address: str) -> None:
+        device = self._devices.get(address)
+        if device is None:
+            return
+        device.connected = False
+        self._emit(DEVICE, {"Connected": False, "ServicesResolved": False}, device.path)
+        delay = self._runtime.config.device_remove_delay
+        if delay <= 0:
+            self._remove_device(address)
+        else:
+            scope = trio.CancelScope()
+            device.removal = scope
+            self._runtime.spawn(self._remove_later, address, delay, scope)
+
+    async def _remove_later(self, address: str, delay: float, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep(delay)
+            self._remove_device(address)
+
+    def _remove_device(self, address: str) -> None:
+        device = self._devices.pop(address, None)
+        link = self._runtime.link
+        if device is not None and link is not None:
+            link.conn.unexport(device.path)
+            log.info("device removed adapter=%s address=%s", self.id, address)
+        self._runtime.changed()
+
+    async def _disconnect_call(self, ctx: CallContext) -> None:
+        address = next((a for a, d in self._devices.items() if d.path == ctx.path), None)
+        central = self.centrals.get(address) if address else None
+        if central is None:
+            raise DBusError("org.bluez.Error.NotConnected", "Not Connected")
+        log.info("device disconnect requested adapter=%s address=%s sender=%s", self.id,
+                 central.address, ctx.sender)
+        await central.disconnect(reason="local-host")
+
+    async def _remove_device_call(self, ctx: CallContext, path: str) -> None:
+        address = next((a for a, d in self._devices.items() if d.path == path), None)
+        if address is None:
+            if not path.startswith(self.path + "/dev_"):
+                raise DBusError(INVALID_ARGUMENTS, TEXT_INVALID_ARGUMENTS)
+            raise DBusError(DOES_NOT_EXIST, TEXT_DOES_NOT_EXIST)
+        central = self.centrals.get(address)
+        if central is not None:
+            await central.disconnect(reason="local-host")
+        self._remove_device(address)
+
+    async def disconnect_all(self, reason: str) -> None:
+        for central in list(self.centrals.values()):
+            await central.disconnect(reason=reason)
+
+    # -- lifetime ---------------------------------------------------------------
+    async def remove(self) -> None:
+        """The controller goes away: adverts released, apps and devices dropped."""
+        await self.advertising.release_all()
+        for central in list(self.centrals.values()):
+            central.drop_link("adapter-removed")
+        self.gatt.forget_all()
+        link = self._runtime.link
+        for address in list(self._devices):
+            self._remove_device(address)
+        self._stop_discoverable_timer()
+        if link is not None:
+            link.conn.unexport(self.path)
+        log.info("adapter removed adapter=%s", self.id)
+        self._runtime.changed()
+
+    def reset(self, *, powered: bool) -> None:
+        """State after bluetoothd restarted: nothing registered, alias and power reset."""
+        self.advertising.forget_all()
+        for central in list(self.centrals.values()):
+            central.drop_link("bluetoothd-restart")
+        self.gatt.forget_all()
+        self._devices.clear()
+        self._stop_discoverable_timer()
+        self._alias = None
+        self.powered = powered
+        self.discoverable = False
+        self.pairable = True
+        self.discoverable_timeout = DEFAULT_DISCOVERABLE_TIMEOUT
+        self.pairable_timeout = 0
+        self._runtime.changed()

@@ -1,0 +1,106 @@
+"""What every part of the fake shares: settings, the current bus link, faults.
+
+A restart replaces the :class:`Link` (a new connection, a new unique name)
+while adapters, settings and pending faults stay.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import attrs
+import trio
+
+from mushpi_ble.dbus import Connection
+
+from .faults import Faults
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_INCLUDES = ("tx-power", "appearance", "local-name")
+
+
+@attrs.frozen
+class Config:
+    """Knobs of the fake; defaults follow a Raspberry Pi with stock main.conf."""
+
+    power_on_restart: bool = True
+    system_name: str = "raspberrypi"
+    supported_includes: tuple[str, ...] = DEFAULT_INCLUDES
+    supported_instances: int = 5
+    secondary_channels: tuple[str, ...] = ()
+    can_set_tx_power: bool = False
+    min_tx_power: int = -21
+    max_tx_power: int = 10
+    server_mtu: int = 517
+    call_timeout: float = 25.0
+    device_remove_delay: float = 0.0
+    merge_prepared_writes: bool = True
+
+
+@attrs.define(eq=False)
+class Link:
+    """One connection of the fake to the bus, and the tasks that live with it."""
+
+    conn: Connection
+    nursery: trio.Nursery
+    stop_requested: trio.Event = attrs.Factory(trio.Event)
+    graceful: bool = True
+
+    @property
+    def unique_name(self) -> str:
+        return self.conn.unique_name
+
+
+class Runtime:
+    """Shared state: config, faults, the current link, and change notification."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.faults = Faults()
+        self.link: Link | None = None
+        self._changed = trio.Event()
+
+    def require_link(self) -> Link:
+        if self.link is None:
+            raise RuntimeError("the fake bluetoothd is not on the bus right now")
+        return self.link
+
+    def changed(self) -> None:
+        """Wake everyone waiting in :meth:`wait_until`."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_until(self, predicate: Callable[[], T | None], timeout: float) -> T:
+        """Wait until ``predicate()`` is truthy and return it; TooSlowError on timeout."""
+        with trio.fail_after(timeout):
+            while True:
+                result = predicate()
+                if result:
+                    return result
+                await self._changed.wait()
+
+    async def call(
+        self,
+        destination: str,
+        path: str,
+        interface: str,
+        member: str,
+        signature: str = "",
+        body: Sequence[Any] = (),
+        *,
+        no_reply: bool = False,
+    ) -> tuple[Any, ...]:
+        """Call into an application, honouring injected delays for ``member``."""
+        link = self.require_link()
+        await self.faults.delay(member)
+        return await link.conn.call(destination, path, interface, member, signature, body,
+                                    timeout=self.config.call_timeout, no_reply=no_reply)
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` as a task of the current link (gone on restart)."""
+        self.require_link().nursery.start_soon(fn, *args)
