@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from time import perf_counter
 
 import attrs
 import trio
@@ -84,43 +85,45 @@ class Mailbox:
 
     # -- producer side (any thread) ------------------------------------------
     def offer(self, payload: bytes) -> Outcome:
-        """Hand over one payload; never waits longer than ``put_timeout``."""
+        """Hand over one payload; never waits longer than ``put_timeout``.
+
+        This is the producer's hot path (the controller calls it every tick
+        from its own thread), so the policy is applied inline.
+        """
         if self._token is None:
             return Outcome.NOT_RUNNING
-        if not self._lock.acquire(timeout=self.put_timeout):
+        lock = self._lock
+        if not lock.acquire(False) and not lock.acquire(True, self.put_timeout):
             with self._timeout_lock:
                 self._lock_timeouts += 1
             return Outcome.DROPPED
         try:
-            if self._token is None:
+            token = self._token
+            if token is None:
                 return Outcome.NOT_RUNNING
             self._offered += 1
-            outcome = self._apply_policy(payload)
-            wake = self._parked and bool(self._queue)
-            if wake:
-                self._parked = False
-            token = self._token
+            queue = self._queue
+            item = (payload, perf_counter())
+            if queue and self.policy == "coalesce":
+                queue[-1] = item
+                self._coalesced += 1
+                return Outcome.COALESCED
+            outcome = Outcome.QUEUED
+            if len(queue) >= self.capacity:
+                if self.policy == "drop_newest":
+                    self._dropped += 1
+                    return Outcome.DROPPED
+                queue.popleft()
+                self._dropped += 1
+            queue.append(item)
+            wake = self._parked
+            self._parked = False
         finally:
-            self._lock.release()
+            lock.release()
         if wake:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(self._wake)
         return outcome
-
-    def _apply_policy(self, payload: bytes) -> Outcome:
-        item = (payload, time.perf_counter())
-        if self.policy == "coalesce" and self._queue:
-            self._queue[-1] = item
-            self._coalesced += 1
-            return Outcome.COALESCED
-        if len(self._queue) >= self.capacity:
-            if self.policy == "drop_newest":
-                self._dropped += 1
-                return Outcome.DROPPED
-            self._queue.popleft()
-            self._dropped += 1
-        self._queue.append(item)
-        return Outcome.QUEUED
 
     # -- consumer side (the trio thread) --------------------------------------
     def attach(self, token: trio.lowlevel.TrioToken) -> None:

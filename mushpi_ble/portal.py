@@ -153,7 +153,14 @@ class BlePortal:
     # -- publishing (any thread; never blocks past the put timeout; never raises) ----
     def publish_env(self, temperature: object = None, humidity: object = None,
                     co2: object = None, light: object = None) -> Outcome:
-        return self._guard(lambda: self.service.publish_env(temperature, humidity, co2, light))
+        """°C, %RH, ppm, raw light (any may be None); encoded here, queued without waiting."""
+        if not self._ready.is_set() or self._start_error is not None:
+            return Outcome.NOT_RUNNING
+        try:  # the hot path: no closure, no thread liveness probe (the mailbox knows)
+            return self.service.publish_env(temperature, humidity, co2, light)
+        except Exception:
+            log.exception("publish failed")
+            return Outcome.DROPPED
 
     def publish_status(self, flags: object) -> Outcome:
         return self._guard(lambda: self.service.publish_status(flags))

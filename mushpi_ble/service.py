@@ -61,6 +61,7 @@ from .protocol import (
     ThresholdsQuery,
     ThresholdsUpdate,
     decode_write,
+    encode_env,
     encode_thresholds_answer,
 )
 
@@ -117,6 +118,7 @@ class MushPiService:
             )
             for name in self.notifying_names
         }
+        self._env_box = self.mailboxes[ENV_MEASUREMENTS]
         self._status_flags = 0
         self._connected = False
         self._last_good: dict[str, bytes] = {
@@ -197,8 +199,8 @@ class MushPiService:
 
     def publish_env(self, temperature: object, humidity: object, co2: object,
                     light: object) -> Outcome:
-        packet = EnvMeasurement.from_readings(temperature, humidity, co2, light, self.uptime_ms)
-        return self.mailboxes[ENV_MEASUREMENTS].offer(packet.pack())
+        uptime_ms = int((time.monotonic() - self._started) * 1000)
+        return self._env_box.offer(encode_env(temperature, humidity, co2, light, uptime_ms))
 
     def publish_status(self, flags: object) -> Outcome:
         """Controller status bits; the CONNECTIVITY bit is the BLE layer's."""

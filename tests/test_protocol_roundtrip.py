@@ -336,3 +336,19 @@ def test_status_flags_from_controller_and_connectivity() -> None:
     assert flags.with_connectivity(False).with_connectivity(True) == flags
     assert flags.has(StatusFlag.SENSOR_ERROR)
     assert not flags.has(StatusFlag.SIMULATION)
+
+
+_READING = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=3),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+
+
+@given(_READING, _READING, _READING, _READING, _READING)
+def test_fast_env_encoder_matches_the_value_class(t: object, rh: object, co2: object,
+                                                  light: object, up: object) -> None:
+    from mushpi_ble.protocol import EnvMeasurement, encode_env
+
+    assert encode_env(t, rh, co2, light, up) == EnvMeasurement.from_readings(
+        t, rh, co2, light, up).pack()

@@ -9,7 +9,7 @@ raise :class:`InvalidPayload`, which tells the GATT layer how to answer.
 from ._coerce import BytesLike
 from .actuator import ActuatorState, ActuatorStatus
 from .codec import WriteValue, decode_write
-from .env import EnvMeasurement, SensorReadings
+from .env import EnvMeasurement, SensorReadings, encode_env
 from .errors import (
     APP_ERROR_DESCRIPTIONS,
     BLUEZ_FAILED,
@@ -115,6 +115,7 @@ __all__ = [
     "WriteValue",
     "decode_thresholds_write",
     "decode_write",
+    "encode_env",
     "encode_thresholds_answer",
     "light_mode_id",
     "light_mode_name",
