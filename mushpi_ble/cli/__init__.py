@@ -17,19 +17,23 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from mushpi_ble.cli import demo, serve
+    from mushpi_ble.cli import check, demo, serve
 
     serve.add_arguments(sub.add_parser("serve", help="serve the MushPi service on bluetoothd "
                                                      "with a simulated controller"))
     demo.add_arguments(sub.add_parser("demo", help="everything simulated on a private bus: "
                                                    "fake bluetoothd, peripheral, phone app"))
+    check.add_arguments(sub.add_parser("check", help="diagnose whether the peripheral can "
+                                                     "work on this machine"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mushpi_ble.cli import demo, serve
+    from mushpi_ble.cli import check, demo, serve
 
+    if args.command == "check":
+        return check.run(args)
     if args.command == "serve":
         return serve.run(args)
     if args.command == "demo":

@@ -126,6 +126,22 @@ def _decode(name: str, value: bytes) -> str:
     return value.hex()
 
 
+def _start_metrics(portal: BlePortal) -> Any:
+    """The Prometheus exporter when MUSHPI_BLE_METRICS_PORT/FILE ask for one."""
+    settings = portal.settings
+    if settings.ble_metrics_port is None and settings.ble_metrics_file is None:
+        return None
+    try:
+        from mushpi_ble.prometheus import exporter_for
+    except ImportError as exc:
+        log.error("metrics are configured but unavailable: %s", exc)
+        return None
+    exporter = exporter_for(portal)
+    if exporter is not None:
+        exporter.start()
+    return exporter
+
+
 def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
     try:
         settings = settings or load_settings()
@@ -142,6 +158,7 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
     portal.set_callbacks(controller.callbacks())
     controller.on_relays_changed = lambda: None  # the override write refreshes actuator status
     stop = threading.Event()
+    exporter: Any = None
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("signal received signal=%s; stopping", signal.Signals(signum).name)
@@ -155,6 +172,7 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
             print(f"cannot start: {exc}", file=sys.stderr)
             return EXIT_START
         portal.update_advertising_name()
+        exporter = _start_metrics(portal)
         log.info("serving name=%s interval_s=%d", portal.get_status()["advertised_name"],
                  interval)
         deadline = None if args.duration is None else time.monotonic() + args.duration
@@ -177,6 +195,8 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
                 sys.stdout.flush()
             stop.wait(1.0 if live else min(1.0, max(0.05, next_publish - time.monotonic())))
     finally:
+        if exporter is not None:
+            exporter.close()
         started = time.monotonic()
         portal.stop()
         log.info("stopped stop_ms=%.0f", (time.monotonic() - started) * 1000)

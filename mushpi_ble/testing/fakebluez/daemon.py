@@ -160,7 +160,11 @@ class FakeBluez:
     def refuse_next_registration(self, error: str = FAILED,
                                  text: str = "Failed to register application", *,
                                  member: str = "RegisterApplication") -> None:
-        """Answer the next ``member`` (or RegisterAdvertisement) with this error."""
+        """Answer the next ``member`` call with this error.
+
+        ``member`` is RegisterApplication (default), UnregisterApplication or
+        RegisterAdvertisement — e.g. AccessDenied to play a strict bus policy.
+        """
         self.runtime.faults.refuse_next(member, error, text)
 
     def stop_reading(self) -> None:

@@ -161,6 +161,9 @@ class GattManager:
 
     async def _unregister(self, ctx: CallContext, root: str) -> None:
         await self._runtime.faults.delay("UnregisterApplication")
+        refusal = self._runtime.faults.take_refusal("UnregisterApplication")
+        if refusal is not None:
+            raise DBusError(*refusal)
         app = self._find(ctx.sender, root)
         if app is None:
             raise DBusError(DOES_NOT_EXIST, TEXT_DOES_NOT_EXIST)

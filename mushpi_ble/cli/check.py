@@ -1,0 +1,194 @@
+"""``mushpi-ble check``: can the peripheral work on this machine? In plain words.
+
+Checks, in order: the system bus, bluetoothd on it, its version and what
+that means, the chosen adapter, advertising capabilities, and whether our
+D-Bus calls to bluetoothd are permitted. Exits 1 when something makes the
+peripheral unable to work, 0 otherwise (warnings do not fail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import trio
+
+from mushpi_ble.config import ConfigError, Settings, load_settings
+from mushpi_ble.dbus import BusUnreachable, Connection, DBusError, open_connection
+from mushpi_ble.gatt.adapter import ADAPTER_IFACE, managed_objects, pick_adapter
+
+OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
+BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd",
+                    "/usr/sbin/bluetoothd")
+PROBE_PATH = "/com/mushpi/check_probe"
+
+
+@attrs.frozen
+class Finding:
+    level: str
+    topic: str
+    message: str
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bus", default="SYSTEM",
+                        help="bus to check: SYSTEM (honours DBUS_SYSTEM_BUS_ADDRESS), or an "
+                             "address")
+    parser.add_argument("--bluetoothd", default=None,
+                        help="path of the bluetoothd binary to ask for its version")
+
+
+def version_notes(version: tuple[int, int]) -> list[str]:
+    """What a bluetoothd version means for this peripheral."""
+    notes = []
+    if version < (5, 66):
+        notes.append("older than 5.66: application error codes (0x80-0x9F) all arrive as "
+                     "0x80 on the phone")
+    if version < (5, 76):
+        notes.append("older than 5.76: notifications go to every subscribed device "
+                     "(per-device notify needs 5.76+)")
+    if version < (5, 77):
+        notes.append("older than 5.77: advertising intervals and tx power need bluetoothd -E "
+                     "(experimental)")
+    return notes
+
+
+def bluetoothd_version(explicit: str | None) -> tuple[str | None, str]:
+    """(version text, where it came from) — None when no binary answers."""
+    candidates = [explicit] if explicit else [shutil.which("bluetoothd"), *BLUETOOTHD_PATHS]
+    for path in candidates:
+        if not path or not Path(path).exists():
+            continue
+        try:
+            out = subprocess.run([path, "--version"], capture_output=True, text=True,
+                                 timeout=5, check=False)
+        except OSError as exc:
+            return None, f"{path}: {exc}"
+        text = (out.stdout or out.stderr).strip()
+        if text:
+            return text, path
+    return None, "no bluetoothd binary found on this machine"
+
+
+async def run_checks(settings: Settings, bus: str, bluetoothd: str | None) -> list[Finding]:
+    findings: list[Finding] = []
+    timeout = settings.bus_timeout_s
+    version, where = bluetoothd_version(bluetoothd)
+    if version is None:
+        findings.append(Finding(WARN, "bluetoothd version", f"unknown ({where})"))
+    else:
+        match = re.search(r"(\d+)\.(\d+)", version)
+        if match:
+            parsed = (int(match.group(1)), int(match.group(2)))
+            notes = version_notes(parsed)
+            findings.append(Finding(OK if not notes else WARN, "bluetoothd version",
+                                    f"{version} ({where})" + "".join(f"; {n}" for n in notes)))
+        else:
+            findings.append(Finding(WARN, "bluetoothd version", f"unrecognised: {version!r}"))
+    try:
+        async with open_connection(bus, call_timeout=timeout) as conn:
+            findings.append(Finding(OK, "D-Bus", f"bus reachable as {conn.unique_name}"))
+            await _check_bluez(conn, settings, findings)
+    except BusUnreachable as exc:
+        findings.append(Finding(FAIL, "D-Bus", f"cannot reach the bus: {exc}. Is dbus running? "
+                                "(systemctl status dbus)"))
+    return findings
+
+
+async def _check_bluez(conn: Connection, settings: Settings, findings: list[Finding]) -> None:
+    timeout = settings.bus_timeout_s
+    owner = await conn.get_name_owner("org.bluez")
+    if not owner:
+        findings.append(Finding(FAIL, "bluetoothd", "org.bluez is not on the bus: bluetoothd is "
+                                "not running (sudo systemctl start bluetooth)"))
+        return
+    findings.append(Finding(OK, "bluetoothd", f"org.bluez is owned by {owner}"))
+    objects = await managed_objects(conn, timeout=timeout)
+    adapters = sorted(p for p, i in objects.items() if ADAPTER_IFACE in i)
+    names = ", ".join(p.rsplit("/", 1)[-1] for p in adapters) or "none"
+    path = pick_adapter(objects, settings.ble_adapter)
+    if path is None:
+        findings.append(Finding(FAIL, "adapter", f"{settings.ble_adapter!r} "
+                                f"(MUSHPI_BLE_ADAPTER) not found; bluetoothd has: {names}"))
+        return
+    props = {k: v[1] for k, v in objects[path][ADAPTER_IFACE].items()}
+    powered = bool(props.get("Powered"))
+    findings.append(Finding(
+        OK if powered else WARN, "adapter",
+        f"{path} address {props.get('Address')} alias {props.get('Alias')!r}, "
+        + ("powered" if powered else "powered OFF (the peripheral powers it on at start; "
+           "check rfkill if that fails)")))
+    await _check_advertising(conn, settings, path, objects, findings)
+    await _check_permission(conn, settings, path, findings)
+
+
+async def _check_advertising(conn: Connection, settings: Settings, path: str,
+                             objects: dict[str, Any], findings: list[Finding]) -> None:
+    manager = objects[path].get("org.bluez.LEAdvertisingManager1")
+    if manager is None:
+        level = FAIL if settings.ble_adv_enable else INFO
+        findings.append(Finding(level, "advertising", "the adapter has no LE advertising "
+                                "manager (phones will not discover it)"))
+        return
+    props = {k: v[1] for k, v in manager.items()}
+    caps = {k: v[1] for k, v in dict(props.get("SupportedCapabilities", {})).items()}
+    features = list(props.get("SupportedFeatures", []))
+    findings.append(Finding(
+        OK, "advertising",
+        f"instances {props.get('ActiveInstances', '?')}/{props.get('SupportedInstances', '?')} "
+        f"in use; includes {', '.join(props.get('SupportedIncludes', [])) or 'none'}; "
+        f"max adv {caps.get('MaxAdvLen', 31)} B, scan response {caps.get('MaxScnRspLen', 31)} B; "
+        f"tx power {'settable' if 'CanSetTxPower' in features else 'not settable'}"
+        + (f" ({caps.get('MinTxPower')}..{caps.get('MaxTxPower')} dBm)"
+           if "MinTxPower" in caps else "")))
+    if props.get("SupportedInstances") == 0:
+        findings.append(Finding(WARN, "advertising", "no free advertising instance"))
+
+
+async def _check_permission(conn: Connection, settings: Settings, path: str,
+                            findings: list[Finding]) -> None:
+    """Unregistering a path we never registered is harmless: bluetoothd answers
+    DoesNotExist when we may talk to it, and the bus policy AccessDenied when not."""
+    try:
+        await conn.call("org.bluez", path, "org.bluez.GattManager1", "UnregisterApplication",
+                        "o", (PROBE_PATH,), timeout=settings.bus_timeout_s)
+    except DBusError as exc:
+        if exc.name == "org.bluez.Error.DoesNotExist":
+            findings.append(Finding(OK, "permissions", "D-Bus calls to bluetoothd are permitted"))
+        elif exc.name.endswith("AccessDenied"):
+            findings.append(Finding(FAIL, "permissions", "bluetoothd calls are denied by the "
+                                    "D-Bus policy: run as root or a user in the 'bluetooth' "
+                                    f"group ({exc.text})"))
+        else:
+            findings.append(Finding(WARN, "permissions", f"unexpected answer {exc.name}: "
+                                    f"{exc.text}"))
+        return
+    findings.append(Finding(WARN, "permissions", "unexpected: the probe was unregistered"))
+
+
+def report(findings: list[Finding]) -> str:
+    width = max((len(f.topic) for f in findings), default=10)
+    lines = [f"[{f.level:>4}] {f.topic:<{width}}  {f.message}" for f in findings]
+    failed = [f for f in findings if f.level == FAIL]
+    lines.append("")
+    lines.append("the peripheral cannot work here: " + "; ".join(f.topic for f in failed)
+                 if failed else "the peripheral can work here")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"[FAIL] configuration  {exc}")
+        return 1
+    findings = trio.run(run_checks, settings, args.bus, args.bluetoothd)
+    print(report(findings))
+    sys.stdout.flush()
+    return 1 if any(f.level == FAIL for f in findings) else 0

@@ -1,0 +1,151 @@
+"""Prometheus export of ``get_status()``: an HTTP endpoint or a textfile.
+
+Fleets of Pis are usually watched by node_exporter; its textfile collector
+reads ``*.prom`` files, so ``MUSHPI_BLE_METRICS_FILE`` writes one
+atomically every few seconds. ``MUSHPI_BLE_METRICS_PORT`` serves the same
+metrics over HTTP on ``MUSHPI_BLE_METRICS_BIND`` (127.0.0.1 by default).
+Needs the ``metrics`` extra (prometheus-client).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .config import Settings
+from .metrics import LatencyHistogram
+
+log = logging.getLogger(__name__)
+
+try:
+    from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+    )
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "metrics export needs the 'metrics' extra: pip install 'mushpi-ble[metrics]'"
+    ) from exc
+
+PREFIX = "mushpi_ble"
+FILE_INTERVAL_S = 10.0
+
+StatusSource = Callable[[], Mapping[str, Any]]
+HistogramSource = Callable[[], Mapping[str, LatencyHistogram]]
+
+
+class StatusCollector:
+    """Turns a ``get_status()`` snapshot into Prometheus metric families."""
+
+    def __init__(self, status: StatusSource, histograms: HistogramSource) -> None:
+        self._status = status
+        self._histograms = histograms
+
+    def collect(self) -> Iterator[Metric]:
+        status = self._status()
+        for key, help_text in (("running", "1 while the peripheral runs"),
+                               ("registered", "1 while the GATT application is registered"),
+                               ("advertising", "1 while the advertisement is registered")):
+            yield GaugeMetricFamily(f"{PREFIX}_{key}", help_text, value=int(bool(status[key])))
+        yield GaugeMetricFamily(f"{PREFIX}_connected_centrals", "centrals connected now",
+                                value=status["connection_count"])
+        for key, help_text in (("connects", "central connections seen"),
+                               ("disconnects", "central disconnections seen"),
+                               ("restarts", "bluetoothd restarts survived")):
+            yield CounterMetricFamily(f"{PREFIX}_{key}", help_text, value=status[key])
+        counters = {
+            name: CounterMetricFamily(f"{PREFIX}_notifications_{name}",
+                                      f"payloads {name}, per characteristic",
+                                      labels=["characteristic"])
+            for name in ("offered", "sent", "dropped", "coalesced", "notified")
+        }
+        pending = GaugeMetricFamily(f"{PREFIX}_notifications_pending",
+                                    "payloads queued or being sent", labels=["characteristic"])
+        for char, c in status["characteristics"].items():
+            for name, family in counters.items():
+                family.add_metric([char], c[name])
+            pending.add_metric([char], c["pending"])
+        yield from counters.values()
+        yield pending
+        latency = HistogramMetricFamily(f"{PREFIX}_publish_latency_seconds",
+                                        "offer-to-emit latency of notifications",
+                                        labels=["characteristic"])
+        for char, histogram in self._histograms().items():
+            buckets = [(_bound(b), float(n)) for b, n in histogram.buckets()]
+            _count, total = histogram.total
+            latency.add_metric([char], buckets, total)
+        yield latency
+
+
+def _bound(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(value)
+
+
+class MetricsExporter:
+    """Serves and/or writes the metrics until :meth:`close`."""
+
+    def __init__(self, collector: StatusCollector, settings: Settings) -> None:
+        self.registry = CollectorRegistry()
+        self.registry.register(collector)
+        self._settings = settings
+        self._server: Any = None
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        self.port: int | None = None
+
+    def start(self) -> None:
+        s = self._settings
+        if s.ble_metrics_port is not None:
+            self._server, _thread = start_http_server(s.ble_metrics_port, s.ble_metrics_bind,
+                                                      registry=self.registry)
+            self.port = int(self._server.server_port)
+            log.info("metrics served bind=%s port=%d", s.ble_metrics_bind, self.port)
+        if s.ble_metrics_file is not None:
+            self._writer = threading.Thread(target=self._write_loop, name="mushpi-ble-metrics",
+                                            daemon=True)
+            self._writer.start()
+            log.info("metrics written path=%s every_s=%.0f", s.ble_metrics_file,
+                     FILE_INTERVAL_S)
+
+    def write_file(self) -> None:
+        path = self._settings.ble_metrics_file
+        if path is not None:
+            write_to_textfile(str(path), self.registry)
+
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                self.write_file()
+            except OSError as exc:
+                log.warning("metrics file write failed error=%s", exc)
+            if self._stop.wait(FILE_INTERVAL_S):
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join(2)
+            self.write_file()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+def exporter_for(portal: Any) -> MetricsExporter | None:
+    """An exporter for a :class:`~mushpi_ble.portal.BlePortal`, or None when not configured."""
+    settings: Settings = portal.settings
+    if settings.ble_metrics_port is None and settings.ble_metrics_file is None:
+        return None
+    collector = StatusCollector(
+        portal.get_status,
+        lambda: {name: box.latency for name, box in portal.service.mailboxes.items()},
+    )
+    return MetricsExporter(collector, settings)
+
+
+__all__ = ["MetricsExporter", "StatusCollector", "exporter_for"]
