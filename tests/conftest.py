@@ -32,6 +32,13 @@ async def client(bus_address: str) -> AsyncIterator[Connection]:
 
 
 @pytest.fixture
+async def app_conn(bus_address: str) -> AsyncIterator[Connection]:
+    """A connection that plays an application exported by hand."""
+    async with open_connection(bus_address, call_timeout=3.0) as conn:
+        yield conn
+
+
+@pytest.fixture
 async def bluez(bus_address: str) -> AsyncIterator[FakeBluez]:
     async with FakeBluez.serve(bus_address) as fake:
         yield fake

@@ -52,14 +52,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture
 async def bluez(bus_address: str) -> AsyncIterator[FakeBluez]:
+    """bluetoothd that gives up on an application after 2 s (tests of its timeout)."""
     async with FakeBluez.serve(bus_address, call_timeout=2.0) as fake:
         yield fake
-
-
-@pytest.fixture
-async def app_conn(bus_address: str) -> AsyncIterator[Connection]:
-    async with open_connection(bus_address, call_timeout=3.0) as conn:
-        yield conn
 
 
 async def register_error(app: HandApp) -> tuple[str, str]:
@@ -491,15 +486,23 @@ async def test_runs_as_a_process(bus_address: str, app_conn: Connection) -> None
         with trio.fail_after(15):
             while not owner.value:
                 await owner.wait_transition()
-        (objects,) = await app_conn.call("org.bluez", "/", OM, "GetManagedObjects")
+        with trio.fail_after(5):  # adapters are announced right after the name is taken
+            while True:
+                (objects,) = await app_conn.call("org.bluez", "/", OM, "GetManagedObjects")
+                if len(objects) == 2:
+                    break
+                await trio.sleep(0.02)
         assert set(objects) == {"/org/bluez/hci0", "/org/bluez/hci1"}
         proc.send_signal(signal.SIGTERM)
+        assert proc.stderr is not None
+        chunks = []
         with trio.fail_after(10):
+            while chunk := await proc.stderr.receive_some(1 << 16):
+                chunks.append(chunk)
             code = await proc.wait()
             await owner.wait_value("")
         assert code == 0
-        assert proc.stderr is not None
-        log = (await proc.stderr.receive_some(1 << 20)).decode()
+        log = b"".join(chunks).decode()
         assert "serving bus_name=org.bluez" in log and "stopping signal=SIGTERM" in log
     finally:
         if proc.returncode is None:

@@ -21,14 +21,9 @@ PLAIN = "2a38"
 
 @pytest.fixture
 async def bluez(bus_address: str) -> AsyncIterator[FakeBluez]:
+    """bluetoothd that gives up on an application after 2 s (tests of its timeout)."""
     async with FakeBluez.serve(bus_address, call_timeout=2.0) as fake:
         yield fake
-
-
-@pytest.fixture
-async def app_conn(bus_address: str) -> AsyncIterator[Connection]:
-    async with open_connection(bus_address, call_timeout=3.0) as conn:
-        yield conn
 
 
 @pytest.fixture

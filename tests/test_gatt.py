@@ -184,12 +184,14 @@ async def test_start_stop_notify_maintain_notifying(app_conn: Connection,
         one = await bluez.connect_central(address="11:22:33:44:55:01")
         two = await bluez.connect_central(address="11:22:33:44:55:02")
         await one.subscribe(C2)
-        await two.subscribe(C2)
-        assert state.notifying and state.start_notify_calls == 2
+        await two.subscribe(C2)  # StartNotify goes out without waiting for a reply
+        await eventually(lambda: state.start_notify_calls == 2)
+        assert state.notifying
         assert await app.notify(state, b"hello") is True
         assert (await one.next_notification(C2)).value == b"hello"
         assert (await two.next_notification(C2)).value == b"hello"
         await one.unsubscribe(C2)
+        await trio.sleep(0.05)
         assert state.notifying  # StopNotify only when the last subscriber goes
         await two.disconnect()  # a disconnect counts as a disable
         await eventually(lambda: not state.notifying)
