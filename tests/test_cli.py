@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -15,11 +16,13 @@ from pathlib import Path
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
+from rig import Rig, eventually
 
 from mushpi_ble.cli import check
+from mushpi_ble.cli.serve import render_view
 from mushpi_ble.config import load_settings
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS, ControlTargets
-from mushpi_ble.testing.fakebluez import FakeBluez
+from mushpi_ble.testing.fakebluez import AttError, FakeBluez
 
 UUID = CHARACTERISTIC_UUIDS
 CLI = [sys.executable, "-m", "mushpi_ble.cli"]
@@ -46,8 +49,13 @@ async def test_serve_registers_applies_writes_exports_metrics_and_stops_on_sigte
     prom = tmp_path / "mushpi.prom"
     env = {**os.environ, "MUSHPI_BLE_METRICS_PORT": str(port),
            "MUSHPI_BLE_METRICS_FILE": str(prom), "MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS": "1000"}
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"stage": {"species": "Shiitake", "stage": "Pinning",
+                                           "mode": 1, "stage_start_ts": 1_700_000_000,
+                                           "expected_days": 9}}))
     proc = subprocess.Popen([*CLI, "--log-format", "json", "serve", "--bus", bus_address,
-                             "--interval", "5", "--seed", "1"], env=env, cwd=tmp_path,
+                             "--interval", "5", "--seed", "1", "--state", str(state),
+                             "--save", str(state)], env=env, cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         await bluez.wait_for_application(timeout=10)
@@ -89,8 +97,29 @@ async def test_serve_registers_applies_writes_exports_metrics_and_stops_on_sigte
         if proc.poll() is None:
             proc.kill()
         out = proc.communicate()[0]
-    assert '"msg": "serving name=MushPi-OysterIncubation' in out
+    assert '"msg": "serving name=MushPi-ShiitakePinning' in out  # from the state file
     assert "stopped stop_ms=" in out
+    saved = json.loads(state.read_text())
+    assert saved["control_targets"] == {"temp_min": 17.0, "temp_max": 23.0, "rh_min": 88.0,
+                                        "co2_max": 1500, "light": {"mode": "on"}}
+    assert saved["stage"]["species"] == "Shiitake"
+
+
+async def test_live_view_shows_centrals_counters_values_and_writes(rig: Rig) -> None:
+    central = await rig.bluez.connect_central(mtu=247)
+    rig.portal.publish_env(21.5, 88.0, 950, 600)
+    await central.write(UUID["override_bits"], b"\x02\x00")
+    with pytest.raises(AttError):
+        await central.write(UUID["control_targets"], b"\x00")
+    await eventually(lambda: rig.portal.get_status()["connection_count"] == 1)
+    await eventually(lambda: "950ppm" in render_view(rig.portal, rig.controller))
+    view = render_view(rig.portal, rig.controller)
+    assert "registered=True" in view
+    assert "mtu=247" in view
+    assert "21.5°C 88.0% 950ppm light=600" in view
+    assert "ok  override_bits" in view
+    assert re.search(r"REJ control_targets +rejected length: expected 15 bytes, got 1", view)
+    assert "relays on: fan" in view
 
 
 def test_demo_exits_zero_and_leaves_no_process(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from mushpi_ble.cli import check, demo, serve
+    from mushpi_ble.cli import bench, check, demo, serve
 
     serve.add_arguments(sub.add_parser("serve", help="serve the MushPi service on bluetoothd "
                                                      "with a simulated controller"))
@@ -25,12 +25,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "fake bluetoothd, peripheral, phone app"))
     check.add_arguments(sub.add_parser("check", help="diagnose whether the peripheral can "
                                                      "work on this machine"))
+    bench.add_arguments(sub.add_parser("bench", help="benchmarks: the peripheral's figures and "
+                                                     "a peer library side by side"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mushpi_ble.cli import check, demo, serve
+    from mushpi_ble.cli import bench, check, demo, serve
 
     if args.command == "check":
         return check.run(args)
@@ -38,6 +40,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return serve.run(args)
     if args.command == "demo":
         return demo.run(args)
+    if args.command == "bench":
+        return bench.run(args)
     raise SystemExit(f"unknown command {args.command}")  # pragma: no cover
 
 
