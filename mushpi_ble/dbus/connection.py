@@ -130,6 +130,13 @@ def _machine_id() -> str:
 
 
 _MACHINE_ID = _machine_id()
+_SENDER, _PATH, _INTERFACE, _MEMBER, _SIGNATURE, _UNIX_FDS = (
+    HeaderFields.sender, HeaderFields.path, HeaderFields.interface, HeaderFields.member,
+    HeaderFields.signature, HeaderFields.unix_fds,
+)
+_NO_REPLY_FLAGS = frozenset(f for f in range(256) if f & MessageFlag.no_reply_expected)
+# Handler results that are certainly not awaitable (skips inspect.isawaitable).
+_PLAIN_RESULTS = frozenset((type(None), bytes, str, int, bool, float, list, dict, tuple))
 _STANDARD_INTERFACES = frozenset((PEER, INTROSPECTABLE, PROPERTIES, OBJECT_MANAGER))
 _PING = Method("Ping", handler=lambda _ctx: None)
 _GET_MACHINE_ID = Method("GetMachineId", "", "s", handler=lambda _ctx: _MACHINE_ID)
@@ -300,7 +307,7 @@ class Connection:
     def _properties_changed_bytes(
         self, path: str, interface: str, changed: Mapping[str, Any], invalidated: Iterable[str]
     ) -> bytes:
-        if len(changed) == 1 and (invalidated == () or invalidated == []):
+        if len(changed) == 1 and type(invalidated) in (tuple, list) and not invalidated:
             # One changed property and nothing invalidated, as every GATT
             # notification is: a pre-serialised template, only the value written.
             ((name, value),) = changed.items()
@@ -570,10 +577,12 @@ class Connection:
     # ------------------------------------------------------------------
     def _reply(self, call: Message, signature: str, body: tuple[Any, ...]) -> None:
         serial = next(self._serials)
+        fds = None
         try:
-            data, fds = encode_method_return(call, signature, body, serial), None
+            data = encode_method_return(call, signature, body, serial)
         except Exception:
-            # Not for the fast encoder: jeepney builds it, or raises its own error.
+            data = None  # not for the fast encoder: jeepney builds it, or raises its own error
+        if data is None:
             data, fds = self._serialise(new_method_return(call, signature or None, body), serial)
         self._writer.write_nowait(data, fds)
         self.stats.calls_answered += 1
@@ -584,23 +593,28 @@ class Connection:
         self.stats.errors_sent += 1
 
     def _handle_call(self, msg: Message) -> None:
-        fields = msg.header.fields
+        header = msg.header
+        fields = header.fields
         self.stats.calls_received += 1
-        no_reply = bool(msg.header.flags & MessageFlag.no_reply_expected)
-        ctx = CallContext(
-            sender=str(fields.get(HeaderFields.sender, "")),
-            path=str(fields.get(HeaderFields.path, "/")),
-            interface=str(fields.get(HeaderFields.interface, "")),
-            member=str(fields.get(HeaderFields.member, "")),
-            fds=(tuple(a for a in msg.body if hasattr(a, "fileno"))
-                 if self._enable_fds and HeaderFields.unix_fds in fields else ()),
-        )
-        signature = str(fields.get(HeaderFields.signature, ""))
+        no_reply = header.flags in _NO_REPLY_FLAGS
+        if _UNIX_FDS in fields:
+            ctx = CallContext(
+                sender=str(fields.get(_SENDER, "")),
+                path=str(fields.get(_PATH, "/")),
+                interface=str(fields.get(_INTERFACE, "")),
+                member=str(fields.get(_MEMBER, "")),
+                fds=(tuple(a for a in msg.body if hasattr(a, "fileno"))
+                     if self._enable_fds else ()),
+            )
+        else:
+            ctx = _call_context(fields.get(_SENDER, ""), fields.get(_PATH, "/"),
+                                fields.get(_INTERFACE, ""), fields.get(_MEMBER, ""))
+        signature = str(fields.get(_SIGNATURE, ""))
         try:
             method = self._resolve(ctx, signature)
             assert method.handler is not None
             result = method.handler(ctx, *msg.body)
-            if inspect.isawaitable(result):
+            if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                 if self._handler_nursery is None:
                     _close_awaitable(result)
                     raise DBusError(FAILED, "connection is shutting down")
@@ -802,6 +816,22 @@ class Connection:
             self._handler_nursery = handlers
             task_status.started()
             await trio.sleep_forever()
+
+
+_CONTEXTS: dict[tuple[Any, Any, Any, Any], CallContext] = {}
+
+
+def _call_context(sender: Any, path: Any, interface: Any, member: Any) -> CallContext:
+    """The (immutable, so shareable) context of a call without descriptors."""
+    key = (sender, path, interface, member)
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        ctx = CallContext(sender=str(sender), path=str(path), interface=str(interface),
+                          member=str(member))
+        if len(_CONTEXTS) >= 512:
+            _CONTEXTS.clear()
+        _CONTEXTS[key] = ctx
+    return ctx
 
 
 def _close_awaitable(pending: Awaitable[Any]) -> None:

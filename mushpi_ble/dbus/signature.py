@@ -56,13 +56,21 @@ def is_valid_signature(sig: str) -> bool:
     return len(sig) <= 255
 
 
+_SPLIT_CACHE: dict[str, tuple[str, ...]] = {}
+
+
 def body_from_result(out_signature: str, result: Any) -> tuple[Any, ...]:
     """Turn a handler's return value into a message body.
 
     No out-arguments: the result is ignored. One: the result is the value.
     Several: the result must be a tuple of that many values.
     """
-    types = split_signature(out_signature)
+    types = _SPLIT_CACHE.get(out_signature)
+    if types is None:
+        types = tuple(split_signature(out_signature))
+        if len(_SPLIT_CACHE) >= 1024:
+            _SPLIT_CACHE.clear()
+        _SPLIT_CACHE[out_signature] = types
     if not types:
         return ()
     if len(types) == 1:

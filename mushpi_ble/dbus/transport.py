@@ -21,8 +21,9 @@ import trio
 from jeepney.auth import BEGIN, Authenticator
 from jeepney.bus import get_connectable_addresses
 from jeepney.fds import FileDescriptor, fds_buf_size
-from jeepney.low_level import Message, Parser
+from jeepney.low_level import Message
 
+from .codec import WireParser
 from .errors import ConnectionLost
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ READ_CHUNK = 65536
 MAX_READ_PER_PASS = 1 << 20
 MAX_WRITE_BATCH = 1 << 18
 MAX_WRITE_IOVECS = 512
+_MSG_CTRUNC = int(getattr(socket, "MSG_CTRUNC", 0))  # a plain int: no enum arithmetic
 
 
 class BusUnreachable(OSError):
@@ -111,13 +113,13 @@ class MessageReader:
     def __init__(self, sock: socket.socket, *, enable_fds: bool) -> None:
         self._sock = sock
         self._enable_fds = enable_fds
-        self._parser = Parser()
+        self._parser = WireParser()
         self._fd_buf = fds_buf_size() if enable_fds else 0
 
     def _read_once(self) -> int:
         if self._enable_fds:
             data, ancdata, flags, _ = self._sock.recvmsg(READ_CHUNK, self._fd_buf)
-            if flags & getattr(socket, "MSG_CTRUNC", 0):
+            if flags & _MSG_CTRUNC:
                 raise ConnectionLost("file descriptors were truncated by the kernel")
             fds: Sequence[Any] = FileDescriptor.from_ancdata(ancdata) if ancdata else []
         else:
@@ -138,7 +140,10 @@ class MessageReader:
             total = 0
             try:
                 while total < MAX_READ_PER_PASS:
-                    total += self._read_once()
+                    got = self._read_once()
+                    total += got
+                    if got < READ_CHUNK:
+                        break  # the kernel had no more; do not pay for an EAGAIN
             except BlockingIOError:
                 pass
             except OSError as exc:
