@@ -1,6 +1,7 @@
 # Shared set-up for scripts/demo and scripts/test (sourced, not run):
 # Debian tools the package needs, then a local virtualenv with the package.
-# Usage: source scripts/_env.sh [extra]   e.g. "test" installs .[test]
+# Usage: source scripts/_env.sh [test]   ("test" adds the test, bench, metrics and
+# bluezero extras)
 set -euo pipefail
 
 mushpi_need_apt=()
@@ -22,8 +23,11 @@ if [ ! -x "$MUSHPI_VENV/bin/python" ]; then
     python3 -m venv "$MUSHPI_VENV"
     "$MUSHPI_VENV/bin/python" -m pip install -q --upgrade pip
 fi
-if [ -n "${1:-}" ]; then
-    "$MUSHPI_VENV/bin/python" -m pip install -q -e ".[$1]"
+if [ "${1:-}" = "test" ]; then
+    # everything the suite exercises: test tools, benchmark peers, metrics, and
+    # the legacy BlueZero backend (its Debian build packages come first)
+    "$MUSHPI_VENV/bin/python" -m pip install -q -e ".[test,bench,metrics]"
+    MUSHPI_VENV="$MUSHPI_VENV" scripts/install-bluezero-deps "$MUSHPI_VENV"
 else
     "$MUSHPI_VENV/bin/python" -m pip install -q -e .
 fi

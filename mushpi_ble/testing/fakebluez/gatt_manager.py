@@ -241,6 +241,11 @@ class GattManager:
         for app in self.registered():
             if app.sender == sender and (path == app.root or path.startswith(
                     app.root.rstrip("/") + "/")):
+                if any(attr.path == path for attr in app.attributes):
+                    # the announcement of an object the database already holds: sent
+                    # before RegisterApplication, handled here after it (bluetoothd
+                    # reads its socket in order; our signal pump runs beside the call)
+                    continue
                 app.ignored_paths.append(path)
                 log.info("interfaces added ignored adapter=%s sender=%s path=%s "
                          "reason=after-registration", self._adapter.id, sender, path)

@@ -1,0 +1,273 @@
+"""The controller's BLE facade (``app/core/ble_gatt.py``), on this package's backends.
+
+Module-level functions with the names, arguments and return values the
+MushPi controller already calls; none of them raises into the controller.
+The backend is the one ``select_backend()`` picks from ``MUSHPI_BLE_BACKEND``
+(``bluez-dbus`` by default, ``bluezero`` for the legacy implementation), on
+the system bus — which honours ``DBUS_SYSTEM_BUS_ADDRESS``, so tests and
+demos point it at a private bus (or call :func:`configure`).
+
+Threads: the controller calls in from its main loop and from inside its own
+callbacks (``apply_overrides`` calls :func:`notify_actuator_status`). Only
+start, stop and initialisation take the lifecycle lock; publishing and
+queries read the current backend without any lock of ours, so a call made
+from inside a callback can never deadlock with a start or stop in progress.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+import attrs
+
+from mushpi_ble.backends import select_backend
+from mushpi_ble.backends.base import BLEBackend
+from mushpi_ble.config import Settings, load_settings
+from mushpi_ble.controller import CALLBACK_NAMES
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "configure",
+    "get_connection_count",
+    "get_service_instance",
+    "initialize_ble_service",
+    "is_service_running",
+    "notify_actuator_status",
+    "notify_env_packet",
+    "set_callbacks",
+    "start_ble_service",
+    "stop_ble_service",
+    "update_advertising_name",
+    "update_status_flags",
+]
+
+Callback = Callable[..., Any]
+
+
+@runtime_checkable
+class PublishingBackend(Protocol):
+    """What both backends offer beyond the seed contract; the facade needs it."""
+
+    def publish_env(self, temperature: object, humidity: object, co2: object,
+                    light: object) -> object: ...
+
+    def publish_status(self, flags: object) -> object: ...
+
+    def publish_actuator(self) -> object: ...
+
+    def connection_count(self) -> int: ...
+
+    def is_running(self) -> bool: ...
+
+
+@attrs.define
+class _State:
+    """Everything the module remembers between calls."""
+
+    callbacks: dict[str, Callback] = attrs.Factory(dict)
+    backend: BLEBackend | None = None
+    settings: Settings | None = None
+    bus: str = "SYSTEM"
+
+
+_state = _State()
+_lifecycle = threading.RLock()
+"""Serialises initialise/start/stop; re-entrant so a nested call on the same thread passes."""
+_callbacks_lock = threading.Lock()
+
+
+def configure(*, settings: Settings | None = None, bus: str | None = None) -> None:
+    """Use these settings (instead of the environment) and this bus for the next start.
+
+    Not part of the controller's API: for tests, demos and benchmarks.
+    """
+    with _lifecycle:
+        if settings is not None:
+            _state.settings = settings
+        if bus is not None:
+            _state.bus = bus
+
+
+def _reset_for_tests() -> None:
+    """Stop any backend and forget callbacks, settings and bus (test isolation)."""
+    with _lifecycle:
+        backend = _state.backend
+        if backend is not None:
+            try:
+                backend.stop()
+            except Exception:
+                log.exception("stop during reset failed")
+        with _callbacks_lock:
+            _state.callbacks = {}
+        _state.backend = None
+        _state.settings = None
+        _state.bus = "SYSTEM"
+
+
+def _running_backend() -> PublishingBackend | None:
+    backend = _state.backend
+    if isinstance(backend, PublishingBackend) and backend.is_running():
+        return backend
+    return None
+
+
+# -- callbacks ---------------------------------------------------------------------
+def set_callbacks(
+    get_sensor_data: Callback | None = None,
+    get_control_data: Callback | None = None,
+    get_control_targets: Callback | None = None,
+    get_stage_data: Callback | None = None,
+    set_control_targets: Callback | None = None,
+    set_stage_state: Callback | None = None,
+    apply_overrides: Callback | None = None,
+    get_stage_thresholds: Callback | None = None,
+    set_stage_thresholds: Callback | None = None,
+) -> None:
+    """Register the controller's callbacks; a None argument keeps an earlier one."""
+    given = dict(zip(CALLBACK_NAMES, (
+        get_sensor_data, get_control_data, get_control_targets, get_stage_data,
+        set_control_targets, set_stage_state, apply_overrides, get_stage_thresholds,
+        set_stage_thresholds,
+    ), strict=True))
+    updates: dict[str, Callback] = {}
+    for name, fn in given.items():
+        if fn is None:
+            continue
+        if not callable(fn):
+            log.error("set_callbacks: %s is not callable (got %s); ignored", name,
+                      type(fn).__name__)
+            continue
+        updates[name] = fn
+    with _callbacks_lock:
+        _state.callbacks.update(updates)
+        merged = dict(_state.callbacks)
+    backend = _state.backend
+    if backend is not None:
+        try:
+            backend.set_callbacks(merged)
+        except Exception:
+            log.exception("set_callbacks failed")
+
+
+# -- lifetime --------------------------------------------------------------------------
+def initialize_ble_service() -> bool:
+    """Choose and build the backend (no bus traffic); False if that is impossible."""
+    with _lifecycle:
+        try:
+            if _state.backend is None:
+                settings = _state.settings if _state.settings is not None else load_settings()
+                backend = select_backend(settings, bus=_state.bus)
+                with _callbacks_lock:
+                    callbacks = dict(_state.callbacks)
+                backend.set_callbacks(callbacks)
+                _state.backend = backend
+            return _state.backend.initialize()
+        except Exception as exc:
+            log.error("BLE initialisation failed: %s: %s", type(exc).__name__, exc)
+            return False
+
+
+def start_ble_service() -> bool:
+    """Initialise if needed, register and advertise; False (never an exception) on failure."""
+    with _lifecycle:
+        try:
+            if _state.backend is None and not initialize_ble_service():
+                return False
+            backend = _state.backend
+            assert backend is not None
+            if isinstance(backend, PublishingBackend) and backend.is_running():
+                return True
+            backend.update_advertising_name()
+            return bool(backend.start())
+        except Exception as exc:
+            log.error("BLE start failed: %s: %s", type(exc).__name__, exc)
+            return False
+
+
+def stop_ble_service() -> None:
+    """Bounded shutdown (MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS); the next start builds afresh."""
+    with _lifecycle:
+        backend, _state.backend = _state.backend, None
+        if backend is None:
+            return
+        try:
+            backend.stop()
+        except Exception:
+            log.exception("BLE stop failed")
+
+
+# -- publishing (never raises; no-op unless running) ---------------------------------
+def notify_env_packet(temp: float | None, rh: float | None, co2: float | None,
+                      light: float | None) -> None:
+    """Publish one env packet (°C, %RH, ppm, raw light; any may be None)."""
+    backend = _running_backend()
+    if backend is None:
+        return
+    try:
+        backend.publish_env(temp, rh, co2, light)
+    except Exception:
+        log.exception("notify_env_packet failed")
+
+
+def update_status_flags(flags: int) -> None:
+    """The controller's status bits; the CONNECTIVITY bit (4) is the BLE layer's."""
+    backend = _running_backend()
+    if backend is None:
+        return
+    try:
+        backend.publish_status(flags)
+    except Exception:
+        log.exception("update_status_flags failed")
+
+
+def notify_actuator_status() -> None:
+    """Re-read relay state through ``get_control_data`` and notify it."""
+    backend = _running_backend()
+    if backend is None:
+        return
+    try:
+        backend.publish_actuator()
+    except Exception:
+        log.exception("notify_actuator_status failed")
+
+
+def update_advertising_name() -> None:
+    """Recompute ``{prefix}-{Species}{Stage}`` from ``get_stage_data`` and apply it live."""
+    backend = _state.backend
+    if backend is None:
+        return
+    try:
+        backend.update_advertising_name()
+    except Exception:
+        log.exception("update_advertising_name failed")
+
+
+# -- queries -----------------------------------------------------------------------------
+def is_service_running() -> bool:
+    try:
+        return _running_backend() is not None
+    except Exception:
+        log.exception("is_service_running failed")
+        return False
+
+
+def get_connection_count() -> int:
+    """Connected centrals, as bluetoothd reports them (0 when not running)."""
+    backend = _running_backend()
+    if backend is None:
+        return 0
+    try:
+        return int(backend.connection_count())
+    except Exception:
+        log.exception("get_connection_count failed")
+        return 0
+
+
+def get_service_instance() -> BLEBackend | None:
+    """The running backend (its ``get_status()`` is the status/metrics snapshot), or None."""
+    backend = _state.backend
+    return backend if _running_backend() is not None else None
