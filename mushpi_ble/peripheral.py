@@ -20,7 +20,14 @@ import trio
 from trio_util import AsyncValue
 
 from .config import Settings
-from .dbus import BusUnreachable, Connection, DBusError, MatchRule, open_connection
+from .dbus import (
+    BusUnreachable,
+    Connection,
+    ConnectionLost,
+    DBusError,
+    MatchRule,
+    open_connection,
+)
 from .dbus.groups import single_errors
 from .errors import (
     AdapterNotFound,
@@ -103,7 +110,13 @@ class Peripheral:
 
     # -- lifetime ---------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Start, report ``started`` once registered, then supervise until cancelled."""
+        """Start, report ``started`` once registered, then supervise until cancelled.
+
+        May be called again after it returned (a portal started after a stop):
+        nothing of the previous run — its advert object, device tracker or
+        connectivity — carries over.
+        """
+        self._reset()
         timeout = self.settings.bus_timeout_s
         try:
             async with open_connection(
@@ -116,6 +129,15 @@ class Peripheral:
                         await self._serve(conn, nursery, task_status)
         except BusUnreachable as exc:
             raise BusUnavailable(f"cannot reach the D-Bus bus: {exc}") from exc
+
+    def _reset(self) -> None:
+        self.status = PeripheralStatus()
+        self.advert = None
+        self.tracker = None
+        self.app = None
+        self._advert_wanted = trio.Event()
+        self._stopping = False
+        self.service.set_connected(False)
 
     async def _serve(self, conn: Connection, nursery: trio.Nursery,
                      task_status: trio.TaskStatus[None]) -> None:
@@ -146,11 +168,8 @@ class Peripheral:
             await self._shutdown(app)
 
     async def _shutdown(self, app: GattApplication) -> None:
-        bound = self.settings.shutdown_timeout_s
-        with trio.CancelScope(shield=True), trio.move_on_after(bound * 0.8):
-            if self.advert is not None:
-                await self.advert.unregister(timeout=bound * 0.4)
-            await app.unregister(timeout=bound * 0.4)
+        with trio.CancelScope(shield=True):
+            await self._unregister_all(self.settings.shutdown_timeout_s * 0.8)
         self.status.registered = False
         self.status.advertising = False
 
@@ -252,9 +271,39 @@ class Peripheral:
                        recovering_since: float | None) -> None:
         """Everything that lives as long as one bluetoothd: registration, advert, devices.
 
-        An adapter that disappears takes its registrations with it; the
-        session then waits for it to return and registers again.
+        A D-Bus failure inside the session (a busy or dying bluetoothd timing
+        out a call, a refused match rule) must not end the peripheral: undo
+        what is registered, back off, and start the session again.
         """
+        attempt = 0
+        while True:
+            try:
+                with single_errors():
+                    await self._session_once(conn, app, bluez_owner, recovering_since)
+            except ConnectionLost:
+                raise
+            except DBusError as exc:
+                attempt += 1
+                self.status.last_error = f"session: {exc}"
+                log.warning("session failed attempt=%d retry_in_s=%.2f error=%s", attempt,
+                            _backoff(attempt), exc)
+                await self._unregister_all(self.settings.bus_timeout_s)
+                self._forget_registrations("session failed")
+                recovering_since = trio.current_time()
+                await trio.sleep(_backoff(attempt))
+
+    async def _unregister_all(self, bound: float) -> None:
+        """Best effort, bounded: bluetoothd may be gone or stuck."""
+        assert self.app is not None
+        with trio.move_on_after(bound):
+            if self.advert is not None:
+                await self.advert.unregister(timeout=bound / 2)
+            await self.app.unregister(timeout=bound / 2)
+
+    async def _session_once(self, conn: Connection, app: GattApplication, bluez_owner: str,
+                            recovering_since: float | None) -> None:
+        """An adapter that disappears takes its registrations with it; the
+        session then waits for it to return and registers again."""
         rule = MatchRule(sender=BLUEZ, path="/", interface=OBJECT_MANAGER_IFACE,
                          member="InterfacesRemoved")
         async with conn.subscribe(rule) as removals:

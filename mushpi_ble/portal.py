@@ -56,6 +56,9 @@ class BlePortal:
         self.service = MushPiService(self.settings, lambda: self._callbacks, clock=clock)
         self.peripheral = Peripheral(self.settings, self.service, bus=bus)
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+        self._started = False
+        self._stop_requested = False
         self._thread: threading.Thread | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._cancel: trio.CancelScope | None = None
@@ -75,26 +78,36 @@ class BlePortal:
 
     # -- lifetime ---------------------------------------------------------------------
     def start(self) -> None:
-        """Run the peripheral; returns once registered, else raises a StartError."""
-        with self._lock:
-            if self.is_running():
-                return
-            self._ready.clear()
-            self._stopped.clear()
-            self._start_error = None
-            self._thread = threading.Thread(target=self._thread_main, name=THREAD_NAME,
-                                            daemon=True)
-            self._thread.start()
-        wait = self.settings.bus_timeout_s + START_MARGIN_S
-        if not self._ready.wait(wait):
-            self.stop()
-            raise StartTimeout(f"the peripheral did not start within {wait:.3g} s")
-        if self._start_error is not None:
-            error = self._start_error
-            self.stop()
-            if isinstance(error, StartError):
-                raise error
-            raise StartError(f"start-up failed: {type(error).__name__}: {error}") from error
+        """Run the peripheral; returns once registered, else raises a StartError.
+
+        Concurrent calls are serialised (the second returns once the first is
+        done); a stop() that arrives during start makes start raise.
+        """
+        with self._start_lock:
+            with self._lock:
+                if self.is_running():
+                    return
+                self._ready.clear()
+                self._stopped.clear()
+                self._started = False
+                self._stop_requested = False
+                self._start_error = None
+                self._thread = threading.Thread(target=self._thread_main, name=THREAD_NAME,
+                                                daemon=True)
+                self._thread.start()
+            wait = self.settings.bus_timeout_s + START_MARGIN_S
+            if not self._ready.wait(wait):
+                self.stop()
+                raise StartTimeout(f"the peripheral did not start within {wait:.3g} s")
+            if self._start_error is not None:
+                error = self._start_error
+                self.stop()
+                if isinstance(error, StartError):
+                    raise error
+                raise StartError(f"start-up failed: {type(error).__name__}: {error}") from error
+            if not self._started:
+                self.stop()
+                raise StartError("stopped while starting")
 
     def stop(self) -> None:
         """Unregister and stop, within MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS; idempotent."""
@@ -102,19 +115,21 @@ class BlePortal:
             thread, token, scope = self._thread, self._token, self._cancel
             if thread is None:
                 return
+            self._stop_requested = True  # seen by a loop that has no cancel scope yet
             if token is not None and scope is not None:
                 with contextlib.suppress(trio.RunFinishedError):
                     token.run_sync_soon(scope.cancel)
-            if thread is not threading.current_thread():
-                thread.join(self.settings.shutdown_timeout_s)
-                if thread.is_alive():
-                    log.warning("trio thread still running after shutdown bound_ms=%d",
-                                self.settings.ble_shutdown_timeout_ms)
             self._thread = None
+        if thread is not threading.current_thread():
+            thread.join(self.settings.shutdown_timeout_s)
+            if thread.is_alive():
+                log.warning("trio thread still running after shutdown bound_ms=%d",
+                            self.settings.ble_shutdown_timeout_ms)
 
     def is_running(self) -> bool:
-        return (self._thread is not None and self._thread.is_alive()
-                and self._ready.is_set() and self._start_error is None)
+        thread = self._thread
+        return (thread is not None and thread.is_alive() and self._started
+                and not self._stopped.is_set())
 
     def __enter__(self) -> BlePortal:
         self.start()
@@ -128,7 +143,7 @@ class BlePortal:
             trio.run(self._trio_main)
         except BaseException as exc:  # report, never kill the interpreter's thread silently
             error = unwrap_group(exc) if isinstance(exc, BaseExceptionGroup) else exc
-            if not self._ready.is_set():
+            if not self._started:
                 self._start_error = error
             else:
                 self.peripheral.status.last_error = f"{type(error).__name__}: {error}"
@@ -140,11 +155,15 @@ class BlePortal:
             self._ready.set()
 
     async def _trio_main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
+        token = trio.lowlevel.current_trio_token()
         with trio.CancelScope() as scope:
-            self._cancel = scope
+            with self._lock:
+                self._token, self._cancel = token, scope
+                if self._stop_requested:
+                    scope.cancel()
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._run_peripheral)
+                self._started = True
                 self._ready.set()
 
     async def _run_peripheral(self, task_status: trio.TaskStatus[None]) -> None:
@@ -154,7 +173,7 @@ class BlePortal:
     def publish_env(self, temperature: object = None, humidity: object = None,
                     co2: object = None, light: object = None) -> Outcome:
         """°C, %RH, ppm, raw light (any may be None); encoded here, queued without waiting."""
-        if not self._ready.is_set() or self._start_error is not None:
+        if not self._started:
             return Outcome.NOT_RUNNING
         try:  # the hot path: no closure, no thread liveness probe (the mailbox knows)
             return self.service.publish_env(temperature, humidity, co2, light)
@@ -223,8 +242,12 @@ class BlePortal:
             getter = self._callbacks.get_stage_data
             name = advertised_name(self.settings.ble_name_prefix,
                                    getter() if getter is not None else None)
-        if self.is_running():
-            self.call_in_loop(lambda: self.peripheral.request_rename(name))
+        token = self._token
+        if token is not None and self.is_running():
+            try:  # handed over, not waited for: the controller's thread never blocks here
+                token.run_sync_soon(self.peripheral.request_rename, name)
+            except trio.RunFinishedError:
+                self.peripheral.name = name
         else:
             self.peripheral.name = name
         return name

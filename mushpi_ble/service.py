@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -73,6 +74,7 @@ FIXED_SIZES = {
     ACTUATOR_STATUS: ActuatorStatus.SIZE,
 }
 READ_SNAPSHOT_TTL_S = 5.0
+MAX_REMEMBERED = 64
 
 
 @attrs.frozen
@@ -121,10 +123,12 @@ class MushPiService:
         self._env_box = self.mailboxes[ENV_MEASUREMENTS]
         self._status_flags = 0
         self._connected = False
-        self._last_good: dict[str, bytes] = {
+        self._status_lock = threading.Lock()
+        self._defaults: dict[str, bytes] = {
             CONTROL_TARGETS: ControlTargets.DEFAULT.pack(),
             STAGE_STATE: StageState.from_controller(None).pack(),
         }
+        self._last_good: dict[str, bytes] = {}
         self._snapshots: dict[tuple[str, str], tuple[bytes, float]] = {}
         self.thresholds_cursor = ThresholdsCursor(DEFAULT_QUERY.species, DEFAULT_QUERY.stage)
         self.recent_writes: deque[WriteEvent] = deque(maxlen=50)
@@ -218,8 +222,11 @@ class MushPiService:
         return self._connected
 
     def _offer_status(self) -> Outcome:
-        packet = StatusFlags(self._status_flags).with_connectivity(self._connected)
-        return self.mailboxes[STATUS_FLAGS].offer(packet.pack())
+        # the controller's thread sets the flags, the loop the connectivity bit:
+        # build and queue under one lock so the last packet queued is the newest
+        with self._status_lock:
+            packet = StatusFlags(self._status_flags).with_connectivity(self._connected)
+            return self.mailboxes[STATUS_FLAGS].offer(packet.pack())
 
     def publish_actuator(self, control_data: object) -> Outcome:
         mailbox = self.mailboxes.get(ACTUATOR_STATUS)
@@ -273,11 +280,24 @@ class MushPiService:
                         name, exc)
             value = None
         if value is None:
-            value = self._last_good.get(name, b"")
+            value = self._last_good.get(name) or self._defaults.get(name, b"")
         else:
-            self._last_good[name] = value
-        self._snapshots[key] = (value, time.monotonic())
+            self._remember(self._last_good, name, value)
+        now = time.monotonic()
+        for stale in [k for k, (_v, at) in self._snapshots.items()
+                      if now - at > READ_SNAPSHOT_TTL_S]:
+            del self._snapshots[stale]
+        self._remember(self._snapshots, key, (value, now))
         return value
+
+    @staticmethod
+    def _remember(store: dict[Any, Any], key: Any, value: Any) -> None:
+        """Insert, evicting the oldest entries past a fixed size: the keys come
+        from phones (species/stage queries, device paths), so bound them."""
+        store.pop(key, None)
+        store[key] = value
+        while len(store) > MAX_REMEMBERED:
+            del store[next(iter(store))]
 
     async def _read_control_targets(self, request: ReadRequest) -> bytes:
         getter = self._callbacks().get_control_targets
@@ -439,17 +459,20 @@ class MushPiService:
         await self.app.notify(state, state.value)
 
     async def _push_actuator_on_subscribe(self) -> None:
+        """Fresh relay state for the new subscriber, through the mailbox like every
+        other publish, so a newer notify_actuator_status() is never overwritten."""
         assert self.app is not None
-        state = self.app.state(ACTUATOR_STATUS)
         getter = self._callbacks().get_control_data
         if getter is not None:
             try:
                 data = await call_in_thread(getter, timeout=self._handler_timeout,
                                             what="get_control_data")
-                state.value = ActuatorStatus.from_controller(
-                    data if isinstance(data, dict) else None).pack()
             except (ControllerTimeout, ControllerFailure) as exc:
                 log.warning("actuator read on subscribe failed error=%s", exc)
+            else:
+                if self.publish_actuator(data) in (Outcome.QUEUED, Outcome.COALESCED):
+                    return
+        state = self.app.state(ACTUATOR_STATUS)
         await self.app.notify(state, state.value)
 
     # -- status --------------------------------------------------------------------------

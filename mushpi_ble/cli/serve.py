@@ -171,10 +171,9 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
         except StartError as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
             return EXIT_START
-        portal.update_advertising_name()
+        name = portal.update_advertising_name()
         exporter = _start_metrics(portal)
-        log.info("serving name=%s interval_s=%d", portal.get_status()["advertised_name"],
-                 interval)
+        log.info("serving name=%s interval_s=%d", name, interval)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         next_publish = time.monotonic()
         while not stop.is_set():

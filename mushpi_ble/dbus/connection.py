@@ -87,9 +87,13 @@ class SignalMessage:
 
 @attrs.define
 class Subscription:
-    """A live match rule and its bounded delivery channel; counts overflow."""
+    """Live match rules and their one bounded delivery channel; counts overflow.
 
-    rule: MatchRule
+    Several rules may share the channel: their signals then arrive in the
+    order the bus delivered them, which one task per rule could not keep.
+    """
+
+    rules: tuple[MatchRule, ...]
     channel: trio.MemorySendChannel[SignalMessage]
     overflow_timeout: float
     delivered: int = 0
@@ -172,6 +176,7 @@ class Connection:
         self._subscriptions: list[Subscription] = []
         self._owners: dict[str, AsyncValue[str]] = {}
         self._owners_ready: dict[str, trio.Event] = {}
+        self._owner_changes: dict[str, int] = {}
         self._handler_nursery: trio.Nursery | None = None
         self._system_nursery: trio.Nursery | None = None
         self._resume: trio.Event | None = None
@@ -220,8 +225,7 @@ class Connection:
             raise ConnectionLost()
         args = (destination, path, interface, member, signature, tuple(body))
         if no_reply:
-            data, fds = self._call_bytes(*args, next(self._serials), no_reply=True)
-            self._writer.write_nowait(data, fds)
+            self.call_nowait(*args)
             await trio.lowlevel.checkpoint()
             return ()
         deadline = self.call_timeout if timeout is None else timeout
@@ -394,12 +398,20 @@ class Connection:
 
     def _ensure_owner_watch(self, name: str) -> None:
         if name not in self._owners and self._system_nursery is not None:
-            self._system_nursery.start_soon(self.watch_name_owner, name)
+            self._system_nursery.start_soon(self._watch_in_background, name)
+
+    async def _watch_in_background(self, name: str) -> None:
+        try:
+            await self.watch_name_owner(name)
+        except DBusError as exc:  # callers restricted to ``name`` stay refused meanwhile
+            log.warning("cannot follow the owner of name=%s error=%s", name, exc)
 
     async def watch_name_owner(self, name: str) -> AsyncValue[str]:
         """An :class:`AsyncValue` holding the unique name owning ``name`` ("" if none).
 
         Kept current from ``NameOwnerChanged``; watching is set up once per name.
+        A NameOwnerChanged that arrives while GetNameOwner is in flight is
+        newer than its answer, so the answer is then dropped.
         """
         value = self._owners.get(name)
         if value is not None:
@@ -412,10 +424,14 @@ class Connection:
         rule = MatchRule(sender=BUS_NAME, interface=BUS_NAME, member="NameOwnerChanged", arg0=name)
         try:
             await self.call_bus("AddMatch", "s", (rule.to_string(),))
-            value.value = await self.get_name_owner(name)
+            changes_before = self._owner_changes.get(name, 0)
+            owner = await self.get_name_owner(name)
+            if self._owner_changes.get(name, 0) == changes_before:
+                value.value = owner
         except BaseException:
             del self._owners[name]
             del self._owners_ready[name]
+            ready.set()  # wake other waiters; they see "" (unknown)
             raise
         ready.set()
         return value
@@ -434,33 +450,51 @@ class Connection:
     # ------------------------------------------------------------------
     @asynccontextmanager
     async def subscribe(
-        self, rule: MatchRule, *, capacity: int = 1024, overflow_timeout: float = 1.0
+        self, *rules: MatchRule, capacity: int = 1024, overflow_timeout: float = 1.0
     ) -> AsyncIterator[trio.MemoryReceiveChannel[SignalMessage]]:
-        """Receive signals matching ``rule`` into a bounded channel.
+        """Receive signals matching any of ``rules`` into one bounded channel.
 
         When the channel is full the receive loop waits up to
         ``overflow_timeout`` for room (back-pressure), then drops the signal,
-        counting and logging it.
+        counting and logging it. Leaving the block, however it is left
+        (cancellation included), removes the match rules from the bus.
         """
+        if not rules:
+            raise ValueError("subscribe() needs at least one match rule")
         send, recv = trio.open_memory_channel[SignalMessage](capacity)
-        sub = Subscription(rule, send, overflow_timeout)
-        if rule.sender and not rule.sender.startswith(":") and rule.sender != BUS_NAME:
-            await self.watch_name_owner(rule.sender)
+        sub = Subscription(tuple(rules), send, overflow_timeout)
+        for rule in rules:
+            if rule.sender and not rule.sender.startswith(":") and rule.sender != BUS_NAME:
+                await self.watch_name_owner(rule.sender)
         self._subscriptions.append(sub)
+        added: list[MatchRule] = []
         try:
-            await self.call_bus("AddMatch", "s", (rule.to_string(),))
-            async with recv:
-                yield recv
+            for rule in rules:
+                await self.call_bus("AddMatch", "s", (rule.to_string(),))
+                added.append(rule)
+            yield recv
         finally:
             self._subscriptions.remove(sub)
-            await send.aclose()
-            if not self.closed.is_set():
-                with trio.move_on_after(self.call_timeout) as scope:
-                    scope.shield = True
-                    try:
-                        await self.call_bus("RemoveMatch", "s", (rule.to_string(),))
-                    except DBusError as exc:
-                        log.debug("RemoveMatch failed rule=%s error=%s", rule.to_string(), exc)
+            send.close()
+            recv.close()
+            for rule in added:  # no await: must also work inside a cancelled scope
+                self._remove_match_nowait(rule)
+
+    def _remove_match_nowait(self, rule: MatchRule) -> None:
+        if self.closed.is_set():
+            return
+        with contextlib.suppress(ConnectionLost):
+            self.call_nowait(BUS_NAME, BUS_PATH, BUS_NAME, "RemoveMatch", "s",
+                             (rule.to_string(),))
+
+    def call_nowait(self, destination: str, path: str, interface: str, member: str,
+                    signature: str = "", body: Sequence[Any] = ()) -> None:
+        """Send a method call flagged NO_REPLY_EXPECTED, without waiting at all."""
+        if self.closed.is_set():
+            raise ConnectionLost()
+        data, fds = self._call_bytes(destination, path, interface, member, signature,
+                                     tuple(body), next(self._serials), no_reply=True)
+        self._writer.write_nowait(data, fds)
 
     # ------------------------------------------------------------------
     # the receive loop
@@ -531,19 +565,16 @@ class Connection:
             name, _old, new = signal.body
             watched = self._owners.get(name)
             if watched is not None:
+                self._owner_changes[name] = self._owner_changes.get(name, 0) + 1
                 watched.value = new
         for sub in list(self._subscriptions):
-            owner = self.current_owner(sub.rule.sender) if sub.rule.sender else None
-            if not sub.rule.matches(
-                sender=signal.sender,
-                path=signal.path,
-                interface=signal.interface,
-                member=signal.member,
-                body=signal.body,
-                sender_owner=owner,
-            ):
-                continue
-            await self._deliver(sub, signal)
+            if any(self._matches(rule, signal) for rule in sub.rules):
+                await self._deliver(sub, signal)
+
+    def _matches(self, rule: MatchRule, signal: SignalMessage) -> bool:
+        owner = self.current_owner(rule.sender) if rule.sender else None
+        return rule.matches(sender=signal.sender, path=signal.path, interface=signal.interface,
+                            member=signal.member, body=signal.body, sender_owner=owner)
 
     async def _deliver(self, sub: Subscription, signal: SignalMessage) -> None:
         try:
@@ -566,8 +597,8 @@ class Connection:
         self.stats.signals_dropped += 1
         if sub.dropped == 1 or sub.dropped % 1000 == 0:
             log.warning(
-                "subscription overflow rule=%s dropped=%d capacity=%s",
-                sub.rule.to_string(),
+                "subscription overflow rules=%s dropped=%d capacity=%s",
+                " | ".join(rule.to_string() for rule in sub.rules),
                 sub.dropped,
                 sub.channel.statistics().max_buffer_size,
             )

@@ -94,14 +94,14 @@ class DeviceTracker:
         pc_rule = MatchRule(sender=BLUEZ, path_namespace=self.adapter_path,
                             interface=PROPERTIES, member="PropertiesChanged",
                             arg0=DEVICE_IFACE)
-        async with conn.subscribe(om_rule) as om, conn.subscribe(pc_rule) as pc:
+        # one channel for both rules: connects, disconnects and removals must be
+        # applied in the order bluetoothd sent them
+        async with conn.subscribe(om_rule, pc_rule) as signals:
             for path, ifaces in (await managed_objects(conn, timeout=timeout)).items():
                 if DEVICE_IFACE in ifaces and self._mine(path):
                     self._update(path, {k: v[1] for k, v in ifaces[DEVICE_IFACE].items()})
             task_status.started()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._follow, om)
-                nursery.start_soon(self._follow, pc)
+            await self._follow(signals)
 
     async def _follow(self, signals: trio.MemoryReceiveChannel[SignalMessage]) -> None:
         async for signal in signals:
