@@ -49,6 +49,9 @@ KNOWN_DIFFERENCES: dict[str, dict[str, bool]] = {
     # Not a difference either: BlueZero means to ignore StartNotify while notifying, but its
     # check (``Notifying is True``) never matches a dbus.Boolean, so every subscribe pushes.
     "push_on_every_subscribe": {"bluez-dbus": True, "bluezero": True},
+    # Legacy: a publish made just before a subscription can be emitted (from the GLib
+    # queue) after it, so the new subscriber may get the pushed value a second time.
+    "may_repeat_value_pushed_on_subscribe": {"bluez-dbus": False, "bluezero": True},
     # Legacy registers once; after a bluetoothd restart the service is gone until restarted.
     "re_registers_after_bluetoothd_restart": {"bluez-dbus": True, "bluezero": False},
     # Legacy objects answer any caller on the bus, not only the owner of org.bluez.
@@ -269,10 +272,17 @@ async def test_subscribe_pushes_current_value_and_notifications_arrive_in_order(
     for co2 in range(1001, 1051):
         ble_gatt.notify_env_packet(20.0, 80.0, co2, 10)
     got = []
-    for _ in range(50):
+    repeats = 0
+    while len(got) < 50:
         packet = await central.next_notification(UUID["env_measurements"])
-        got.append(struct.unpack_from("<H", packet.value)[0])
+        co2 = struct.unpack_from("<H", packet.value)[0]
+        if co2 == 1000 and not got:
+            repeats += 1
+            continue
+        got.append(co2)
     assert got == list(range(1001, 1051))
+    if not KNOWN_DIFFERENCES["may_repeat_value_pushed_on_subscribe"][served.backend]:
+        assert repeats == 0
     counters = served.instance().get_status()["characteristics"]["env_measurements"]
     assert counters["offered"] == 51
     assert counters["offered"] == (counters["sent"] + counters["dropped"]

@@ -1,0 +1,447 @@
+"""Fixtures of the real-bluetoothd suite (runs inside the VM of scripts/vm-test).
+
+The VM has its own system bus, btvirt with two linked controllers (hci0 for
+our peripheral, hci1 for the central) and a live btmon. This suite starts
+bluetoothd itself, once per configuration ("att": one classic bearer,
+``[GATT] Channels=1``; "eatt": bluetoothd's default, enhanced ATT), and
+restarts it while the peripheral runs.
+
+The central is bleak, driven on an asyncio loop in a thread of its own so
+that one connection can span several tests and the in-process BlePortal
+(trio in its own thread) can be watched from the test thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from jeepney import DBusAddress, new_method_call
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
+from jeepney.wrappers import DBusErrorResponse
+
+T = TypeVar("T")
+
+BLUETOOTHD = "/usr/libexec/bluetooth/bluetoothd"
+JOB = Path(os.environ.get("MUSHPI_VM_JOB", "."))
+PERIPHERAL_ADAPTER = "hci0"
+CENTRAL_ADAPTER = "hci1"
+
+# bluetoothd configurations, one per pass. The classic pass also keeps the
+# ATT MTU at its minimum (23) so that long values need several reads.
+CONFIGS: dict[str, str] = {
+    "att": "[General]\nName = mushpi-vm\n\n[GATT]\nChannels = 1\nExchangeMTU = 48\n",
+    "eatt": "[General]\nName = mushpi-vm\n\n[GATT]\nChannels = 3\n",
+}
+PASSES = tuple(CONFIGS)
+
+
+# -- figures ----------------------------------------------------------------------------
+class Metrics:
+    """Figures collected by the tests, printed at the end and saved to metrics.json."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, list[float]] = {}
+        self.values: dict[str, Any] = {}
+
+    def add(self, key: str, value: float) -> None:
+        self.samples.setdefault(key, []).append(value)
+
+    def set(self, key: str, value: Any) -> None:
+        self.values[key] = value
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.values)
+        for key, samples in self.samples.items():
+            ordered = sorted(samples)
+            out[key] = {
+                "n": len(ordered),
+                "p50": round(statistics.median(ordered), 2),
+                "p95": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 2),
+                "max": round(ordered[-1], 2),
+            }
+        return out
+
+
+METRICS = Metrics()
+
+
+@pytest.fixture(scope="session")
+def metrics() -> Metrics:
+    return METRICS
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if "MUSHPI_VM_JOB" not in os.environ:
+        raise pytest.UsageError(
+            "tests_vm/ runs inside the VM that scripts/vm-test boots (real bluetoothd, "
+            "btvirt, a system bus of its own): run scripts/vm-test [pytest args]")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    METRICS.set("suite_started_uptime_s", _uptime())
+    # The in-process peripheral's and the central's log lines, for after a failure.
+    with contextlib.suppress(OSError):
+        handler = logging.FileHandler(JOB / "suite.log")
+        handler.setLevel(logging.INFO)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(threadName)s %(name)s %(message)s"))
+        logging.getLogger().addHandler(handler)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    METRICS.set("suite_finished_uptime_s", _uptime())
+    summary = METRICS.summary()
+    with contextlib.suppress(OSError):
+        (JOB / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    terminalreporter.section("real bluetoothd figures (ms unless named _s)")
+    for key in sorted(summary):
+        terminalreporter.write_line(f"{key:40} {summary[key]}")
+
+
+def _uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+# -- D-Bus (system bus of the VM), blocking, for the test thread --------------------------
+class SystemBus:
+    """A small blocking jeepney client for adapter and device calls."""
+
+    def __init__(self) -> None:
+        self.conn: DBusConnection = open_dbus_connection(bus="SYSTEM")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def call(self, path: str, interface: str, member: str, signature: str | None = None,
+             body: tuple[Any, ...] = (), *, dest: str = "org.bluez",
+             timeout: float = 10.0) -> tuple[Any, ...]:
+        addr = DBusAddress(path, bus_name=dest, interface=interface)
+        msg = new_method_call(addr, member, signature, body)
+        reply = self.conn.send_and_get_reply(msg, timeout=timeout)
+        if reply.header.message_type.name == "error":
+            raise DBusErrorResponse(reply)
+        return tuple(reply.body)
+
+    def get(self, path: str, interface: str, prop: str) -> Any:
+        (variant,) = self.call(path, "org.freedesktop.DBus.Properties", "Get", "ss",
+                               (interface, prop), timeout=3.0)
+        return variant[1]
+
+    def bluez_owner(self) -> str | None:
+        try:
+            (owner,) = self.call("/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                 "GetNameOwner", "s", ("org.bluez",),
+                                 dest="org.freedesktop.DBus", timeout=2.0)
+        except DBusErrorResponse:
+            return None
+        return str(owner)
+
+    def adapter_powered(self, adapter: str) -> bool:
+        try:
+            return bool(self.get(f"/org/bluez/{adapter}", "org.bluez.Adapter1", "Powered"))
+        except (DBusErrorResponse, TimeoutError):
+            return False
+
+    def adapter_address(self, adapter: str) -> str:
+        return str(self.get(f"/org/bluez/{adapter}", "org.bluez.Adapter1", "Address"))
+
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str,
+             interval: float = 0.05) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+# -- bluetoothd -----------------------------------------------------------------------------
+class Bluetoothd:
+    """The real bluetoothd, started and restarted by the suite; logs in the job folder."""
+
+    def __init__(self, bus: SystemBus) -> None:
+        self.bus = bus
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.mode: str | None = None
+        self.starts = 0
+        self.started_at = 0.0
+        self.btmon_start = 0
+
+    def start(self, mode: str) -> float:
+        """Start with configuration ``mode``; returns seconds until both adapters are up."""
+        assert self.proc is None, "bluetoothd is already running"
+        conf = JOB / f"main-{mode}.conf"
+        conf.write_text(CONFIGS[mode])
+        self.starts += 1
+        self.btmon_start = btmon_offset()
+        log = (JOB / f"bluetoothd-{self.starts:02d}-{mode}.log").open("ab")
+        args = [BLUETOOTHD, "-n", "-E", "-f", str(conf)]
+        if os.environ.get("MUSHPI_VM_BLUETOOTHD_DEBUG"):
+            args.append("-d")
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        self.mode = mode
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                pytest.fail(f"bluetoothd exited with {self.proc.returncode} "
+                            f"(see bluetoothd-{self.starts:02d}-{mode}.log)")
+            return (self.bus.bluez_owner() is not None
+                    and self.bus.adapter_powered(PERIPHERAL_ADAPTER)
+                    and self.bus.adapter_powered(CENTRAL_ADAPTER))
+
+        wait_for(ready, 30, f"bluetoothd ({mode}) with hci0 and hci1 powered", 0.1)
+        return time.monotonic() - self.started_at
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        wait_for(lambda: self.bus.bluez_owner() is None, 10, "org.bluez to leave the bus")
+
+
+@pytest.fixture(scope="session")
+def system_bus() -> Iterator[SystemBus]:
+    bus = SystemBus()
+    yield bus
+    bus.close()
+
+
+@pytest.fixture(scope="session")
+def bluetoothd(system_bus: SystemBus) -> Iterator[Bluetoothd]:
+    daemon = Bluetoothd(system_bus)
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture(scope="session", params=PASSES)
+def bluez(request: pytest.FixtureRequest, bluetoothd: Bluetoothd, metrics: Metrics) -> str:
+    """One pass of the suite per bluetoothd configuration; yields the mode name."""
+    mode: str = request.param
+    if bluetoothd.mode != mode:
+        bluetoothd.stop()
+        took = bluetoothd.start(mode)
+        metrics.set(f"{mode}.bluetoothd_start_s", round(took, 2))
+    return mode
+
+
+# -- asyncio for bleak ----------------------------------------------------------------------
+class LoopThread:
+    """An asyncio loop in a daemon thread; ``run`` submits a coroutine with a deadline."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        async def bounded() -> T:
+            return await asyncio.wait_for(coro, timeout)
+
+        future = asyncio.run_coroutine_threadsafe(bounded(), self.loop)
+        try:
+            return future.result(timeout + 5)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def __enter__(self) -> LoopThread:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        with contextlib.suppress(Exception):
+            self.run(cancel_all(), 5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+def btmon_offset() -> int:
+    """Where the live btmon text log ends now (to look at one test's traffic)."""
+    try:
+        return (JOB / "btmon.txt").stat().st_size
+    except OSError:
+        return 0
+
+
+def btmon_since(offset: int, *needles: str, timeout: float = 10.0) -> str:
+    """The btmon text written since ``offset``, once it holds every one of ``needles``.
+
+    btmon writes line-buffered through 9p and lags the air a little, more so
+    under load; without needles, give it a moment. Returns what is there at
+    the deadline (the caller's assertions then say what is missing).
+    """
+    deadline = time.monotonic() + (timeout if needles else 0.5)
+    while True:
+        with (JOB / "btmon.txt").open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", "replace")
+        if (needles and all(n in text for n in needles)) or time.monotonic() >= deadline:
+            return text
+        time.sleep(0.2)
+
+
+def central_connect(bus: SystemBus, address: str, adapter: str = CENTRAL_ADAPTER,
+                    timeout: float = 40.0) -> str:
+    """Connect the central to ``address`` through bluetoothd; returns the device path.
+
+    A device bluetoothd does not know yet is connected by address with
+    ``Adapter1.ConnectDevice`` (experimental API, hence ``-E``): no scan
+    needed. A known one (just discovered, or lingering ~30 s after a
+    disconnect) answers AlreadyExists; then ``Device1.Connect``.
+
+    Why not let bleak call Connect: with both controllers behind one
+    bluetoothd in the emulator, the ATT bearer comes up before the kernel's
+    Device Connected event is processed, so bluetoothd marks the device
+    connected without emitting ``Connected`` ("Device ... is already
+    connected" in its log). bleak's cached state then says disconnected
+    and it gives up ("failed to discover services, device disconnected").
+    A bleak client created after the connection reads the true state.
+    """
+    path = f"/org/bluez/{adapter}/dev_{address.replace(':', '_')}"
+    try:
+        (path,) = bus.call(f"/org/bluez/{adapter}", "org.bluez.Adapter1", "ConnectDevice",
+                           "a{sv}", ({"Address": ("s", address),
+                                      "AddressType": ("s", "public")},), timeout=timeout)
+    except DBusErrorResponse as exc:
+        if exc.name != "org.bluez.Error.AlreadyExists":
+            raise
+        try:
+            bus.call(path, "org.bluez.Device1", "Connect", timeout=timeout)
+        except DBusErrorResponse as again:
+            if again.name != "org.bluez.Error.AlreadyConnected":
+                raise
+    path = str(path)
+    wait_for(lambda: _device_prop(bus, path, "Connected"), timeout, f"{path} Connected")
+    wait_for(lambda: _device_prop(bus, path, "ServicesResolved"), timeout,
+             f"{path} ServicesResolved")
+    return path
+
+
+def _device_prop(bus: SystemBus, path: str, prop: str) -> bool:
+    try:
+        return bool(bus.get(path, "org.bluez.Device1", prop))
+    except (DBusErrorResponse, TimeoutError):
+        return False
+
+
+# -- the in-process peripheral (BlePortal) and a Hub connection to it -------------------------
+PORTAL_STAGE = {"species": "Shiitake", "stage": "Pinning"}
+PORTAL_NAME = "MushPi-ShiitakePinning"
+
+
+class PortalLab:
+    """One BlePortal on hci0 per pass, with the simulated controller behind it."""
+
+    def __init__(self, portal: Any, controller: Any, address: str, sighting: Any) -> None:
+        self.portal = portal
+        self.controller = controller
+        self.address = address
+        self.sighting = sighting
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.portal.get_status())
+
+
+@pytest.fixture(scope="session")
+def portal_lab(bluez: str, system_bus: SystemBus, metrics: Metrics) -> Iterator[PortalLab]:
+    from hub import HubScanner
+
+    from mushpi_ble.config import load_settings
+    from mushpi_ble.portal import BlePortal
+    from mushpi_ble.testing.controller import SimulatedController
+
+    controller = SimulatedController(seed=11)
+    controller.stage.update(PORTAL_STAGE)
+    settings = load_settings(environ={"MUSHPI_BLE_ADAPTER": PERIPHERAL_ADAPTER}, env_file=None)
+    portal = BlePortal(settings)
+    portal.set_callbacks(controller.callbacks())
+    address = system_bus.adapter_address(PERIPHERAL_ADAPTER)
+    with LoopThread("scan") as scan_loop:
+        scanner = HubScanner()
+        scan_loop.run(scanner.start(), 20)  # scan first, then advertise
+        try:
+            started = time.monotonic()
+            portal.start()
+            metrics.set(f"{bluez}.portal_start_s", round(time.monotonic() - started, 2))
+            portal.update_advertising_name()
+            # The controller publishes a reading at start (env reads answer the
+            # last published value).
+            reading = controller.sensor_reading()
+            portal.publish_env(reading["temperature"], reading["humidity"], reading["co2"],
+                               reading["light"])
+            sighting = scan_loop.run(scanner.discover(address, PORTAL_NAME), 70)
+            metrics.set(f"{bluez}.portal_discovery_rescans", scanner.rescans)
+            metrics.set(f"{bluez}.portal_start_to_advert_s", round(sighting.at - started, 2))
+        finally:
+            scan_loop.run(scanner.stop(), 20)
+    try:
+        yield PortalLab(portal, controller, address, sighting)
+    finally:
+        portal.stop()
+
+
+class HubLink:
+    """A bleak connection from hci1 to the portal, shared by the tests of one pass."""
+
+    def __init__(self, loop: LoopThread, hub: Any, path: str) -> None:
+        self.loop = loop
+        self.hub = hub
+        self.path = path
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 20) -> T:
+        return self.loop.run(coro, timeout)
+
+
+@pytest.fixture(scope="session")
+def hub_link(portal_lab: PortalLab, system_bus: SystemBus,
+             metrics: Metrics) -> Iterator[HubLink]:
+    from hub import Hub, device_at
+
+    started = time.monotonic()
+    path = central_connect(system_bus, portal_lab.address)
+    metrics.add("connect_s", time.monotonic() - started)
+    loop = LoopThread("hub")
+    hub = Hub(device_at(path, portal_lab.address, PORTAL_NAME))
+    try:
+        loop.run(hub.connect(), 60)
+        yield HubLink(loop, hub, path)
+    finally:
+        with contextlib.suppress(Exception):
+            loop.run(hub.disconnect(), 30)
+        loop.close()

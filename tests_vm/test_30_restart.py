@@ -1,0 +1,81 @@
+"""bluetoothd restarts under the running BlePortal: it registers again and serves."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+from conftest import (
+    Bluetoothd,
+    LoopThread,
+    Metrics,
+    PortalLab,
+    SystemBus,
+    central_connect,
+    wait_for,
+)
+from hub import Hub, device_at
+
+from mushpi_ble.protocol import EnvMeasurement
+
+
+@pytest.mark.restart
+def test_bluetoothd_restart_registers_again(bluez: str, portal_lab: PortalLab,
+                                            bluetoothd: Bluetoothd, system_bus: SystemBus,
+                                            metrics: Metrics) -> None:
+    portal = portal_lab.portal
+    before = portal_lab.status()
+    assert before["registered"], before
+    # The classic pass stops bluetoothd as systemd would; the other one kills it.
+    sig = signal.SIGTERM if bluez == "att" else signal.SIGKILL
+    stopped = time.monotonic()
+    bluetoothd.stop(sig)
+    wait_for(lambda: not portal_lab.status()["registered"], 15,
+             "the portal to notice bluetoothd leaving")
+    bluetoothd.start(bluez)
+    spawned = bluetoothd.started_at
+
+    def registered_again() -> bool:
+        status = portal_lab.status()
+        return bool(status["registered"] and status["restarts"] == before["restarts"] + 1)
+
+    wait_for(registered_again, 30, "the portal to register with the new bluetoothd")
+    registered = time.monotonic()
+    wait_for(lambda: portal_lab.status()["advertising"], 15, "advertising again")
+    advertising = time.monotonic()
+    status = portal_lab.status()
+    assert status["bluez_owner"] != before["bluez_owner"]
+    assert status["running"] and status["last_error"] in (None, ""), status["last_error"]
+    metrics.add("restart_to_registered_s", registered - spawned)
+    metrics.set(f"{bluez}.restart_signal", signal.Signals(sig).name)
+    metrics.set(f"{bluez}.restart_spawn_to_registered_s", round(registered - spawned, 2))
+    metrics.set(f"{bluez}.restart_stop_to_registered_s", round(registered - stopped, 2))
+    metrics.set(f"{bluez}.restart_spawn_to_advertising_s", round(advertising - spawned, 2))
+    metrics.set(f"{bluez}.restart_last_recovery_s",
+                None if status["last_recovery_s"] is None
+                else round(status["last_recovery_s"], 2))
+
+    # A new central connection works end to end: read, subscribe, get a publish.
+    path = central_connect(system_bus, portal_lab.address)
+    with LoopThread("hub-after-restart") as loop:
+        hub = Hub(device_at(path, portal_lab.address))
+        loop.run(hub.connect(), 60)
+        try:
+            env = EnvMeasurement.unpack(loop.run(hub.read("env_measurements"), 20))
+            assert env.uptime_ms > 0
+            loop.run(hub.subscribe("env_measurements"), 20)
+            loop.run(hub.next_value("env_measurements", 10), 15)  # the value pushed at once
+            portal.publish_env(19.5, 77.0, 2468, 5.0)
+            deadline = time.monotonic() + 10
+            while True:
+                _, value = loop.run(hub.next_value(
+                    "env_measurements", max(0.1, deadline - time.monotonic())), 15)
+                if EnvMeasurement.unpack(value).co2 == 2468:
+                    break
+            wait_for(lambda: portal_lab.status()["connection_count"] == 1, 10,
+                     "the portal to see the new central")
+        finally:
+            loop.run(hub.disconnect(), 30)
+    wait_for(lambda: portal_lab.status()["connection_count"] == 0, 15,
+             "the portal to see the central leave")
