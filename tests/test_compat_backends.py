@@ -271,7 +271,7 @@ async def test_subscribe_pushes_current_value_and_notifications_arrive_in_order(
     assert status.value == bytes.fromhex("1000 0000")
     for co2 in range(1001, 1051):
         ble_gatt.notify_env_packet(20.0, 80.0, co2, 10)
-    got = []
+    got: list[int] = []
     repeats = 0
     while len(got) < 50:
         packet = await central.next_notification(UUID["env_measurements"])
