@@ -29,9 +29,7 @@ from typing import Any
 
 import trio
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench_common import environment, fmt, percentile, write_json
-
+from mushpi_ble.benchkit import environment, fmt, percentile, write_json
 from mushpi_ble.config import load_settings
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS

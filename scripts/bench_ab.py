@@ -47,7 +47,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import _bench_common as common
+from mushpi_ble import benchkit as common
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_JSON = REPO / "bench-results" / "bench_ab.json"

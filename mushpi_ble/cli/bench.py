@@ -39,6 +39,7 @@ from typing import IO, Any
 import attrs
 import trio
 
+from mushpi_ble.benchkit import cpu_seconds, percentile, status_kib
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
 from mushpi_ble.testing.bus import DBusDaemonMissing, private_bus
 from mushpi_ble.testing.fakebluez import FakeBluez, FakeCentral
@@ -86,42 +87,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 # ----------------------------------------------------------------------
 # small helpers
 # ----------------------------------------------------------------------
-def percentile(values: Sequence[float], pct: float) -> float:
-    """Linear-interpolated percentile (0-100); NaN when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * pct / 100.0
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
-
-
 def summary_us(samples_s: Sequence[float]) -> dict[str, float]:
     us = [s * 1e6 for s in samples_s]
     return {"p50": percentile(us, 50), "p95": percentile(us, 95), "p99": percentile(us, 99),
             "max": max(us) if us else math.nan, "n": float(len(us))}
-
-
-def proc_status_kib(pid: int, key: str) -> int | None:
-    try:
-        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return None
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process from ``/proc/<pid>/stat`` (NaN if it is gone)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return math.nan
-    fields = text[text.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def mib(kib: int | None) -> float:
@@ -300,7 +269,7 @@ async def drive(bluez: FakeBluez, proc: trio.Process, library: str,
         "library": library, "status": "ok", "error": None, "version": ready.get("version"),
         "dbus_library": ready.get("dbus_library", "jeepney (own I/O on trio)"),
         "registration_ms": ready.get("registration_ms"),
-        "rss_after_start_mib": mib(proc_status_kib(pid, "VmRSS")),
+        "rss_after_start_mib": mib(status_kib(pid, "VmRSS")),
     }
     app = await bluez.wait_for_application(timeout=5.0)
     result["gatt_attributes"] = len(app.attributes)
@@ -337,9 +306,9 @@ async def drive(bluez: FakeBluez, proc: trio.Process, library: str,
     received = result["notifications"]["received"]
     result["cpu_us_per_notification"] = (
         cpu_notify * 1e6 / received if received and cpu_notify >= MIN_CPU_S else math.nan)
-    result["peak_rss_mib"] = mib(proc_status_kib(pid, "VmHWM"))
+    result["peak_rss_mib"] = mib(status_kib(pid, "VmHWM"))
     result["unpaced"] = await burst(central, proc, lines, counts.notifications, 0)
-    result["peak_rss_after_unpaced_mib"] = mib(proc_status_kib(pid, "VmHWM"))
+    result["peak_rss_after_unpaced_mib"] = mib(status_kib(pid, "VmHWM"))
     result["cpu_s_total"] = cpu_seconds(pid)
     adverts = [ad for ad in bluez.advertisements() if ad.sender == app.sender]
     result["advertisement"] = ("registered" if adverts else

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts.
+"""Helpers shared by the benchmark scripts and ``mushpi-ble bench``.
 
 Percentiles and medians, per-process CPU time and peak memory read from
 ``/proc`` (Linux only), child-process hygiene and JSON output. Nothing here
@@ -81,18 +81,21 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
 # /proc readings
 # ----------------------------------------------------------------------
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads) from ``/proc/<pid>/stat``.
-
-    Resolution is one clock tick (usually 10 ms): measure long enough.
+    """utime + stime of a process (all its threads) from ``/proc/<pid>/stat``; NaN
+    when it is gone. Resolution is one clock tick (usually 10 ms): measure long enough.
     """
-    text = Path(f"/proc/{pid}/stat").read_text()
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
     # The command name may contain spaces and parentheses: split after the last ')'.
     fields = text[text.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])
     return (utime + stime) / CLOCK_TICKS
 
 
-def _status_kib(pid: int, key: str) -> int | None:
+def status_kib(pid: int, key: str) -> int | None:
+    """A ``key: N kB`` line of ``/proc/<pid>/status`` (None when the process is gone)."""
     try:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError:
@@ -105,13 +108,13 @@ def _status_kib(pid: int, key: str) -> int | None:
 
 def peak_rss_bytes(pid: int) -> int | None:
     """Peak resident set size (VmHWM) of a live process, in bytes."""
-    kib = _status_kib(pid, "VmHWM")
+    kib = status_kib(pid, "VmHWM")
     return None if kib is None else kib * 1024
 
 
 def rss_bytes(pid: int) -> int | None:
     """Current resident set size (VmRSS) of a live process, in bytes."""
-    kib = _status_kib(pid, "VmRSS")
+    kib = status_kib(pid, "VmRSS")
     return None if kib is None else kib * 1024
 
 
