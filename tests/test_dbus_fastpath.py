@@ -582,6 +582,7 @@ async def test_builtin_methods_are_not_rebuilt_per_call(server: Connection,
                               ("org.freedesktop.DBus.Peer", "GetMachineId"),
                               ("org.freedesktop.DBus.Introspectable", "Introspect")]:
         ctx = CallContext(":1.9", CHAR_PATH, interface, member)
-        first = server._builtin(ctx)
-        assert first is not None and server._builtin(ctx) is first
-    assert server._builtin(CallContext(":1.9", CHAR_PATH, CHAR_IFACE, "ReadValue")) is None
+        first = server.dispatcher._builtin(ctx)
+        assert first is not None and server.dispatcher._builtin(ctx) is first
+    read_value = CallContext(":1.9", CHAR_PATH, CHAR_IFACE, "ReadValue")
+    assert server.dispatcher._builtin(read_value) is None

@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import array
 import contextlib
-import functools
 import inspect
 import itertools
 import logging
 import math
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, cast
 
 import attrs
@@ -32,15 +29,10 @@ from jeepney.wrappers import (
 )
 from trio_util import AsyncValue
 
+from .dispatch import Dispatcher
 from .errors import (
-    ACCESS_DENIED,
     FAILED,
-    INVALID_ARGS,
     NAME_HAS_NO_OWNER,
-    PROPERTY_READ_ONLY,
-    UNKNOWN_INTERFACE,
-    UNKNOWN_METHOD,
-    UNKNOWN_OBJECT,
     CallTimeout,
     ConnectionLost,
     DBusError,
@@ -48,7 +40,7 @@ from .errors import (
 from .groups import unwrap_group
 from .interface import CallContext, Interface, Method
 from .match import MatchRule
-from .objects import INTROSPECTABLE, OBJECT_MANAGER, PEER, PROPERTIES, ObjectTree
+from .objects import OBJECT_MANAGER, PROPERTIES, ObjectTree
 from .signature import body_from_result
 from .templates import (
     encode_method_call,
@@ -122,18 +114,6 @@ class ConnectionStats:
     signals_dropped: int = 0
 
 
-def _machine_id() -> str:
-    for candidate in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            text = Path(candidate).read_text().strip()
-        except OSError:
-            continue
-        if text:
-            return text
-    return uuid.uuid4().hex
-
-
-_MACHINE_ID = _machine_id()
 _SENDER, _PATH, _INTERFACE, _MEMBER, _SIGNATURE, _UNIX_FDS = (
     HeaderFields.sender, HeaderFields.path, HeaderFields.interface, HeaderFields.member,
     HeaderFields.signature, HeaderFields.unix_fds,
@@ -141,9 +121,6 @@ _SENDER, _PATH, _INTERFACE, _MEMBER, _SIGNATURE, _UNIX_FDS = (
 _NO_REPLY_FLAGS = frozenset(f for f in range(256) if f & MessageFlag.no_reply_expected)
 # Handler results that are certainly not awaitable (skips inspect.isawaitable).
 _PLAIN_RESULTS = frozenset((type(None), bytes, str, int, bool, float, list, dict, tuple))
-_STANDARD_INTERFACES = frozenset((PEER, INTROSPECTABLE, PROPERTIES, OBJECT_MANAGER))
-_PING = Method("Ping", handler=lambda _ctx: None)
-_GET_MACHINE_ID = Method("GetMachineId", "", "s", handler=lambda _ctx: _MACHINE_ID)
 
 
 class Connection:
@@ -171,6 +148,8 @@ class Connection:
         self.unique_name = ""
         self.stats = ConnectionStats()
         self.tree = ObjectTree()
+        self.dispatcher = Dispatcher(self.tree, self.current_owner,
+                                     self.emit_properties_changed_nowait)
         self._serials = itertools.count(1)
         self._pending: dict[int, _PendingCall] = {}
         self._subscriptions: list[Subscription] = []
@@ -642,7 +621,7 @@ class Connection:
                                 fields.get(_INTERFACE, ""), fields.get(_MEMBER, ""))
         signature = str(fields.get(_SIGNATURE, ""))
         try:
-            method = self._resolve(ctx, signature)
+            method = self.dispatcher.resolve(ctx, signature)
             assert method.handler is not None
             result = method.handler(ctx, *msg.body)
             if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
@@ -693,151 +672,6 @@ class Connection:
             log.exception("handler failed path=%s member=%s", ctx.path, ctx.member)
             if not no_reply:
                 self._reply_error(msg, FAILED, f"{type(exc).__name__}: {exc}")
-
-    def _check_caller(self, ctx: CallContext, iface: Interface) -> None:
-        allowed = iface.allowed_caller
-        if allowed is None:
-            return
-        owner = self.current_owner(allowed)
-        if owner is None or ctx.sender != owner:
-            log.warning(
-                "access denied sender=%s path=%s member=%s allowed=%s owner=%s",
-                ctx.sender, ctx.path, ctx.member, allowed, owner or "-",
-            )
-            raise DBusError(ACCESS_DENIED, f"only the owner of {allowed} may call {ctx.member}")
-
-    def _resolve(self, ctx: CallContext, signature: str) -> Method:
-        """Find the method a call names, or raise the standard D-Bus error."""
-        builtin = self._builtin(ctx)
-        if builtin is not None:
-            method = builtin
-            iface = None
-        else:
-            ifaces = self.tree.interfaces(ctx.path)
-            if ifaces is None:
-                if self.tree.node_exists(ctx.path):
-                    raise DBusError(UNKNOWN_INTERFACE if ctx.interface else UNKNOWN_METHOD,
-                                    f"{ctx.path} has no {ctx.interface or ctx.member}")
-                raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
-            found: tuple[Method, Interface] | None = None
-            if ctx.interface:
-                iface_found = ifaces.get(ctx.interface)
-                if iface_found is None:
-                    raise DBusError(UNKNOWN_INTERFACE,
-                                    f"no interface {ctx.interface} at {ctx.path}")
-                m = iface_found.method(ctx.member)
-                if m is not None:
-                    found = (m, iface_found)
-            else:
-                for candidate in ifaces.values():
-                    m = candidate.method(ctx.member)
-                    if m is not None:
-                        found = (m, candidate)
-                        break
-            if found is None:
-                raise DBusError(UNKNOWN_METHOD,
-                                f"no method {ctx.member} on {ctx.interface or 'any interface'}"
-                                f" at {ctx.path}")
-            method, iface = found
-        if signature != method.in_signature:
-            raise DBusError(INVALID_ARGS, f"{ctx.member} takes signature "
-                            f"{method.in_signature!r}, got {signature!r}")
-        if iface is not None and method.restricted:
-            self._check_caller(ctx, iface)
-        return method
-
-    # -- the standard interfaces ------------------------------------------
-    @functools.cached_property
-    def _builtin_methods(self) -> dict[str, Method]:
-        return {
-            "Introspect": Method("Introspect", "", "s", handler=self._introspect),
-            "Get": Method("Get", "ss", "v", handler=self._prop_get),
-            "GetAll": Method("GetAll", "s", "a{sv}", handler=self._prop_get_all),
-            "Set": Method("Set", "ssv", "", handler=self._prop_set),
-            "GetManagedObjects": Method("GetManagedObjects", "", "a{oa{sa{sv}}}",
-                                        handler=self._get_managed_objects),
-        }
-
-    def _introspect(self, ctx: CallContext) -> str:
-        return self.tree.introspect(ctx.path)
-
-    def _builtin(self, ctx: CallContext) -> Method | None:
-        iface, member = ctx.interface, ctx.member
-        if iface and iface not in _STANDARD_INTERFACES:
-            return None  # the usual case: a call on an exported interface
-        exported = self.tree.is_exported(ctx.path)
-        builtins = self._builtin_methods
-        if iface in ("", PEER) and member == "Ping":
-            return _PING
-        if iface in ("", PEER) and member == "GetMachineId":
-            return _GET_MACHINE_ID
-        if iface in ("", INTROSPECTABLE) and member == "Introspect":
-            if not self.tree.node_exists(ctx.path) and ctx.path != "/":
-                raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
-            return builtins["Introspect"]
-        if iface == PROPERTIES or (not iface and member in ("Get", "GetAll", "Set") and exported
-                                   and not self._user_has_member(ctx)):
-            if not exported:
-                raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
-            if member in ("Get", "GetAll", "Set"):
-                return builtins[member]
-            raise DBusError(UNKNOWN_METHOD, f"no method {member} on {PROPERTIES}")
-        if iface == OBJECT_MANAGER or (not iface and member == "GetManagedObjects"):
-            if not self.tree.is_manager(ctx.path):
-                if self.tree.node_exists(ctx.path):
-                    raise DBusError(UNKNOWN_INTERFACE, f"no {OBJECT_MANAGER} at {ctx.path}")
-                raise DBusError(UNKNOWN_OBJECT, f"no object at {ctx.path}")
-            if member == "GetManagedObjects":
-                return builtins["GetManagedObjects"]
-            raise DBusError(UNKNOWN_METHOD, f"no method {member} on {OBJECT_MANAGER}")
-        if iface in (PEER, INTROSPECTABLE):
-            raise DBusError(UNKNOWN_METHOD, f"no method {member} on {iface}")
-        return None
-
-    def _user_has_member(self, ctx: CallContext) -> bool:
-        ifaces = self.tree.interfaces(ctx.path) or {}
-        return any(i.method(ctx.member) is not None for i in ifaces.values())
-
-    def _may_read_restricted(self, ctx: CallContext, iface: Interface) -> bool:
-        if iface.allowed_caller is None:
-            return True
-        return ctx.sender == self.current_owner(iface.allowed_caller)
-
-    def _prop_get(self, ctx: CallContext, interface: str, name: str) -> tuple[str, Any]:
-        iface = self.tree.lookup_interface(ctx.path, interface)
-        prop = self.tree.lookup_property(ctx.path, interface, name)
-        if prop.restricted:
-            self._check_caller(ctx, iface)
-        return (prop.signature, prop.get())
-
-    def _prop_get_all(self, ctx: CallContext, interface: str) -> dict[str, tuple[str, Any]]:
-        if interface in (PROPERTIES, INTROSPECTABLE, PEER):
-            return {}
-        iface = self.tree.lookup_interface(ctx.path, interface)
-        return iface.property_values(include_restricted=self._may_read_restricted(ctx, iface))
-
-    def _prop_set(self, ctx: CallContext, interface: str, name: str,
-                  variant: tuple[str, Any]) -> None:
-        iface = self.tree.lookup_interface(ctx.path, interface)
-        prop = self.tree.lookup_property(ctx.path, interface, name)
-        if prop.set is None:
-            raise DBusError(PROPERTY_READ_ONLY, f"{interface}.{name} is read-only")
-        if prop.restricted:
-            self._check_caller(ctx, iface)
-        signature, value = variant
-        if signature != prop.signature:
-            raise DBusError(INVALID_ARGS, f"{interface}.{name} has type {prop.signature!r}, "
-                            f"got {signature!r}")
-        prop.set(value)
-        self.emit_properties_changed_nowait(ctx.path, interface, {name: prop.get()})
-
-    def _get_managed_objects(self, ctx: CallContext) -> dict[str, Any]:
-        allowed_all = all(
-            self._may_read_restricted(ctx, iface)
-            for path in self.tree.managed_objects(ctx.path)
-            for iface in (self.tree.interfaces(path) or {}).values()
-        )
-        return self.tree.managed_objects(ctx.path, include_restricted=allowed_all)
 
     # ------------------------------------------------------------------
     # lifetime
