@@ -9,6 +9,7 @@ connected centrals (devices.py) and the notification queue (publisher.py).
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from collections import deque
@@ -31,12 +32,14 @@ from mushpi_ble.protocol import (
 
 from ..base import BLEBackend
 from .bus import SharedSystemBus
-from .deps import GLib, log
+from .deps import GLib
 from .devices import Centrals
 from .gatt import GattService, WriteRecord
 from .loop import LoopThread, claim
 from .publisher import Publisher
 from .session import BluezSession
+
+log = logging.getLogger(__name__)
 
 START_MARGIN_S = 1.0
 

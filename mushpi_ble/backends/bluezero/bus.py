@@ -8,13 +8,16 @@ exported and the signal receivers added meanwhile.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from mushpi_ble.dbus.transport import resolve_bus_address
 from mushpi_ble.errors import BusUnavailable
 
-from .deps import dbus, log
+from .deps import dbus
+
+log = logging.getLogger(__name__)
 
 BLUEZ = "org.bluez"
 ADAPTER_IFACE = "org.bluez.Adapter1"

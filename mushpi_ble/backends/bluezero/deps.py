@@ -38,7 +38,7 @@ try:
 except ImportError as _exc:  # select_backend() turns this into a fallback with a warning
     raise ImportError(f"{INSTALL_HINT}; import failed: {_exc}") from _exc
 
-log = logging.getLogger("mushpi_ble.backends.bluezero_backend")
+log = logging.getLogger(__name__)
 
 
 def require_extra() -> None:

@@ -8,11 +8,13 @@ of status_flags follows that).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from .bus import BLUEZ, DEVICE_IFACE, OBJECT_MANAGER_IFACE, PROPERTIES_IFACE
-from .deps import log
+
+log = logging.getLogger(__name__)
 
 
 class Centrals:

@@ -42,7 +42,9 @@ from mushpi_ble.protocol import (
     encode_thresholds_answer,
 )
 
-from .deps import GLib, bz_constants, dbus, localGATT, log
+from .deps import GLib, bz_constants, dbus, localGATT
+
+log = logging.getLogger(__name__)
 
 INVALID_OFFSET = "org.bluez.Error.InvalidOffset"
 READ_SNAPSHOT_TTL_S = 5.0

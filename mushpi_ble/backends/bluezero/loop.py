@@ -9,6 +9,7 @@ its loop thread alive in a process: ``claim`` and ``release`` keep that.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,9 @@ from typing import Any
 
 from mushpi_ble.errors import StartError
 
-from .deps import GLib, log
+from .deps import GLib
+
+log = logging.getLogger(__name__)
 
 THREAD_NAME = "mushpi-ble-glib"
 _ACTIVE_LOCK = threading.Lock()

@@ -10,6 +10,7 @@ shape the legacy backend's behaviour and performance in the A/B comparison.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -20,7 +21,9 @@ from mushpi_ble.config import Settings
 from mushpi_ble.metrics import LatencyHistogram
 from mushpi_ble.notify import Outcome
 
-from .deps import GLib, log
+from .deps import GLib
+
+log = logging.getLogger(__name__)
 
 WORKER_NAME = "mushpi-ble-publisher"
 PUBLISH_TIMEOUT_S = 2.0

@@ -10,6 +10,7 @@ closes the bus and quits the loop, whatever fails on the way.
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,9 +27,11 @@ from .bus import (
     PROPERTIES_IFACE,
     SharedSystemBus,
 )
-from .deps import GLib, bz_advertisement, dbus, log
+from .deps import GLib, bz_advertisement, dbus
 from .devices import Centrals
 from .gatt import GattService
+
+log = logging.getLogger(__name__)
 
 
 class BluezSession:
