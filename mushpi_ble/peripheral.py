@@ -13,7 +13,6 @@ import logging
 import operator
 import time
 from functools import partial
-from typing import Any
 
 import attrs
 import trio
@@ -51,6 +50,7 @@ from .gatt.adapter import (
 from .gatt.advertising import (
     Advertisement,
     AdvertisingCapabilities,
+    AdvertPlan,
     advert_path,
     plan_advertisement,
     read_capabilities,
@@ -385,7 +385,7 @@ class Peripheral:
         if not self._stopping:
             self._advert_wanted.set()
 
-    def _plan(self) -> Any:
+    def _plan(self) -> AdvertPlan:
         plan = plan_advertisement(self.name, self.settings.ble_service_uuid,
                                   self._capabilities, self.settings.ble_adv_tx_power)
         if plan.left_out and plan.left_out != self.status.advert_left_out:
