@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import operator
 import time
+from collections.abc import Awaitable, Callable
 from functools import partial
 
 import attrs
@@ -19,6 +20,7 @@ import trio
 from trio_util import AsyncValue
 
 from .config import Settings
+from .controller import ControllerFailure, ControllerTimeout, call_in_thread
 from .dbus import (
     BusUnreachable,
     Connection,
@@ -107,6 +109,8 @@ class Peripheral:
         self._stopping = False
         self._nursery: trio.Nursery | None = None
         self.name = advertised_name(settings.ble_name_prefix, None)
+        self.fixed_name: str | None = None
+        self.stage_getter: Callable[[], Callable[[], object] | None] = lambda: None
 
     # -- lifetime ---------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -349,6 +353,7 @@ class Peripheral:
     async def _keep_advertising(self, conn: Connection, adapter: str) -> None:
         """Set the alias; when enabled, register the advert and re-register on Release."""
         timeout = self.settings.bus_timeout_s
+        self.name = await self.current_name()
         await self._apply_alias(conn, adapter)
         if not self.settings.ble_adv_enable:
             log.info("advertising disabled (MUSHPI_BLE_ADV_ENABLE=false); alias only name=%s",
@@ -401,12 +406,38 @@ class Peripheral:
         except DBusError as exc:
             log.warning("setting the adapter alias failed error=%s", exc)
 
-    def request_rename(self, name: str) -> None:
-        """From the loop thread: start a live rename without waiting for it."""
-        if self._nursery is None:
-            self.name = name
-            return
-        self._nursery.start_soon(self.rename, name)
+    def request_name_refresh(self, fixed: str | None = None) -> None:
+        """From the loop thread: recompute (or fix) the name and apply it, not waited for.
+
+        ``fixed`` pins the name until the next refresh without one.
+        """
+        self.fixed_name = fixed
+        if self._nursery is not None:
+            self._nursery.start_soon(self.refresh_name)
+
+    def spawn(self, fn: Callable[[], Awaitable[object]]) -> None:
+        """From the loop thread: run ``fn`` as a task of the peripheral's nursery."""
+        if self._nursery is not None:
+            self._nursery.start_soon(fn)
+
+    async def current_name(self) -> str:
+        """The pinned name, or ``{prefix}-{Species}{Stage}`` from the stage getter (run in
+        a worker thread under the handler deadline; on failure the name stays)."""
+        if self.fixed_name is not None:
+            return self.fixed_name
+        getter = self.stage_getter()
+        if getter is None:
+            return advertised_name(self.settings.ble_name_prefix, None)
+        try:
+            stage = await call_in_thread(getter, timeout=self.settings.handler_timeout_s,
+                                         what="get_stage_data")
+        except (ControllerTimeout, ControllerFailure) as exc:
+            log.warning("advertised name not recomputed error=%s", exc)
+            return self.name
+        return advertised_name(self.settings.ble_name_prefix, stage)
+
+    async def refresh_name(self) -> None:
+        await self.rename(await self.current_name())
 
     async def rename(self, name: str) -> None:
         """Apply a new advertised name live (alias and advert), no re-registration."""

@@ -24,7 +24,6 @@ from .config import Settings, load_settings
 from .controller import ControllerCallbacks
 from .dbus.groups import unwrap_group
 from .errors import StartError, StartTimeout
-from .naming import advertised_name
 from .notify import Outcome
 from .peripheral import Peripheral
 from .service import MushPiService
@@ -55,6 +54,7 @@ class BlePortal:
         self._callbacks = callbacks or ControllerCallbacks()
         self.service = MushPiService(self.settings, lambda: self._callbacks, clock=clock)
         self.peripheral = Peripheral(self.settings, self.service, bus=bus)
+        self.peripheral.stage_getter = lambda: self._callbacks.get_stage_data
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._started = False
@@ -182,18 +182,35 @@ class BlePortal:
             return Outcome.DROPPED
 
     def publish_status(self, flags: object) -> Outcome:
-        return self._guard(lambda: self.service.publish_status(flags))
+        """The controller's status bits; kept even while not running (they are
+        served from the start), notified while running."""
+        try:
+            return self.service.publish_status(flags)
+        except Exception:
+            log.exception("publish failed")
+            return Outcome.DROPPED
 
     def publish_actuator(self, control_data: Mapping[str, Any] | None = None) -> Outcome:
-        """Publish relay state; without an argument it is read via ``get_control_data``."""
-        def read_and_publish() -> Outcome:
-            data: object = control_data
-            if data is None:
-                getter = self._callbacks.get_control_data
-                data = getter() if getter is not None else None
-            return self.service.publish_actuator(data)
+        """Publish relay state.
 
-        return self._guard(read_and_publish)
+        Without an argument the state is read through ``get_control_data`` — in a
+        worker thread of the loop under the handler deadline, never in the caller's
+        thread — and the call returns QUEUED once that is handed over.
+        """
+        if control_data is not None:
+            return self._guard(lambda: self.service.publish_actuator(control_data))
+        return self._guard(lambda: self._to_loop(self.peripheral.spawn,
+                                                 self.service.refresh_actuator))
+
+    def _to_loop(self, fn: Callable[..., object], *args: Any) -> Outcome:
+        token = self._token
+        if token is None:
+            return Outcome.NOT_RUNNING
+        try:
+            token.run_sync_soon(fn, *args)
+        except trio.RunFinishedError:
+            return Outcome.NOT_RUNNING
+        return Outcome.QUEUED
 
     def notify(self, name: str, payload: bytes) -> Outcome:
         """Publish a ready payload for a notifying characteristic by name."""
@@ -232,25 +249,16 @@ class BlePortal:
     def connection_count(self) -> int:
         return sum(1 for c in self.peripheral.centrals if c.connected)
 
-    def update_advertising_name(self, name: str | None = None) -> str:
-        """Recompute the name from ``get_stage_data`` (or take ``name``) and apply it live.
+    def update_advertising_name(self, name: str | None = None) -> None:
+        """Recompute the name from ``get_stage_data`` (or pin ``name``) and apply it live.
 
-        Returns the name. The stage getter runs in the caller's thread; the
-        rename itself is handed to the loop without waiting for it.
+        Never blocks the caller: the stage getter runs in a worker thread of the
+        loop under the handler deadline. Before start, the name is computed when
+        the peripheral starts.
         """
-        if name is None:
-            getter = self._callbacks.get_stage_data
-            name = advertised_name(self.settings.ble_name_prefix,
-                                   getter() if getter is not None else None)
-        token = self._token
-        if token is not None and self.is_running():
-            try:  # handed over, not waited for: the controller's thread never blocks here
-                token.run_sync_soon(self.peripheral.request_rename, name)
-            except trio.RunFinishedError:
-                self.peripheral.name = name
-        else:
-            self.peripheral.name = name
-        return name
+        self.peripheral.fixed_name = name
+        if self.is_running():
+            self._to_loop(self.peripheral.request_name_refresh, name)
 
     def get_status(self) -> dict[str, Any]:
         """A snapshot for dashboards and logs (documented in the README)."""

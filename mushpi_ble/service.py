@@ -33,7 +33,6 @@ from .gatt import (
     CharacteristicState,
     GattApplication,
     GattError,
-    IncompleteValue,
     ReadRequest,
     Service,
     WriteRequest,
@@ -178,10 +177,13 @@ class MushPiService:
         """Start one notifier task per notifying characteristic and open the mailboxes."""
         self.app = app
         self._nursery = nursery
+        self._started = time.monotonic()  # env uptime counts from the service's start
         token = trio.lowlevel.current_trio_token()
         for name, mailbox in self.mailboxes.items():
             state = app.state(name)
-            if not state.value:
+            if name == STATUS_FLAGS:  # flags the controller set before the start count
+                state.value = StatusFlags(self._status_flags).pack()
+            elif not state.value:
                 state.value = bytes(FIXED_SIZES[name])
             nursery.start_soon(self._notifier, mailbox, state)
             mailbox.attach(token)
@@ -341,8 +343,8 @@ class MushPiService:
         try:
             return decode_write(name, request.value, now=self._clock)
         except InvalidPayload as exc:
-            if name == STAGE_THRESHOLDS and self._may_continue(exc, request):
-                raise IncompleteValue from exc
+            # every write is whole: bluetoothd joins the pieces of a prepared (long)
+            # write before calling WriteValue, so unfinished JSON is simply bad JSON
             self._record(name, False, f"rejected {exc.detail}", request.device)
             log.warning("invalid write characteristic=%s field=%s reason=%s device=%s mode=%s",
                         name, exc.field, exc.reason, request.device or "-",
@@ -350,11 +352,6 @@ class MushPiService:
             if self.settings.ble_invalid_write == "ignore":
                 return None
             raise GattError(exc.bluez_error, exc.dbus_message) from exc
-
-    @staticmethod
-    def _may_continue(exc: InvalidPayload, request: WriteRequest) -> bool:
-        """A full-size piece of unfinished JSON: a long write still arriving."""
-        return exc.app_code == AppError.NOT_JSON and len(request.piece) >= request.max_piece
 
     async def _apply(self, name: str, setter: Callable[..., Any] | None, *args: Any,
                      device: str) -> Any:

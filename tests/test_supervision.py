@@ -52,7 +52,8 @@ async def test_long_name_is_left_out_of_the_advert_with_a_log_line(
     async with FakeBluez.serve(bus_address, supported_includes=("local-name",)) as bluez:
         rig = await serve(bus_address, bluez, stopper, MUSHPI_BLE_NAME_PREFIX="MushPiRoom12")
         advert = await bluez.wait_for_advertisement()
-        assert advert.local_name == "MushPiRoom12-Init"  # 2 + 17 bytes of scan response
+        # from get_stage_data at start: 2 + 29 bytes, exactly the 31 of a scan response
+        assert advert.local_name == "MushPiRoom12-OysterIncubation"
         # a stage name that makes it 2 + 32 > 31 bytes: left out, with the log line
         long_name = "MushPiRoom12-LionsManeIncubation"
         await trio.to_thread.run_sync(rig.portal.update_advertising_name, long_name)
@@ -68,9 +69,13 @@ async def test_long_name_is_left_out_of_the_advert_with_a_log_line(
 
 async def test_short_name_fits_the_advert(bus_address: str, stopper: list[BlePortal]) -> None:
     async with FakeBluez.serve(bus_address, supported_includes=("local-name",)) as bluez:
-        await serve(bus_address, bluez, stopper, MUSHPI_BLE_NAME_PREFIX="Mu")
-        advert = await bluez.wait_for_advertisement()
-        assert advert.local_name == "Mu-Init"
+        rig = await serve(bus_address, bluez, stopper, MUSHPI_BLE_NAME_PREFIX="Mu")
+        await bluez.wait_for_advertisement()
+        rig.controller.stage.clear()  # no stage data: {prefix}-Init
+        await trio.to_thread.run_sync(rig.portal.update_advertising_name)
+        await bluez.wait_until(lambda: [a.local_name for a in bluez.advertisements()]
+                               == ["Mu-Init"])
+        advert = bluez.advertisements()[0]
         assert advert.payload_size == 21  # flags 3 + 128-bit UUID list 18
         assert advert.scan_response_size == 9  # the name: 2 + 7
         await trio.to_thread.run_sync(stopper.pop().stop)
@@ -116,12 +121,14 @@ async def test_live_rename_reaches_alias_and_advert(bus_address: str,
         rig = await serve(bus_address, bluez, stopper, MUSHPI_BLE_NAME_PREFIX="Mu")
         await bluez.wait_for_advertisement()
         app_before = bluez.applications()[0]
-        name = await trio.to_thread.run_sync(rig.portal.update_advertising_name)
-        assert name == "Mu-OysterIncubation"  # from get_stage_data
-        await bluez.wait_until(lambda: bluez.adapter("hci0").alias == "Mu-OysterIncubation")
+        # at start the name already came from get_stage_data
+        assert bluez.adapter("hci0").alias == "Mu-OysterIncubation"
+        rig.controller.stage["stage"] = "Fruiting"
+        await trio.to_thread.run_sync(rig.portal.update_advertising_name)
+        await bluez.wait_until(lambda: bluez.adapter("hci0").alias == "Mu-OysterFruiting")
         # re-read live from PropertiesChanged; the application is untouched
         await bluez.wait_until(
-            lambda: bluez.advertisements()[0].local_name == "Mu-OysterIncubation")
+            lambda: bluez.advertisements()[0].local_name == "Mu-OysterFruiting")
         await trio.to_thread.run_sync(rig.portal.update_advertising_name, "Mu-Ab")
         await bluez.wait_until(lambda: (bluez.advertisements()[0].local_name == "Mu-Ab"))
         assert bluez.adapter("hci0").alias == "Mu-Ab"
@@ -132,7 +139,7 @@ async def test_live_rename_reaches_alias_and_advert(bus_address: str,
 async def test_alias_only_mode(bus_address: str, bluez: FakeBluez,
                                stopper: list[BlePortal]) -> None:
     rig = await serve(bus_address, bluez, stopper, MUSHPI_BLE_ADV_ENABLE="false")
-    await bluez.wait_until(lambda: bluez.adapter("hci0").alias == "MushPi-Init")
+    await bluez.wait_until(lambda: bluez.adapter("hci0").alias == "MushPi-OysterIncubation")
     await trio.sleep(0.2)
     assert bluez.advertisements() == []
     assert rig.portal.get_status()["advertising"] is False

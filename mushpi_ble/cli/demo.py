@@ -18,6 +18,7 @@ import trio
 
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.errors import StartError
+from mushpi_ble.naming import advertised_name
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS, ENV_MEASUREMENTS
 from mushpi_ble.testing.bus import DBusDaemonMissing, private_bus
@@ -57,7 +58,7 @@ async def _demo(address: str, settings: Settings, args: argparse.Namespace) -> H
         print(f"peripheral registered with the fake bluetoothd in "
               f"{(time.perf_counter() - started) * 1000:.0f} ms")
         try:
-            name = await trio.to_thread.run_sync(portal.update_advertising_name)
+            name = advertised_name(settings.ble_name_prefix, controller.get_stage_data())
             print(f"advertised name: {name}")
             reading = controller.sensor_reading()
             portal.publish_env(reading["temperature"], reading["humidity"], reading["co2"],

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.errors import StartError
+from mushpi_ble.naming import advertised_name
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import ActuatorStatus, EnvMeasurement, StatusFlags
 from mushpi_ble.testing.controller import SimulatedController
@@ -171,7 +172,8 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
         except StartError as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
             return EXIT_START
-        name = portal.update_advertising_name()
+        # the peripheral derives the same name from get_stage_data when it starts
+        name = advertised_name(settings.ble_name_prefix, controller.get_stage_data())
         exporter = _start_metrics(portal)
         log.info("serving name=%s interval_s=%d", name, interval)
         deadline = None if args.duration is None else time.monotonic() + args.duration

@@ -72,6 +72,7 @@ class _State:
     backend: BLEBackend | None = None
     settings: Settings | None = None
     bus: str = "SYSTEM"
+    status_flags: int | None = None
 
 
 _state = _State()
@@ -105,6 +106,7 @@ def _reset_for_tests() -> None:
             _state.callbacks = {}
         _state.backend = None
         _state.settings = None
+        _state.status_flags = None
         _state.bus = "SYSTEM"
 
 
@@ -182,22 +184,32 @@ def start_ble_service() -> bool:
             if isinstance(backend, PublishingBackend) and backend.is_running():
                 return True
             backend.update_advertising_name()
-            return bool(backend.start())
+            started = bool(backend.start())
+            flags = _state.status_flags
+            if started and flags is not None and isinstance(backend, PublishingBackend):
+                backend.publish_status(flags)  # set before the start: serve them now
+            return started
         except Exception as exc:
             log.error("BLE start failed: %s: %s", type(exc).__name__, exc)
             return False
 
 
 def stop_ble_service() -> None:
-    """Bounded shutdown (MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS); the next start builds afresh."""
+    """Bounded shutdown (MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS); the next start builds afresh.
+
+    Does not wait for a start in progress: it stops the backend (which cancels
+    that start), then forgets it.
+    """
+    backend = _state.backend
+    if backend is None:
+        return
+    try:
+        backend.stop()
+    except Exception:
+        log.exception("BLE stop failed")
     with _lifecycle:
-        backend, _state.backend = _state.backend, None
-        if backend is None:
-            return
-        try:
-            backend.stop()
-        except Exception:
-            log.exception("BLE stop failed")
+        if _state.backend is backend:
+            _state.backend = None
 
 
 # -- publishing (never raises; no-op unless running) ---------------------------------
@@ -214,7 +226,11 @@ def notify_env_packet(temp: float | None, rh: float | None, co2: float | None,
 
 
 def update_status_flags(flags: int) -> None:
-    """The controller's status bits; the CONNECTIVITY bit (4) is the BLE layer's."""
+    """The controller's status bits; the CONNECTIVITY bit (4) is the BLE layer's.
+
+    Flags set before the service runs are kept and served once it starts.
+    """
+    _state.status_flags = flags
     backend = _running_backend()
     if backend is None:
         return

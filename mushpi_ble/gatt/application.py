@@ -240,13 +240,20 @@ class GattApplication:
     def _assemble(self, state: CharacteristicState, piece: WriteRequest) -> bytes:
         """Join a long write's pieces; offset 0 always starts afresh."""
         if piece.offset == 0:
-            state.pending_writes.pop(piece.device, None)
+            unfinished = state.pending_writes.pop(piece.device, None)
+            if unfinished is not None:
+                log.warning("unfinished long write discarded characteristic=%s device=%s "
+                            "bytes=%d", state.spec.label, piece.device or "-",
+                            len(unfinished.data))
             whole = piece.value
         else:
             pending = state.pending_writes.get(piece.device)
             now = trio.current_time()
             if pending is not None and now - pending.started > self._long_write_timeout:
                 state.pending_writes.pop(piece.device, None)
+                log.warning("unfinished long write expired characteristic=%s device=%s "
+                            "bytes=%d", state.spec.label, piece.device or "-",
+                            len(pending.data))
                 pending = None
             if pending is None or piece.offset != len(pending.data):
                 have = 0 if pending is None else len(pending.data)
