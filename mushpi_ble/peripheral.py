@@ -354,6 +354,7 @@ class Peripheral:
         """Set the alias; when enabled, register the advert and re-register on Release."""
         timeout = self.settings.bus_timeout_s
         self.name = await self.current_name()
+        log.info("advertised name name=%s", self.name)
         await self._apply_alias(conn, adapter)
         if not self.settings.ble_adv_enable:
             log.info("advertising disabled (MUSHPI_BLE_ADV_ENABLE=false); alias only name=%s",
