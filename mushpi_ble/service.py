@@ -257,10 +257,11 @@ class MushPiService:
 
         return read
 
-    async def _read_status(self, _request: ReadRequest) -> bytes:
+    async def _read_status(self, request: ReadRequest) -> bytes:
         """The controller's last flags with the live CONNECTIVITY bit (the reader
         itself is connected, even before bluetoothd's Device1 signal arrives)."""
-        return StatusFlags(self._status_flags).with_connectivity(self._connected).pack()
+        connected = self._connected or bool(request.device)
+        return StatusFlags(self._status_flags).with_connectivity(connected).pack()
 
     async def _controller_read(self, name: str, request: ReadRequest,
                                fetch: Callable[[], bytes | None]) -> bytes:
