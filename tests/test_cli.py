@@ -219,3 +219,14 @@ def test_bad_setting_stops_serve_with_the_variable_named(tmp_path: Path) -> None
     assert out.returncode == 2
     assert "MUSHPI_BLE_QUEUE_MAX_SIZE='0' is invalid: allowed 1..4096" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+async def test_readme_documents_every_get_status_key(rig: Rig) -> None:
+    """get_status() is documented in the README; keep the two in step."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme[readme.index("### `get_status()`"):readme.index("## Invalid writes")]
+    status = rig.portal.get_status()
+    missing = [key for key in status if f"`{key}`" not in table]
+    assert missing == []
+    counters = next(iter(status["characteristics"].values()))
+    assert [key for key in counters if f"`{key}`" not in table] == []
