@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable
 
 import attrs
@@ -13,6 +14,22 @@ from mushpi_ble.testing.controller import SimulatedController
 from mushpi_ble.testing.fakebluez import FakeBluez, FakeCentral
 
 NOW = 1_700_000_000.0
+
+PROTOCOL_FLAGS = {
+    "env_measurements": ("read", "notify"),
+    "control_targets": ("read", "write"),
+    "stage_state": ("read", "write"),
+    "override_bits": ("write",),
+    "status_flags": ("read", "notify"),
+    "actuator_status": ("read", "notify"),
+    "stage_thresholds": ("read", "write"),
+}
+"""Every characteristic's BlueZ flags, as shared/protocol.md fixes them."""
+
+
+def targets_payload(*fields: int) -> bytes:
+    """A control_targets write: the seven fields, then the reserved u16."""
+    return struct.pack("<hhHHBHHH", *fields, 0)
 
 
 def make_settings(**env: str) -> Settings:

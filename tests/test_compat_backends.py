@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
-from rig import eventually, make_settings
+from rig import PROTOCOL_FLAGS, eventually, make_settings, targets_payload
 
 from mushpi_ble.backends.base import BLEBackend
 from mushpi_ble.compat import ble_gatt
@@ -123,18 +123,14 @@ def _stage(mode: int = 0, age: float = 10, days: int = 14, species: int = 2,
     return struct.pack("<BBBIHB", mode, species, stage, int(time.time() - age), days, 0)
 
 
-def _targets(*fields: int) -> bytes:
-    return struct.pack("<hhHHBHHH", *fields, 0)
-
-
 def invalid_writes() -> list[tuple[str, bytes, int]]:
     return [
-        ("control_targets", _targets(200, 280, 700, 5000, 0, 0, 0)[:-1], 0x0D),
-        ("control_targets", _targets(200, 280, 700, 5000, 0, 0, 0) + b"\0", 0x0D),
-        ("control_targets", _targets(280, 280, 700, 5000, 0, 0, 0), 0x82),
-        ("control_targets", _targets(-101, 280, 700, 5000, 0, 0, 0), 0x81),
-        ("control_targets", _targets(200, 280, 700, 300, 0, 0, 0), 0x81),
-        ("control_targets", _targets(200, 280, 700, 5000, 3, 0, 0), 0x86),
+        ("control_targets", targets_payload(200, 280, 700, 5000, 0, 0, 0)[:-1], 0x0D),
+        ("control_targets", targets_payload(200, 280, 700, 5000, 0, 0, 0) + b"\0", 0x0D),
+        ("control_targets", targets_payload(280, 280, 700, 5000, 0, 0, 0), 0x82),
+        ("control_targets", targets_payload(-101, 280, 700, 5000, 0, 0, 0), 0x81),
+        ("control_targets", targets_payload(200, 280, 700, 300, 0, 0, 0), 0x81),
+        ("control_targets", targets_payload(200, 280, 700, 5000, 3, 0, 0), 0x86),
         ("stage_state", _stage()[:-1], 0x0D),
         ("stage_state", _stage(mode=3), 0x86),
         ("stage_state", _stage(age=-3600), 0x84),
@@ -152,16 +148,7 @@ def invalid_writes() -> list[tuple[str, bytes, int]]:
 # -- the behavioural suite -----------------------------------------------------------------
 async def test_registration_serves_the_protocol_table(served: Served) -> None:
     central = await served.phone()
-    expected = {
-        "env_measurements": ("read", "notify"),
-        "control_targets": ("read", "write"),
-        "stage_state": ("read", "write"),
-        "override_bits": ("write",),
-        "status_flags": ("read", "notify"),
-        "actuator_status": ("read", "notify"),
-        "stage_thresholds": ("read", "write"),
-    }
-    for name, flags in expected.items():
+    for name, flags in PROTOCOL_FLAGS.items():
         info = central.characteristic(UUID[name])
         assert info.flags == flags, name
         assert info.service_uuid == "12345678-1234-5678-1234-56789abcdef0"
@@ -227,7 +214,7 @@ async def test_ignore_mode_acknowledges_but_never_applies(
 ) -> None:
     running = await serve(bus_address, bluez, backend, MUSHPI_BLE_INVALID_WRITE="ignore")
     central = await running.phone()
-    await central.write(UUID["control_targets"], _targets(280, 200, 700, 5000, 0, 0, 0))
+    await central.write(UUID["control_targets"], targets_payload(280, 200, 700, 5000, 0, 0, 0))
     await central.write(UUID["override_bits"], struct.pack("<H", 0x8000))
     assert running.controller.writes == []
 
@@ -235,13 +222,13 @@ async def test_ignore_mode_acknowledges_but_never_applies(
 async def test_valid_writes_reach_the_controller_with_its_dict_shapes(served: Served) -> None:
     central = await served.phone()
     controller = served.controller
-    await central.write(UUID["control_targets"], _targets(180, 240, 850, 1200, 2, 600, 840))
+    await central.write(UUID["control_targets"], targets_payload(180, 240, 850, 1200, 2, 600, 840))
     assert controller.control_targets == {
         "temp_min": 18.0, "temp_max": 24.0, "rh_min": 85.0, "co2_max": 1200,
         "light": {"mode": "cycle", "on_min": 600, "off_min": 840},
     }
-    assert await central.read(UUID["control_targets"]) == _targets(180, 240, 850, 1200, 2, 600,
-                                                                  840)
+    written = targets_payload(180, 240, 850, 1200, 2, 600, 840)
+    assert await central.read(UUID["control_targets"]) == written
     start = int(time.time()) - 86400
     await central.write(UUID["stage_state"], struct.pack("<BBBIHB", 1, 2, 3, start, 10, 0))
     assert controller.stage == {"mode": 1, "species": "Shiitake", "stage": "Fruiting",

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import trio
-from rig import NOW, Rig, make_settings, phone, start_rig
+from rig import NOW, PROTOCOL_FLAGS, Rig, make_settings, phone, start_rig, targets_payload
 
 from mushpi_ble.notify import Outcome
 from mushpi_ble.protocol import (
@@ -28,16 +28,7 @@ UUID = CHARACTERISTIC_UUIDS
 async def test_registration_serves_the_protocol_table(rig: Rig) -> None:
     app = await rig.bluez.wait_for_application()
     central = await phone(rig)
-    expected = {
-        "env_measurements": ("read", "notify"),
-        "control_targets": ("read", "write"),
-        "stage_state": ("read", "write"),
-        "override_bits": ("write",),
-        "status_flags": ("read", "notify"),
-        "actuator_status": ("read", "notify"),
-        "stage_thresholds": ("read", "write"),
-    }
-    for name, flags in expected.items():
+    for name, flags in PROTOCOL_FLAGS.items():
         info = central.characteristic(UUID[name])
         assert info.flags == flags, name
         assert info.descriptors in ((), ("00002902-0000-1000-8000-00805f9b34fb",)), name
@@ -92,19 +83,15 @@ def _stage(mode: int = 0, start: float = NOW - 10, days: int = 14) -> bytes:
     return struct.pack("<BBBIHB", mode, 2, 3, int(start), days, 0)
 
 
-def _targets(*fields: int) -> bytes:
-    return struct.pack("<hhHHBHHH", *fields, 0)
-
-
 INVALID_WRITES = [
-    ("control_targets", _targets(200, 280, 700, 5000, 0, 0, 0)[:-1], 0x0D),
-    ("control_targets", _targets(200, 280, 700, 5000, 0, 0, 0) + b"\0", 0x0D),
-    ("control_targets", _targets(280, 280, 700, 5000, 0, 0, 0), 0x82),
-    ("control_targets", _targets(-101, 280, 700, 5000, 0, 0, 0), 0x81),
-    ("control_targets", _targets(200, 280, 700, 300, 0, 0, 0), 0x81),
-    ("control_targets", _targets(200, 280, 1001, 5000, 0, 0, 0), 0x81),
-    ("control_targets", _targets(200, 280, 700, 5000, 3, 0, 0), 0x86),
-    ("control_targets", _targets(200, 280, 700, 5000, 2, 1441, 0), 0x81),
+    ("control_targets", targets_payload(200, 280, 700, 5000, 0, 0, 0)[:-1], 0x0D),
+    ("control_targets", targets_payload(200, 280, 700, 5000, 0, 0, 0) + b"\0", 0x0D),
+    ("control_targets", targets_payload(280, 280, 700, 5000, 0, 0, 0), 0x82),
+    ("control_targets", targets_payload(-101, 280, 700, 5000, 0, 0, 0), 0x81),
+    ("control_targets", targets_payload(200, 280, 700, 300, 0, 0, 0), 0x81),
+    ("control_targets", targets_payload(200, 280, 1001, 5000, 0, 0, 0), 0x81),
+    ("control_targets", targets_payload(200, 280, 700, 5000, 3, 0, 0), 0x86),
+    ("control_targets", targets_payload(200, 280, 700, 5000, 2, 1441, 0), 0x81),
     ("stage_state", _stage()[:-1], 0x0D),
     ("stage_state", _stage(mode=3), 0x86),
     ("stage_state", _stage(start=NOW + 60), 0x84),
@@ -144,7 +131,7 @@ async def test_ignore_mode_acknowledges_but_never_applies(bus_address: str,
     rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_INVALID_WRITE="ignore"))
     try:
         central = await phone(rig)
-        await central.write(UUID["control_targets"], _targets(280, 200, 700, 5000, 0, 0, 0))
+        await central.write(UUID["control_targets"], targets_payload(280, 200, 700, 5000, 0, 0, 0))
         await central.write(UUID["override_bits"], struct.pack("<H", 0x8000))
         assert rig.controller.writes == []
         assert [e.accepted for e in rig.portal.service.recent_writes] == [False, False]
@@ -154,13 +141,13 @@ async def test_ignore_mode_acknowledges_but_never_applies(bus_address: str,
 
 async def test_valid_writes_reach_the_controller_with_its_dict_shapes(rig: Rig) -> None:
     central = await phone(rig)
-    await central.write(UUID["control_targets"], _targets(180, 240, 850, 1200, 2, 600, 840))
+    await central.write(UUID["control_targets"], targets_payload(180, 240, 850, 1200, 2, 600, 840))
     assert rig.controller.control_targets == {
         "temp_min": 18.0, "temp_max": 24.0, "rh_min": 85.0, "co2_max": 1200,
         "light": {"mode": "cycle", "on_min": 600, "off_min": 840},
     }
-    assert await central.read(UUID["control_targets"]) == _targets(180, 240, 850, 1200, 2, 600,
-                                                                  840)
+    written = targets_payload(180, 240, 850, 1200, 2, 600, 840)
+    assert await central.read(UUID["control_targets"]) == written
     await central.write(UUID["stage_state"], _stage(mode=1, start=NOW - 86400, days=10))
     assert rig.controller.stage == {"mode": 1, "species": "Shiitake", "stage": "Fruiting",
                                     "stage_start_ts": int(NOW - 86400), "expected_days": 10}
