@@ -78,11 +78,15 @@ async def test_serve_registers_applies_writes_exports_metrics_and_stops_on_sigte
                         raise
                     time.sleep(0.05)
 
-        values = metric_values(await trio.to_thread.run_sync(scrape))
+        offered = ("mushpi_ble_notifications_offered_total",
+                   (("characteristic", "env_measurements"),))
+        with trio.fail_after(10):  # serve publishes its first reading right after start
+            while not (values := metric_values(await trio.to_thread.run_sync(scrape))).get(
+                    offered):
+                await trio.sleep(0.05)
         assert values[("mushpi_ble_registered", ())] == 1
         assert values[("mushpi_ble_connected_centrals", ())] == 1
-        assert values[("mushpi_ble_notifications_offered_total",
-                       (("characteristic", "env_measurements"),))] >= 1
+        assert values[offered] >= 1
         assert ("mushpi_ble_publish_latency_seconds_bucket",
                 (("characteristic", "env_measurements"), ("le", "+Inf"))) in values
         started = time.monotonic()
