@@ -133,6 +133,7 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
                           args: argparse.Namespace) -> dict[str, Any]:
     import trio
 
+    from mushpi_ble.bench.central import timed_reads
     from mushpi_ble.protocol import CHARACTERISTIC_UUIDS as UUID
 
     result: dict[str, Any] = {"backend": backend}
@@ -160,15 +161,8 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
 
     # reads, backend otherwise idle
     mark = cpu_now()
-    reads: dict[str, Any] = {}
-    for name in READABLE:
-        samples: list[int] = []
-        for _ in range(args.reads):
-            began = time.perf_counter_ns()
-            await phone.read(UUID[name])
-            samples.append(time.perf_counter_ns() - began)
-        reads[name] = summary(samples, MS)
-    result["reads_ms"] = reads
+    reads = await timed_reads(phone, args.reads, round_robin=False)
+    result["reads_ms"] = {name: summary(s, 1e3) for name, s in reads.items()}
     cpu["reads"] = cpu_now() - mark
 
     def latencies(answer: dict[str, Any], first: int) -> tuple[list[float], list[float]]:

@@ -28,7 +28,7 @@ import attrs
 import trio
 
 from mushpi_ble.bench import procfs, results, wire
-from mushpi_ble.bench.peer import READABLE
+from mushpi_ble.bench.central import timed_reads
 from mushpi_ble.bench.stats import fmt, summary
 from mushpi_ble.config import load_settings
 from mushpi_ble.portal import BlePortal
@@ -73,15 +73,8 @@ async def measure(address: str, counts: Counts) -> dict[str, Any]:
             await trio.sleep(0.05)
 
             # reads, per characteristic
-            reads: dict[str, dict[str, float]] = {}
-            for name in READABLE:
-                samples = []
-                for _ in range(counts.reads):
-                    t0 = time.perf_counter()
-                    await central.read(UUID[name])
-                    samples.append(time.perf_counter() - t0)
-                reads[name] = summary(samples, US)
-            out["read_us"] = reads
+            reads = await timed_reads(central, counts.reads, round_robin=False)
+            out["read_us"] = {name: summary(s, US) for name, s in reads.items()}
 
             # offer-to-central latency, one notification at a time
             uuid = UUID["env_measurements"]

@@ -34,6 +34,7 @@ import attrs
 import trio
 
 from mushpi_ble.bench import procfs, results, wire
+from mushpi_ble.bench.central import timed_reads
 from mushpi_ble.bench.children import Child, ChildFailed
 from mushpi_ble.bench.peer import MARK_TEMPERATURE, OURS, READABLE
 from mushpi_ble.bench.stats import fmt, ratio, summary
@@ -156,13 +157,8 @@ async def drive(bluez: FakeBluez, child: Child, library: str,
     # reads: every readable characteristic, round robin
     for name in READABLE:
         await central.read(CHARACTERISTIC_UUIDS[name])
-    per_char: dict[str, list[float]] = {name: [] for name in READABLE}
     cpu0 = procfs.cpu_seconds(pid)
-    for _ in range(counts.reads):
-        for name in READABLE:
-            t0 = time.perf_counter()
-            await central.read(CHARACTERISTIC_UUIDS[name])
-            per_char[name].append(time.perf_counter() - t0)
+    per_char = await timed_reads(central, counts.reads, round_robin=True)
     cpu_reads = procfs.cpu_seconds(pid) - cpu0
     everything = [s for samples in per_char.values() for s in samples]
     result["read_us"] = summary(everything, US)
