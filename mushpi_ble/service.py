@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -47,7 +48,14 @@ from .gatt import (
     refusal,
 )
 from .notify import Mailbox, Outcome, run_notifier
-from .protocol import ACTUATOR_STATUS, ENV_MEASUREMENTS, STATUS_FLAGS, StatusFlags
+from .protocol import (
+    ACTUATOR_STATUS,
+    CHARACTERISTICS,
+    ENV_MEASUREMENTS,
+    STATUS_FLAGS,
+    StatusFlags,
+)
+from .protocol import Characteristic as TableRow
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +70,18 @@ class MushPiService:
         settings: Settings,
         callbacks: Callable[[], ControllerCallbacks],
         *,
-        clock: Callable[[], float] | None = None,
-        core: MushPiCore | None = None,
+        clock: Callable[[], float] = time.time,
+        table: Iterable[TableRow] = CHARACTERISTICS,
     ) -> None:
         self.settings = settings
         self._callbacks = callbacks
         self._handler_timeout = settings.handler_timeout_s
-        if core is None:
-            extra: dict[str, Any] = {} if clock is None else {"wall_clock": clock}
-            core = MushPiCore(
-                actuator_enabled=settings.ble_actuator_status_enable,
-                ignore_invalid_writes=settings.ble_invalid_write == "ignore",
-                **extra,
-            )
-        self.core = core
+        self.core = core = MushPiCore(
+            actuator_enabled=settings.ble_actuator_status_enable,
+            ignore_invalid_writes=settings.ble_invalid_write == "ignore",
+            wall_clock=clock,
+            table=table,
+        )
         self.mailboxes: dict[str, Mailbox] = {
             name: Mailbox(
                 name,
