@@ -17,9 +17,14 @@ import pytest
 from mushpi_ble.bench import results, stats, wire
 from mushpi_ble.bench import suite as bench
 from mushpi_ble.bench.children import Child, ChildFailed
-from mushpi_ble.bench.peer import READABLE, peer_characteristics
+from mushpi_ble.bench.peer import READABLE, PeerState, peer_characteristics
 from mushpi_ble.cli import main
-from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
+from mushpi_ble.protocol import (
+    CHARACTERISTICS,
+    ControlTargets,
+    InvalidPayload,
+    ThresholdsQuery,
+)
 
 PEER = "bluez_peripheral"
 
@@ -234,12 +239,26 @@ async def test_a_server_that_cannot_serve_says_why() -> None:
 
 
 # ----------------------------------------------------------------------
-# what the benchmarks read
+# the peer: the protocol's table, served from static state
 # ----------------------------------------------------------------------
-def test_the_peer_serves_every_characteristic_and_the_benchmarks_read_the_readable() -> None:
-    rows = peer_characteristics()
+def test_the_peer_serves_the_protocol_table_and_the_benchmarks_read_its_readable_rows() -> None:
+    assert peer_characteristics() == CHARACTERISTICS
+    assert tuple(c.name for c in CHARACTERISTICS if "read" in c.flags) == READABLE
+    assert "override_bits" not in READABLE
 
-    assert [r.name for r in rows] == list(CHARACTERISTIC_UUIDS)
-    assert tuple(r.name for r in rows if "read" in r.flags) == READABLE
-    assert all((r.read is not None) == ("read" in r.flags) for r in rows)
-    assert all(r.writable == ("write" in r.flags) for r in rows)
+
+def test_the_peer_answers_reads_and_writes_through_the_table() -> None:
+    state = PeerState()
+
+    for row in CHARACTERISTICS:
+        if row.read is not None and row.size is not None:
+            assert len(state.read(row.name)) == row.size, row.name
+    targets = ControlTargets.from_controller(None).pack()
+    state.write("control_targets", targets)
+    assert state.read("control_targets") == targets
+    state.write("stage_thresholds", ThresholdsQuery("Shiitake", "Pinning").pack())
+    assert state.cursor == ("Shiitake", "Pinning")
+    answer = json.loads(state.read("stage_thresholds"))
+    assert (answer["species"], answer["stage"]) == ("Shiitake", "Pinning")
+    with pytest.raises(InvalidPayload):
+        state.write("control_targets", b"\x00")

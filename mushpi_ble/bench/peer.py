@@ -39,27 +39,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import attrs
-
 from mushpi_ble.bench import wire
 from mushpi_ble.bench.results import package_version
+from mushpi_ble.gatt import refusal
 from mushpi_ble.protocol import (
-    ACTUATOR_STATUS,
-    CHARACTERISTIC_UUIDS,
-    CONTROL_TARGETS,
+    CHARACTERISTICS,
     DEFAULT_QUERY,
     ENV_MEASUREMENTS,
-    OVERRIDE_BITS,
     SERVICE_UUID,
-    STAGE_STATE,
-    STAGE_THRESHOLDS,
     STATUS_FLAGS,
-    ActuatorStatus,
-    ControlTargets,
+    Characteristic,
     InvalidPayload,
-    StageState,
+    ReadSource,
     StatusFlags,
-    ThresholdsQuery,
+    by_name,
     decode_write,
     encode_env,
     encode_thresholds_answer,
@@ -141,54 +134,50 @@ def run_mushpi(address: str) -> int:
 # bluez_peripheral
 # ----------------------------------------------------------------------
 class PeerState:
-    """The static controller state the bluez_peripheral server answers from."""
+    """The static controller state the bluez_peripheral server answers from, read and
+    written through the protocol's characteristic table."""
 
     def __init__(self) -> None:
-        controller = SimulatedController(seed=CONTROLLER_SEED)
+        self.controller = SimulatedController(seed=CONTROLLER_SEED)
         self.started = time.monotonic()
-        self.env = encode_env(*INITIAL_ENV, 0)
-        self.control_targets = ControlTargets.from_controller(
-            controller.get_control_targets()).pack()
-        self.stage_state = StageState.from_controller(controller.get_stage_data()).pack()
-        self.status_flags = StatusFlags(0).pack()
-        self.actuator = ActuatorStatus.from_controller(controller.get_control_data()).pack()
         self.cursor = (DEFAULT_QUERY.species, DEFAULT_QUERY.stage)
-        self.controller = controller
+        self.values: dict[str, bytes] = {ENV_MEASUREMENTS: encode_env(*INITIAL_ENV, 0),
+                                         STATUS_FLAGS: StatusFlags(0).pack()}
+        for row in peer_characteristics():
+            if row.read is not None and row.read.source is ReadSource.GETTER:
+                assert row.read.getter is not None and row.read.encode is not None
+                self.values[row.name] = row.read.encode(
+                    getattr(self.controller, row.read.getter)())
 
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
 
-    def thresholds(self) -> bytes:
-        species, stage = self.cursor
-        return encode_thresholds_answer(species, stage,
-                                        self.controller.get_stage_thresholds(species, stage))
+    def read(self, name: str) -> bytes:
+        """What a read of ``name`` answers: the thresholds at the cursor, else the
+        value published, remembered or read from the controller at start."""
+        row = by_name(name)
+        if row.read is not None and row.read.source is ReadSource.THRESHOLDS:
+            species, stage = self.cursor
+            getter = getattr(self.controller, row.read.getter or "")
+            return encode_thresholds_answer(species, stage, getter(species, stage))
+        return self.values.get(name, row.initial)
+
+    def write(self, name: str, data: bytes) -> None:
+        """Decode a write through the table (InvalidPayload when refused); a query
+        moves the thresholds cursor and a remembered value is read back."""
+        write = by_name(name).write
+        assert write is not None
+        value = decode_write(name, data)
+        if any(isinstance(value, query) for query in write.queries):
+            self.cursor = (value.species, value.stage)
+        elif write.remembered:
+            self.values[name] = value.pack()
 
 
-@attrs.frozen
-class PeerCharacteristic:
-    """One characteristic the peer serves: its GATT flags, where a read's value
-    comes from (None: not readable) and whether writes are accepted."""
-
-    name: str
-    flags: frozenset[str]
-    read: Callable[[PeerState], bytes] | None
-    writable: bool
-
-
-def peer_characteristics() -> tuple[PeerCharacteristic, ...]:
-    """The seven MushPi characteristics in protocol table order: the one list the
-    peer's service, and every benchmark's list of readable characteristics, come from."""
-    row = PeerCharacteristic
-    read_notify, read_write = frozenset({"read", "notify"}), frozenset({"read", "write"})
-    return (
-        row(ENV_MEASUREMENTS, read_notify, lambda s: s.env, False),
-        row(CONTROL_TARGETS, read_write, lambda s: s.control_targets, True),
-        row(STAGE_STATE, read_write, lambda s: s.stage_state, True),
-        row(OVERRIDE_BITS, frozenset({"write"}), None, True),
-        row(STATUS_FLAGS, read_notify, lambda s: s.status_flags, False),
-        row(ACTUATOR_STATUS, read_notify, lambda s: s.actuator, False),
-        row(STAGE_THRESHOLDS, read_write, PeerState.thresholds, True),
-    )
+def peer_characteristics() -> tuple[Characteristic, ...]:
+    """The characteristics the peer serves, in order: the protocol's own table, so the
+    peer stays the same service as ours when a row is added."""
+    return CHARACTERISTICS
 
 
 READABLE = tuple(c.name for c in peer_characteristics() if c.read is not None)
@@ -201,34 +190,29 @@ def build_peer_service(state: PeerState, bp: dict[str, Any],
     flag_of = {"read": bp["CharacteristicFlags"].READ, "write": bp["CharacteristicFlags"].WRITE,
                "notify": bp["CharacteristicFlags"].NOTIFY}
 
-    def reader(get: Callable[[PeerState], bytes]) -> Callable[[Any, Any], bytes]:
+    def reader(name: str) -> Callable[[Any, Any], bytes]:
         def read_value(_service: Any, options: Any) -> bytes:
-            return get(state)[int(options.offset):]
+            return state.read(name)[int(options.offset):]
         return read_value
 
     def writer(name: str) -> Callable[[Any, bytes, Any], None]:
         def write_value(_service: Any, data: bytes, _options: Any) -> None:
             try:
-                value = decode_write(name, bytes(data))
+                state.write(name, bytes(data))
             except InvalidPayload as exc:
-                raise dbus_error(exc.bluez_error, exc.dbus_message) from None
-            if isinstance(value, ControlTargets):
-                state.control_targets = value.pack()
-            elif isinstance(value, StageState):
-                state.stage_state = value.pack()
-            elif isinstance(value, ThresholdsQuery):
-                state.cursor = (value.species, value.stage)
+                error = refusal(exc.app_code, exc.detail)
+                raise dbus_error(error.name, error.text) from None
         return write_value
 
     service = bp["Service"](SERVICE_UUID, True)
     characteristics: dict[str, Any] = {}
-    for spec in peer_characteristics():
-        char_flags = functools.reduce(operator.or_, (flag_of[f] for f in sorted(spec.flags)))
-        char = bp["characteristic"](CHARACTERISTIC_UUIDS[spec.name], char_flags)
-        char(reader(spec.read) if spec.read is not None else None,
-             writer(spec.name) if spec.writable else None)
+    for row in peer_characteristics():
+        char_flags = functools.reduce(operator.or_, (flag_of[f] for f in row.flags))
+        char = bp["characteristic"](row.uuid, char_flags)
+        char(reader(row.name) if row.read is not None else None,
+             writer(row.name) if row.write is not None else None)
         service.add_characteristic(char)
-        characteristics[spec.name] = char
+        characteristics[row.name] = char
     service.mushpi_characteristics = characteristics
     return service
 
@@ -303,8 +287,9 @@ async def serve_peer(address: str) -> int:
         emitted = 0
         try:
             for seq in range(count):
-                state.env = encode_env(*bench_packet(seq), state.uptime_ms())
-                env_char.changed(state.env)
+                packet = encode_env(*bench_packet(seq), state.uptime_ms())
+                state.values[ENV_MEASUREMENTS] = packet
+                env_char.changed(packet)
                 emitted += 1
                 if batch > 0 and emitted % batch == 0:
                     await bus.call(ping)
