@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark the project's D-Bus layer against dbus-fast, side by side.
 
 One private dbus-daemon, two GATT-characteristic-like servers each in its

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """A/B benchmark of the two backends behind the controller's facade.
 
 One private dbus-daemon and one fake bluetoothd (in this process, with the

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """The MushPi service served for ``mushpi-ble bench``'s side-by-side comparison.
 
 Two servers of kind ``peer`` (:mod:`mushpi_ble.bench.wire`), so the suite
