@@ -20,7 +20,6 @@ from mushpi_ble.protocol import (
     decode_thresholds_write,
     decode_write,
     encode_thresholds_answer,
-    self_check,
 )
 
 NOW = 1_700_000_100.0
@@ -308,12 +307,6 @@ def test_unpack_accepts_bytearray_and_memoryview() -> None:
     assert decode_thresholds_write(bytearray(b'{"species":"a","stage":"b"}')) == ThresholdsQuery(
         "a", "b"
     )
-
-
-def test_self_check_all_ok() -> None:
-    lines = self_check()
-    assert len(lines) >= 10
-    assert all(line.startswith("ok ") for line in lines), "\n".join(lines)
 
 
 def test_thresholds_answer_fits_one_attribute_value() -> None:

@@ -36,7 +36,6 @@ from .names import (
     stage_name,
 )
 from .overrides import ACCEPTED_MASK, OverrideBits, OverridesDict
-from .selfcheck import self_check
 from .stage import MAX_STAGE_AGE_S, StageDict, StageState
 from .status import StatusFlags
 from .targets import ControlTargets, ControlTargetsDict, LightDict
@@ -121,7 +120,6 @@ __all__ = [
     "light_mode_name",
     "mode_id",
     "mode_name",
-    "self_check",
     "species_id",
     "species_name",
     "stage_id",
