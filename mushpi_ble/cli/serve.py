@@ -25,7 +25,7 @@ from mushpi_ble.errors import StartError
 from mushpi_ble.naming import advertised_name
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import ActuatorStatus, EnvMeasurement, StatusFlags
-from mushpi_ble.testing.controller import SimulatedController
+from mushpi_ble.sim import SimulatedController
 
 log = logging.getLogger("mushpi_ble.serve")
 
