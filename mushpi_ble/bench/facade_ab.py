@@ -70,7 +70,7 @@ def serve(backend: str, address: str) -> int:
     os.environ["DBUS_SYSTEM_BUS_ADDRESS"] = address
     from mushpi_ble.compat import ble_gatt
     from mushpi_ble.config import load_settings
-    from mushpi_ble.testing.controller import SimulatedController
+    from mushpi_ble.sim import SimulatedController
 
     settings = load_settings(environ={"MUSHPI_BLE_BACKEND": backend}, env_file=None)
     ble_gatt.configure(settings=settings)

@@ -56,7 +56,7 @@ from mushpi_ble.protocol import (
     encode_env,
     encode_thresholds_answer,
 )
-from mushpi_ble.testing.controller import SimulatedController
+from mushpi_ble.sim import SimulatedController
 
 OURS = "mushpi_ble"
 BLUEZ_PERIPHERAL = "bluez_peripheral"

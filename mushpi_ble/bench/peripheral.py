@@ -33,8 +33,8 @@ from mushpi_ble.bench.stats import fmt, summary
 from mushpi_ble.config import load_settings
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
+from mushpi_ble.sim import SimulatedController
 from mushpi_ble.testing.bus import private_bus
-from mushpi_ble.testing.controller import SimulatedController
 from mushpi_ble.testing.fakebluez import FakeBluez
 
 BENCHMARK = "peripheral"
