@@ -39,16 +39,7 @@ from .errors import (
     StartTimeout,
 )
 from .gatt import GattApplication
-from .gatt.adapter import (
-    ADAPTER_IFACE,
-    ensure_powered,
-    managed_objects,
-    pick_adapter,
-    set_property,
-)
-from .gatt.adapter import (
-    OBJECT_MANAGER as OBJECT_MANAGER_IFACE,
-)
+from .gatt.adapter import ensure_powered, managed_objects, pick_adapter, set_property
 from .gatt.advertising import (
     Advertisement,
     AdvertisingCapabilities,
@@ -58,12 +49,12 @@ from .gatt.advertising import (
     read_capabilities,
 )
 from .gatt.devices import Central, DeviceTracker
+from .gatt.names import ADAPTER_IFACE, BLUEZ, OBJECT_MANAGER
 from .naming import advertised_name
 from .service import MushPiService
 
 log = logging.getLogger(__name__)
 
-BLUEZ = "org.bluez"
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
 ADAPTER_WAIT_S = 10.0
@@ -308,7 +299,7 @@ class Peripheral:
                             recovering_since: float | None) -> None:
         """An adapter that disappears takes its registrations with it; the
         session then waits for it to return and registers again."""
-        rule = MatchRule(sender=BLUEZ, path="/", interface=OBJECT_MANAGER_IFACE,
+        rule = MatchRule(sender=BLUEZ, path="/", interface=OBJECT_MANAGER,
                          member="InterfacesRemoved")
         async with conn.subscribe(rule) as removals:
             while True:
@@ -456,7 +447,7 @@ class Peripheral:
     # -- devices -------------------------------------------------------------------------
     def _device_seen(self, device: str, mtu: int) -> None:
         if self.tracker is not None:
-            self.tracker.note_mtu(device, mtu)
+            self.tracker.note_request(device, mtu)
 
     def _connection_changed(self, central: Central, connected: bool) -> None:
         if connected:
