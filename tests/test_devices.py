@@ -54,8 +54,8 @@ async def test_a_request_that_outlives_its_central_is_not_counted(lingering: Rig
 
 
 async def test_a_connected_device_seen_only_in_a_request_is_counted(rig: Rig) -> None:
+    await rig.bluez.wait_for_advertisement()  # the last step: devices are followed
     central = await rig.bluez.connect_central(mtu=185, announce=False)
-    await rig.bluez.wait_for_application()
     assert rig.portal.connection_count() == 0
     assert (await central.read(UUID["status_flags"]))[0] & 0x10  # the reader itself
     await eventually(lambda: rig.portal.connection_count() == 1)
@@ -63,6 +63,26 @@ async def test_a_connected_device_seen_only_in_a_request_is_counted(rig: Rig) ->
     assert (device["path"], device["mtu"]) == (central.device_path, 185)
     await central.disconnect()
     await eventually(lambda: rig.portal.connection_count() == 0)
+
+
+async def test_a_sighting_before_devices_are_followed_is_checked_once_they_are(
+    bus_address: str, bluez: FakeBluez
+) -> None:
+    central = await bluez.connect_central(announce=False)
+    ghost = f"{ADAPTER}/dev_00_00_00_00_00_01"
+    tracker = DeviceTracker(ADAPTER)
+    tracker.note_request(central.device_path, 99)  # nobody to ask yet
+    tracker.note_request(ghost, 50)
+    async with open_connection(bus_address) as conn, trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: tracker.run(conn, timeout=1.0,
+                                                            task_status=task_status))
+        # the central is in bluetoothd's objects, connected; the ghost is asked about
+        assert [(c.path, c.mtu) for c in tracker.connected] == [(central.device_path, 99)]
+        with trio.fail_after(2):
+            while tracker.checks_done < 1:
+                await trio.sleep(0.01)
+        assert ghost not in tracker.centrals
+        nursery.cancel_scope.cancel()
 
 
 async def test_a_device_known_from_device1_is_not_asked_about(rig: Rig) -> None:

@@ -175,6 +175,9 @@ class DeviceTracker:
                     self._update(path, {k: v[1] for k, v in ifaces[DEVICE_IFACE].items()})
             self._conn, self._checks = conn, checks
             self._check_timeout = min(timeout, CHECK_TIMEOUT_S)
+            for path in self._seen:  # sighted before we could ask
+                if not (path in self.centrals and self.centrals[path].connected):
+                    checks.start_soon(self._check, path)
             try:
                 task_status.started()
                 await self._follow(signals)
