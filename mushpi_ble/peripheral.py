@@ -4,12 +4,18 @@ One loop keeps the MushPi application registered with whoever owns
 ``org.bluez``. It is a small state machine; each state does its work and
 names the next::
 
-    waiting-for-bluetoothd ─► finding-adapter ─► registering ─► serving
-                                   ▲    │             │            │ a step let go
-                                   │    └─► backing-off ◄──────────┘ (advert Release)
-                                   └────────────┘     ▲  a step failed
-    from any state: bluetoothd left or changed, or the adapter was removed
-      → its registrations are forgotten → waiting-for-bluetoothd
+    stopped                 → waiting-for-bluetoothd   run() begins
+    waiting-for-bluetoothd  → finding-adapter          org.bluez has an owner
+    finding-adapter         → registering              the adapter is there (and powered on)
+                            → backing-off              it is not, or a D-Bus call failed
+    registering             → serving                  every step is done
+                            → backing-off              a step failed
+    serving                 → backing-off              bluetoothd let a step go (advert Release)
+    backing-off             → finding-adapter          after 0.05 s, doubling up to 2 s
+    any state               → waiting-for-bluetoothd   bluetoothd left or changed, or the
+                                                       adapter was removed: the session's
+                                                       registrations are forgotten
+    any state               → stopped                  cancelled: steps undone in reverse
 
 *Registering* runs the session's steps in order — the GATT application,
 device tracking, the adapter alias, the advertisement — skipping the ones
