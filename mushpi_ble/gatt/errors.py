@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from mushpi_ble.dbus import DBusError
 
-BLUEZ_ERROR = "org.bluez.Error"
+from .names import ERROR_PREFIX
+
+BLUEZ_ERROR = ERROR_PREFIX
 FAILED = f"{BLUEZ_ERROR}.Failed"
 IN_PROGRESS = f"{BLUEZ_ERROR}.InProgress"
 NOT_PERMITTED = f"{BLUEZ_ERROR}.NotPermitted"
