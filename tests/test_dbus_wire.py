@@ -43,15 +43,10 @@ from mushpi_ble.dbus import (
     Method,
     Property,
 )
-from mushpi_ble.dbus.codec import WireParser, body_writer, decode_message
+from mushpi_ble.dbus.codec import Compiler, MessageDecoder, WireParser
 from mushpi_ble.dbus.errors import FAILED
 from mushpi_ble.dbus.signature import body_from_result
-from mushpi_ble.dbus.templates import (
-    encode_method_call,
-    encode_method_return,
-    encode_properties_changed,
-    encode_signal,
-)
+from mushpi_ble.dbus.templates import Templates
 
 PROPS = "org.freedesktop.DBus.Properties"
 CHAR_IFACE = "org.bluez.GattCharacteristic1"
@@ -62,6 +57,15 @@ READ_OPTIONS: dict[str, tuple[str, Any]] = {
     "link": ("s", "LE"),
 }
 SERIALS = (1, 2, 255, 65536, 2**32 - 1)
+# The fast path on its own, without the wire's fallback to jeepney.
+COMPILER = Compiler()
+TEMPLATES = Templates(COMPILER)
+DECODER = MessageDecoder(Compiler())
+encode_signal = TEMPLATES.signal
+encode_method_call = TEMPLATES.method_call
+encode_method_return = TEMPLATES.method_return
+encode_properties_changed = TEMPLATES.properties_changed
+decode_message = DECODER.decode
 
 BODIES: list[tuple[str, tuple[Any, ...]]] = [
     ("", ()),
@@ -177,7 +181,7 @@ def received(msg: Message, serial: int) -> Message:
 def test_body_writer_matches_jeepney(signature: str, body: tuple[Any, ...]) -> None:
     expected = parse_signature(list(f"({signature})")).serialise(body, 0, Endianness.little)
     out = bytearray()
-    body_writer(signature)(out, body)
+    COMPILER.body_writer(signature)(out, body)
     assert bytes(out) == expected
 
 
@@ -377,7 +381,7 @@ def test_wire_parser_matches_jeepney_parser_for_any_chunking() -> None:
     stream = b"".join(sample_messages() * 3)
     expected = Parser().feed(stream)
     for _ in range(40):
-        ours = WireParser()
+        ours = WireParser(decode_message)
         got: list[Message] = []
         pos = 0
         while pos < len(stream):
@@ -399,7 +403,7 @@ def test_wire_parser_hands_descriptors_to_their_message() -> None:
     raw = bytes(msg.serialise(4, fds=array.array("i")))
     assert msg.header.fields[HeaderFields.unix_fds] == 1
     plain = bytes(jeepney_call("s", ("x",)).serialise(5))
-    for parser in (Parser(), WireParser()):
+    for parser in (Parser(), WireParser(decode_message)):
         parser.add_data(raw + plain + raw, [Fd(1), Fd(2)])
         first, second, third = (parser.get_next_message() for _ in range(3))
         assert first is not None and second is not None and third is not None
