@@ -154,6 +154,7 @@ def _string(code: str) -> _Type:
 
 def _array(elt: _Type, dict_entry: tuple[_Type, _Type] | None,
            options_read: Reader) -> _Type:
+    """An array of ``elt``; ``options_read`` is the compiler's one-pass ``a{sv}`` reader."""
     pack_u32, u32_from, pack_u32_into = _U32.pack, _U32.unpack_from, _U32.pack_into
     zeros = _ZEROS
     elt_mask = elt.align - 1
