@@ -91,7 +91,9 @@ class Connection:
         self.tree = ObjectTree()
         self._calls = Calls(wire, writer, self._serials, self.closed, self.stats,
                             timeout=call_timeout)
-        self._owners = NameOwners(self._calls)
+        # Watches look owners up through the connection's own get_name_owner,
+        # bound late, so whatever answers it for the connection answers them too.
+        self._owners = NameOwners(self._calls, lambda name: self.get_name_owner(name))
         self._subscriptions = Subscriptions(self._calls, self._owners, self.closed, self.stats)
         self.dispatcher = Dispatcher(self.tree, self._owners.current,
                                      self.emit_properties_changed_nowait)

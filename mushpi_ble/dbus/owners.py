@@ -8,6 +8,7 @@ rule and one GetNameOwner, set up once.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -23,8 +24,11 @@ log = logging.getLogger(__name__)
 class NameOwners:
     """The owners of the well-known names one connection watches."""
 
-    def __init__(self, calls: Calls) -> None:
+    def __init__(self, calls: Calls,
+                 lookup: Callable[[str], Awaitable[str]] | None = None) -> None:
+        """``lookup`` asks the bus who owns a name; :meth:`get_name_owner` by default."""
         self._calls = calls
+        self._lookup = lookup or self.get_name_owner
         self._owners: dict[str, AsyncValue[str]] = {}
         self._ready: dict[str, trio.Event] = {}
         self._changes: dict[str, int] = {}
@@ -69,7 +73,7 @@ class NameOwners:
         try:
             await self._calls.call_bus("AddMatch", "s", (rule.to_string(),))
             changes_before = self._changes.get(name, 0)
-            owner = await self.get_name_owner(name)
+            owner = await self._lookup(name)
             if self._changes.get(name, 0) == changes_before:
                 value.value = owner
         except BaseException:
