@@ -8,7 +8,7 @@ bytes, decoded values and error texts are always exactly jeepney's: a
 value jeepney refuses raises jeepney's own error from here.
 
 Each wire keeps its compiled types, templates and call shapes to itself,
-so connections share no mutable state.
+so two connections never share a codec cache.
 """
 
 from __future__ import annotations
