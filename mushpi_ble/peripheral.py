@@ -71,6 +71,7 @@ from .gatt.advertising import (
     read_capabilities,
 )
 from .gatt.devices import Central, DeviceTracker
+from .gatt.errors import DEADLINE_ERROR
 from .gatt.names import ADAPTER_IFACE, BLUEZ, OBJECT_MANAGER
 from .naming import advertised_name
 from .service import MushPiService
@@ -203,6 +204,7 @@ class Peripheral:
                 self.bus,
                 call_timeout=self.settings.bus_timeout_s,
                 handler_timeout=self.settings.handler_timeout_s + 0.5,
+                timeout_error=DEADLINE_ERROR,
             ) as conn:
                 with single_errors():
                     async with trio.open_nursery() as nursery:

@@ -21,6 +21,8 @@ INVALID_VALUE_LENGTH = f"{BLUEZ_ERROR}.InvalidValueLength"
 INVALID_ARGUMENTS = f"{BLUEZ_ERROR}.InvalidArguments"
 ALREADY_EXISTS = f"{BLUEZ_ERROR}.AlreadyExists"
 DOES_NOT_EXIST = f"{BLUEZ_ERROR}.DoesNotExist"
+# What the connection answers bluetoothd when a handler overruns its D-Bus deadline.
+DEADLINE_ERROR = (FAILED, "timeout")
 
 
 class GattError(DBusError):

@@ -237,7 +237,8 @@ class FakeBluez:
     async def _run_link(self, done: trio.Event, task_status: trio.TaskStatus[Link]) -> None:
         try:
             async with open_connection(self.bus_address,
-                                       call_timeout=self.runtime.config.call_timeout) as conn, \
+                                       call_timeout=self.runtime.config.call_timeout,
+                                       timeout_error=(FAILED, "timeout")) as conn, \
                     trio.open_nursery() as nursery:
                 link = Link(conn, nursery)
                 for rule, handler in self._signal_routes():
