@@ -13,7 +13,7 @@ drives both the same way and each process's CPU and peak RSS are its own:
 Both register the GATT application (and an advertisement) with whatever owns
 ``org.bluez`` on the bus, adapter ``/org/bluez/hci0``; the ready event
 carries ``library``, ``version``, ``registration_ms`` and ``advertising``.
-One command:
+Commands:
 
 ``{"cmd": "notify", "count": N, "batch": BATCH}``
     emit N env_measurements notifications as fast as the library allows and
@@ -25,6 +25,10 @@ One command:
     waits for a Ping round trip to the bus after every BATCH signals (its
     writer has no bound and dbus-next drops off the bus on EAGAIN). BATCH 0
     emits unpaced.
+
+``{"cmd": "storm", "threads": T, "seconds": S}`` (mushpi_ble only)
+    publish env readings flat out from T threads for S seconds, as the
+    controller's sensor threads would; answers ``offered``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import functools
 import importlib
 import operator
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -123,10 +128,38 @@ def run_mushpi(address: str) -> int:
                     "on_bus": portal.get_status()["registered"],
                     "sent": after.sent - before.sent, "dropped": after.dropped - before.dropped}
 
-        wire.serve_commands({"notify": notify})
+        def storm(command: wire.Event) -> dict[str, Any]:
+            return publish_storm(portal.publish_env, int(command.get("threads", 4)),
+                                 float(command.get("seconds", 3.0)))
+
+        wire.serve_commands({"notify": notify, "storm": storm})
     finally:
         portal.stop()
     return 0
+
+
+def publish_storm(publish: Callable[..., Any], threads: int, seconds: float) -> dict[str, Any]:
+    """Publish env readings flat out from ``threads`` threads for ``seconds``, as a
+    controller with several sensor threads would; answers how many were offered."""
+    stop = threading.Event()
+    offered = [0] * threads
+
+    def producer(index: int) -> None:
+        n = 0
+        while not stop.is_set():
+            publish(*bench_packet(n))
+            n += 1
+        offered[index] = n
+
+    workers = [threading.Thread(target=producer, args=(i,), name=f"storm-{i}")
+               for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    time.sleep(seconds)
+    stop.set()
+    for worker in workers:
+        worker.join()
+    return {"offered": sum(offered), "threads": threads, "seconds": seconds}
 
 
 # ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ KINDS = {
     "peer": "mushpi_ble.bench.peer",
     "facade": "mushpi_ble.bench.facade_ab",
     "dbus": "mushpi_ble.bench.dbus_layer",
+    "flood": "mushpi_ble.bench.flood",
 }
 
 

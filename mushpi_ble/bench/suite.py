@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import trio
 
-from mushpi_ble.bench import procfs, results, wire
+from mushpi_ble.bench import hostile, procfs, results, wire
 from mushpi_ble.bench.central import timed_reads
 from mushpi_ble.bench.children import Child, ChildFailed
 from mushpi_ble.bench.peer import MARK_TEMPERATURE, OURS, READABLE
@@ -79,6 +79,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--no-peer", action="store_true",
                         help="skip the peer libraries (their rows say so)")
+    parser.add_argument("--hostile", action="store_true",
+                        help="instead: bluetoothd's reads while other clients flood the "
+                             "peripheral and the controller publishes flat out "
+                             "(bench-results/hostile.json unless --json)")
 
 
 # ----------------------------------------------------------------------
@@ -370,6 +374,8 @@ def render(report: Mapping[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "hostile", False):
+        return hostile.run(args)
     counts = QUICK if args.quick else FULL
     libraries = (OURS,) if args.no_peer else (OURS, *PEERS)
     try:
