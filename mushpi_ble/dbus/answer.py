@@ -5,7 +5,8 @@ Plain handlers are answered inline, from the receive loop; awaitable ones
 run as tasks in the answerer's nursery under a deadline. The answer is the
 value, the handler's :class:`DBusError`, a generic failure, the configured
 deadline error, or "shutting down" on cancellation; ``NO_REPLY_EXPECTED``
-is honoured.
+is honoured. Replies to the preferred peer go in the writer's urgent lane,
+ahead of queued signals.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import trio
@@ -45,7 +46,9 @@ class Answerer:
     def __init__(self, dispatcher: Dispatcher, wire: Wire, writer: MessageWriter,
                  serials: Iterator[int], closed: trio.Event, stats: ConnectionStats, *,
                  enable_fds: bool, handler_timeout: float,
-                 timeout_error: tuple[str, str]) -> None:
+                 timeout_error: tuple[str, str],
+                 urgent: Callable[[str | None], bool] = lambda _sender: False) -> None:
+        """``urgent(sender)``: whether replies to ``sender`` go ahead of queued signals."""
         self._dispatcher = dispatcher
         self._wire = wire
         self._writer = writer
@@ -55,6 +58,7 @@ class Answerer:
         self._enable_fds = enable_fds
         self.handler_timeout = handler_timeout
         self.timeout_error = timeout_error
+        self._urgent = urgent
         self._contexts: dict[tuple[Any, Any, Any, Any], CallContext] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -72,12 +76,13 @@ class Answerer:
     # -- replying ---------------------------------------------------------------------
     def _reply(self, call: Message, signature: str, body: tuple[Any, ...]) -> None:
         data, fds = self._wire.method_return(call, signature, body, next(self._serials))
-        self._writer.write_nowait(data, fds)
+        self._writer.write_nowait(data, fds, urgent=self._urgent(call.header.fields.get(_SENDER)))
         self._stats.calls_answered += 1
 
-    def _reply_error(self, call: Message, name: str, text: str) -> None:
+    def reply_error(self, call: Message, name: str, text: str) -> None:
+        """Answer ``call`` with the error ``name`` (``text``)."""
         data, fds = self._wire.error(call, name, text, next(self._serials))
-        self._writer.write_nowait(data, fds)
+        self._writer.write_nowait(data, fds, urgent=self._urgent(call.header.fields.get(_SENDER)))
         self._stats.calls_answered += 1
         self._stats.errors_sent += 1
 
@@ -128,12 +133,12 @@ class Answerer:
                 self._reply(msg, method.out_signature, body)
         except DBusError as exc:
             if not no_reply:
-                self._reply_error(msg, exc.name, exc.text)
+                self.reply_error(msg, exc.name, exc.text)
         except Exception as exc:
             self._stats.handler_failures += 1
             log.exception("handler failed path=%s member=%s", ctx.path, ctx.member)
             if not no_reply:
-                self._reply_error(msg, FAILED, f"{type(exc).__name__}: {exc}")
+                self.reply_error(msg, FAILED, f"{type(exc).__name__}: {exc}")
 
     async def _run_async(self, msg: Message, method: Method, ctx: CallContext,
                          pending: Awaitable[Any], no_reply: bool) -> None:
@@ -146,24 +151,24 @@ class Answerer:
                 log.warning("handler deadline expired path=%s member=%s timeout_s=%.3f",
                             ctx.path, ctx.member, timeout)
                 if not no_reply:
-                    self._reply_error(msg, *self.timeout_error)
+                    self.reply_error(msg, *self.timeout_error)
                 return
             body = body_from_result(method.out_signature, result)
             if not no_reply:
                 self._reply(msg, method.out_signature, body)
         except DBusError as exc:
             if not no_reply:
-                self._reply_error(msg, exc.name, exc.text)
+                self.reply_error(msg, exc.name, exc.text)
         except trio.Cancelled:
             if not no_reply and not self._closed.is_set():
                 with contextlib.suppress(ConnectionLost):
-                    self._reply_error(msg, FAILED, "shutting down")
+                    self.reply_error(msg, FAILED, "shutting down")
             raise
         except Exception as exc:
             self._stats.handler_failures += 1
             log.exception("handler failed path=%s member=%s", ctx.path, ctx.member)
             if not no_reply:
-                self._reply_error(msg, FAILED, f"{type(exc).__name__}: {exc}")
+                self.reply_error(msg, FAILED, f"{type(exc).__name__}: {exc}")
 
 
 def _close_awaitable(pending: Awaitable[Any]) -> None:

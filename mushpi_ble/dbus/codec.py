@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, overload
 
 from jeepney.low_level import (
     Endianness,
@@ -30,8 +30,10 @@ from jeepney.low_level import (
 )
 
 __all__ = [
+    "EARLY_SCREEN",
     "Compiler",
     "MessageDecoder",
+    "Screen",
     "Unsupported",
     "WireParser",
 ]
@@ -558,6 +560,15 @@ def _copy_options(body: Any) -> Any:
 _BODY_CACHE_MAX = 512  # bytes; larger bodies are decoded every time
 
 
+Screen = Callable[[Header, int], bool]
+"""Asked with a message's header and size before its body is decoded: False
+means the message is not wanted and its body is never decoded."""
+
+EARLY_SCREEN = 64 << 10
+"""Messages longer than this are screened as soon as their header is in, so a
+refused one is skipped as it arrives instead of being gathered first."""
+
+
 class MessageDecoder:
     """Decodes whole messages, keeping the header shapes of calls it has seen."""
 
@@ -567,14 +578,15 @@ class MessageDecoder:
         self._compiler = compiler
         self._shapes: dict[bytes, _CallShape] = {}
 
-    def _fast_decode(self, raw: bytes) -> Message:
+    def _head(self, raw: bytes) -> tuple[Header, _CallShape | None, int]:
+        """The header, and what reads the body: a call's shape, or where the body starts."""
         if raw[0] != 0x6C:  # "l"
             raise Unsupported("big-endian message")
         message_type = _MESSAGE_TYPES[raw[1]]
         flags = _FLAGS[raw[2]]
         body_length, serial, fields_length = _LENGTHS.unpack_from(raw, 4)
         end = 16 + fields_length
-        body: Any
+        shape: _CallShape | None = None
         if raw[1] == 1:  # method call
             key = raw[16:end]
             shapes = self._shapes
@@ -587,11 +599,9 @@ class MessageDecoder:
                         shapes.clear()
                     shapes[key] = shape
             fields = shape.fields.copy()
-            body = shape.body(raw)
+            pos = shape.pos
         else:
             fields, pos = _decode_fields(raw, end)
-            sig = fields.get(_SIG_FIELD)
-            body = () if sig is None else self._compiler.body(sig).read(raw, pos)[0]
         header = Header.__new__(Header)
         header.endianness = _LITTLE
         header.message_type = message_type
@@ -600,41 +610,83 @@ class MessageDecoder:
         header.body_length = body_length
         header.serial = serial
         header.fields = fields
-        return Message(header, body)
+        return header, shape, pos
 
-    def decode(self, raw: bytes, fds: Sequence[Any] = ()) -> Message:
-        """``Message.from_buffer(raw, fds)``, decoded faster where possible."""
+    def _body(self, raw: bytes, header: Header, shape: _CallShape | None, pos: int) -> Any:
+        if shape is not None:
+            return shape.body(raw)
+        sig = header.fields.get(_SIG_FIELD)
+        return () if sig is None else self._compiler.body(sig).read(raw, pos)[0]
+
+    @overload
+    def decode(self, raw: bytes, fds: Sequence[Any] = ..., screen: None = ...) -> Message: ...
+    @overload
+    def decode(self, raw: bytes, fds: Sequence[Any], screen: Screen | None) -> Message | None: ...
+    def decode(self, raw: bytes, fds: Sequence[Any] = (),
+               screen: Screen | None = None) -> Message | None:
+        """``Message.from_buffer(raw, fds)``, decoded faster where possible.
+
+        With ``screen``, the header is decoded first and the body only when
+        ``screen(header, len(raw))`` wants the message; None when it does not.
+        A message carrying descriptors is never refused (they must be taken).
+        """
         try:
-            return self._fast_decode(raw)
+            header, shape, pos = self._head(raw)
+        except Exception:
+            msg = Message.from_buffer(raw, fds=fds)
+            if (screen is None or msg.header.fields.get(_FDS_FIELD)
+                    or screen(msg.header, len(raw))):
+                return msg
+            return None
+        if screen is not None and not screen(header, len(raw)):
+            return None
+        try:
+            return Message(header, self._body(raw, header, shape, pos))
         except Exception:
             return Message.from_buffer(raw, fds=fds)
+
+
+Decode = Callable[[bytes, Sequence[Any], "Screen | None"], "Message | None"]
 
 
 class WireParser:
     """Splits a byte stream into messages; a drop-in for jeepney's ``Parser``.
 
     Chunks that hold whole messages are sliced without copying the rest;
-    a partial message is joined only once all its bytes are there.
+    a partial message is joined only once all its bytes are there. With a
+    ``screen``, every message's header is shown to it before the body is
+    decoded; a refused message is left out, and a refused message longer
+    than :data:`EARLY_SCREEN` is skipped as its bytes arrive, never gathered.
     """
 
-    def __init__(self, decode: Callable[[bytes, Sequence[Any]], Message]) -> None:
+    def __init__(self, decode: Decode, screen: Screen | None = None) -> None:
         self._decode = decode
+        self.screen = screen
         self._buf = b""
         self._pos = 0
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._need = 0  # size of the next message once known
+        self._head_end = 0  # where its header (padded) ends
+        self._screened = False  # the next message was screened from its header already
+        self._skip = 0  # bytes of a refused message still to arrive and be dropped
         self.fds: list[Any] = []
 
     def add_data(self, data: bytes, fds: Sequence[Any] = ()) -> None:
+        if fds:
+            self.fds.extend(fds)
+        if self._skip:
+            if len(data) <= self._skip:
+                self._skip -= len(data)
+                return
+            data = data[self._skip :]
+            self._skip = 0
         if self._pos >= len(self._buf) and not self._pending:
             self._buf = data
             self._pos = 0
         else:
             self._pending.append(data)
             self._pending_bytes += len(data)
-        if fds:
-            self.fds.extend(fds)
 
     def _join(self) -> None:
         self._buf = b"".join([self._buf[self._pos :], *self._pending])
@@ -642,37 +694,97 @@ class WireParser:
         self._pending.clear()
         self._pending_bytes = 0
 
+    def _peek(self, size: int) -> bytes:
+        """The next ``size`` bytes (all there), without consuming them."""
+        head = self._buf[self._pos : self._pos + size]
+        for chunk in self._pending:
+            if len(head) >= size:
+                break
+            head += chunk[: size - len(head)]
+        return head
+
+    def _discard(self, size: int) -> int:
+        """Drop up to ``size`` bytes that are here; how many are still to come."""
+        take = min(size, len(self._buf) - self._pos)
+        self._pos += take
+        size -= take
+        while size and self._pending:
+            chunk = self._pending[0]
+            if len(chunk) <= size:
+                self._pending.pop(0)
+                self._pending_bytes -= len(chunk)
+                size -= len(chunk)
+            else:
+                self._pending[0] = chunk[size:]
+                self._pending_bytes -= size
+                size = 0
+        return size
+
+    def _screen_early(self, screen: Screen, have: int) -> bool | None:
+        """Screen a long message from its header: True to gather it, False when it was
+        refused (and is being skipped), None until the header is here."""
+        if have + self._pending_bytes < self._head_end:
+            return None
+        self._screened = True
+        try:
+            header = Header.from_buffer(self._peek(self._head_end))[0]
+        except Exception:
+            return True  # decoding the whole message will say what is wrong
+        if header.fields.get(_FDS_FIELD):
+            self._screened = False  # descriptors must be taken: decoded whole, then screened
+            return True
+        if screen(header, self._need):
+            return True
+        self._screened = False
+        self._skip = self._discard(self._need)
+        self._need = 0
+        return False
+
     def get_next_message(self) -> Message | None:
-        """The next complete message, or None until more data arrives."""
-        buf, pos = self._buf, self._pos
-        have = len(buf) - pos
-        need = self._need
-        if not need:
-            if have < 16:
-                if have + self._pending_bytes < 16:
+        """The next complete message (that the screen wants), or None until more data
+        arrives."""
+        while True:
+            buf, pos = self._buf, self._pos
+            have = len(buf) - pos
+            need = self._need
+            if not need:
+                if have < 16:
+                    if have + self._pending_bytes < 16:
+                        return None
+                    self._join()
+                    buf, pos = self._buf, 0
+                    have = len(buf)
+                if buf[pos] == 0x6C:
+                    body_length, _serial, fields_length = _LENGTHS.unpack_from(buf, pos + 4)
+                    header_length = 16 + fields_length
+                    need = header_length + (-header_length & 7) + body_length
+                    self._head_end = header_length + (-header_length & 7)
+                else:
+                    need = calc_msg_size(buf[pos : pos + 16])
+                    self._head_end = need - int.from_bytes(buf[pos + 4 : pos + 8], "big")
+                self._need = need
+            if have < need:
+                screen = self.screen
+                if need > EARLY_SCREEN and screen is not None and not self._screened:
+                    verdict = self._screen_early(screen, have)
+                    if verdict is None:
+                        return None
+                    if not verdict:
+                        continue
+                if have + self._pending_bytes < need:
                     return None
                 self._join()
                 buf, pos = self._buf, 0
-                have = len(buf)
-            if buf[pos] == 0x6C:
-                body_length, _serial, fields_length = _LENGTHS.unpack_from(buf, pos + 4)
-                header_length = 16 + fields_length
-                need = header_length + (-header_length & 7) + body_length
-            else:
-                need = calc_msg_size(buf[pos : pos + 16])
-            self._need = need
-        if have < need:
-            if have + self._pending_bytes < need:
-                return None
-            self._join()
-            buf, pos = self._buf, 0
-        raw = buf[pos : pos + need]
-        self._pos = pos + need
-        self._need = 0
-        fds = self.fds
-        msg = self._decode(raw, fds)
-        if fds:
-            consumed = msg.header.fields.get(_FDS_FIELD, 0)
-            if consumed:
-                self.fds = fds[consumed:]
-        return msg
+            raw = buf[pos : pos + need]
+            self._pos = pos + need
+            self._need = 0
+            fds = self.fds
+            msg = self._decode(raw, fds, None if self._screened else self.screen)
+            self._screened = False
+            if msg is None:
+                continue  # refused: never carries descriptors
+            if fds:
+                consumed = msg.header.fields.get(_FDS_FIELD, 0)
+                if consumed:
+                    self.fds = fds[consumed:]
+            return msg

@@ -4,7 +4,9 @@
 answering calls (:mod:`.answer`), outgoing calls (:mod:`.calls`), signal
 subscriptions (:mod:`.signals`) and name-owner tracking (:mod:`.owners`),
 all sharing one :class:`~.wire.Wire`, one writer and one serial counter;
-it also exports objects and emits signals.
+it also exports objects and emits signals. What it receives is screened
+from the header first (:mod:`.admission`): the preferred peer is served
+first, strangers within a budget.
 
 Open it with :func:`open_connection` as an ``async with`` resource; it owns
 its tasks (receive loop, writer, handler nursery) and cancels them on exit.
@@ -20,8 +22,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import trio
+from jeepney.low_level import Message
 from trio_util import AsyncValue
 
+from .admission import Admission, AdmissionPolicy
 from .answer import Answerer
 from .calls import BUS_NAME, BUS_PATH, Calls
 from .dispatch import Dispatcher
@@ -50,6 +54,7 @@ __all__ = [
     "DEFAULT_HANDLER_TIMEOUT",
     "DEFAULT_TIMEOUT_ERROR",
     "DEFAULT_WRITE_BUFFER",
+    "AdmissionPolicy",
     "Connection",
     "ConnectionStats",
     "SignalMessage",
@@ -97,13 +102,20 @@ class Connection:
         self._subscriptions = Subscriptions(self._calls, self._owners, self.closed, self.stats)
         self.dispatcher = Dispatcher(self.tree, self._owners.current,
                                      self.emit_properties_changed_nowait)
+        self.admission = Admission(self.dispatcher, self._owners.current,
+                                   self._subscriptions.wanted, self._refuse, self.stats)
         self._answerer = Answerer(self.dispatcher, wire, writer, self._serials, self.closed,
                                   self.stats, enable_fds=enable_fds,
-                                  handler_timeout=handler_timeout, timeout_error=timeout_error)
+                                  handler_timeout=handler_timeout, timeout_error=timeout_error,
+                                  urgent=self.admission.is_preferred)
+        reader.parser.screen = self.admission.screen
         self._receiver = Receiver(reader, on_call=self._answerer.on_call,
                                   on_signal=self._subscriptions.on_signal,
                                   on_reply=self._calls.on_reply, on_lost=self._calls.fail_all,
-                                  closed=self.closed)
+                                  closed=self.closed, order=self.admission.order)
+
+    def _refuse(self, call: Message, name: str, text: str) -> None:
+        self._answerer.reply_error(call, name, text)
 
     @property
     def writer(self) -> MessageWriter:
@@ -235,8 +247,8 @@ class Connection:
         """Export interfaces at ``path``; ObjectManager roots above announce them."""
         added = self.tree.add(path, interfaces)
         for iface in added:
-            if iface.allowed_caller and not iface.allowed_caller.startswith(":"):
-                self._owners.ensure_watch(iface.allowed_caller)
+            if iface.allowed_caller:
+                self.prefer(iface.allowed_caller)
         if not added:
             return
         props = {iface.name: iface.property_values() for iface in added}
@@ -263,6 +275,16 @@ class Connection:
     # ------------------------------------------------------------------
     # names
     # ------------------------------------------------------------------
+    def prefer(self, name: str) -> None:
+        """Make the owner of ``name`` the preferred peer (see :mod:`.admission`).
+
+        Exporting an interface whose ``allowed_caller`` is ``name`` does this;
+        the owner of a well-known name is followed from NameOwnerChanged.
+        """
+        if not name.startswith(":"):
+            self._owners.ensure_watch(name)
+        self.admission.prefer(name)
+
     async def request_name(self, name: str, flags: int = 0) -> int:
         return int(await self.call_bus("RequestName", "su", (name, flags)))
 

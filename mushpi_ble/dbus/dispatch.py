@@ -27,6 +27,7 @@ from .errors import (
 )
 from .interface import CallContext, Interface, Method
 from .objects import INTROSPECTABLE, OBJECT_MANAGER, PEER, PROPERTIES, ObjectTree
+from .ratelog import RateLog
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class Dispatcher:
         self.tree = tree
         self._current_owner = current_owner
         self._announce = announce
+        self._denials = RateLog(log)
 
     def _check_caller(self, ctx: CallContext, iface: Interface) -> None:
         allowed = iface.allowed_caller
@@ -66,8 +68,8 @@ class Dispatcher:
             return
         owner = self._current_owner(allowed)
         if owner is None or ctx.sender != owner:
-            log.warning(
-                "access denied sender=%s path=%s member=%s allowed=%s owner=%s",
+            self._denials.warning(
+                ctx.sender, "access denied sender=%s path=%s member=%s allowed=%s owner=%s",
                 ctx.sender, ctx.path, ctx.member, allowed, owner or "-",
             )
             raise DBusError(ACCESS_DENIED, f"only the owner of {allowed} may call {ctx.member}")

@@ -41,10 +41,14 @@ class MatchRule:
         path: str | None,
         interface: str | None,
         member: str | None,
-        body: tuple[Any, ...],
+        body: tuple[Any, ...] | None,
         sender_owner: str | None = None,
     ) -> bool:
-        """Local check; ``sender_owner`` is the unique name owning ``self.sender``."""
+        """Local check; ``sender_owner`` is the unique name owning ``self.sender``.
+
+        ``body`` None (not decoded yet) checks the header only: the arguments
+        are taken to match.
+        """
         if self.sender is not None:
             expected = self.sender if self.sender.startswith(":") else sender_owner
             if expected is not None and sender != expected:
@@ -59,6 +63,6 @@ class MatchRule:
             return False
         if self.member is not None and member != self.member:
             return False
-        if self.arg0 is not None:
+        if self.arg0 is not None and body is not None:
             return bool(body) and body[0] == self.arg0
         return True

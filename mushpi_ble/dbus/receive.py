@@ -7,7 +7,7 @@ reply never waits behind a task that is not running.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 from jeepney.low_level import Message, MessageType
@@ -30,13 +30,16 @@ class Receiver:
         on_reply: Callable[[Message], None],
         on_lost: Callable[[DBusError], None],
         closed: trio.Event,
+        order: Callable[[list[Message]], Iterable[Message]] = lambda batch: batch,
     ) -> None:
+        """``order`` may reorder each batch read (the preferred peer's messages first)."""
         self._reader = reader
         self._on_call = on_call
         self._on_signal = on_signal
         self._on_reply = on_reply
         self._on_lost = on_lost
         self._closed = closed
+        self._order = order
         self._resume: trio.Event | None = None
 
     def pause(self) -> None:
@@ -52,11 +55,12 @@ class Receiver:
     async def run(self) -> None:
         """Route messages until the bus goes away; then fail the waiting calls."""
         on_call, on_signal, on_reply = self._on_call, self._on_signal, self._on_reply
+        order = self._order
         try:
             while True:
                 if self._resume is not None:
                     await self._resume.wait()
-                for msg in await self._reader.receive_batch():
+                for msg in order(await self._reader.receive_batch()):
                     if self._resume is not None:
                         await self._resume.wait()
                     kind = msg.header.message_type

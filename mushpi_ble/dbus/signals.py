@@ -122,6 +122,20 @@ class Subscriptions:
             if any(self._matches(rule, signal) for rule in sub.rules):
                 await self._deliver(sub, signal)
 
+    def wanted(self, fields: dict[HeaderFields, Any]) -> bool:
+        """Whether a signal with these header fields could match a live subscription
+        (its arguments are not looked at: they are not decoded yet)."""
+        sender = fields.get(HeaderFields.sender)
+        path = fields.get(HeaderFields.path)
+        interface = fields.get(HeaderFields.interface)
+        member = fields.get(HeaderFields.member)
+        current = self._owners.current
+        return any(
+            rule.matches(sender=sender, path=path, interface=interface, member=member,
+                         body=None, sender_owner=current(rule.sender) if rule.sender else None)
+            for sub in self._live for rule in sub.rules
+        )
+
     def _matches(self, rule: MatchRule, signal: SignalMessage) -> bool:
         owner = self._owners.current(rule.sender) if rule.sender else None
         return rule.matches(sender=signal.sender, path=signal.path, interface=signal.interface,

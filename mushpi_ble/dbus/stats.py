@@ -17,3 +17,8 @@ class ConnectionStats:
     late_replies: int = 0
     signals_received: int = 0
     signals_dropped: int = 0
+    signals_unwanted: int = 0  # no subscription could want them: dropped from the header
+    foreign_refused: int = 0  # calls from other senders answered from their header alone
+    foreign_throttled: int = 0  # messages past their sender's budget, never decoded
+    foreign_skipped: int = 0  # messages too long to read, skipped as they arrived
+    foreign_skipped_bytes: int = 0

@@ -19,8 +19,15 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from jeepney.low_level import Endianness, HeaderFields, Message, serialise_header_fields
-from jeepney.wrappers import DBusAddress, new_method_call, new_signal
+from jeepney.low_level import (
+    Endianness,
+    Header,
+    HeaderFields,
+    Message,
+    MessageType,
+    serialise_header_fields,
+)
+from jeepney.wrappers import DBusAddress, new_error, new_method_call, new_signal
 
 from .codec import ARRAY_LIMIT, Compiler, Unsupported, Writer
 
@@ -66,13 +73,15 @@ class Templates:
     ``_CACHE_LIMIT`` entries.
     """
 
-    __slots__ = ("_calls", "_compiler", "_properties_changed", "_returns", "_signals")
+    __slots__ = ("_calls", "_compiler", "_errors", "_properties_changed", "_returns",
+                 "_signals")
 
     def __init__(self, compiler: Compiler) -> None:
         self._compiler = compiler
         self._returns: dict[tuple[str | None, str], _ReturnTemplate] = {}
         self._signals: dict[tuple[str, str, str, str], _Template] = {}
         self._calls: dict[tuple[str, str, str, str, str], _Template] = {}
+        self._errors: dict[tuple[str | None, str, str], bytes] = {}
         self._properties_changed: dict[tuple[str, str, str, str],
                                        PropertiesChangedTemplate] = {}
 
@@ -111,6 +120,30 @@ class Templates:
             rest,
             out,
         ))
+
+    # -- errors -------------------------------------------------------------------
+    def _error_template(self, destination: str | None, name: str, text: str) -> bytes:
+        fields = {HeaderFields.sender: destination} if destination is not None else {}
+        parent = Message(Header(Endianness.little, MessageType.method_call, 0, 1, 0, 1, fields),
+                         ())
+        template = bytes(new_error(parent, name, "s", (text,)).serialise(0))
+        if template[16:20] != _REPLY_SERIAL_FIELD:
+            raise Unsupported("unexpected error header layout")
+        _remember(self._errors, (destination, name, text), template)
+        return template
+
+    def error(self, call: Message, name: str, text: str, serial: int) -> bytes:
+        """``new_error(call, name, "s", (text,)).serialise(serial)``: refusals repeat,
+        so each (destination, name, text) is serialised once."""
+        call_header = call.header
+        destination = call_header.fields.get(_SENDER)
+        template = self._errors.get((destination, name, text))
+        if template is None:
+            template = self._error_template(destination, name, text)
+        out = bytearray(template)
+        _U32.pack_into(out, 8, serial)
+        _U32.pack_into(out, 20, call_header.serial)
+        return bytes(out)
 
     # -- signals and method calls ---------------------------------------------------
     def _signal_template(self, path: str, interface: str, member: str,

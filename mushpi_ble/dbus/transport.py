@@ -117,6 +117,10 @@ class MessageReader:
         self._parser = parser
         self._fd_buf = fds_buf_size() if enable_fds else 0
 
+    @property
+    def parser(self) -> WireParser:
+        return self._parser
+
     def _read_once(self) -> int:
         if self._enable_fds:
             data, ancdata, flags, _ = self._sock.recvmsg(READ_CHUNK, self._fd_buf)
@@ -159,6 +163,9 @@ class MessageReader:
             messages.append(msg)
 
 
+_Item = tuple[memoryview, "array.array[int] | None"]
+
+
 class MessageWriter:
     """The single writer for all outgoing bytes of a connection.
 
@@ -168,11 +175,19 @@ class MessageWriter:
     flushes queued messages in batches. ``write`` is the back-pressured
     variant for signals: it waits while more than ``max_buffer`` bytes are
     queued, so a slow peer costs time, never unbounded memory.
+
+    Two lanes: an ``urgent`` message (a reply the preferred peer waits for)
+    goes out before everything queued in the normal lane (signals, other
+    replies, calls): it waits behind at most the one message whose bytes are
+    already partly sent, never behind the queued signals. Each lane keeps
+    its own order.
     """
 
     def __init__(self, sock: socket.socket, *, max_buffer: int) -> None:
         self._sock = sock
-        self._queue: deque[tuple[memoryview, array.array[int] | None]] = deque()
+        self._queue: deque[_Item] = deque()
+        self._urgent: deque[_Item] = deque()
+        self._partial: _Item | None = None  # the rest of a message partly sent
         self._queued_bytes = 0
         self._max_buffer = max_buffer
         self._writer_lot = trio.lowlevel.ParkingLot()
@@ -182,6 +197,7 @@ class MessageWriter:
         self.eagain_count = 0
         self.backpressure_waits = 0
         self.messages_sent = 0
+        self.urgent_sent = 0
         self.batches = 0
         self.peak_queued_bytes = 0
 
@@ -189,13 +205,26 @@ class MessageWriter:
     def queued_bytes(self) -> int:
         return self._queued_bytes
 
-    def write_nowait(self, data: bytes, fds: array.array[int] | None = None) -> None:
-        """Send now if possible, else queue; never waits and never drops."""
+    def _idle(self) -> bool:
+        return self._partial is None and not self._queue and not self._urgent
+
+    def write_nowait(self, data: bytes, fds: array.array[int] | None = None, *,
+                     urgent: bool = False) -> None:
+        """Send now if possible, else queue; never waits and never drops.
+
+        An ``urgent`` message is sent at once even while normal messages are
+        queued, and otherwise queued ahead of them.
+        """
         if self._closed:
             raise ConnectionLost()
         self.messages_sent += 1
         view = memoryview(data)
-        if not self._queue:
+        if urgent:
+            self.urgent_sent += 1
+            inline = self._partial is None and not self._urgent
+        else:
+            inline = self._idle()
+        if inline:
             try:
                 sent = self._send_first(view, fds)
             except BlockingIOError:
@@ -206,17 +235,19 @@ class MessageWriter:
                 raise ConnectionLost(f"bus connection failed: {exc}") from exc
             if sent == len(view):
                 return
-            if sent:
-                view = view[sent:]
-                fds = None
-        self._enqueue(view, fds)
+            if sent:  # the rest must leave before any other message's bytes
+                self._partial = (view[sent:], None)
+                self._queued_bytes += len(view) - sent
+                self._request_flush()
+                return
+        self._enqueue(self._urgent if urgent else self._queue, view, fds)
 
     def queue(self, data: bytes) -> None:
         """Queue for the next batch flush (signals), never sending inline."""
         if self._closed:
             raise ConnectionLost()
         self.messages_sent += 1
-        self._enqueue(memoryview(data), None)
+        self._enqueue(self._queue, memoryview(data), None)
 
     async def write(self, data: bytes) -> None:
         """Queue with back-pressure: wait while the queue is over its bound."""
@@ -225,10 +256,14 @@ class MessageWriter:
             await self._space_lot.park()
         self.queue(data)
 
-    def _enqueue(self, view: memoryview, fds: array.array[int] | None) -> None:
-        self._queue.append((view, fds))
+    def _enqueue(self, lane: deque[_Item], view: memoryview,
+                 fds: array.array[int] | None) -> None:
+        lane.append((view, fds))
         self._queued_bytes += len(view)
         self.peak_queued_bytes = max(self.peak_queued_bytes, self._queued_bytes)
+        self._request_flush()
+
+    def _request_flush(self) -> None:
         if not self._flush_requested:
             self._flush_requested = True
             self._writer_lot.unpark()
@@ -242,7 +277,7 @@ class MessageWriter:
         """The writer task: flush the queue, waiting only on EAGAIN."""
         try:
             while True:
-                if not self._queue:
+                if self._idle():
                     self._flush_requested = False
                     await self._writer_lot.park()
                     continue
@@ -251,26 +286,33 @@ class MessageWriter:
             self._closed = True
             self._space_lot.unpark_all()
 
+    def _batch(self) -> tuple[list[memoryview], array.array[int] | None]:
+        """The next batch, in sending order (the partly sent message, the urgent
+        lane, the normal lane): its views, and the descriptors of its only message
+        if it carries some."""
+        views: list[memoryview] = []
+        size = 0
+        if self._partial is not None:
+            views.append(self._partial[0])
+            size = len(self._partial[0])
+        for lane in (self._urgent, self._queue):
+            for item_view, item_fds in lane:
+                if item_fds:
+                    return (views, None) if views else ([item_view], item_fds)
+                if size >= MAX_WRITE_BATCH or len(views) >= MAX_WRITE_IOVECS:
+                    return views, None
+                views.append(item_view)
+                size += len(item_view)
+        return views, None
+
     async def _flush(self) -> None:
-        while self._queue:
-            view, fds = self._queue[0]
-            if fds:
-                batch_views = [view]
-            else:
-                batch_views = []
-                size = 0
-                for item_view, item_fds in self._queue:
-                    if item_fds or size >= MAX_WRITE_BATCH or len(batch_views) >= MAX_WRITE_IOVECS:
-                        break
-                    batch_views.append(item_view)
-                    size += len(item_view)
+        while not self._idle():
+            views, fds = self._batch()
             try:
                 if fds:
-                    sent = self._sock.sendmsg(
-                        batch_views, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
-                    )
+                    sent = self._sock.sendmsg(views, [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
                 else:
-                    sent = self._sock.sendmsg(batch_views)
+                    sent = self._sock.sendmsg(views)
             except BlockingIOError:
                 self.eagain_count += 1
                 await trio.lowlevel.wait_writable(self._sock)
@@ -284,12 +326,22 @@ class MessageWriter:
         await trio.lowlevel.checkpoint()
 
     def _consume(self, sent: int) -> None:
+        """Drop ``sent`` bytes in sending order; a message cut short becomes the
+        partly sent one."""
         self._queued_bytes -= sent
-        while sent:
-            view, _fds = self._queue[0]
-            if sent >= len(view):
-                self._queue.popleft()
-                sent -= len(view)
-            else:
-                self._queue[0] = (view[sent:], None)
-                sent = 0
+        if self._partial is not None:
+            view = self._partial[0]
+            if sent < len(view):
+                self._partial = (view[sent:], None)
+                return
+            sent -= len(view)
+            self._partial = None
+        for lane in (self._urgent, self._queue):
+            while sent and lane:
+                view, _fds = lane[0]
+                lane.popleft()
+                if sent >= len(view):
+                    sent -= len(view)
+                else:
+                    self._partial = (view[sent:], None)
+                    return

@@ -20,7 +20,7 @@ from typing import Any, TypeAlias, cast
 from jeepney.low_level import Message, MessageFlag
 from jeepney.wrappers import DBusAddress, new_error, new_method_call, new_method_return, new_signal
 
-from .codec import Compiler, MessageDecoder, WireParser
+from .codec import Compiler, MessageDecoder, Screen, WireParser
 from .templates import PROPERTIES, Templates
 
 __all__ = ["Fds", "Wire"]
@@ -40,9 +40,10 @@ class Wire:
         self._enable_fds = enable_fds
 
     # -- parsing --------------------------------------------------------------------
-    def parser(self) -> WireParser:
-        """A parser for one byte stream, decoding with this wire's caches."""
-        return WireParser(self._decoder.decode)
+    def parser(self, screen: Screen | None = None) -> WireParser:
+        """A parser for one byte stream, decoding with this wire's caches; ``screen``
+        sees each message's header first (see :class:`~.codec.WireParser`)."""
+        return WireParser(self._decoder.decode, screen)
 
     def decode(self, raw: bytes, fds: Sequence[Any] = ()) -> Message:
         """``Message.from_buffer(raw, fds=fds)``."""
@@ -83,6 +84,10 @@ class Wire:
 
     def error(self, call: Message, name: str, text: str, serial: int) -> tuple[bytes, Fds]:
         """The error ``name`` with message ``text`` answering ``call``."""
+        try:
+            return self._templates.error(call, name, text, serial), None
+        except Exception:
+            pass  # not for the fast path: jeepney builds it, or raises its own error
         return self._jeepney(new_error(call, name, "s", (text,)), serial)
 
     def signal(self, path: str, interface: str, member: str, signature: str,
