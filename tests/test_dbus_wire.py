@@ -686,3 +686,17 @@ async def test_builtin_methods_are_not_rebuilt_per_call(server: Connection,
         assert first is not None and server.dispatcher._builtin(ctx) is first
     read_value = CallContext(":1.9", CHAR_PATH, CHAR_IFACE, "ReadValue")
     assert server.dispatcher._builtin(read_value) is None
+
+
+def test_refusals_reuse_one_error_template_with_jeepneys_bytes() -> None:
+    wire = Wire(enable_fds=False)
+    for serial, sender in ((9, ":1.5"), (10, ":1.5"), (11, None), (12, ":1.6")):
+        parent = received(jeepney_call("", ()), serial)
+        if sender is None:
+            parent.header.fields.pop(HeaderFields.sender, None)
+        else:
+            parent.header.fields[HeaderFields.sender] = sender
+        for reply_serial in (1, 77):
+            error, _fds = wire.error(parent, "org.example.Error.E", "no", reply_serial)
+            assert error == bytes(new_error(parent, "org.example.Error.E", "s",
+                                            ("no",)).serialise(reply_serial))
