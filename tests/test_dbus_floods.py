@@ -30,6 +30,7 @@ from mushpi_ble.dbus import (
     MatchRule,
     Method,
     Property,
+    SignalMessage,
     open_connection,
 )
 from mushpi_ble.dbus.admission import LIMITS_EXCEEDED, AdmissionPolicy
@@ -212,7 +213,7 @@ async def test_signals_nobody_subscribed_to_are_dropped_from_the_header(
     unwanted = server.stats.signals_unwanted
     async with server.subscribe(MatchRule(interface=SIGNALS, member="Wanted")) as wanted:
         await trio.to_thread.run_sync(send_junk)
-        got = []
+        got: list[SignalMessage] = []
         while len(got) < 45:  # the ten long ones are a stranger's, over the size limit
             with trio.fail_after(5):
                 got.append(await wanted.receive())
