@@ -21,10 +21,10 @@ import trio
 
 from .config import Settings
 from .controller import (
+    CallbackRunner,
     ControllerCallbacks,
     ControllerFailure,
     ControllerTimeout,
-    call_in_thread,
 )
 from .core import (
     Ack,
@@ -75,7 +75,7 @@ class MushPiService:
     ) -> None:
         self.settings = settings
         self._callbacks = callbacks
-        self._handler_timeout = settings.handler_timeout_s
+        self.runner = CallbackRunner(settings.handler_timeout_s)
         self.core = core = core_for(settings, wall_clock=clock, table=table)
         self.mailboxes: dict[str, Mailbox] = {
             name: Mailbox(
@@ -187,13 +187,13 @@ class MushPiService:
 
     # -- running the core's decisions ----------------------------------------------------
     async def _call(self, callback: str, args: tuple[Any, ...]) -> tuple[object, Failure | None]:
-        """A controller callback in a worker under the handler deadline."""
+        """A controller callback under the handler deadline, through the runner (one
+        call of each callback at a time; a hung one holds only its own thread)."""
         fn = getattr(self._callbacks(), callback)
         if fn is None:
             return None, Failure.MISSING
         try:
-            return await call_in_thread(fn, *args, timeout=self._handler_timeout,
-                                        what=callback), None
+            return await self.runner.call(callback, fn, args), None
         except ControllerTimeout:
             return None, Failure.TIMEOUT
         except ControllerFailure as exc:
