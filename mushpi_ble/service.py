@@ -59,6 +59,8 @@ from .protocol import Characteristic as TableRow
 
 log = logging.getLogger(__name__)
 
+LOG_FLUSH_S = 10.0
+
 __all__ = ["MushPiService", "WriteEvent"]
 
 
@@ -127,10 +129,17 @@ class MushPiService:
             state.value = self.core.published(name)
             nursery.start_soon(self._notifier, mailbox, state)
             mailbox.attach(token)
+        nursery.start_soon(self._flush_logs)
 
     def detach(self) -> None:
         for mailbox in self.mailboxes.values():
             mailbox.detach()
+
+    async def _flush_logs(self) -> None:
+        """Counts of suppressed log lines are logged soon after their window ends."""
+        while True:
+            await trio.sleep(LOG_FLUSH_S)
+            self.core.flush_logs()
 
     async def _notifier(self, mailbox: Mailbox, state: CharacteristicState) -> None:
         app = self.app
