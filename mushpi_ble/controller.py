@@ -102,6 +102,7 @@ class _Flight:
     fn: Callback
     args: tuple[Any, ...]
     started: float
+    generation: int
     token: trio.lowlevel.TrioToken = attrs.Factory(trio.lowlevel.current_trio_token)
     done: trio.Event = attrs.Factory(trio.Event)
     result: outcome.Outcome[Any] | None = None
@@ -138,7 +139,9 @@ class CallbackRunner:
     """Runs controller callbacks in worker threads, one call of each at a time.
 
     - A getter called with the same arguments while it runs is joined: the
-      caller waits for the running call's answer instead of starting a thread.
+      caller waits for the running call's answer instead of starting a thread
+      (unless a setter returned since that call started: then the caller
+      waits for it and asks again, so a read after a write sees the write).
     - Any other call of a running callback (a setter, a getter with other
       arguments) waits for it to return, then takes its turn.
     - Every caller waits only until its own deadline (:class:`ControllerTimeout`);
@@ -158,6 +161,9 @@ class CallbackRunner:
         self._clock = clock
         self._lock = threading.Lock()
         self._tracks: dict[str, _Track] = {name: _Track() for name in CALLBACK_NAMES}
+        self._generation = 0
+        """Setter calls returned so far: a getter started before the last one
+        may answer an old value, so a read that arrives after it is not joined."""
 
     async def call(self, name: str, fn: Callback, args: tuple[Any, ...] = (), *,
                    timeout: float | None = None) -> Any:
@@ -184,10 +190,12 @@ class CallbackRunner:
                 track = self._track(name)
                 running = track.flight
                 if running is None:
-                    track.flight = flight = _Flight(fn, args, time.monotonic())
+                    track.flight = flight = _Flight(fn, args, time.monotonic(),
+                                                    self._generation)
                     track.calls += 1
                     break
-                if name in GETTERS and running.fn is fn and running.args == args:
+                if (name in GETTERS and running.fn is fn and running.args == args
+                        and running.generation == self._generation):
                     track.joined += 1
                     return running
             await running.wait()
@@ -201,6 +209,8 @@ class CallbackRunner:
             with self._lock:
                 track = self._track(name)
                 track.flight = None
+                if name not in GETTERS:
+                    self._generation += 1
                 hung_since, track.hung_since = track.hung_since, None
             if hung_since is not None:
                 log.warning("controller callback returned after hanging callback=%s "

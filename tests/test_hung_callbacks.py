@@ -87,6 +87,35 @@ async def test_reads_of_a_running_getter_join_it(gates: list[Gate]) -> None:
                      "joined": 19, "timeouts": 0}
 
 
+async def test_a_read_after_a_write_never_joins_a_call_started_before_it(
+    gates: list[Gate]
+) -> None:
+    runner = CallbackRunner(5.0)
+    stage = {"stage": "Incubation"}
+    gate = _gate(gates)
+
+    def get_stage() -> dict[str, str]:
+        gate()
+        return dict(stage)
+
+    answers: list[object] = []
+
+    async def read() -> None:
+        answers.append(await runner.call("get_stage_data", get_stage))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read)
+        await eventually(lambda: gate.calls)
+        await runner.call("set_stage_state", stage.update, ({"stage": "Pinning"},))
+        nursery.start_soon(read)  # arrives after the write was applied
+        await trio.sleep(0.05)
+        assert runner.status()["get_stage_data"]["joined"] == 0
+        gate.release.set()
+    # the first read may answer either value; the second must see the write
+    assert answers[-1] == {"stage": "Pinning"}
+    assert runner.status()["get_stage_data"]["calls"] == 2
+
+
 async def test_a_getter_with_other_arguments_waits_for_its_turn(gates: list[Gate]) -> None:
     runner = CallbackRunner(5.0)
     seen: list[tuple[Any, ...]] = []
