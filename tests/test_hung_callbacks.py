@@ -208,7 +208,7 @@ async def test_a_hung_call_is_reported_once_and_recovers(
 @pytest.fixture
 def facade(bus_address: str) -> Iterator[None]:
     ble_gatt._reset_for_tests()
-    ble_gatt.configure(settings=make_settings(MUSHPI_BLE_HANDLER_TIMEOUT_MS="300",
+    ble_gatt.configure(settings=make_settings(MUSHPI_BLE_HANDLER_TIMEOUT_MS="1000",
                                               MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS="300"),
                        bus=bus_address)
     yield
@@ -254,8 +254,11 @@ async def test_a_hundred_hung_reads_leave_every_other_callback_working(
         async with trio.open_nursery() as nursery:
             for _ in range(HUNG_READS):
                 nursery.start_soon(read_targets)
-            await eventually(lambda: hung.calls)
-            # while a hundred reads wait on the hung getter, every write reaches its setter
+            # all hundred wait on the one hung call (a read arriving after a write
+            # would wait for it instead of joining: see the runner tests)
+            await eventually(lambda: portal.get_status()["callbacks"]["get_control_targets"]
+                             ["joined"] == HUNG_READS - 1)
+            # while they wait, every write reaches its setter
             await central.write(UUID["control_targets"],
                                 targets_payload(180, 240, 850, 1200, 2, 600, 840))
             start = int(time.time()) - 86400
