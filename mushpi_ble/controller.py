@@ -79,22 +79,6 @@ class ControllerCallbacks:
         return attrs.evolve(self, **{k: v for k, v in updates.items() if v is not None})
 
 
-async def call_in_thread(fn: Callback, *args: Any, timeout: float, what: str) -> Any:
-    """Run ``fn(*args)`` in a worker thread under ``timeout`` seconds.
-
-    Raises :class:`ControllerTimeout` or :class:`ControllerFailure`; never
-    blocks the trio thread.
-    """
-    with trio.move_on_after(timeout):
-        try:
-            return await trio.to_thread.run_sync(
-                functools.partial(fn, *args), abandon_on_cancel=True
-            )
-        except Exception as exc:
-            raise ControllerFailure(f"{what} raised {type(exc).__name__}: {exc}") from exc
-    raise ControllerTimeout(f"{what} did not return within {timeout:.3g} s")
-
-
 @attrs.define(eq=False)
 class _Flight:
     """One running call of a callback, shared by every caller that joins it."""
