@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import signal
 import statistics
 import subprocess
@@ -45,7 +46,18 @@ CONFIGS: dict[str, str] = {
     "att": "[General]\nName = mushpi-vm\n\n[GATT]\nChannels = 1\nExchangeMTU = 48\n",
     "eatt": "[General]\nName = mushpi-vm\n\n[GATT]\nChannels = 3\n",
 }
-PASSES = tuple(CONFIGS)
+
+
+def selected_passes(value: str | None) -> tuple[str, ...]:
+    """The passes to run: ``MUSHPI_VM_PASSES`` ("att eatt" or a part of it), else all."""
+    names = tuple((value or "").replace(",", " ").split())
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise pytest.UsageError(f"MUSHPI_VM_PASSES: unknown pass {unknown}; known: {list(CONFIGS)}")
+    return names or tuple(CONFIGS)
+
+
+PASSES = selected_passes(os.environ.get("MUSHPI_VM_PASSES"))
 
 
 # -- figures ----------------------------------------------------------------------------
@@ -92,6 +104,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     METRICS.set("suite_started_uptime_s", _uptime())
+    METRICS.set("generation", os.environ.get("MUSHPI_VM_GENERATION", "unknown"))
+    METRICS.set("passes", list(PASSES))
+    METRICS.set("kernel", os.uname().release)
+    METRICS.set("python", platform.python_version())
+    METRICS.set("bluetoothd", _bluetoothd_version())
     # The in-process peripheral's and the central's log lines, for after a failure.
     with contextlib.suppress(OSError):
         handler = logging.FileHandler(JOB / "suite.log")
@@ -109,6 +126,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("real bluetoothd figures (ms unless named _s)")
     for key in sorted(summary):
         terminalreporter.write_line(f"{key:40} {summary[key]}")
+
+
+def _bluetoothd_version() -> str:
+    try:
+        out = subprocess.run([BLUETOOTHD, "--version"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return out.stdout.strip() or "unknown"
 
 
 def _uptime() -> float:
