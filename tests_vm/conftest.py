@@ -238,6 +238,22 @@ class Bluetoothd:
         wait_for(ready, 30, f"bluetoothd ({mode}) with hci0 and hci1 powered", 0.1)
         return time.monotonic() - self.started_at
 
+    @property
+    def log_path(self) -> Path:
+        return JOB / f"bluetoothd-{self.starts:02d}-{self.mode}.log"
+
+    def log_offset(self) -> int:
+        """Where the running bluetoothd's log ends now (to look at one test's lines)."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         proc, self.proc = self.proc, None
         if proc is None:

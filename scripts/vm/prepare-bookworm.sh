@@ -35,9 +35,6 @@ EOF
     # Kernel: bookworm's generic one, cached.
     lock_cache
     mkdir -p "$CACHE/bookworm"
-    for d in "$CACHE"/kernel-*/; do  # the cache's layout before trixie joined
-        [ -f "$d/.complete" ] && mv "${d%/}" "$CACHE/bookworm/" && rm -f "$CACHE"/initramfs-*.cpio.gz
-    done
     kdir=""
     for d in "$CACHE"/bookworm/kernel-*/; do
         [ -f "$d/.complete" ] && kdir=${d%/}
