@@ -211,7 +211,7 @@ class AdapterRecovery:
                        "root, or give the service user write access to /dev/rfkill)")
             return condition
         self._step("rfkill-unblock", "ok", f"soft block lifted ({', '.join(names)})")
-        with trio.move_on_after(UNBLOCK_WAIT_S):
+        with trio.move_on_after(min(UNBLOCK_WAIT_S, self._timeout / 2)):
             while True:  # bluetoothd restores power itself once the kernel unblocks
                 condition = await self.read()
                 if condition.healthy or condition.state != "off-blocked":
