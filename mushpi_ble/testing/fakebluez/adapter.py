@@ -188,6 +188,7 @@ class FakeAdapter:
             self._emit(ADAPTER, {"PowerState": self.power_state})
             if self._powered_before_block:
                 await self.set_powered(True)
+        self._runtime.changed()
         await trio.lowlevel.checkpoint()
 
     def _apply_powered(self, value: bool) -> bool:
