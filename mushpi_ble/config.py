@@ -311,6 +311,10 @@ VARIABLES: tuple[VarSpec, ...] = (
         "Advertising transmit power level.",
     ),
     _bool_var(
+        "MUSHPI_BLE_ADAPTER_RECOVERY", "ble_adapter_recovery", "true",
+        "Power the adapter on and lift rfkill soft blocks when it is off; false only reports.",
+    ),
+    _bool_var(
         "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "ble_actuator_status_enable", "true",
         "Whether to expose the actuator status characteristic.",
     ),
@@ -410,6 +414,7 @@ class Settings:
     ble_name_prefix: str = attrs.field(default=_default("MUSHPI_BLE_NAME_PREFIX"))
     ble_adv_enable: bool = attrs.field(default=_default("MUSHPI_BLE_ADV_ENABLE"))
     ble_adv_tx_power: TxPower = attrs.field(default=_default("MUSHPI_BLE_ADV_TX_POWER"))
+    ble_adapter_recovery: bool = attrs.field(default=_default("MUSHPI_BLE_ADAPTER_RECOVERY"))
     ble_actuator_status_enable: bool = attrs.field(
         default=_default("MUSHPI_BLE_ACTUATOR_STATUS_ENABLE")
     )

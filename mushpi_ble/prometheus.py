@@ -58,6 +58,7 @@ class StatusCollector:
                                ("disconnects", "central disconnections seen"),
                                ("restarts", "bluetoothd restarts survived")):
             yield CounterMetricFamily(f"{PREFIX}_{key}", help_text, value=status[key])
+        yield from _unattended(status)
         counters = {
             name: CounterMetricFamily(f"{PREFIX}_notifications_{name}",
                                       f"payloads {name}, per characteristic",
@@ -106,6 +107,37 @@ def _callback_metrics(callbacks: Mapping[str, Mapping[str, Any]]) -> Iterator[Me
     yield in_flight
     yield hung
     yield from counters.values()
+
+
+ADAPTER_STATES = ("on", "off", "off-enabling", "on-disabling", "off-blocked", "removed",
+                  "unknown")
+
+
+def _unattended(status: Mapping[str, Any]) -> Iterator[Metric]:
+    """The adapter's state and recoveries, and the advert's health."""
+    current = status.get("adapter_state", "unknown")
+    state = GaugeMetricFamily(f"{PREFIX}_adapter_state",
+                              "1 for the adapter's current state (bluetoothd's PowerState)",
+                              labels=["state"])
+    for name in (*ADAPTER_STATES, *(() if current in ADAPTER_STATES else (current,))):
+        state.add_metric([name], int(name == current))
+    yield state
+    recoveries = CounterMetricFamily(f"{PREFIX}_adapter_recoveries",
+                                     "steps taken about the adapter, by action and result",
+                                     labels=["action", "result"])
+    for key, count in sorted(status.get("recovery_totals", {}).items()):
+        action, _, result = key.partition(":")
+        recoveries.add_metric([action, result], count)
+    yield recoveries
+    yield GaugeMetricFamily(f"{PREFIX}_advert_alias_only",
+                            "1 while bluetoothd refuses the advertisement (see advert_problem)",
+                            value=int(status.get("advert_state") == "alias-only"))
+    yield CounterMetricFamily(f"{PREFIX}_advert_refusals",
+                              "advertisement registrations bluetoothd refused",
+                              value=status.get("advert_refusals", 0))
+    yield CounterMetricFamily(f"{PREFIX}_advert_drops",
+                              "advertisements bluetoothd dropped without a Release",
+                              value=status.get("advert_drops", 0))
 
 
 def _bound(value: float) -> str:

@@ -174,7 +174,9 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
     ("MUSHPI_SIM_INTERVAL_S", "sim_interval_s", [("5", 5), ("300", 300)], ["4", "301"]),
 ]
 
-BOOLS = ["MUSHPI_BLE_ADV_ENABLE", "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE"]
+BOOLS = [
+    "MUSHPI_BLE_ADV_ENABLE", "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "MUSHPI_BLE_ADAPTER_RECOVERY",
+]
 POLICY_OVERRIDES = [f"MUSHPI_BLE_POLICY_{name}" for name in NOTIFYING_CHARACTERISTICS]
 OTHERS = ["MUSHPI_BLE_METRICS_FILE"]  # needs a real directory: tested with tmp_path
 

@@ -1,8 +1,11 @@
 """``mushpi-ble check``: can the peripheral work on this machine? In plain words.
 
 Checks, in order: the system bus, bluetoothd on it, its version and what
-that means, the chosen adapter, advertising capabilities, and whether our
-D-Bus calls to bluetoothd are permitted. Exits 1 when something makes the
+that means, the chosen adapter and its rfkill switches, advertising
+capabilities, a test advertisement (registered and unregistered at once, the
+probe the peripheral's own registration amounts to, with the same plain-words
+advice when bluetoothd refuses it), and whether our D-Bus calls to
+bluetoothd are permitted. Exits 1 when something makes the
 peripheral unable to work, 0 otherwise (warnings do not fail).
 """
 
@@ -24,6 +27,7 @@ import trio
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.dbus import BusUnreachable, Connection, DBusError, open_connection
 from mushpi_ble.gatt.adapter import managed_objects, pick_adapter
+from mushpi_ble.gatt.advertising import Advertisement, AdvertPlan, explain_refusal
 from mushpi_ble.gatt.errors import DOES_NOT_EXIST
 from mushpi_ble.gatt.names import (
     ADAPTER_IFACE,
@@ -31,11 +35,13 @@ from mushpi_ble.gatt.names import (
     BLUEZ,
     GATT_MANAGER_IFACE,
 )
+from mushpi_ble.gatt.rfkill import Rfkill
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd",
                     "/usr/sbin/bluetoothd")
 PROBE_PATH = "/com/mushpi/check_probe"
+PROBE_ADVERT_PATH = "/com/mushpi/check_probe_advert"
 MAIN_CONF = Path("/etc/bluetooth/main.conf")
 KERNEL_DEFAULT_INTERVALS = (24, 40)
 """The kernel's LE connection interval defaults (units of 1.25 ms) when main.conf is silent."""
@@ -116,7 +122,8 @@ async def run_checks(settings: Settings, bus: str, bluetoothd: str | None) -> li
     return findings
 
 
-async def _check_bluez(conn: Connection, settings: Settings, findings: list[Finding]) -> None:
+async def _check_bluez(conn: Connection, settings: Settings, findings: list[Finding],
+                       rfkill: Rfkill | None = None) -> None:
     timeout = settings.bus_timeout_s
     owner = await conn.get_name_owner(BLUEZ)
     if not owner:
@@ -139,7 +146,10 @@ async def _check_bluez(conn: Connection, settings: Settings, findings: list[Find
         f"{path} address {props.get('Address')} alias {props.get('Alias')!r}, "
         + ("powered" if powered else "powered OFF (the peripheral powers it on at start; "
            "check rfkill if that fails)")))
+    findings.append(rfkill_finding(rfkill or Rfkill(), path.rsplit("/", 1)[-1], settings))
     await _check_advertising(conn, settings, path, objects, findings)
+    if objects[path].get(ADVERTISING_MANAGER_IFACE) is not None:
+        findings.append(await advert_probe_finding(conn, settings, path))
     await _check_permission(conn, settings, path, findings)
 
 
@@ -164,6 +174,42 @@ async def _check_advertising(conn: Connection, settings: Settings, path: str,
            if "MinTxPower" in caps else "")))
     if props.get("SupportedInstances") == 0:
         findings.append(Finding(WARN, "advertising", "no free advertising instance"))
+
+
+def rfkill_finding(rfkill: Rfkill, adapter_id: str, settings: Settings) -> Finding:
+    state = rfkill.state(adapter_id)
+    word = state.describe()
+    if not state.known:
+        return Finding(INFO, "rfkill", f"no rfkill switch for {adapter_id} is readable here")
+    if state.hard:
+        return Finding(FAIL, "rfkill", f"{adapter_id} is {word}: a switch or the firmware "
+                       "blocks the radio and software cannot lift it")
+    if state.soft:
+        recovery = settings.ble_adapter_recovery
+        return Finding(WARN, "rfkill", f"{adapter_id} is soft-blocked: " + (
+            "the peripheral lifts it at start (or: sudo rfkill unblock bluetooth)" if recovery
+            else "MUSHPI_BLE_ADAPTER_RECOVERY=false, so lift it: sudo rfkill unblock bluetooth"))
+    return Finding(OK, "rfkill", f"{adapter_id} is unblocked")
+
+
+async def advert_probe_finding(conn: Connection, settings: Settings, path: str) -> Finding:
+    """Register a minimal advert (the service UUID only) and unregister it at once."""
+    timeout = settings.bus_timeout_s
+    plan = AdvertPlan(service_uuids=(settings.ble_service_uuid,), local_name=None, includes=(),
+                      tx_power=None, size=21)
+    advert = Advertisement(conn, PROBE_ADVERT_PATH, plan)
+    try:
+        await advert.register(path, timeout=timeout)
+    except DBusError as exc:
+        return Finding(FAIL if settings.ble_adv_enable else WARN, "advertising probe",
+                       explain_refusal(exc))
+    finally:
+        if advert.registered_on is None:
+            advert.unexport()
+    await advert.unregister(timeout=timeout)
+    advert.unexport()
+    return Finding(OK, "advertising probe", "bluetoothd accepted a test advertisement "
+                   "(registered and unregistered again)")
 
 
 async def _check_permission(conn: Connection, settings: Settings, path: str,

@@ -18,9 +18,10 @@ from .adapter import FakeAdapter
 from .advertising import Advertisement, Payload, parse_advertisement
 from .att import ATT_ERRORS, AttError, att_code_for_dbus_error
 from .central import CharacteristicInfo, FakeCentral, NotConnected, Notification
-from .daemon import FakeBluez
+from .daemon import FakeBluez, NotDiscoverable
 from .gatt_db import Attribute, Characteristic, Descriptor, Service
 from .gatt_manager import Application
+from .rfkill import FakeRfkill
 from .uuids import normalize_uuid, parse_uuid
 
 __all__ = [
@@ -35,7 +36,9 @@ __all__ = [
     "FakeAdapter",
     "FakeBluez",
     "FakeCentral",
+    "FakeRfkill",
     "NotConnected",
+    "NotDiscoverable",
     "Notification",
     "Payload",
     "Service",

@@ -20,10 +20,12 @@ from .gatt_db import Characteristic
 from .gatt_manager import Application, GattManager
 from .names import (
     ADAPTER,
+    BLOCKED,
     DEVICE,
     DOES_NOT_EXIST,
     GATT_CHARACTERISTIC,
     INVALID_ARGUMENTS,
+    TEXT_BLOCKED,
     TEXT_DOES_NOT_EXIST,
     TEXT_INVALID_ARGUMENTS,
 )
@@ -70,6 +72,9 @@ class FakeAdapter:
         self.name = system if index == 0 else f"{system} #{index + 1}"
         self._alias: str | None = None
         self.powered = True
+        self.soft_blocked = False
+        self.hard_blocked = False
+        self._powered_before_block = True
         self.discoverable = False
         self.pairable = True
         self.discoverable_timeout = DEFAULT_DISCOVERABLE_TIMEOUT
@@ -109,7 +114,7 @@ class FakeAdapter:
             Property("Alias", "s", get=lambda: self.alias, set=self._set_alias),
             Property("Class", "u", get=lambda: 0),
             Property("Powered", "b", get=lambda: self.powered, set=self._set_powered_bus),
-            Property("PowerState", "s", get=lambda: "on" if self.powered else "off"),
+            Property("PowerState", "s", get=lambda: self.power_state),
             Property("Discoverable", "b", get=lambda: self.discoverable,
                      set=self._set_discoverable),
             Property("DiscoverableTimeout", "u", get=lambda: self.discoverable_timeout,
@@ -146,9 +151,45 @@ class FakeAdapter:
         log.info("adapter alias set adapter=%s alias=%r", self.id, self.alias)
         self._runtime.changed()
 
+    @property
+    def blocked(self) -> bool:
+        return self.soft_blocked or self.hard_blocked
+
+    @property
+    def power_state(self) -> str:
+        """PowerState as bluetoothd 5.66+ has it ("off-blocked" while rfkill blocks)."""
+        if self.powered:
+            return "on"
+        return "off-blocked" if self.blocked else "off"
+
     def _set_powered_bus(self, value: bool) -> None:
+        if value and self.blocked:
+            # src/adapter.c: MGMT_STATUS_RFKILLED answers Blocked, mgmt_errstr's text
+            log.info("power on refused adapter=%s reason=rfkill", self.id)
+            raise DBusError(BLOCKED, TEXT_BLOCKED)
         self._apply_powered(bool(value))
-        self._emit(ADAPTER, {"PowerState": "on" if self.powered else "off"})
+        self._emit(ADAPTER, {"PowerState": self.power_state})
+
+    async def set_blocked(self, *, soft: bool | None = None, hard: bool | None = None) -> None:
+        """rfkill changed: a block powers the adapter off (PowerState "off-blocked");
+        lifting the last one restores the power it had, as bluetoothd does."""
+        was = self.blocked
+        if soft is not None:
+            self.soft_blocked = soft
+        if hard is not None:
+            self.hard_blocked = hard
+        log.info("adapter rfkill adapter=%s soft=%s hard=%s", self.id, self.soft_blocked,
+                 self.hard_blocked)
+        if self.blocked and not was:
+            self._powered_before_block = self.powered
+            self._apply_powered(False)
+            self._emit(ADAPTER, {"Powered": False, "PowerState": self.power_state})
+        elif was and not self.blocked:
+            self._emit(ADAPTER, {"PowerState": self.power_state})
+            if self._powered_before_block:
+                await self.set_powered(True)
+        self._runtime.changed()
+        await trio.lowlevel.checkpoint()
 
     def _apply_powered(self, value: bool) -> bool:
         if value == self.powered:
@@ -166,9 +207,10 @@ class FakeAdapter:
 
     async def set_powered(self, value: bool) -> None:
         """Power the adapter on or off (off drops every connection)."""
+        if value and self.blocked:
+            raise RuntimeError(f"{self.id} is rfkill-blocked: it cannot power on")
         if self._apply_powered(bool(value)):
-            self._emit(ADAPTER, {"Powered": self.powered,
-                                 "PowerState": "on" if self.powered else "off"})
+            self._emit(ADAPTER, {"Powered": self.powered, "PowerState": self.power_state})
         await trio.lowlevel.checkpoint()
 
     def _set_discoverable(self, value: bool) -> None:
@@ -371,7 +413,7 @@ class FakeAdapter:
         self._devices.clear()
         self._stop_discoverable_timer()
         self._alias = None
-        self.powered = powered
+        self.powered = powered and not self.blocked
         self.discoverable = False
         self.pairable = True
         self.discoverable_timeout = DEFAULT_DISCOVERABLE_TIMEOUT

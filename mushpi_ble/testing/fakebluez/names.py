@@ -28,11 +28,13 @@ ALREADY_EXISTS = "org.bluez.Error.AlreadyExists"
 DOES_NOT_EXIST = "org.bluez.Error.DoesNotExist"
 NOT_PERMITTED = "org.bluez.Error.NotPermitted"
 NOT_READY = "org.bluez.Error.NotReady"
+BLOCKED = "org.bluez.Error.Blocked"
 
 TEXT_INVALID_ARGUMENTS = "Invalid arguments in method call"
 TEXT_ALREADY_EXISTS = "Already Exists"
 TEXT_DOES_NOT_EXIST = "Does Not Exist"
 TEXT_NOT_READY = "Resource Not Ready"
+TEXT_BLOCKED = "Blocked through rfkill"  # mgmt_errstr(MGMT_STATUS_RFKILLED)
 
 # RegisterApplication failures (src/gatt-database.c)
 NO_OBJECT_RECEIVED = "No object received"

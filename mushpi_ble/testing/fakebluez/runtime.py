@@ -40,6 +40,8 @@ class Config:
     call_timeout: float = 25.0
     device_remove_delay: float = 0.0
     merge_prepared_writes: bool = True
+    drop_adverts_on_connect: bool = False
+    """A controller that stops advertising when a central connects (and bluetoothd forgets)."""
 
 
 @attrs.define(eq=False)
