@@ -381,8 +381,11 @@ class FakeAdapter:
             central.drop_link("adapter-removed")
         self.gatt.forget_all()
         link = self._runtime.link
-        for address in list(self._devices):
-            self._remove_device(address)
+        for address, device in list(self._devices.items()):
+            if device.bonded and link is not None:  # off the bus; the keys stay on disk
+                link.conn.unexport(device.path)
+            elif not device.bonded:
+                self._remove_device(address)
         self._stop_discoverable_timer()
         if link is not None:
             link.conn.unexport(self.path)
