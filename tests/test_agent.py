@@ -1,0 +1,246 @@
+"""The pairing agent (gatt/agent.py) against the fake bluetoothd on a private bus."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+from mushpi_ble.config import ConfigError, load_settings
+from mushpi_ble.dbus import Connection, DBusError, open_connection
+from mushpi_ble.gatt.agent import (
+    AGENT_IFACE,
+    JustWorksPolicy,
+    PairingAgent,
+    PairingLog,
+    PairingRequest,
+    agent_path,
+    follow_bonds,
+    policy_for_mode,
+)
+from mushpi_ble.testing.fakebluez import FakeBluez
+
+HCI0 = "/org/bluez/hci0"
+PATH = agent_path("/com/mushpi/gatt")
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+
+
+class Rig:
+    """Our agent on its own connection, with the bond follower running."""
+
+    def __init__(self, conn: Connection, bluez: FakeBluez) -> None:
+        self.conn = conn
+        self.bluez = bluez
+        self.released = 0
+        self.log = PairingLog(history=8)
+        self.agent = PairingAgent(conn, PATH, JustWorksPolicy(), log_=self.log,
+                                  on_release=self._on_release)
+
+    def _on_release(self) -> None:
+        self.released += 1
+
+    async def call_as_bluez(self, member: str, signature: str = "",
+                            *args: Any) -> tuple[Any, ...]:
+        """Call our agent on the fake's own connection: as the owner of org.bluez."""
+        return await self.bluez.runtime.call(self.conn.unique_name, PATH, AGENT_IFACE, member,
+                                             signature, args)
+
+    async def wait(self, predicate: Any, timeout: float = 2.0) -> None:
+        with trio.fail_after(timeout):
+            while not predicate():
+                await trio.sleep(0.01)
+
+
+@pytest.fixture
+async def rig(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Rig]:
+    async with open_connection(bus_address, call_timeout=2.0) as conn, \
+            trio.open_nursery() as nursery:
+        rig = Rig(conn, bluez)
+        await rig.agent.register(timeout=2.0)
+        await nursery.start(lambda task_status: follow_bonds(
+            conn, HCI0, rig.log, timeout=2.0, task_status=task_status))
+        yield rig
+        nursery.cancel_scope.cancel()
+
+
+async def test_registers_as_the_default_no_io_agent(rig: Rig, bluez: FakeBluez) -> None:
+    default = bluez.default_agent
+    assert default is not None
+    assert (default.owner, default.path, default.capability) == (
+        rig.conn.unique_name, PATH, "NoInputNoOutput")
+    assert rig.agent.registered and rig.agent.registered_with == bluez.unique_name
+
+
+async def test_registering_twice_is_harmless(rig: Rig, bluez: FakeBluez) -> None:
+    await rig.agent.register(timeout=2.0)
+    assert len(bluez.agents) == 1 and bluez.default_agent is not None
+
+
+async def test_a_phone_pairs_with_just_works(rig: Rig, bluez: FakeBluez) -> None:
+    phone = await bluez.connect_central(address="aa:bb:cc:00:00:01")
+    result = await phone.pair()
+    assert result.success and result.agent_call == "RequestAuthorization"
+    await rig.wait(lambda: rig.log.counters["paired"] == 1)
+    (attempt,) = rig.log.attempts
+    assert (attempt.device, attempt.address, attempt.request, attempt.outcome) == (
+        phone.device_path, "AA:BB:CC:00:00:01", "RequestAuthorization", "paired")
+    assert rig.log.counters == {"requests": 1, "accepted": 1, "rejected": 0, "canceled": 0,
+                                "paired": 1, "failed": 0}
+    (bonded,) = rig.log.snapshot()["bonded_devices"]
+    assert (bonded["address"], bonded["paired"], bonded["bonded"]) == (
+        "AA:BB:CC:00:00:01", True, True)
+
+
+async def test_encrypted_reads_need_the_pairing(rig: Rig, bluez: FakeBluez) -> None:
+    """What EATT and encrypt-* flags need: the link is encrypted after Just Works."""
+    phone = await bluez.connect_central()
+    assert phone.security == "low"
+    assert (await phone.pair()).success
+    assert phone.security == "medium"
+
+
+async def test_foreign_callers_are_refused(rig: Rig, client: Connection) -> None:
+    for member, signature, args in (
+            ("RequestAuthorization", "o", (HCI0 + "/dev_11_22_33_44_55_66",)),
+            ("RequestConfirmation", "ou", (HCI0 + "/dev_11_22_33_44_55_66", 1234)),
+            ("AuthorizeService", "os", (HCI0 + "/dev_11_22_33_44_55_66", "1812")),
+            ("Cancel", "", ()), ("Release", "", ())):
+        with pytest.raises(DBusError) as err:
+            await client.call(rig.conn.unique_name, PATH, AGENT_IFACE, member, signature, args)
+        assert err.value.name == ACCESS_DENIED
+    assert rig.log.counters["requests"] == 0 and rig.agent.registered and rig.released == 0
+
+
+async def test_just_works_accepts_and_refuses_what_it_cannot_do(rig: Rig) -> None:
+    device = HCI0 + "/dev_11_22_33_44_55_66"
+    await rig.call_as_bluez("RequestConfirmation", "ou", device, 123456)
+    await rig.call_as_bluez("AuthorizeService", "os", device,
+                            "0000180d-0000-1000-8000-00805f9b34fb")
+    for member in ("RequestPasskey", "RequestPinCode"):
+        with pytest.raises(DBusError) as err:
+            await rig.call_as_bluez(member, "o", device)
+        assert err.value.name == "org.bluez.Error.Rejected"
+    outcomes = [(a.request, a.outcome) for a in rig.log.attempts]
+    assert outcomes == [("RequestConfirmation", "accepted"), ("AuthorizeService", "accepted"),
+                        ("RequestPasskey", "rejected"), ("RequestPinCode", "rejected")]
+
+
+async def test_cancel_marks_the_open_attempt(rig: Rig) -> None:
+    await rig.call_as_bluez("RequestAuthorization", "o", HCI0 + "/dev_11_22_33_44_55_66")
+    await rig.call_as_bluez("Cancel")
+    assert rig.log.counters["canceled"] == 1
+    assert rig.log.attempts[-1].outcome == "canceled"
+
+
+async def test_accepted_then_dropped_is_failed(rig: Rig, bluez: FakeBluez) -> None:
+    phone = await bluez.connect_central()
+    await rig.wait(lambda: phone.device_path in rig.log.devices)
+    await rig.call_as_bluez("RequestAuthorization", "o", phone.device_path)
+    await phone.disconnect()
+    await rig.wait(lambda: rig.log.counters["failed"] == 1)
+    assert rig.log.attempts[-1].outcome == "failed"
+
+
+async def test_history_is_bounded_counters_are_not(rig: Rig) -> None:
+    for _ in range(12):
+        await rig.call_as_bluez("RequestAuthorization", "o", HCI0 + "/dev_11_22_33_44_55_66")
+    assert len(rig.log.attempts) == 8 and rig.log.counters["requests"] == 12
+
+
+async def test_bond_removed_leaves_the_list(rig: Rig, bluez: FakeBluez) -> None:
+    phone = await bluez.connect_central()
+    assert (await phone.pair()).success
+    await rig.wait(lambda: rig.log.bonded)
+    await rig.conn.call("org.bluez", HCI0, "org.bluez.Adapter1", "RemoveDevice", "o",
+                        (phone.device_path,))
+    await rig.wait(lambda: not rig.log.bonded)
+
+
+async def test_release_on_bluetoothd_shutdown(rig: Rig, bluez: FakeBluez) -> None:
+    await bluez.restart(graceful=True)
+    await rig.wait(lambda: rig.released == 1)
+    assert not rig.agent.registered and rig.agent.releases == 1
+
+
+async def test_register_again_after_a_restart(rig: Rig, bluez: FakeBluez) -> None:
+    for graceful in (True, False):
+        await bluez.restart(graceful=graceful)
+        assert bluez.default_agent is None
+        rig.agent.forget_registration()
+        await rig.agent.register(timeout=2.0)
+        default = bluez.default_agent
+        assert default is not None and default.owner == rig.conn.unique_name
+        assert rig.agent.registered_with == bluez.unique_name
+    phone = await bluez.connect_central()
+    assert (await phone.pair()).success
+
+
+async def test_unregister_on_stop_even_when_cancelled(rig: Rig, bluez: FakeBluez,
+                                                      client: Connection) -> None:
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await rig.agent.unregister(timeout=2.0)
+    assert bluez.agents == [] and not rig.agent.registered and not rig.agent.exported
+    with pytest.raises(DBusError):
+        await client.call(rig.conn.unique_name, PATH, AGENT_IFACE, "Release")
+    result = await (await bluez.connect_central()).pair()
+    assert not result.success and result.error == "no-agent"
+    await rig.agent.unregister(timeout=2.0)  # idempotent
+
+
+async def test_unregister_is_bounded_when_bluetoothd_stalls(rig: Rig, bluez: FakeBluez) -> None:
+    bluez.stop_reading()
+    try:
+        with trio.fail_after(2):
+            await rig.agent.unregister(timeout=0.2)
+    finally:
+        bluez.resume_reading()
+    assert not rig.agent.exported
+
+
+async def test_bonds_known_before_we_started_are_listed(bus_address: str,
+                                                        bluez: FakeBluez) -> None:
+    phone = await bluez.connect_central(address="aa:bb:cc:00:00:09")
+    result = await phone.pair(secure_connections=False)  # legacy Just Works: no agent asked
+    assert result.success
+    pairing_log = PairingLog()
+    async with open_connection(bus_address) as conn, trio.open_nursery() as nursery:
+        await nursery.start(lambda task_status: follow_bonds(
+            conn, HCI0, pairing_log, timeout=2.0, task_status=task_status))
+        assert [d.address for d in pairing_log.bonded] == ["AA:BB:CC:00:00:09"]
+        nursery.cancel_scope.cancel()
+
+
+def test_modes() -> None:
+    assert policy_for_mode("off") is None
+    policy = policy_for_mode("just-works")
+    assert policy is not None and policy.capability == "NoInputNoOutput"
+    assert policy.decide(PairingRequest("RequestAuthorization", "/d")).accept
+    assert not policy.decide(PairingRequest("RequestPasskey", "/d")).accept
+    with pytest.raises(ValueError, match="window"):
+        policy_for_mode("window")
+
+
+def test_the_setting() -> None:
+    assert load_settings({}).ble_pairing == "just-works"
+    assert load_settings({"MUSHPI_BLE_PAIRING": "Off"}).ble_pairing == "off"
+    with pytest.raises(ConfigError) as err:
+        load_settings({"MUSHPI_BLE_PAIRING": "yes"})
+    assert err.value.variable == "MUSHPI_BLE_PAIRING"
+    assert "just-works, off" in str(err.value)
+
+
+def test_gatt_knows_no_mushpi() -> None:
+    source = Path(__file__).parents[1] / "mushpi_ble" / "gatt" / "agent.py"
+    imported = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+    forbidden = ("mushpi_ble.protocol", "mushpi_ble.service", "mushpi_ble.config")
+    assert not [m for m in imported if m.startswith(forbidden)]
