@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import trio
@@ -26,6 +26,7 @@ from .dbus.groups import unwrap_group
 from .errors import StartError, StartTimeout
 from .notify import Outcome
 from .peripheral import Peripheral
+from .protocol import CHARACTERISTICS, Characteristic
 from .service import MushPiService
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,14 @@ class BlePortal:
         *,
         bus: str = "SYSTEM",
         clock: Callable[[], float] = time.time,
+        characteristics: Iterable[Characteristic] = CHARACTERISTICS,
     ) -> None:
+        """``characteristics`` is the MushPi table (``mushpi_ble.protocol.CHARACTERISTICS``);
+        a controller with an extra characteristic passes the table with its row added."""
         self.settings = settings if settings is not None else load_settings()
         self._callbacks = callbacks or ControllerCallbacks()
-        self.service = MushPiService(self.settings, lambda: self._callbacks, clock=clock)
+        self.service = MushPiService(self.settings, lambda: self._callbacks, clock=clock,
+                                     table=characteristics)
         self.peripheral = Peripheral(self.settings, self.service, bus=bus)
         self.peripheral.stage_getter = lambda: self._callbacks.get_stage_data
         self._lock = threading.Lock()

@@ -46,6 +46,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+from mushpi_ble.gatt import refusal
 from mushpi_ble.protocol import (
     ACTUATOR_STATUS,
     CHARACTERISTIC_UUIDS,
@@ -202,7 +203,8 @@ def build_peer_service(state: PeerState, bp: dict[str, Any],
             try:
                 value = decode_write(name, bytes(data))
             except InvalidPayload as exc:
-                raise dbus_error(exc.bluez_error, exc.dbus_message) from None
+                error = refusal(exc.app_code, exc.detail)
+                raise dbus_error(error.name, error.text) from None
             if isinstance(value, ControlTargets):
                 state.control_targets = value.pack()
             elif isinstance(value, StageState):

@@ -41,12 +41,14 @@ async def test_reads_give_exact_bytes_for_a_known_state(rig: Rig) -> None:
     central = await phone(rig)
     # zeros until the first publish, as the legacy server did
     assert await central.read(UUID["env_measurements"]) == bytes(12)
+    # an actuator read asks the controller for the relays (all off here)
     assert await central.read(UUID["actuator_status"]) == bytes(6)
     assert rig.portal.publish_env(21.57, 88.04, 950, 600) is Outcome.QUEUED
     assert rig.portal.publish_status(0b101) is Outcome.QUEUED
-    assert rig.portal.publish_actuator({"fan": True, "fan_reason": 3}) is Outcome.QUEUED
+    rig.controller.relays["fan"] = True
+    rig.controller.reasons["fan"] = 3
     with trio.fail_after(2):
-        while (await central.read(UUID["actuator_status"])) == bytes(6):
+        while (await central.read(UUID["env_measurements"])) == bytes(12):
             await trio.sleep(0.01)
     env = await central.read(UUID["env_measurements"])
     assert env[:8] == bytes.fromhex("b603 d700 7003 5802")

@@ -9,8 +9,6 @@ import pytest
 
 from mushpi_ble.protocol import (
     APP_ERROR_DESCRIPTIONS,
-    BLUEZ_FAILED,
-    BLUEZ_INVALID_VALUE_LENGTH,
     CHARACTERISTIC_NAMES,
     CHARACTERISTIC_UUIDS,
     NOTIFYING,
@@ -137,37 +135,21 @@ def test_app_error_table() -> None:
     assert all(0x80 <= c <= 0x9F for c in AppError)
 
 
-def _bluetoothd_ecode(message: str) -> int:
-    """What bluetoothd >= 5.66 makes of a Failed message (strtol base 0, whole string)."""
-    try:
-        code = int(message, 0)
-    except ValueError:
-        return 0x80
-    return code if 0x80 <= code <= 0x9F else 0x0E
-
-
-def test_failed_error_carries_the_bare_code() -> None:
+def test_value_error_carries_the_code() -> None:
     exc = InvalidPayload(
         "control_targets", "temp_min", "must be below temp_max (250 >= 240)", AppError.INCONSISTENT
     )
     assert isinstance(exc, ValueError)
-    assert exc.bluez_error == BLUEZ_FAILED == "org.bluez.Error.Failed"
     assert exc.app_code == 0x82
-    assert exc.dbus_message == "0x82"
-    assert _bluetoothd_ecode(exc.dbus_message) == 0x82
     assert exc.detail == "temp_min: must be below temp_max (250 >= 240)"
     assert str(exc) == "control_targets: 0x82 temp_min: must be below temp_max (250 >= 240)"
-    for code in AppError:
-        message = InvalidPayload("x", "f", "r", code).dbus_message
-        assert _bluetoothd_ecode(message) == code
 
 
 def test_length_error() -> None:
     exc = InvalidPayload.wrong_length("stage_state", 10, 9)
-    assert exc.bluez_error == BLUEZ_INVALID_VALUE_LENGTH == "org.bluez.Error.InvalidValueLength"
     assert exc.app_code is None
     assert exc.field == "length"
-    assert exc.dbus_message == "length: expected 10 bytes, got 9"
+    assert exc.detail == "length: expected 10 bytes, got 9"
 
 
 def test_invalid_payload_pickles() -> None:

@@ -11,6 +11,7 @@ import pytest
 import trio
 from rig import Rig, eventually, make_settings, phone, start_rig
 
+from mushpi_ble.core import MAX_REMEMBERED
 from mushpi_ble.dbus import (
     CallContext,
     Connection,
@@ -25,7 +26,6 @@ from mushpi_ble.errors import StartError
 from mushpi_ble.gatt import adapter, devices
 from mushpi_ble.portal import THREAD_NAME, BlePortal
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
-from mushpi_ble.service import MAX_REMEMBERED
 from mushpi_ble.testing.fakebluez import FakeBluez
 
 UUID = CHARACTERISTIC_UUIDS
@@ -177,9 +177,9 @@ async def test_many_distinct_threshold_queries_stay_bounded(rig: Rig) -> None:
         answer = json.loads(await central.read_long(UUID["stage_thresholds"]))
         assert answer == {"error": "Stage not found", "species": f"Species{n}",
                           "stage": "Pinning"}
-    service = rig.portal.service
-    assert len(service._last_good) <= MAX_REMEMBERED
-    assert len(service._snapshots) <= MAX_REMEMBERED
+    core = rig.portal.service.core
+    assert len(core._last_good) <= MAX_REMEMBERED
+    assert len(core._snapshots) <= MAX_REMEMBERED
     # the defaults survive however many pairs were asked for
     assert len(await central.read(UUID["control_targets"])) == 15
 

@@ -4,7 +4,14 @@ Knows BlueZ; knows nothing of mushrooms.
 """
 
 from .application import CharacteristicState, GattApplication
-from .errors import GattError, failed, invalid_offset, invalid_value_length, not_permitted
+from .errors import (
+    GattError,
+    failed,
+    invalid_offset,
+    invalid_value_length,
+    not_permitted,
+    refusal,
+)
 from .model import (
     Characteristic,
     Descriptor,
@@ -32,5 +39,6 @@ __all__ = [
     "invalid_value_length",
     "normalise_uuid",
     "not_permitted",
+    "refusal",
     "validate_services",
 ]

@@ -37,6 +37,16 @@ def failed(code: int = 0x80) -> GattError:
     return GattError(FAILED, f"0x{code:02x}")
 
 
+def refusal(app_code: int | None, reason: str) -> GattError:
+    """The one mapping of a refused value to BlueZ: no code means a wrong length
+    (``InvalidValueLength``, ATT 0x0D); a code is an application error (``Failed``
+    with the bare code, see :func:`failed`). ``reason`` is for the length case only;
+    log it for the other."""
+    if app_code is None:
+        return invalid_value_length(reason)
+    return failed(app_code)
+
+
 def invalid_offset(offset: int, length: int) -> GattError:
     return GattError(INVALID_OFFSET, f"offset {offset} beyond the value's {length} bytes")
 

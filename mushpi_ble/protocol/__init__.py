@@ -8,12 +8,9 @@ raise :class:`InvalidPayload`, which tells the GATT layer how to answer.
 
 from ._coerce import BytesLike
 from .actuator import ActuatorState, ActuatorStatus
-from .codec import WriteValue, decode_write
 from .env import EnvMeasurement, SensorReadings, encode_env
 from .errors import (
     APP_ERROR_DESCRIPTIONS,
-    BLUEZ_FAILED,
-    BLUEZ_INVALID_VALUE_LENGTH,
     AppError,
     InvalidPayload,
 )
@@ -39,6 +36,20 @@ from .overrides import ACCEPTED_MASK, OverrideBits, OverridesDict
 from .selfcheck import self_check
 from .stage import MAX_STAGE_AGE_S, StageDict, StageState
 from .status import StatusFlags
+from .table import (
+    CHARACTERISTICS,
+    FIXED_SIZES,
+    NOTIFYING,
+    REQUIRED_BY_APP,
+    WRITABLE,
+    Characteristic,
+    Notify,
+    Read,
+    ReadSource,
+    Write,
+    by_name,
+    decode_write,
+)
 from .targets import ControlTargets, ControlTargetsDict, LightDict
 from .thresholds import (
     DEFAULT_QUERY,
@@ -55,27 +66,24 @@ from .uuids import (
     CHARACTERISTIC_UUIDS,
     CONTROL_TARGETS,
     ENV_MEASUREMENTS,
-    NOTIFYING,
     OVERRIDE_BITS,
-    REQUIRED_BY_APP,
     SERVICE_UUID,
     STAGE_STATE,
     STAGE_THRESHOLDS,
     STATUS_FLAGS,
-    WRITABLE,
 )
 
 __all__ = [
     "ACCEPTED_MASK",
     "ACTUATOR_STATUS",
     "APP_ERROR_DESCRIPTIONS",
-    "BLUEZ_FAILED",
-    "BLUEZ_INVALID_VALUE_LENGTH",
+    "CHARACTERISTICS",
     "CHARACTERISTIC_NAMES",
     "CHARACTERISTIC_UUIDS",
     "CONTROL_TARGETS",
     "DEFAULT_QUERY",
     "ENV_MEASUREMENTS",
+    "FIXED_SIZES",
     "LIGHT_MODES",
     "MAX_STAGE_AGE_S",
     "MAX_THRESHOLDS_PAYLOAD",
@@ -96,6 +104,7 @@ __all__ = [
     "ActuatorStatus",
     "AppError",
     "BytesLike",
+    "Characteristic",
     "ControlMode",
     "ControlTargets",
     "ControlTargetsDict",
@@ -103,8 +112,11 @@ __all__ = [
     "InvalidPayload",
     "LightDict",
     "LightMode",
+    "Notify",
     "OverrideBits",
     "OverridesDict",
+    "Read",
+    "ReadSource",
     "SensorReadings",
     "StageDict",
     "StageState",
@@ -112,7 +124,8 @@ __all__ = [
     "StatusFlags",
     "ThresholdsQuery",
     "ThresholdsUpdate",
-    "WriteValue",
+    "Write",
+    "by_name",
     "decode_thresholds_write",
     "decode_write",
     "encode_env",

@@ -2,18 +2,10 @@
 
 A rejected write must become a precise ATT error on the phone, not a silent
 drop, so every decoder failure says which characteristic and field were
-wrong, why, and which BlueZ error the GATT layer must answer with:
-
-* a wrong length is ``org.bluez.Error.InvalidValueLength`` (ATT 0x0D);
-* a bad value is ``org.bluez.Error.Failed`` whose D-Bus error message is
-  the application code alone, e.g. ``"0x82"``.
-
-bluetoothd (5.66 and later) turns the message of a ``Failed`` reply into
-the ATT error code with ``strtol(msg, &end, 0)`` and uses it only when the
-WHOLE message parsed (``*end == '\\0'``) and lies in 0x80..0x9F; any
-trailing text, or an older bluetoothd, yields plain 0x80. That is why
-:attr:`InvalidPayload.dbus_message` carries nothing but the code, and the
-human text lives in :attr:`InvalidPayload.detail` and ``str(exc)`` for logs.
+wrong, why, and what kind of refusal it is: a wrong length
+(``app_code`` None, ATT 0x0D) or an application code 0x80..0x9F. The GATT
+layer (``mushpi_ble.gatt.errors.refusal``) alone turns that into a BlueZ
+error; the protocol knows no D-Bus.
 
 Application error codes (ATT 0x80..0x9F, MushPi-specific):
 
@@ -43,15 +35,9 @@ from types import MappingProxyType
 
 __all__ = [
     "APP_ERROR_DESCRIPTIONS",
-    "BLUEZ_FAILED",
-    "BLUEZ_INVALID_VALUE_LENGTH",
     "AppError",
     "InvalidPayload",
 ]
-
-BLUEZ_INVALID_VALUE_LENGTH = "org.bluez.Error.InvalidValueLength"
-BLUEZ_FAILED = "org.bluez.Error.Failed"
-
 
 class AppError(enum.IntEnum):
     """ATT application error codes sent in a ``Failed`` reply (see module docstring)."""
@@ -91,9 +77,8 @@ APP_ERROR_DESCRIPTIONS: Mapping[AppError, str] = MappingProxyType(
 class InvalidPayload(ValueError):
     """A written payload was refused; carries what the GATT layer needs to answer.
 
-    ``app_code`` is None exactly for length errors (answered with
-    InvalidValueLength); every other refusal carries an :class:`AppError`
-    and is answered with Failed.
+    ``app_code`` is None exactly for length errors; every other refusal
+    carries an :class:`AppError`.
     """
 
     characteristic: str
@@ -120,25 +105,9 @@ class InvalidPayload(ValueError):
         return cls(characteristic, "length", f"expected {expected} bytes, got {got}", None)
 
     @property
-    def bluez_error(self) -> str:
-        """The D-Bus error name to reply with."""
-        return BLUEZ_INVALID_VALUE_LENGTH if self.app_code is None else BLUEZ_FAILED
-
-    @property
     def detail(self) -> str:
         """Human text, ``"field: reason"``."""
         return f"{self.field}: {self.reason}"
-
-    @property
-    def dbus_message(self) -> str:
-        """The D-Bus error message to reply with.
-
-        For Failed this is the bare code (``"0x82"``): bluetoothd only maps a
-        message that is nothing but the code (see module docstring).
-        """
-        if self.app_code is None:
-            return self.detail
-        return f"0x{int(self.app_code):02x}"
 
     def _describe(self) -> str:
         code = "length" if self.app_code is None else f"0x{int(self.app_code):02x}"

@@ -167,7 +167,7 @@ def self_check() -> list[str]:
             attempt()
         except InvalidPayload as exc:
             if exc.app_code == code:
-                lines.append(f"ok   rejects {label}: {exc.bluez_error} {exc.dbus_message}")
+                lines.append(f"ok   rejects {label}: {exc}")
             else:
                 lines.append(f"FAIL rejects {label} with {exc.app_code!r}, expected {code!r}")
         except Exception as exc:  # a self-check reports, it does not crash

@@ -15,14 +15,11 @@ __all__ = [
     "CHARACTERISTIC_UUIDS",
     "CONTROL_TARGETS",
     "ENV_MEASUREMENTS",
-    "NOTIFYING",
     "OVERRIDE_BITS",
-    "REQUIRED_BY_APP",
     "SERVICE_UUID",
     "STAGE_STATE",
     "STAGE_THRESHOLDS",
     "STATUS_FLAGS",
-    "WRITABLE",
 ]
 
 SERVICE_UUID = "12345678-1234-5678-1234-56789abcdef0"
@@ -54,19 +51,3 @@ CHARACTERISTIC_NAMES: Mapping[str, str] = MappingProxyType(
     {uuid: name for name, uuid in CHARACTERISTIC_UUIDS.items()}
 )
 """UUID (lower case) to characteristic name."""
-
-REQUIRED_BY_APP: tuple[str, ...] = (
-    ENV_MEASUREMENTS,
-    CONTROL_TARGETS,
-    STAGE_STATE,
-    OVERRIDE_BITS,
-    STATUS_FLAGS,
-    STAGE_THRESHOLDS,
-)
-"""The app refuses a device unless all of these are discovered."""
-
-NOTIFYING: tuple[str, ...] = (ENV_MEASUREMENTS, STATUS_FLAGS, ACTUATOR_STATUS)
-"""Characteristics the Pi publishes with notifications."""
-
-WRITABLE: tuple[str, ...] = (CONTROL_TARGETS, STAGE_STATE, OVERRIDE_BITS, STAGE_THRESHOLDS)
-"""Characteristics the phone writes; their decoders validate and may refuse."""

@@ -18,23 +18,17 @@ from typing import Any
 
 from mushpi_ble.config import Settings
 from mushpi_ble.controller import ControllerCallbacks
+from mushpi_ble.core import MushPiCore, WriteEvent
 from mushpi_ble.errors import StartError, StartTimeout
 from mushpi_ble.naming import advertised_name
 from mushpi_ble.notify import Outcome
-from mushpi_ble.protocol import (
-    ACTUATOR_STATUS,
-    ENV_MEASUREMENTS,
-    STATUS_FLAGS,
-    ActuatorStatus,
-    EnvMeasurement,
-    StatusFlags,
-)
+from mushpi_ble.protocol import ACTUATOR_STATUS, ENV_MEASUREMENTS, STATUS_FLAGS
 
 from ..base import BLEBackend
 from .bus import SharedSystemBus
 from .deps import GLib
 from .devices import Centrals
-from .gatt import GattService, WriteRecord
+from .gatt import GattService
 from .loop import LoopThread, claim
 from .publisher import Publisher
 from .session import BluezSession
@@ -56,19 +50,19 @@ class BluezeroBackend(BLEBackend):
         self._clock = clock
         self._callbacks = ControllerCallbacks()
         self._lifecycle = threading.Lock()
+        self._status_lock = threading.Lock()
         self._running = False
-        self._started_mono = time.monotonic()
-        self._status_flags = 0
-        self.recent_writes: deque[WriteRecord] = deque(maxlen=50)
+        self.core = MushPiCore(actuator_enabled=settings.ble_actuator_status_enable,
+                               ignore_invalid_writes=settings.ble_invalid_write == "ignore",
+                               wall_clock=clock)
         self.advertised_name = ""
         self.last_error: str | None = None
         self.started_at: float | None = None
         self._publisher = Publisher(settings, self.notifying_names, deliver=self._deliver,
                                     active=lambda: self._running)
         self._centrals = Centrals(on_connectivity_change=lambda: self._offer_status())
-        self._gatt = GattService(settings, callbacks=lambda: self._callbacks, clock=clock,
-                                 recent_writes=self.recent_writes,
-                                 status_flags=lambda: self._status_flags,
+        self._gatt = GattService(self.core, callbacks=lambda: self._callbacks,
+                                 service_uuid=settings.ble_service_uuid,
                                  refresh_actuator=lambda: self.publish_actuator())
         self._bus = SharedSystemBus(bus)
         self._session = BluezSession(settings, self._bus, self._gatt, self._centrals)
@@ -76,10 +70,11 @@ class BluezeroBackend(BLEBackend):
 
     @property
     def notifying_names(self) -> tuple[str, ...]:
-        names = [ENV_MEASUREMENTS, STATUS_FLAGS]
-        if self.settings.ble_actuator_status_enable:
-            names.append(ACTUATOR_STATUS)
-        return tuple(names)
+        return self.core.notifying
+
+    @property
+    def recent_writes(self) -> deque[WriteEvent]:
+        return self.core.recent_writes
 
     @property
     def registered(self) -> bool:
@@ -144,7 +139,7 @@ class BluezeroBackend(BLEBackend):
         claim(self)
         self._publisher.reset()
         self._centrals.reset()
-        self._started_mono = time.monotonic()
+        self.core.started()
         self._session.registered = self._session.advertising = False
         if not self.advertised_name:
             self.advertised_name = self._compute_name()
@@ -198,25 +193,25 @@ class BluezeroBackend(BLEBackend):
     # -- publishing (any thread) ---------------------------------------------------------
     @property
     def uptime_ms(self) -> int:
-        return int((time.monotonic() - self._started_mono) * 1000)
+        return self.core.uptime_ms
 
     def publish_env(self, temperature: object, humidity: object, co2: object,
                     light: object) -> Outcome:
         return self._guard(lambda: self._publisher.offer(
-            ENV_MEASUREMENTS, EnvMeasurement.from_readings(
-                temperature, humidity, co2, light, self.uptime_ms).pack()))
+            ENV_MEASUREMENTS, self.core.env_packet(temperature, humidity, co2, light)))
 
     def publish_status(self, flags: object) -> Outcome:
         """Controller bits; the CONNECTIVITY bit is this layer's."""
         def offer() -> Outcome:
-            self._status_flags = StatusFlags.from_controller(flags).flags
+            self.core.set_status_flags(flags)
             return self._offer_status()
 
         return self._guard(offer)
 
     def _offer_status(self) -> Outcome:
-        packet = StatusFlags(self._status_flags).with_connectivity(self.connection_count() > 0)
-        return self._publisher.offer(STATUS_FLAGS, packet.pack())
+        with self._status_lock:
+            self.core.set_connected(self.connection_count() > 0)
+            return self._publisher.offer(STATUS_FLAGS, self.core.status_packet())
 
     def publish_actuator(self, control_data: Mapping[str, Any] | None = None) -> Outcome:
         """Relay state; without an argument it is read through ``get_control_data``."""
@@ -227,8 +222,7 @@ class BluezeroBackend(BLEBackend):
             if data is None:
                 getter = self._callbacks.get_control_data
                 data = getter() if getter is not None else None
-            packet = ActuatorStatus.from_controller(data if isinstance(data, Mapping) else None)
-            return self._publisher.offer(ACTUATOR_STATUS, packet.pack())
+            return self._publisher.offer(ACTUATOR_STATUS, self.core.actuator_packet(data))
 
         return self._guard(offer)
 
@@ -310,7 +304,8 @@ class BluezeroBackend(BLEBackend):
             "start_error": self.last_error,
             "started_at": self.started_at,
             "recent_writes": [
-                {"at": at, "characteristic": name, "accepted": ok, "detail": detail}
-                for at, name, ok, detail in list(self.recent_writes)
+                {"at": w.at, "characteristic": w.characteristic, "accepted": w.accepted,
+                 "detail": w.detail + (f" device={w.device}" if w.device else "")}
+                for w in list(self.recent_writes)
             ],
         }
