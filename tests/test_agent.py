@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from mushpi_ble.dbus import Connection, DBusError, open_connection
 from mushpi_ble.gatt.agent import (
     AGENT_IFACE,
     JustWorksPolicy,
+    Pairing,
     PairingAgent,
     PairingLog,
     PairingRequest,
@@ -244,3 +246,37 @@ def test_gatt_knows_no_mushpi() -> None:
             imported.update(alias.name for alias in node.names)
     forbidden = ("mushpi_ble.protocol", "mushpi_ble.service", "mushpi_ble.config")
     assert not [m for m in imported if m.startswith(forbidden)]
+
+
+async def test_mode_off_registers_nothing_but_shows_bonds(bus_address: str,
+                                                         bluez: FakeBluez) -> None:
+    async with open_connection(bus_address) as conn, trio.open_nursery() as nursery:
+        pairing = Pairing(conn, PATH, "off")
+        await pairing.register(timeout=2.0)
+        await nursery.start(partial(pairing.run_bonds, HCI0, timeout=2.0))
+        assert bluez.agents == [] and pairing.agent is None
+        phone = await bluez.connect_central()
+        result = await phone.pair()
+        assert not result.success and result.error == "no-agent"
+        snapshot = pairing.snapshot()
+        assert (snapshot["mode"], snapshot["agent_registered"], snapshot["capability"],
+                snapshot["requests"], snapshot["bonded_devices"]) == ("off", False, None, 0, [])
+        await pairing.unregister(timeout=1.0)
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_refused_registration_is_kept_not_fatal(bus_address: str,
+                                                        bluez: FakeBluez) -> None:
+    bluez.refuse_next_registration("org.freedesktop.DBus.Error.AccessDenied", "policy",
+                                   member="RegisterAgent")
+    async with open_connection(bus_address) as conn:
+        pairing = Pairing(conn, PATH, "just-works")
+        await pairing.register(timeout=2.0)
+        snapshot = pairing.snapshot()
+        assert not snapshot["agent_registered"]
+        assert snapshot["agent_error"] == "org.freedesktop.DBus.Error.AccessDenied: policy"
+        await pairing.register(timeout=2.0)
+        assert pairing.snapshot()["agent_registered"] and pairing.last_error is None
+        assert bluez.default_agent is not None
+        await pairing.unregister(timeout=1.0)
+        assert bluez.agents == []

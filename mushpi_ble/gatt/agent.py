@@ -442,3 +442,62 @@ def _apply_signal(signal: SignalMessage, pairing_log: PairingLog,
     elif signal.member == "PropertiesChanged" and mine(signal.path):
         _iface, changed, _invalidated = signal.body
         pairing_log.update_device(signal.path, _plain(changed))
+
+
+class Pairing:
+    """The agent of one pairing mode, its log, and the bond follower, for a supervisor.
+
+    ``register`` after every bluetoothd (re)start, ``forget`` when it goes,
+    ``unregister`` on stop; ``run_bonds`` lives as long as one adapter
+    session. With mode "off" no agent is exported or registered, but bonds
+    are still followed and shown.
+    """
+
+    def __init__(self, conn: Connection, path: str, mode: str, *,
+                 history: int = HISTORY, allowed_caller: str | None = BLUEZ) -> None:
+        self.mode = mode
+        self.log = PairingLog(history)
+        policy = policy_for_mode(mode)
+        self.agent = (PairingAgent(conn, path, policy, log_=self.log,
+                                   allowed_caller=allowed_caller)
+                      if policy is not None else None)
+        self._conn = conn
+        self.last_error: str | None = None
+
+    @property
+    def registered(self) -> bool:
+        return self.agent is not None and self.agent.registered
+
+    async def register(self, *, timeout: float) -> None:
+        """Register the agent; a refusal is logged and kept, never fatal to serving."""
+        if self.agent is None:
+            return
+        try:
+            await self.agent.register(timeout=timeout)
+            self.last_error = None
+        except DBusError as exc:
+            self.last_error = f"{exc.name}: {exc.text}"
+            log.warning("pairing agent not registered error=%s", self.last_error)
+
+    def forget(self) -> None:
+        if self.agent is not None:
+            self.agent.forget_registration()
+
+    async def unregister(self, *, timeout: float) -> None:
+        if self.agent is not None:
+            await self.agent.unregister(timeout=timeout)
+
+    async def run_bonds(self, adapter_path: str, *, timeout: float,
+                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await follow_bonds(self._conn, adapter_path, self.log, timeout=timeout,
+                           task_status=task_status)
+
+    def snapshot(self) -> dict[str, Any]:
+        """``get_status()["pairing"]``."""
+        return {
+            "mode": self.mode,
+            "agent_registered": self.registered,
+            "capability": self.agent.policy.capability if self.agent is not None else None,
+            "agent_error": self.last_error,
+            **self.log.snapshot(),
+        }
