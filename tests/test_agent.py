@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import trio
 
+from mushpi_ble.cli import check
 from mushpi_ble.config import ConfigError, load_settings
 from mushpi_ble.dbus import Connection, DBusError, open_connection
 from mushpi_ble.gatt.agent import (
@@ -280,3 +281,45 @@ async def test_a_refused_registration_is_kept_not_fatal(bus_address: str,
         assert bluez.default_agent is not None
         await pairing.unregister(timeout=1.0)
         assert bluez.agents == []
+
+
+async def run_check(bus: str, **env: str) -> str:
+    settings = load_settings(environ={"MUSHPI_DBUS_BUS_TIMEOUT_MS": "500", **env},
+                             env_file=None)
+    findings = await check.run_checks(settings, bus, "/bin/false")
+    assert not [f for f in findings if f.level == check.FAIL]
+    return check.report(findings)
+
+
+async def test_check_without_a_running_peripheral(bus_address: str, bluez: FakeBluez) -> None:
+    text = await run_check(bus_address)
+    assert "[info] pairing agent" in text and "none of ours is registered now" in text
+    assert "accepted without a PIN" in text and "once the peripheral runs" in text
+    assert bluez.agents == []  # the probe registered nothing
+
+
+async def test_check_finds_the_registered_agent(bus_address: str, bluez: FakeBluez) -> None:
+    async with open_connection(bus_address) as conn:
+        pairing = Pairing(conn, PATH, "just-works")
+        await pairing.register(timeout=2.0)
+        text = await run_check(bus_address)
+        await pairing.unregister(timeout=1.0)
+    assert "[  ok] pairing agent" in text and f"exported by {conn.unique_name}" in text
+    assert "once the peripheral runs" not in text
+
+
+async def test_check_mode_off_and_not_pairable(bus_address: str, bluez: FakeBluez) -> None:
+    text = await run_check(bus_address, MUSHPI_BLE_PAIRING="off")
+    assert "MUSHPI_BLE_PAIRING=off: no agent of ours" in text
+    async with open_connection(bus_address) as conn:
+        await conn.call("org.bluez", HCI0, "org.freedesktop.DBus.Properties", "Set", "ssv",
+                        ("org.bluez.Adapter1", "Pairable", ("b", False)))
+    text = await run_check(bus_address)
+    assert "[warn] pairing request" in text and "not pairable" in text
+
+
+async def test_check_agent_manager_refusing(bus_address: str, bluez: FakeBluez) -> None:
+    bluez.refuse_next_registration("org.freedesktop.DBus.Error.AccessDenied", "policy",
+                                   member="UnregisterAgent")
+    text = await run_check(bus_address)
+    assert "[warn] pairing agent" in text and "cannot register its agent" in text

@@ -96,10 +96,13 @@ class AgentManager:
                    arg_names=["agent"]),
         ])
 
-    def _register(self, ctx: CallContext, path: str, capability: str) -> None:
-        fault = self._runtime.faults.take_refusal("RegisterAgent")
+    def _refuse_if_asked(self, member: str) -> None:
+        fault = self._runtime.faults.take_refusal(member)
         if fault is not None:
             raise DBusError(*fault)
+
+    def _register(self, ctx: CallContext, path: str, capability: str) -> None:
+        self._refuse_if_asked("RegisterAgent")
         if ctx.sender in self._agents:
             raise DBusError(ALREADY_EXISTS, TEXT_ALREADY_EXISTS)
         parsed = parse_io_capability(capability)
@@ -119,10 +122,12 @@ class AgentManager:
         return agent
 
     def _unregister(self, ctx: CallContext, path: str) -> None:
+        self._refuse_if_asked("UnregisterAgent")
         agent = self._mine(ctx, path)
         self._drop(agent, "unregistered")
 
     def _request_default(self, ctx: CallContext, path: str) -> None:
+        self._refuse_if_asked("RequestDefaultAgent")
         agent = self._mine(ctx, path)
         if agent not in self._defaults:
             raise DBusError(FAILED, "Failed to set as default")
