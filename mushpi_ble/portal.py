@@ -174,26 +174,20 @@ class BlePortal:
     async def _run_peripheral(self, task_status: trio.TaskStatus[None]) -> None:
         await self.peripheral.run(task_status=task_status)
 
-    # -- publishing (any thread; never blocks past the put timeout; never raises) ----
+    # -- publishing (any thread; never blocks past the put timeout) ----------------
+    # No guard of its own: the codecs take any value the controller passes (a
+    # reading that is not a usable number is sent as 0) and a mailbox that is
+    # not attached answers NOT_RUNNING, so these never raise for any input.
+    # The one catch-all is the drop-in facade's (compat.ble_gatt), the outer edge.
     def publish_env(self, temperature: object = None, humidity: object = None,
                     co2: object = None, light: object = None) -> Outcome:
         """°C, %RH, ppm, raw light (any may be None); encoded here, queued without waiting."""
-        if not self._started:
-            return Outcome.NOT_RUNNING
-        try:  # the hot path: no closure, no thread liveness probe (the mailbox knows)
-            return self.service.publish_env(temperature, humidity, co2, light)
-        except Exception:
-            log.exception("publish failed")
-            return Outcome.DROPPED
+        return self.service.publish_env(temperature, humidity, co2, light)
 
     def publish_status(self, flags: object) -> Outcome:
         """The controller's status bits; kept even while not running (they are
         served from the start), notified while running."""
-        try:
-            return self.service.publish_status(flags)
-        except Exception:
-            log.exception("publish failed")
-            return Outcome.DROPPED
+        return self.service.publish_status(flags)
 
     def publish_actuator(self, control_data: Mapping[str, Any] | None = None) -> Outcome:
         """Publish relay state.
@@ -203,9 +197,8 @@ class BlePortal:
         thread — and the call returns QUEUED once that is handed over.
         """
         if control_data is not None:
-            return self._guard(lambda: self.service.publish_actuator(control_data))
-        return self._guard(lambda: self._to_loop(self.peripheral.spawn,
-                                                 self.service.refresh_actuator))
+            return self.service.publish_actuator(control_data)
+        return self._to_loop(self.peripheral.spawn, self.service.refresh_actuator)
 
     def _to_loop(self, fn: Callable[..., object], *args: Any) -> Outcome:
         token = self._token
@@ -218,17 +211,10 @@ class BlePortal:
         return Outcome.QUEUED
 
     def notify(self, name: str, payload: bytes) -> Outcome:
-        """Publish a ready payload for a notifying characteristic by name."""
-        return self._guard(lambda: self.service.publish_raw(name, payload))
-
-    def _guard(self, publish: Callable[[], Outcome]) -> Outcome:
-        if not self.is_running():
-            return Outcome.NOT_RUNNING
-        try:
-            return publish()
-        except Exception:
-            log.exception("publish failed")
-            return Outcome.DROPPED
+        """Publish a ready payload for a notifying characteristic by name; a name
+        that does not notify, or a payload of the wrong size, raises KeyError or
+        ValueError (a programming error, not a reading)."""
+        return self.service.publish_raw(name, payload)
 
     # -- control operations (wait for the loop, with a timeout) ------------------------
     def call_in_loop(self, fn: Callable[[], T], *, timeout: float | None = None) -> T:

@@ -139,3 +139,37 @@ async def test_environment_chooses_backend_and_bus(env_bus: FakeBluez,
                 (777).to_bytes(2, "little"):
             await trio.sleep(0.01)
 
+
+
+class _BrokenBackend:
+    """A backend whose every call fails: what the facade's one guard is for."""
+
+    name = "broken"
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "is_running":
+            return lambda: True
+
+        def fail(*_args: object, **_kwargs: object) -> Any:
+            raise RuntimeError(f"{name} exploded")
+
+        return fail
+
+
+def test_the_facade_is_the_one_guard_nothing_raises_into_the_controller(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(ble_gatt, "PublishingBackend", object)
+    ble_gatt._state.backend = _BrokenBackend()  # type: ignore[assignment]
+    assert ble_gatt.notify_env_packet(21.5, 80.0, 900, 10) is None
+    assert ble_gatt.update_status_flags(1) is None
+    assert ble_gatt.notify_actuator_status() is None
+    assert ble_gatt.update_advertising_name() is None
+    assert ble_gatt.get_connection_count() == 0
+    ble_gatt.set_callbacks(get_sensor_data=lambda: None)
+    ble_gatt.stop_ble_service()
+    assert ble_gatt._state.backend is None  # forgotten even though its stop failed
+    for name in ("notify_env_packet", "update_status_flags", "notify_actuator_status",
+                 "update_advertising_name", "get_connection_count", "set_callbacks",
+                 "stop_ble_service"):
+        assert f"{name} failed: RuntimeError" in caplog.text, name

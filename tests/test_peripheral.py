@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from rig import NOW, PROTOCOL_FLAGS, Rig, make_settings, phone, start_rig, targets_payload
 
 from mushpi_ble.notify import Outcome
+from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import (
     CHARACTERISTIC_UUIDS,
     ControlTargets,
@@ -350,3 +353,16 @@ async def test_ten_thousand_publishes_while_bus_stalled_never_block(
     finally:
         bluez.resume_reading()
         await trio.to_thread.run_sync(rig.portal.stop)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(),
+                          st.binary(), st.decimals(), st.fractions(),
+                          st.dictionaries(st.text(), st.integers())), min_size=4, max_size=4))
+def test_publishing_takes_any_value_without_raising(values: list[object]) -> None:
+    """The portal has no catch-all of its own: its codecs are total."""
+    portal = BlePortal(make_settings(), bus="unix:path=/nonexistent")
+    assert portal.publish_env(*values) is Outcome.NOT_RUNNING
+    assert portal.publish_status(values[0]) is Outcome.NOT_RUNNING
+    data = values[3] if isinstance(values[3], dict) else {"fan": values[0]}
+    assert portal.publish_actuator(data) is Outcome.NOT_RUNNING

@@ -16,10 +16,11 @@ from inside a callback can never deadlock with a start or stop in progress.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 import attrs
 
@@ -46,6 +47,27 @@ __all__ = [
 ]
 
 Callback = Callable[..., Any]
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _never_raises(default: T) -> Callable[[Callable[P, T]], Callable[P, T]]:
+    """The facade's promise, kept in one place: whatever goes wrong below is logged
+    and answered with ``default``, never raised into the controller. The layers
+    below (backend, portal, service) carry no catch-all of their own."""
+    def wrap(fn: Callable[P, T]) -> Callable[P, T]:
+        @functools.wraps(fn)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                log.error("%s failed: %s: %s", fn.__name__, type(exc).__name__, exc,
+                          exc_info=True)
+                return default
+
+        return guarded
+
+    return wrap
 
 
 @runtime_checkable
@@ -118,6 +140,7 @@ def _running_backend() -> PublishingBackend | None:
 
 
 # -- callbacks ---------------------------------------------------------------------
+@_never_raises(None)
 def set_callbacks(
     get_sensor_data: Callback | None = None,
     get_control_data: Callback | None = None,
@@ -149,82 +172,75 @@ def set_callbacks(
         merged = dict(_state.callbacks)
     backend = _state.backend
     if backend is not None:
-        try:
-            backend.set_callbacks(merged)
-        except Exception:
-            log.exception("set_callbacks failed")
+        backend.set_callbacks(merged)
 
 
 # -- lifetime --------------------------------------------------------------------------
+@_never_raises(False)
 def initialize_ble_service() -> bool:
     """Choose and build the backend (no bus traffic); False if that is impossible."""
     with _lifecycle:
-        try:
-            if _state.backend is None:
-                settings = _state.settings if _state.settings is not None else load_settings()
-                backend = select_backend(settings, bus=_state.bus)
-                with _callbacks_lock:
-                    callbacks = dict(_state.callbacks)
-                backend.set_callbacks(callbacks)
-                _state.backend = backend
-            return _state.backend.initialize()
-        except Exception as exc:
-            log.error("BLE initialisation failed: %s: %s", type(exc).__name__, exc)
-            return False
+        if _state.backend is None:
+            settings = _state.settings if _state.settings is not None else load_settings()
+            backend = select_backend(settings, bus=_state.bus)
+            with _callbacks_lock:
+                callbacks = dict(_state.callbacks)
+            backend.set_callbacks(callbacks)
+            _state.backend = backend
+        return _state.backend.initialize()
 
 
+@_never_raises(False)
 def start_ble_service() -> bool:
     """Initialise if needed, register and advertise; False (never an exception) on failure."""
     with _lifecycle:
-        try:
-            if _state.backend is None and not initialize_ble_service():
-                return False
-            backend = _state.backend
-            assert backend is not None
-            if isinstance(backend, PublishingBackend) and backend.is_running():
-                return True
-            backend.update_advertising_name()
-            started = bool(backend.start())
-            flags = _state.status_flags
-            if started and flags is not None and isinstance(backend, PublishingBackend):
-                backend.publish_status(flags)  # set before the start: serve them now
-            return started
-        except Exception as exc:
-            log.error("BLE start failed: %s: %s", type(exc).__name__, exc)
+        if _state.backend is None and not initialize_ble_service():
             return False
+        backend = _state.backend
+        assert backend is not None
+        if isinstance(backend, PublishingBackend) and backend.is_running():
+            return True
+        backend.update_advertising_name()
+        started = bool(backend.start())
+        flags = _state.status_flags
+        if started and flags is not None and isinstance(backend, PublishingBackend):
+            backend.publish_status(flags)  # set before the start: serve them now
+        return started
 
 
+@_never_raises(None)
 def stop_ble_service() -> None:
     """Bounded shutdown (MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS); the next start builds afresh.
 
     Does not wait for a start in progress: it stops the backend (which cancels
-    that start), then forgets it.
+    that start), then forgets it — even when stopping it failed.
     """
     backend = _state.backend
     if backend is None:
         return
     try:
         backend.stop()
-    except Exception:
-        log.exception("BLE stop failed")
+    finally:
+        _forget(backend)
+
+
+def _forget(backend: BLEBackend) -> None:
     with _lifecycle:
         if _state.backend is backend:
             _state.backend = None
 
 
 # -- publishing (never raises; no-op unless running) ---------------------------------
+@_never_raises(None)
 def notify_env_packet(temp: float | None, rh: float | None, co2: float | None,
                       light: float | None) -> None:
     """Publish one env packet (°C, %RH, ppm, raw light; any may be None)."""
     backend = _running_backend()
-    if backend is None:
-        return
-    try:
+    if backend is not None:
         backend.publish_env(temp, rh, co2, light)
-    except Exception:
-        log.exception("notify_env_packet failed")
 
 
+@_never_raises(None)
 def update_status_flags(flags: int) -> None:
     """The controller's status bits; the CONNECTIVITY bit (4) is the BLE layer's.
 
@@ -232,57 +248,43 @@ def update_status_flags(flags: int) -> None:
     """
     _state.status_flags = flags
     backend = _running_backend()
-    if backend is None:
-        return
-    try:
+    if backend is not None:
         backend.publish_status(flags)
-    except Exception:
-        log.exception("update_status_flags failed")
 
 
+@_never_raises(None)
 def notify_actuator_status() -> None:
     """Re-read relay state through ``get_control_data`` and notify it."""
     backend = _running_backend()
-    if backend is None:
-        return
-    try:
+    if backend is not None:
         backend.publish_actuator()
-    except Exception:
-        log.exception("notify_actuator_status failed")
 
 
+@_never_raises(None)
 def update_advertising_name() -> None:
     """Recompute ``{prefix}-{Species}{Stage}`` from ``get_stage_data`` and apply it live."""
     backend = _state.backend
-    if backend is None:
-        return
-    try:
+    if backend is not None:
         backend.update_advertising_name()
-    except Exception:
-        log.exception("update_advertising_name failed")
 
 
 # -- queries -----------------------------------------------------------------------------
+@_never_raises(False)
 def is_service_running() -> bool:
-    try:
-        return _running_backend() is not None
-    except Exception:
-        log.exception("is_service_running failed")
-        return False
+    return _running_backend() is not None
 
 
+@_never_raises(0)
 def get_connection_count() -> int:
     """Connected centrals, as bluetoothd reports them (0 when not running)."""
     backend = _running_backend()
-    if backend is None:
-        return 0
-    try:
-        return int(backend.connection_count())
-    except Exception:
-        log.exception("get_connection_count failed")
-        return 0
+    return 0 if backend is None else int(backend.connection_count())
 
 
+_NO_BACKEND: BLEBackend | None = None
+
+
+@_never_raises(_NO_BACKEND)
 def get_service_instance() -> BLEBackend | None:
     """The running backend (its ``get_status()`` is the status/metrics snapshot), or None."""
     backend = _state.backend
