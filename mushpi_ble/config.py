@@ -27,6 +27,8 @@ from typing import Any, Literal, cast, get_args
 import attrs
 from dotenv import dotenv_values
 
+from .protocol.table import NOTIFYING
+
 __all__ = [
     "ENV_FILE_VARIABLE",
     "NOTIFYING_CHARACTERISTICS",
@@ -57,8 +59,8 @@ BackpressurePolicy = Literal["drop_oldest", "drop_newest", "coalesce"]
 InvalidWriteMode = Literal["reject", "ignore"]
 PairingMode = Literal["just-works", "off"]
 
-#: Characteristics that notify and therefore own a publish queue with a policy.
-NOTIFYING_CHARACTERISTICS: tuple[str, ...] = ("ENV_MEASUREMENTS", "STATUS_FLAGS", "ACTUATOR_STATUS")
+#: Characteristics that notify and therefore own a publish queue with a policy (from the table).
+NOTIFYING_CHARACTERISTICS: tuple[str, ...] = tuple(name.upper() for name in NOTIFYING)
 
 
 class ConfigError(ValueError):

@@ -25,7 +25,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -47,6 +47,9 @@ from .protocol import (
     encode_env,
     encode_thresholds_answer,
 )
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -414,6 +417,17 @@ class MushPiCore:
             log.warning("refresh answer unusable characteristic=%s error=%s: %s",
                         refresh.characteristic, type(exc).__name__, exc)
             return None
+
+
+def core_for(settings: Settings, *, wall_clock: Callable[[], float] = time.time,
+             table: Iterable[Characteristic] = CHARACTERISTICS) -> MushPiCore:
+    """The core as the settings configure it (both backends build it this way)."""
+    return MushPiCore(
+        actuator_enabled=settings.ble_actuator_status_enable,
+        ignore_invalid_writes=settings.ble_invalid_write == "ignore",
+        wall_clock=wall_clock,
+        table=table,
+    )
 
 
 def describe(value: object, result: object = None) -> str:

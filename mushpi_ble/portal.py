@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -28,6 +29,7 @@ from .notify import Outcome
 from .peripheral import Peripheral
 from .protocol import CHARACTERISTICS, Characteristic
 from .service import MushPiService
+from .systemd import SystemdNotifier, run_notifier
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +53,15 @@ class BlePortal:
         bus: str = "SYSTEM",
         clock: Callable[[], float] = time.time,
         characteristics: Iterable[Characteristic] = CHARACTERISTICS,
+        systemd: SystemdNotifier | None = None,
     ) -> None:
         """``characteristics`` is the MushPi table (``mushpi_ble.protocol.CHARACTERISTICS``);
-        a controller with an extra characteristic passes the table with its row added."""
+        a controller with an extra characteristic passes the table with its row added.
+        ``systemd``: tell systemd when the service is ready, how it is, and ping its
+        watchdog from the loop (for a standalone service; an embedding controller
+        normally reports its own readiness)."""
         self.settings = settings if settings is not None else load_settings()
+        self._systemd = systemd
         self._callbacks = callbacks or ControllerCallbacks()
         self.service = MushPiService(self.settings, lambda: self._callbacks, clock=clock,
                                      table=characteristics)
@@ -168,6 +175,11 @@ class BlePortal:
                     scope.cancel()
             async with trio.open_nursery() as nursery:
                 await nursery.start(self._run_peripheral)
+                if self._systemd is not None:
+                    await nursery.start(partial(
+                        run_notifier, self._systemd, self.get_status,
+                        advertising_wanted=self.settings.ble_adv_enable,
+                        ready_timeout=self.settings.bus_timeout_s))
                 self._started = True
                 self._ready.set()
 

@@ -31,12 +31,12 @@ from .core import (
     Answer,
     CallSetter,
     Failure,
-    MushPiCore,
     NeedGetter,
     Push,
     Refresh,
     Reject,
     WriteEvent,
+    core_for,
 )
 from .gatt import (
     Characteristic,
@@ -76,12 +76,7 @@ class MushPiService:
         self.settings = settings
         self._callbacks = callbacks
         self._handler_timeout = settings.handler_timeout_s
-        self.core = core = MushPiCore(
-            actuator_enabled=settings.ble_actuator_status_enable,
-            ignore_invalid_writes=settings.ble_invalid_write == "ignore",
-            wall_clock=clock,
-            table=table,
-        )
+        self.core = core = core_for(settings, wall_clock=clock, table=table)
         self.mailboxes: dict[str, Mailbox] = {
             name: Mailbox(
                 name,

@@ -1,7 +1,7 @@
 """The fake bluetoothd on its own: adapters, registration rules, lifetime, faults.
 
 Applications are exported by hand with the D-Bus layer
-(``test_fakebluez_helpers``); every rejection is checked by error name and
+(``hand_apps``); every rejection is checked by error name and
 text, the way bluetoothd answers.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_fakebluez_helpers import (
+from hand_apps import (
     CHRC,
     DESC,
     HCI0,

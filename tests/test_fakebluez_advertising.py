@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_fakebluez_helpers import ADV_MANAGER, ADVERT, HCI0
+from hand_apps import ADV_MANAGER, ADVERT, HCI0
 
 from mushpi_ble.dbus import (
     CallTimeout,

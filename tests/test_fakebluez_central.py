@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_fakebluez_helpers import CHRC, HandApp, HandChar, heart_rate_app
+from hand_apps import CHRC, HandApp, HandChar, heart_rate_app
 
 from mushpi_ble.dbus import CallContext, Connection, Interface, Method, Property, open_connection
 from mushpi_ble.testing.fakebluez import ATT_ERRORS, AttError, FakeBluez, att_code_for_dbus_error

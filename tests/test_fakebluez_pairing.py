@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import trio
-from test_fakebluez_helpers import HCI0
+from hand_apps import HCI0
 
 from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, MatchRule, Method
 from mushpi_ble.dbus import open_connection as open_conn

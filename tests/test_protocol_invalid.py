@@ -26,6 +26,7 @@ from mushpi_ble.protocol import (
     ThresholdsUpdate,
     decode_thresholds_write,
 )
+from mushpi_ble.protocol.thresholds import MIN_MAX_PAIRS, NUMBER_RANGES
 
 NOW = 1_700_000_000.0
 YEAR = 365 * 86400
@@ -255,14 +256,36 @@ THRESHOLDS_INVALID = [
     pytest.param(pair(temp_min="20"), "temp_min", AppError.JSON_SHAPE, id="temp_min-string"),
     pytest.param(pair(rh_max=True), "rh_max", AppError.JSON_SHAPE, id="rh_max-bool"),
     pytest.param(pair(co2_max=None), "co2_max", AppError.JSON_SHAPE, id="co2_max-null"),
+    pytest.param(pair(co2_max=[900]), "co2_max", AppError.JSON_SHAPE, id="co2_max-array"),
     pytest.param(pair(temp_min=10**400), "temp_min", AppError.OUT_OF_RANGE, id="temp_min-huge-int"),
+    pytest.param(
+        pair(temp_max=-(10**400)), "temp_max", AppError.OUT_OF_RANGE, id="temp_max-huge-negative"
+    ),
+    pytest.param(pair(co2_max=-5), "co2_max", AppError.OUT_OF_RANGE, id="co2-negative"),
+    pytest.param(pair(co2_max=1e30), "co2_max", AppError.OUT_OF_RANGE, id="co2-1e30"),
+    pytest.param(pair(co2_max=399), "co2_max", AppError.OUT_OF_RANGE, id="co2-below-400"),
+    pytest.param(pair(co2_max=10000.5), "co2_max", AppError.OUT_OF_RANGE, id="co2-above-10000"),
+    pytest.param(pair(temp_min=-10.1), "temp_min", AppError.OUT_OF_RANGE, id="temp_min-low"),
+    pytest.param(pair(temp_max=50.01), "temp_max", AppError.OUT_OF_RANGE, id="temp_max-high"),
+    pytest.param(pair(temp_min=-273.15), "temp_min", AppError.OUT_OF_RANGE, id="absolute-zero"),
+    pytest.param(pair(rh_min=-0.1), "rh_min", AppError.OUT_OF_RANGE, id="rh_min-negative"),
+    pytest.param(pair(rh_max=100.5), "rh_max", AppError.OUT_OF_RANGE, id="rh_max-high"),
+    pytest.param(pair(light_min=-1), "light_min", AppError.OUT_OF_RANGE, id="light_min-negative"),
+    pytest.param(pair(light_max=65536), "light_max", AppError.OUT_OF_RANGE, id="light_max-high"),
     pytest.param(pair(light="on"), "light", AppError.JSON_SHAPE, id="light-string"),
+    pytest.param(pair(light=True), "light", AppError.JSON_SHAPE, id="light-bool"),
     pytest.param(pair(light={"mode": 1}), "light.mode", AppError.JSON_SHAPE, id="light-mode-int"),
     pytest.param(
         pair(light={"mode": "strobe"}), "light.mode", AppError.UNKNOWN_ENUM, id="light-mode-bad"
     ),
     pytest.param(
+        pair(light={"mode": "on\u0000"}), "light.mode", AppError.UNKNOWN_ENUM, id="light-mode-nul"
+    ),
+    pytest.param(
         pair(light={"on_min": 1.5}), "light.on_min", AppError.JSON_SHAPE, id="on_min-float"
+    ),
+    pytest.param(
+        pair(light={"on_min": True}), "light.on_min", AppError.JSON_SHAPE, id="on_min-bool"
     ),
     pytest.param(
         pair(light={"off_min": 1441}), "light.off_min", AppError.OUT_OF_RANGE, id="off_min-high"
@@ -273,8 +296,78 @@ THRESHOLDS_INVALID = [
     pytest.param(pair(expected_days=366), "expected_days", AppError.OUT_OF_RANGE, id="days-366"),
     pytest.param(pair(expected_days=-1), "expected_days", AppError.OUT_OF_RANGE, id="days-neg"),
     pytest.param(pair(expected_days=14.0), "expected_days", AppError.JSON_SHAPE, id="days-float"),
+    pytest.param(pair(expected_days=True), "expected_days", AppError.JSON_SHAPE, id="days-bool"),
     pytest.param(
         pair(temp_min=24, temp_max=24), "temp_min", AppError.INCONSISTENT, id="temp-equal"
+    ),
+    pytest.param(
+        pair(temp_min=24.5, temp_max=18), "temp_min", AppError.INCONSISTENT, id="temp-reversed"
+    ),
+    pytest.param(pair(rh_min=95, rh_max=85), "rh_min", AppError.INCONSISTENT, id="rh-reversed"),
+    pytest.param(pair(rh_min=90, rh_max=90.0), "rh_min", AppError.INCONSISTENT, id="rh-equal"),
+    pytest.param(
+        pair(light_min=500, light_max=100), "light_min", AppError.INCONSISTENT, id="light-reversed"
+    ),
+    # keys the controller does not know: at the top (even without a threshold key,
+    # where a typo would otherwise pass as a query) and inside light
+    pytest.param(pair(temp_min=18, note="x"), "payload", AppError.JSON_SHAPE, id="unknown-key"),
+    pytest.param(pair(tmp_min=18), "payload", AppError.JSON_SHAPE, id="typo-key-alone"),
+    pytest.param(pair(error="x"), "payload", AppError.JSON_SHAPE, id="answer-key"),
+    pytest.param(
+        pair(light={"mode": "on", "lux": 300}), "light", AppError.JSON_SHAPE, id="light-unknown-key"
+    ),
+    pytest.param(pair(**{"": 1}), "payload", AppError.JSON_SHAPE, id="empty-key"),
+    # names: an update must name a known pair; any name must be text
+    pytest.param(
+        json.dumps({"species": "Enoki", "stage": "Pinning", "temp_min": 18}).encode(),
+        "species",
+        AppError.UNKNOWN_ENUM,
+        id="update-species-enoki",
+    ),
+    pytest.param(
+        json.dumps({"species": "Oyster", "stage": "Harvest", "co2_max": 900}).encode(),
+        "stage",
+        AppError.UNKNOWN_ENUM,
+        id="update-stage-unknown",
+    ),
+    pytest.param(
+        json.dumps({"species": "oyster", "stage": "Pinning", "co2_max": 900}).encode(),
+        "species",
+        AppError.UNKNOWN_ENUM,
+        id="update-species-case",
+    ),
+    pytest.param(
+        b'{"species":"Oyster\\u0000","stage":"Pinning"}',
+        "species",
+        AppError.JSON_SHAPE,
+        id="query-species-nul",
+    ),
+    pytest.param(
+        b'{"species":"Oyster","stage":"Pin\\nning","temp_min":18}',
+        "stage",
+        AppError.JSON_SHAPE,
+        id="update-stage-newline",
+    ),
+    pytest.param(
+        b'{"species":"\\ud800","stage":"Pinning"}', "payload", AppError.NOT_JSON, id="surrogate"
+    ),
+    pytest.param(
+        b'{"species":"Oyster","stage":"Pinning","temp_min":18,"light":{"mode":"\\udfff"}}',
+        "payload",
+        AppError.NOT_JSON,
+        id="surrogate-in-light",
+    ),
+    pytest.param(
+        b'{"species":"Oyster","stage":"Pinning","\\ud83d":1}',
+        "payload",
+        AppError.NOT_JSON,
+        id="surrogate-key",
+    ),
+    pytest.param(
+        b'{"species":"Oyster","stage":"Pinning","x":"' + bytes.fromhex("eda080") + b'"}',
+        "payload",
+        AppError.NOT_JSON,
+        id="surrogate-utf8",
     ),
 ]
 
@@ -285,6 +378,33 @@ def test_stage_thresholds_rejects(payload: bytes, field: str, code: AppError) ->
         decode_thresholds_write(payload)
     assert exc.value.characteristic == "stage_thresholds"
     expect(exc, field, code)
+    # the log line shows the reason, quoted, on one line
+    assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "thresholds",
+    [
+        {"temp_min": -10, "temp_max": 50},
+        {"temp_min": -10.0, "temp_max": -9.9},
+        {"rh_min": 0, "rh_max": 100},
+        {"co2_max": 400},
+        {"co2_max": 10000.0},
+        {"light_min": 0, "light_max": 65535},
+        {"light": {}},
+        {"light": {"mode": "CYCLE", "on_min": 0, "off_min": 1440}},
+        {"expected_days": 0},
+        {"expected_days": 365},
+        {"temp_min": 19},  # one side of a pair alone: the controller merges it
+    ],
+)
+def test_stage_thresholds_accepts_edges(thresholds: dict[str, Any]) -> None:
+    for species in SPECIES:
+        for stage_name in STAGES:
+            payload = json.dumps({"species": species, "stage": stage_name, **thresholds})
+            value = decode_thresholds_write(payload.encode())
+            assert value == ThresholdsUpdate(species, stage_name, thresholds)
+            assert value.to_controller() == (species, stage_name, thresholds)
 
 
 def test_thresholds_class_unpack_wants_its_kind() -> None:
@@ -292,21 +412,115 @@ def test_thresholds_class_unpack_wants_its_kind() -> None:
         ThresholdsQuery.unpack(pair(temp_min=18))
     expect(exc, "payload", AppError.JSON_SHAPE)
     with pytest.raises(InvalidPayload) as exc:
-        ThresholdsUpdate.unpack(pair(note="no thresholds"))
+        ThresholdsUpdate.unpack(pair())
     expect(exc, "payload", AppError.JSON_SHAPE)
 
 
-def test_thresholds_query_ignores_unknown_keys() -> None:
-    assert decode_thresholds_write(pair(note=[1, {"a": None}])) == ThresholdsQuery(
-        "Oyster", "Pinning"
-    )
+def test_thresholds_query_may_name_any_pair() -> None:
+    """The controller may know pairs the tables do not; it answers "Stage not found" else."""
+    for species, stage_name in [("Enoki", "Pinning"), ("Oyster", "Harvest"), ("Lion’s Mane", "x")]:
+        payload = json.dumps({"species": species, "stage": stage_name}, ensure_ascii=False)
+        assert decode_thresholds_write(payload.encode()) == ThresholdsQuery(species, stage_name)
+
+
+def test_thresholds_update_constructor_checks_like_the_decoder() -> None:
+    with pytest.raises(InvalidPayload) as exc:
+        ThresholdsUpdate("Enoki", "Pinning", {"temp_min": 18})
+    expect(exc, "species", AppError.UNKNOWN_ENUM)
+    with pytest.raises(InvalidPayload) as exc:
+        ThresholdsUpdate("Oyster", "Pinning", {"temp_min": 18, "note": "x"})
+    expect(exc, "payload", AppError.JSON_SHAPE)
+    with pytest.raises(InvalidPayload) as exc:
+        ThresholdsUpdate("Oyster", "Pinning", {"co2_max": math.nan})
+    expect(exc, "co2_max", AppError.OUT_OF_RANGE)
+    with pytest.raises(InvalidPayload) as exc:
+        ThresholdsUpdate("Oyster", "Pinning", {"rh_min": 80, "rh_max": 70})
+    expect(exc, "rh_min", AppError.INCONSISTENT)
+    with pytest.raises(InvalidPayload) as exc:
+        ThresholdsQuery("Oyster\x00", "Pinning")
+    expect(exc, "species", AppError.JSON_SHAPE)
+    with pytest.raises(ValueError, match="at least one"):
+        ThresholdsUpdate("Oyster", "Pinning", {})
+    with pytest.raises(ValueError, match="fields of the update"):
+        ThresholdsUpdate("Oyster", "Pinning", {"species": "Oyster", "temp_min": 18})
 
 
 def test_thresholds_payload_at_the_cap_is_decoded() -> None:
-    base = pair(note="")
-    payload = base[:-2] + b"x" * (4096 - len(base)) + base[-2:]
+    base = pair()
+    payload = base[:-1] + b" " * (4096 - len(base)) + base[-1:]
     assert len(payload) == 4096
     assert decode_thresholds_write(payload) == ThresholdsQuery("Oyster", "Pinning")
+    with pytest.raises(InvalidPayload) as exc:
+        decode_thresholds_write(payload + b" ")
+    expect(exc, "payload", AppError.TOO_LARGE)
+
+
+# -- every rule, for every key: hypothesis -------------------------------------
+
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@given(st.sampled_from(sorted(NUMBER_RANGES)), st.one_of(_finite, st.integers()))
+def test_every_number_in_range_passes_and_every_other_is_refused(key: str, value: float) -> None:
+    lo, hi = NUMBER_RANGES[key]
+    payload = pair(**{key: value})
+    if lo <= value <= hi:
+        expected = ThresholdsUpdate("Oyster", "Pinning", {key: value})
+        assert decode_thresholds_write(payload) == expected
+        return
+    with pytest.raises(InvalidPayload) as exc:
+        decode_thresholds_write(payload)
+    expect(exc, key, AppError.OUT_OF_RANGE)
+
+
+@given(st.sampled_from(MIN_MAX_PAIRS), st.data())
+def test_every_min_max_pair_is_ordered(pair_keys: tuple[str, str], data: st.DataObject) -> None:
+    low_key, high_key = pair_keys
+    lo, hi = NUMBER_RANGES[low_key]
+    low = data.draw(st.floats(lo, hi), label="low")
+    high = data.draw(st.floats(lo, hi), label="high")
+    payload = pair(**{low_key: low, high_key: high})
+    if low < high:
+        assert isinstance(decode_thresholds_write(payload), ThresholdsUpdate)
+        return
+    with pytest.raises(InvalidPayload) as exc:
+        decode_thresholds_write(payload)
+    expect(exc, low_key, AppError.INCONSISTENT)
+
+
+@given(
+    st.sampled_from(sorted(THRESHOLD_KEYS)),
+    st.one_of(st.booleans(), st.none(), st.text(max_size=5), st.lists(st.integers(), max_size=2)),
+)
+def test_no_threshold_takes_a_bool_null_string_or_array(key: str, value: object) -> None:
+    with pytest.raises(InvalidPayload) as exc:
+        decode_thresholds_write(pair(**{key: value}))
+    assert exc.value.app_code == AppError.JSON_SHAPE
+
+
+_KNOWN_TOP_KEYS = {*THRESHOLD_KEYS, "species", "stage"}
+
+
+@given(st.text(min_size=1, max_size=12).filter(lambda k: k not in _KNOWN_TOP_KEYS))
+def test_every_unknown_key_is_refused(key: str) -> None:
+    for extra in ({key: 1}, {key: 1, "temp_min": 18}):
+        with pytest.raises(InvalidPayload) as exc:
+            decode_thresholds_write(pair(**extra))
+        # NOT_JSON when the key holds a lone surrogate
+        assert exc.value.app_code in (AppError.JSON_SHAPE, AppError.NOT_JSON)
+
+
+@given(
+    st.text(min_size=1, max_size=12).filter(lambda s: s not in SPECIES),
+    st.sampled_from(sorted(THRESHOLD_KEYS - {"light"})),
+)
+def test_an_update_for_an_unknown_species_never_decodes(species: str, key: str) -> None:
+    lo, _hi = NUMBER_RANGES.get(key, (0, 0))
+    value = int(lo) if key != "expected_days" else 1
+    payload = json.dumps({"species": species, "stage": "Pinning", key: value}).encode()
+    with pytest.raises(InvalidPayload) as exc:
+        decode_thresholds_write(payload)
+    assert exc.value.app_code in (AppError.UNKNOWN_ENUM, AppError.JSON_SHAPE, AppError.NOT_JSON)
 
 
 # -- fuzzing: InvalidPayload or a valid controller dict, nothing else --------
@@ -352,24 +566,37 @@ def assert_valid_overrides(value: OverrideBits) -> None:
 def assert_valid_thresholds(value: ThresholdsQuery | ThresholdsUpdate) -> None:
     if isinstance(value, ThresholdsQuery):
         species, stage_name = value.to_controller()
-        assert species.strip()
-        assert stage_name.strip()
+        for name in (species, stage_name):
+            assert name.strip()
+            assert all(ch >= " " and ch != "\x7f" and not "\ud800" <= ch <= "\udfff" for ch in name)
         return
     species, stage_name, thresholds = value.to_controller()
-    assert species.strip()
-    assert stage_name.strip()
-    assert not THRESHOLD_KEYS.isdisjoint(thresholds)
-    assert "species" not in thresholds
-    assert "stage" not in thresholds
-    for key in ("temp_min", "temp_max", "rh_min", "rh_max", "co2_max", "light_min", "light_max"):
+    assert species in SPECIES
+    assert stage_name in STAGES
+    assert thresholds
+    assert set(thresholds) <= THRESHOLD_KEYS
+    for key, (lo, hi) in NUMBER_RANGES.items():
         if key in thresholds:
             assert not isinstance(thresholds[key], bool)
-            assert math.isfinite(thresholds[key])
+            assert isinstance(thresholds[key], (int, float))
+            assert lo <= thresholds[key] <= hi
+    for low_key, high_key in MIN_MAX_PAIRS:
+        if low_key in thresholds and high_key in thresholds:
+            assert thresholds[low_key] < thresholds[high_key]
     if "expected_days" in thresholds:
+        assert type(thresholds["expected_days"]) is int
         assert 0 <= thresholds["expected_days"] <= 365
     if "light" in thresholds:
-        assert isinstance(thresholds["light"], dict)
-    json.dumps(thresholds, allow_nan=False)
+        light = thresholds["light"]
+        assert isinstance(light, dict)
+        assert set(light) <= {"mode", "on_min", "off_min"}
+        if "mode" in light:
+            assert light["mode"].lower() in ("off", "on", "cycle")
+        for key in ("on_min", "off_min"):
+            if key in light:
+                assert type(light[key]) is int
+                assert 0 <= light[key] <= 1440
+    json.dumps(thresholds, allow_nan=False).encode()
     assert decode_thresholds_write(value.pack()) == value
 
 

@@ -9,6 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mushpi_ble.protocol import (
+    SPECIES,
+    STAGES,
     ActuatorStatus,
     ControlTargets,
     EnvMeasurement,
@@ -20,6 +22,7 @@ from mushpi_ble.protocol import (
     ThresholdsUpdate,
     decode_thresholds_write,
 )
+from mushpi_ble.protocol.thresholds import MIN_MAX_PAIRS, NUMBER_RANGES
 
 NOW = 1_700_000_000.0
 YEAR = 365 * 86400
@@ -95,23 +98,30 @@ named_stages = st.builds(
     StageState, st.integers(0, 2), st.integers(0, 3), st.integers(0, 3), u32, u16
 )
 
-names = st.text(min_size=1, max_size=30).filter(lambda s: bool(s.strip()))
+names = st.text(
+    st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=30
+).filter(lambda s: bool(s.strip()))
 queries = st.builds(ThresholdsQuery, names, names)
-numbers = st.one_of(
-    st.integers(-(10**6), 10**6), st.floats(allow_nan=False, allow_infinity=False, width=64)
-)
+
+
+def in_range(key: str) -> st.SearchStrategy[float]:
+    lo, hi = NUMBER_RANGES[key]
+    return st.one_of(st.floats(lo, hi), st.integers(math.ceil(lo), math.floor(hi)))
 
 
 @st.composite
 def threshold_dicts(draw: st.DrawFn) -> dict[str, Any]:
     result: dict[str, Any] = {}
-    for key in ("rh_min", "rh_max", "co2_max", "light_min", "light_max"):
-        if draw(st.booleans()):
-            result[key] = draw(numbers)
     if draw(st.booleans()):
-        t_min = draw(st.floats(-50, 50))
-        result["temp_min"] = t_min
-        result["temp_max"] = t_min + draw(st.floats(0.1, 20))
+        result["co2_max"] = draw(in_range("co2_max"))
+    for low_key, high_key in MIN_MAX_PAIRS:
+        if draw(st.booleans()):
+            a, b = draw(in_range(low_key)), draw(in_range(high_key))
+            if a != b:
+                result[low_key], result[high_key] = min(a, b), max(a, b)
+        elif draw(st.booleans()):
+            key = draw(st.sampled_from((low_key, high_key)))
+            result[key] = draw(in_range(key))
     if draw(st.booleans()):
         light: dict[str, Any] = {}
         if draw(st.booleans()):
@@ -123,12 +133,15 @@ def threshold_dicts(draw: st.DrawFn) -> dict[str, Any]:
         result["light"] = light
     if draw(st.booleans()) or not result:
         result["expected_days"] = draw(st.integers(0, 365))
-    if draw(st.booleans()):
-        result["note"] = draw(st.text(max_size=20))
     return result
 
 
-updates = st.builds(ThresholdsUpdate, names, names, threshold_dicts())
+updates = st.builds(
+    ThresholdsUpdate,
+    st.sampled_from(list(SPECIES)),
+    st.sampled_from(list(STAGES)),
+    threshold_dicts(),
+)
 
 
 # -- pack / unpack -----------------------------------------------------------

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from typing import Any
 
 from mushpi_ble.config import Settings
+from mushpi_ble.controller import ControllerCallbacks
 from mushpi_ble.errors import StartError
 from mushpi_ble.notify import Outcome
 from mushpi_ble.portal import BlePortal
-from mushpi_ble.protocol import ACTUATOR_STATUS, ENV_MEASUREMENTS, STATUS_FLAGS
 
 from .base import BLEBackend
 
@@ -66,22 +65,12 @@ class BluezDbusBackend(BLEBackend):
     def publish_actuator(self) -> Outcome:
         return self.portal.publish_actuator()
 
-    def notify(self, characteristic_name: str, devices: Iterable[str] | None = None) -> None:
-        if devices:
-            log.debug("per-device notify is not available over PropertiesChanged; "
-                      "notifying every subscriber characteristic=%s", characteristic_name)
-        if characteristic_name == ENV_MEASUREMENTS:
-            getter = self.portal.callbacks.get_sensor_data
-            data = getter() if getter is not None else None
-            d = data if isinstance(data, dict) else {}
-            self.portal.publish_env(d.get("temperature"), d.get("humidity"), d.get("co2"),
-                                    d.get("light"))
-        elif characteristic_name == STATUS_FLAGS:
-            self.portal.publish_status(self._status_flags)
-        elif characteristic_name == ACTUATOR_STATUS:
-            self.portal.publish_actuator()
-        else:
-            log.warning("notify: %r is not a notifying characteristic", characteristic_name)
+    def republish_status(self) -> Outcome:
+        return self.portal.publish_status(self._status_flags)
+
+    @property
+    def callbacks(self) -> ControllerCallbacks:
+        return self.portal.callbacks
 
     def update_advertising_name(self, name: str | None = None) -> None:
         try:

@@ -1,4 +1,4 @@
-"""``mushpi-ble``: serve, demo, bench and check from the command line."""
+"""``mushpi-ble``: serve, demo, bench, check and systemd-unit from the command line."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from mushpi_ble.cli import bench, check, demo, serve
+    from mushpi_ble.cli import bench, check, demo, serve, unit
 
     serve.add_arguments(sub.add_parser("serve", help="serve the MushPi service on bluetoothd "
                                                      "with a simulated controller"))
@@ -27,12 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "work on this machine"))
     bench.add_arguments(sub.add_parser("bench", help="benchmarks: the peripheral's figures and "
                                                      "a peer library side by side"))
+    unit.add_arguments(sub.add_parser("systemd-unit", help="print the systemd unit for this "
+                                                           "install"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mushpi_ble.cli import bench, check, demo, serve
+    from mushpi_ble.cli import bench, check, demo, serve, unit
 
     if args.command == "check":
         return check.run(args)
@@ -42,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo.run(args)
     if args.command == "bench":
         return bench.run(args)
+    if args.command == "systemd-unit":
+        return unit.run(args)
     raise SystemExit(f"unknown command {args.command}")  # pragma: no cover
 
 

@@ -9,6 +9,8 @@ peripheral unable to work, 0 otherwise (warnings do not fail).
 from __future__ import annotations
 
 import argparse
+import configparser
+import os
 import re
 import shutil
 import subprocess
@@ -29,6 +31,11 @@ BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/blu
                     "/usr/sbin/bluetoothd")
 PROBE_PATH = "/com/mushpi/check_probe"
 INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+MAIN_CONF = Path("/etc/bluetooth/main.conf")
+KERNEL_DEFAULT_INTERVALS = (24, 40)
+"""The kernel's LE connection interval defaults (units of 1.25 ms) when main.conf is silent."""
+UNIT_NAME = "mushpi-ble.service"
+SYSTEMD = "org.freedesktop.systemd1"
 
 
 @attrs.frozen
@@ -79,7 +86,7 @@ def bluetoothd_version(explicit: str | None) -> tuple[str | None, str]:
 
 
 async def run_checks(settings: Settings, bus: str, bluetoothd: str | None) -> list[Finding]:
-    findings: list[Finding] = []
+    findings: list[Finding] = [connection_interval_finding()]
     timeout = settings.bus_timeout_s
     version, where = bluetoothd_version(bluetoothd)
     if version is None:
@@ -97,6 +104,7 @@ async def run_checks(settings: Settings, bus: str, bluetoothd: str | None) -> li
         async with open_connection(bus, call_timeout=timeout) as conn:
             findings.append(Finding(OK, "D-Bus", f"bus reachable as {conn.unique_name}"))
             await _check_bluez(conn, settings, findings)
+            findings.append(await systemd_finding(conn, timeout))
     except BusUnreachable as exc:
         findings.append(Finding(FAIL, "D-Bus", f"cannot reach the bus: {exc}. Is dbus running? "
                                 "(systemctl status dbus)"))
@@ -238,6 +246,73 @@ async def _check_pairing(conn: Connection, settings: Settings, bluez: str, paira
                  "no MITM protection)" + ("" if owner else " once the peripheral runs"))
     findings.append(Finding(WARN if not pairable and mode != "off" else INFO,
                             "pairing request", meets))
+
+
+def connection_interval_finding(main_conf: Path = MAIN_CONF) -> Finding:
+    """The LE connection interval bluetoothd asks for, against Apple's rules (minimum at
+    least 15 ms and a multiple of 15 ms, maximum at least the minimum + 15 ms): iPhones
+    refuse or renegotiate parameters outside them."""
+    parser = configparser.ConfigParser(strict=False, comment_prefixes=("#", ";"),
+                                       interpolation=None)
+    try:
+        parser.read(main_conf)
+    except configparser.Error as exc:
+        return Finding(WARN, "connection interval", f"{main_conf} unreadable: {exc}")
+    section = parser["LE"] if parser.has_section("LE") else {}
+    units: list[int] = []
+    for key, default in zip(("MinConnectionInterval", "MaxConnectionInterval"),
+                            KERNEL_DEFAULT_INTERVALS, strict=True):
+        raw = section.get(key, "").strip()
+        try:
+            units.append(int(raw, 0) if raw else default)
+        except ValueError:
+            return Finding(WARN, "connection interval", f"[LE] {key}={raw!r} is not a number")
+    low_ms, high_ms = (u * 1.25 for u in units)
+    where = f"{main_conf} [LE]" if section else "kernel defaults (main.conf sets none)"
+    problems = []
+    if low_ms < 15:
+        problems.append("minimum below 15 ms")
+    if round(low_ms * 100) % 1500:
+        problems.append("minimum not a multiple of 15 ms")
+    if high_ms < low_ms + 15:
+        problems.append("maximum less than minimum + 15 ms")
+    text = f"{low_ms:g}..{high_ms:g} ms from {where}"
+    if problems:
+        return Finding(WARN, "connection interval", f"{text}: outside Apple's rules ("
+                       + ", ".join(problems) + "); iPhones may renegotiate or drop the link")
+    return Finding(OK, "connection interval", f"{text}: within Apple's rules")
+
+
+async def systemd_finding(conn: Connection, timeout: float,
+                          environ: dict[str, str] | None = None) -> Finding:
+    """Does the service run under systemd, as Type=notify with the watchdog?"""
+    env = os.environ if environ is None else environ
+    if env.get("NOTIFY_SOCKET"):
+        watchdog = env.get("WATCHDOG_USEC")
+        return Finding(OK if watchdog else WARN, "systemd",
+                       "this process runs under systemd" + (
+                           f" with a {int(watchdog) / 1e6:g} s watchdog" if watchdog
+                           else " without a watchdog"))
+    try:
+        reply = await conn.call(SYSTEMD, "/org/freedesktop/systemd1",
+                                "org.freedesktop.systemd1.Manager", "GetUnit", "s",
+                                (UNIT_NAME,), timeout=timeout)
+    except DBusError as exc:
+        return Finding(INFO, "systemd", f"{UNIT_NAME} is not loaded ({exc.name}); "
+                       "`mushpi-ble systemd-unit` prints a unit with the watchdog")
+    unit_path = reply[0]
+    props: dict[str, Any] = {}
+    for iface, names in (("org.freedesktop.systemd1.Unit", ("ActiveState",)),
+                         ("org.freedesktop.systemd1.Service", ("Type", "WatchdogUSec"))):
+        for name in names:
+            value = await conn.call(SYSTEMD, unit_path, "org.freedesktop.DBus.Properties",
+                                    "Get", "ss", (iface, name), timeout=timeout)
+            props[name] = value[0][1]
+    watchdog_s = int(props["WatchdogUSec"]) / 1e6
+    good = props["Type"] == "notify" and watchdog_s > 0
+    return Finding(OK if good else WARN, "systemd",
+                   f"{UNIT_NAME} is {props['ActiveState']}, Type={props['Type']}, watchdog "
+                   + (f"{watchdog_s:g} s" if watchdog_s else "off"))
 
 
 def report(findings: list[Finding]) -> str:

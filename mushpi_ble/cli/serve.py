@@ -25,7 +25,8 @@ from mushpi_ble.errors import StartError
 from mushpi_ble.naming import advertised_name
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import ActuatorStatus, EnvMeasurement, StatusFlags
-from mushpi_ble.testing.controller import SimulatedController
+from mushpi_ble.sim import SimulatedController
+from mushpi_ble.systemd import SystemdNotifier
 
 log = logging.getLogger("mushpi_ble.serve")
 
@@ -177,7 +178,8 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
     controller = SimulatedController(seed=args.seed)
     if args.state is not None and args.state.exists():
         controller.load(args.state)
-    portal = BlePortal(settings, bus=args.bus)
+    notifier = SystemdNotifier()
+    portal = BlePortal(settings, bus=args.bus, systemd=notifier if notifier.enabled else None)
     portal.set_callbacks(controller.callbacks())
     controller.on_relays_changed = lambda: None  # the override write refreshes actuator status
     stop = threading.Event()

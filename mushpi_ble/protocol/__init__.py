@@ -33,7 +33,6 @@ from .names import (
     stage_name,
 )
 from .overrides import ACCEPTED_MASK, OverrideBits, OverridesDict
-from .selfcheck import self_check
 from .stage import MAX_STAGE_AGE_S, StageDict, StageState
 from .status import StatusFlags
 from .table import (
@@ -134,7 +133,6 @@ __all__ = [
     "light_mode_name",
     "mode_id",
     "mode_name",
-    "self_check",
     "species_id",
     "species_name",
     "stage_id",

@@ -2,9 +2,29 @@
 
 The phone writes ``{"species", "stage"}`` (a query) and then reads the
 answer for that pair; a write that also carries a threshold key is an
-update for the controller's set callback. JSON from the air is untrusted:
-size, encoding, shape and the types of the known keys are all checked here,
-unknown extra keys are passed through untouched.
+update for the controller's set callback. JSON from the air is untrusted,
+so a write is checked as strictly as the binary characteristics before
+anything reaches the controller:
+
+====  ==================================================================
+code  refused when
+====  ==================================================================
+0x89  more than :data:`MAX_THRESHOLDS_PAYLOAD` bytes
+0x87  not UTF-8, not JSON (NaN, Infinity, a float that overflows), or a
+      string holding a lone surrogate (``"\\ud800"``: not Unicode text)
+0x88  not an object; nested too deeply; species or stage missing, empty
+      or holding a control character; a key the controller does not know
+      (at the top or in ``light``); a value of the wrong JSON type (a bool
+      is not a number)
+0x86  an update for a species or stage outside the name tables; an
+      unknown light mode
+0x81  a number outside its physical range (:data:`NUMBER_RANGES`), light
+      minutes outside 0..1440, expected_days outside 0..365
+0x82  a min not below its max (:data:`MIN_MAX_PAIRS`)
+====  ==================================================================
+
+A query may name any pair (the controller may know stages the tables do
+not, and answers "Stage not found" otherwise); an update may not.
 """
 
 from __future__ import annotations
@@ -13,21 +33,25 @@ import copy
 import json
 import math
 import numbers
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar, Final, Self
 
 import attrs
 
-from ._coerce import BytesLike
+from ._coerce import U16_MAX, BytesLike
 from .errors import AppError, InvalidPayload
-from .names import LIGHT_MODES
-from .targets import MINUTES_RANGE
+from .names import LIGHT_MODES, SPECIES, STAGES
+from .targets import CO2_RANGE, MINUTES_RANGE, RH_RANGE, TEMP_RANGE
 from .uuids import STAGE_THRESHOLDS
 
 __all__ = [
     "DEFAULT_QUERY",
+    "LIGHT_KEYS",
     "MAX_THRESHOLDS_PAYLOAD",
+    "MIN_MAX_PAIRS",
+    "NUMBER_RANGES",
     "THRESHOLD_KEYS",
     "ThresholdsQuery",
     "ThresholdsUpdate",
@@ -38,17 +62,30 @@ __all__ = [
 MAX_THRESHOLDS_PAYLOAD: Final = 4096
 """Largest write accepted, in bytes (0x89 beyond). A real update is ~200 bytes."""
 
-NUMERIC_KEYS: Final = (
-    "temp_min",
-    "temp_max",
-    "rh_min",
-    "rh_max",
-    "co2_max",
-    "light_min",
-    "light_max",
+NUMBER_RANGES: Final[Mapping[str, tuple[float, float]]] = MappingProxyType(
+    {
+        # The units the controller speaks: °C and %RH (control_targets carries x10).
+        "temp_min": (TEMP_RANGE[0] / 10, TEMP_RANGE[1] / 10),
+        "temp_max": (TEMP_RANGE[0] / 10, TEMP_RANGE[1] / 10),
+        "rh_min": (RH_RANGE[0] / 10, RH_RANGE[1] / 10),
+        "rh_max": (RH_RANGE[0] / 10, RH_RANGE[1] / 10),
+        "co2_max": (float(CO2_RANGE[0]), float(CO2_RANGE[1])),
+        # The raw light value env_measurements carries (a u16).
+        "light_min": (0.0, float(U16_MAX)),
+        "light_max": (0.0, float(U16_MAX)),
+    }
 )
+"""Numeric threshold keys and their physical range, bounds included (0x81 outside)."""
+
+NUMERIC_KEYS: Final = tuple(NUMBER_RANGES)
+MIN_MAX_PAIRS: Final = (("temp_min", "temp_max"), ("rh_min", "rh_max"), ("light_min", "light_max"))
+"""Pairs whose min must be below their max when both are written (0x82)."""
+
 THRESHOLD_KEYS: Final = frozenset((*NUMERIC_KEYS, "light", "expected_days"))
-"""Any of these besides species and stage makes a write an update."""
+"""The keys an update may carry besides species and stage; any of them makes a write an update."""
+
+LIGHT_KEYS: Final = frozenset(("mode", "on_min", "off_min"))
+"""The keys the ``light`` object may carry."""
 
 MAX_EXPECTED_DAYS: Final = 365
 NOT_FOUND: Final = "Stage not found"
@@ -83,22 +120,57 @@ def _json_type(value: object) -> str:
     return type(value).__name__
 
 
+def _shown(text: str) -> str:
+    """A string from the air, quoted and cut short for a log line."""
+    return repr(text[:40]) + ("..." if len(text) > 40 else "")
+
+
 def _check_name(field: str, value: object) -> str:
     if not isinstance(value, str) or not value.strip():
         shown = "missing" if value is None else f"got {_json_type(value)} {value!r}"[:80]
         raise _fail(field, f"must be a non-empty string ({shown})", AppError.JSON_SHAPE)
+    if any(unicodedata.category(ch) in ("Cc", "Cs") for ch in value):
+        raise _fail(field, f"holds a control character ({_shown(value)})", AppError.JSON_SHAPE)
     return value
+
+
+def _check_known_name(field: str, value: object, table: Mapping[str, int]) -> str:
+    name = _check_name(field, value)
+    if name not in table:
+        known = ", ".join(table)
+        reason = f"unknown {field} {_shown(name)} (known: {known})"
+        raise _fail(field, reason, AppError.UNKNOWN_ENUM)
+    return name
 
 
 def _name_validator(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     _check_name(attribute.name, value)
 
 
+def _species_validator(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _check_known_name(attribute.name, value, SPECIES)
+
+
+def _stage_validator(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _check_known_name(attribute.name, value, STAGES)
+
+
+def _check_keys(field: str, keys: Iterable[object], known: frozenset[str]) -> None:
+    unknown = sorted(str(k) for k in keys if k not in known)
+    if unknown:
+        names = ", ".join(_shown(k) for k in unknown[:3]) + (", ..." if len(unknown) > 3 else "")
+        raise _fail(
+            field,
+            f"unknown key {names} (known: {', '.join(sorted(known))})",
+            AppError.JSON_SHAPE,
+        )
+
+
 def _check_int(field: str, value: object, lo: int, hi: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _fail(field, f"must be an integer, got {_json_type(value)}", AppError.JSON_SHAPE)
     if not lo <= value <= hi:
-        raise _fail(field, f"{value} is outside {lo}..{hi}", AppError.OUT_OF_RANGE)
+        raise _fail(field, f"{value} is outside {lo}..{hi}"[:80], AppError.OUT_OF_RANGE)
 
 
 def _check_number(field: str, value: object) -> float:
@@ -107,15 +179,19 @@ def _check_number(field: str, value: object) -> float:
     try:
         as_float = float(value)
     except OverflowError:
-        as_float = math.inf
+        as_float = math.inf if value > 0 else -math.inf
     if not math.isfinite(as_float):
         raise _fail(field, "must be a finite number", AppError.OUT_OF_RANGE)
+    lo, hi = NUMBER_RANGES[field]
+    if not lo <= as_float <= hi:
+        raise _fail(field, f"{as_float:g} is outside {lo:g}..{hi:g}", AppError.OUT_OF_RANGE)
     return as_float
 
 
 def _check_light(value: object) -> None:
     if not isinstance(value, dict):
         raise _fail("light", f"must be an object, got {_json_type(value)}", AppError.JSON_SHAPE)
+    _check_keys("light", value, LIGHT_KEYS)
     if "mode" in value:
         mode = value["mode"]
         if not isinstance(mode, str):
@@ -123,27 +199,29 @@ def _check_light(value: object) -> None:
                 "light.mode", f"must be a string, got {_json_type(mode)}", AppError.JSON_SHAPE
             )
         if mode.lower() not in LIGHT_MODES:
-            raise _fail("light.mode", f"unknown light mode {mode[:40]!r}", AppError.UNKNOWN_ENUM)
+            raise _fail("light.mode", f"unknown light mode {_shown(mode)}", AppError.UNKNOWN_ENUM)
     for key in ("on_min", "off_min"):
         if key in value:
             _check_int(f"light.{key}", value[key], *MINUTES_RANGE)
 
 
 def _check_thresholds(thresholds: Mapping[str, object]) -> None:
-    """Validate the known keys of an update; raises :class:`InvalidPayload`."""
-    numbers_seen: dict[str, float] = {}
+    """Validate every key of an update; raises :class:`InvalidPayload`."""
+    _check_keys("payload", thresholds, THRESHOLD_KEYS)
+    seen: dict[str, float] = {}
     for key in NUMERIC_KEYS:
         if key in thresholds:
-            numbers_seen[key] = _check_number(key, thresholds[key])
+            seen[key] = _check_number(key, thresholds[key])
     if "light" in thresholds:
         _check_light(thresholds["light"])
     if "expected_days" in thresholds:
         _check_int("expected_days", thresholds["expected_days"], 0, MAX_EXPECTED_DAYS)
-    t_min, t_max = numbers_seen.get("temp_min"), numbers_seen.get("temp_max")
-    if t_min is not None and t_max is not None and t_min >= t_max:
-        raise _fail(
-            "temp_min", f"must be below temp_max ({t_min:g} >= {t_max:g})", AppError.INCONSISTENT
-        )
+    for low_key, high_key in MIN_MAX_PAIRS:
+        low, high = seen.get(low_key), seen.get(high_key)
+        if low is not None and high is not None and low >= high:
+            raise _fail(
+                low_key, f"must be below {high_key} ({low:g} >= {high:g})", AppError.INCONSISTENT
+            )
 
 
 def _nesting(value: object) -> int:
@@ -160,29 +238,13 @@ def _nesting(value: object) -> int:
     return deepest
 
 
-def _is_json(value: object, depth: int = 0) -> bool:
-    if depth > 2 * MAX_WRITE_DEPTH:
-        return False
-    if value is None or isinstance(value, (bool, int, str)):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, list):
-        return all(_is_json(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _is_json(v, depth + 1) for k, v in value.items())
-    return False
-
-
 def _update_validator(
     _instance: Any, _attribute: attrs.Attribute[Any], value: Mapping[str, Any]
 ) -> None:
-    if THRESHOLD_KEYS.isdisjoint(value):
-        raise ValueError("an update needs at least one of " + ", ".join(sorted(THRESHOLD_KEYS)))
     if any(k in value for k in _PAIR_KEYS):
         raise ValueError("species and stage are fields of the update, not thresholds")
-    if not all(isinstance(k, str) for k in value) or not _is_json(dict(value)):
-        raise ValueError("thresholds must be a JSON object with string keys")
+    if THRESHOLD_KEYS.isdisjoint(value):
+        raise ValueError("an update needs at least one of " + ", ".join(sorted(THRESHOLD_KEYS)))
     _check_thresholds(value)
 
 
@@ -190,8 +252,9 @@ def _frozen_copy(value: Mapping[str, Any]) -> Mapping[str, Any]:
     return MappingProxyType(copy.deepcopy(dict(value)))
 
 
-def _dump(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+def _dump(obj: Mapping[str, Any], errors: str = "strict") -> bytes:
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.encode("utf-8", errors)
 
 
 @attrs.frozen
@@ -223,14 +286,15 @@ class ThresholdsQuery:
 class ThresholdsUpdate:
     """A write that sets thresholds of one species/stage pair.
 
-    ``thresholds`` holds every key of the write except species and stage;
-    the known keys are validated, unknown ones are passed through.
+    ``thresholds`` holds every key of the write except species and stage,
+    all of them known to the controller and within their ranges; the pair
+    is one of the name tables'.
     """
 
     CHARACTERISTIC: ClassVar[str] = STAGE_THRESHOLDS
 
-    species: str = attrs.field(validator=_name_validator)
-    stage: str = attrs.field(validator=_name_validator)
+    species: str = attrs.field(validator=_species_validator)
+    stage: str = attrs.field(validator=_stage_validator)
     thresholds: Mapping[str, Any] = attrs.field(
         converter=_frozen_copy, validator=_update_validator, hash=False
     )
@@ -296,11 +360,20 @@ def decode_thresholds_write(data: BytesLike) -> ThresholdsQuery | ThresholdsUpda
         )
     if _nesting(obj) > MAX_WRITE_DEPTH:
         raise _fail("payload", f"nested deeper than {MAX_WRITE_DEPTH} levels", AppError.JSON_SHAPE)
+    try:
+        _dump(obj)
+    except UnicodeEncodeError:
+        raise _fail(
+            "payload", "a string holds a lone surrogate (not Unicode text)", AppError.NOT_JSON
+        ) from None
     species = _check_name("species", obj.get("species"))
     stage = _check_name("stage", obj.get("stage"))
     rest = {k: v for k, v in obj.items() if k not in _PAIR_KEYS}
-    if THRESHOLD_KEYS.isdisjoint(rest):
+    _check_keys("payload", rest, THRESHOLD_KEYS)
+    if not rest:
         return ThresholdsQuery(species, stage)
+    _check_known_name("species", species, SPECIES)
+    _check_known_name("stage", stage, STAGES)
     _check_thresholds(rest)
     return ThresholdsUpdate(species, stage, rest)
 
@@ -326,6 +399,11 @@ def _jsonable(value: object, depth: int = 0) -> Any:
     return str(value)
 
 
+def _dump_answer(obj: Mapping[str, Any]) -> bytes:
+    # A lone surrogate from the controller becomes "?": the answer must encode.
+    return _dump(obj, errors="replace")
+
+
 def encode_thresholds_answer(
     species: str, stage: str, thresholds: Mapping[Any, object] | None
 ) -> bytes:
@@ -333,23 +411,24 @@ def encode_thresholds_answer(
 
     Empty, falsy or non-mapping thresholds answer ``{"error": "Stage not
     found", "species", "stage"}``, which the app treats as "no data".
-    Values that JSON cannot carry become null (NaN) or strings.
+    Values that JSON cannot carry become null (NaN) or strings, and a lone
+    surrogate ``"?"``.
     """
     if not thresholds or not isinstance(thresholds, Mapping):
-        return _dump({"error": NOT_FOUND, "species": species, "stage": stage})
+        return _dump_answer({"error": NOT_FOUND, "species": species, "stage": stage})
     body: dict[str, Any] = {"species": species, "stage": stage}
     for key, value in thresholds.items():
         name = str(key)
         if name not in _PAIR_KEYS:
             body[name] = _jsonable(value)
-    encoded = _dump(body)
+    encoded = _dump_answer(body)
     if len(encoded) <= MAX_ATTRIBUTE_VALUE:
         return encoded
     # An ATT attribute value is at most 512 bytes: phones stop reading there and
     # bluetoothd cuts every ReadValue answer to it. Keep the threshold keys the
     # app knows; drop the rest; refuse honestly if even that does not fit.
     essential = {k: v for k, v in body.items() if k in _PAIR_KEYS or k in THRESHOLD_KEYS}
-    encoded = _dump(essential)
+    encoded = _dump_answer(essential)
     if len(encoded) <= MAX_ATTRIBUTE_VALUE:
         return encoded
-    return _dump({"error": TOO_LARGE_ANSWER, "species": species, "stage": stage})
+    return _dump_answer({"error": TOO_LARGE_ANSWER, "species": species, "stage": stage})

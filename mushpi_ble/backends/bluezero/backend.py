@@ -13,12 +13,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mushpi_ble.config import Settings
 from mushpi_ble.controller import ControllerCallbacks
-from mushpi_ble.core import MushPiCore, WriteEvent
+from mushpi_ble.core import WriteEvent, core_for
 from mushpi_ble.errors import StartError, StartTimeout
 from mushpi_ble.naming import advertised_name
 from mushpi_ble.notify import Outcome
@@ -52,9 +52,7 @@ class BluezeroBackend(BLEBackend):
         self._lifecycle = threading.Lock()
         self._status_lock = threading.Lock()
         self._running = False
-        self.core = MushPiCore(actuator_enabled=settings.ble_actuator_status_enable,
-                               ignore_invalid_writes=settings.ble_invalid_write == "ignore",
-                               wall_clock=clock)
+        self.core = core_for(settings, wall_clock=clock)
         self.advertised_name = ""
         self.last_error: str | None = None
         self.started_at: float | None = None
@@ -242,22 +240,8 @@ class BluezeroBackend(BLEBackend):
         return self._gatt.set_value(name, payload)
 
     # -- contract: the rest ------------------------------------------------------------
-    def notify(self, characteristic_name: str, devices: Iterable[str] | None = None) -> None:
-        if devices:
-            log.debug("per-device notify is not available over PropertiesChanged; "
-                      "notifying every subscriber characteristic=%s", characteristic_name)
-        if characteristic_name == ENV_MEASUREMENTS:
-            getter = self._callbacks.get_sensor_data
-            data = getter() if getter is not None else None
-            d = data if isinstance(data, Mapping) else {}
-            self.publish_env(d.get("temperature"), d.get("humidity"), d.get("co2"),
-                             d.get("light"))
-        elif characteristic_name == STATUS_FLAGS:
-            self._guard(self._offer_status)
-        elif characteristic_name == ACTUATOR_STATUS:
-            self.publish_actuator()
-        else:
-            log.warning("notify: %r is not a notifying characteristic", characteristic_name)
+    def republish_status(self) -> Outcome:
+        return self._guard(self._offer_status)
 
     def _compute_name(self) -> str:
         getter = self._callbacks.get_stage_data
