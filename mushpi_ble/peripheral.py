@@ -1,19 +1,40 @@
-"""The trio side of the peripheral: one connection, one nursery, supervised.
+"""The trio side of the peripheral: one connection, one supervisor, one nursery.
 
-Connects to the bus, waits for ``org.bluez``, finds (and powers) the
-adapter, exports and registers the MushPi application, advertises, follows
-connected centrals, and keeps all of it alive across bluetoothd restarts by
-watching who owns ``org.bluez``: each owner gets a *session* that is
-cancelled when the owner changes. Shutdown unregisters within a bound.
+One loop keeps the MushPi application registered with whoever owns
+``org.bluez``. It is a small state machine; each state does its work and
+names the next::
+
+    stopped                 → waiting-for-bluetoothd   run() begins
+    waiting-for-bluetoothd  → finding-adapter          org.bluez has an owner
+    finding-adapter         → registering              the adapter is there (and powered on)
+                            → backing-off              it is not, or a D-Bus call failed
+    registering             → serving                  every step is done
+                            → backing-off              a step failed
+    serving                 → backing-off              bluetoothd let a step go (advert Release)
+    backing-off             → finding-adapter          after 0.05 s, doubling up to 2 s
+    any state               → waiting-for-bluetoothd   bluetoothd left or changed, or the
+                                                       adapter was removed: the session's
+                                                       registrations are forgotten
+    any state               → stopped                  cancelled: steps undone in reverse
+
+*Registering* runs the session's steps in order — the GATT application,
+device tracking, the adapter alias, the advertisement — skipping the ones
+already done, so a failed or released step is all that is done again.
+Adding a registration (a pairing agent) is one more :class:`Step`.
+While starting, a failure raises the matching ``StartError`` instead of
+backing off, and the whole start is bounded by the bus timeout. Shutdown
+undoes the steps in reverse order within a bound.
 """
 
 from __future__ import annotations
 
+import enum
 import logging
-import operator
+import math
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
+from typing import NoReturn
 
 import attrs
 import trio
@@ -27,6 +48,7 @@ from .dbus import (
     ConnectionLost,
     DBusError,
     MatchRule,
+    SignalMessage,
     open_connection,
 )
 from .dbus.groups import single_errors
@@ -39,16 +61,7 @@ from .errors import (
     StartTimeout,
 )
 from .gatt import GattApplication
-from .gatt.adapter import (
-    ADAPTER_IFACE,
-    ensure_powered,
-    managed_objects,
-    pick_adapter,
-    set_property,
-)
-from .gatt.adapter import (
-    OBJECT_MANAGER as OBJECT_MANAGER_IFACE,
-)
+from .gatt.adapter import ensure_powered, managed_objects, pick_adapter, set_property
 from .gatt.advertising import (
     Advertisement,
     AdvertisingCapabilities,
@@ -58,15 +71,15 @@ from .gatt.advertising import (
     read_capabilities,
 )
 from .gatt.devices import Central, DeviceTracker
+from .gatt.errors import DEADLINE_ERROR
+from .gatt.names import ADAPTER_IFACE, BLUEZ, OBJECT_MANAGER
 from .naming import advertised_name
 from .service import MushPiService
 
 log = logging.getLogger(__name__)
 
-BLUEZ = "org.bluez"
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
-ADAPTER_WAIT_S = 10.0
 
 
 @attrs.define
@@ -92,6 +105,54 @@ def _backoff(attempt: int) -> float:
     return float(min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, attempt - 1)))
 
 
+class State(enum.Enum):
+    """Where the supervisor is; see the module docstring for the transitions."""
+
+    STOPPED = "stopped"
+    WAITING_FOR_BLUEZ = "waiting-for-bluetoothd"
+    FINDING_ADAPTER = "finding-adapter"
+    REGISTERING = "registering"
+    SERVING = "serving"
+    BACKING_OFF = "backing-off"
+
+
+async def _nothing_to_undo(_timeout: float) -> None:
+    return None
+
+
+def _nothing_to_forget() -> None:
+    return None
+
+
+@attrs.frozen
+class Step:
+    """One thing every bluetoothd session needs on the adapter, done in list order.
+
+    ``register(conn, adapter)`` raises ``DBusError`` (or a ``StartError``) when
+    it fails, and is then retried after a back-off. ``unregister(timeout)``
+    undoes it at stop, best effort. ``forget()`` drops what we hold locally
+    when bluetoothd or the adapter took the registration away with it.
+    ``required`` steps must succeed before ``start()`` returns.
+    """
+
+    name: str
+    register: Callable[[Connection, str], Awaitable[None]]
+    unregister: Callable[[float], Awaitable[None]] = _nothing_to_undo
+    forget: Callable[[], None] = _nothing_to_forget
+    required: bool = False
+
+
+@attrs.define
+class _Start:
+    """A start in progress: whom to tell, and the deadline that bounds it."""
+
+    task_status: trio.TaskStatus[None]
+    scope: trio.CancelScope
+
+
+StateHandler = Callable[[Connection], Awaitable[State]]
+
+
 class Peripheral:
     """Runs the MushPi service against bluetoothd until cancelled."""
 
@@ -100,17 +161,34 @@ class Peripheral:
         self.service = service
         self.bus = bus
         self.status = PeripheralStatus()
+        self.state = State.STOPPED
         self.tracker: DeviceTracker | None = None
         self.conn: Connection | None = None
         self.app: GattApplication | None = None
         self.advert: Advertisement | None = None
         self._capabilities = AdvertisingCapabilities()
-        self._advert_wanted = trio.Event()
         self._stopping = False
         self._nursery: trio.Nursery | None = None
         self.name = advertised_name(settings.ble_name_prefix, None)
         self.fixed_name: str | None = None
         self.stage_getter: Callable[[], Callable[[], object] | None] = lambda: None
+        self.steps: list[Step] = [
+            Step("application", self._register_application, self._unregister_application,
+                 self._forget_application, required=True),
+            Step("devices", self._follow_devices, forget=self._forget_devices),
+            Step("alias", self._set_alias),
+            Step("advertisement", self._register_advert, self._unregister_advert,
+                 self._forget_advert),
+        ]
+        self._reset_session()
+
+    def _reset_session(self) -> None:
+        """What one bluetoothd session holds; empty between sessions."""
+        self._owner = ""
+        self._adapter: str | None = None
+        self._adapter_removed = False
+        self._done: set[str] = set()
+        self._session_scopes: list[trio.CancelScope] = []
 
     # -- lifetime ---------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -121,12 +199,12 @@ class Peripheral:
         connectivity — carries over.
         """
         self._reset()
-        timeout = self.settings.bus_timeout_s
         try:
             async with open_connection(
                 self.bus,
-                call_timeout=timeout,
+                call_timeout=self.settings.bus_timeout_s,
                 handler_timeout=self.settings.handler_timeout_s + 0.5,
+                timeout_error=DEADLINE_ERROR,
             ) as conn:
                 with single_errors():
                     async with trio.open_nursery() as nursery:
@@ -136,11 +214,19 @@ class Peripheral:
 
     def _reset(self) -> None:
         self.status = PeripheralStatus()
+        self.state = State.STOPPED
         self.advert = None
         self.tracker = None
         self.app = None
-        self._advert_wanted = trio.Event()
         self._stopping = False
+        self._start: _Start | None = None
+        self._scope: trio.CancelScope | None = None
+        self._wake = trio.Event()
+        self._attempt = 0
+        self._failure = ""
+        self._recovering_since: float | None = None
+        self._logged: set[tuple[State, State, str]] = set()
+        self._reset_session()
         self.service.set_connected(False)
 
     async def _serve(self, conn: Connection, nursery: trio.Nursery,
@@ -162,234 +248,282 @@ class Peripheral:
         self.status.started_at = time.time()
         try:
             owner = await conn.watch_name_owner(BLUEZ)
-            await self._first_registration(conn, app, owner)
-            task_status.started()
-            await self._supervise(conn, app, owner)
+            await self._supervise(conn, owner, task_status)
         finally:
             self._stopping = True
             self.status.running = False
             self.service.detach()
-            await self._shutdown(app)
+            await self._shutdown()
 
-    async def _shutdown(self, app: GattApplication) -> None:
-        with trio.CancelScope(shield=True):
-            await self._unregister_all(self.settings.shutdown_timeout_s * 0.8)
+    async def _shutdown(self) -> None:
+        """Undo the steps in reverse order; best effort, bounded: bluetoothd may be gone."""
+        bound = self.settings.shutdown_timeout_s * 0.8
+        with trio.CancelScope(shield=True), trio.move_on_after(bound):
+            for step in reversed(self.steps):
+                if step.name in self._done:
+                    await step.unregister(bound / 2)
+        self._done.clear()
         self.status.registered = False
         self.status.advertising = False
+        self._enter(State.STOPPED)
 
-    # -- registration --------------------------------------------------------------------
-    async def _first_registration(self, conn: Connection, app: GattApplication,
-                                  owner: AsyncValue[str]) -> None:
+    # -- the supervisor ------------------------------------------------------------------
+    async def _supervise(self, conn: Connection, owner: AsyncValue[str],
+                         task_status: trio.TaskStatus[None]) -> None:
+        """Run the state machine; while starting, bounded by the bus timeout."""
         timeout = self.settings.bus_timeout_s
-        deadline = trio.current_time() + timeout
-        if not owner.value:
-            log.info("waiting for bluetoothd (org.bluez) timeout_s=%.3g", timeout)
-            with trio.move_on_at(deadline):
-                await owner.wait_value(lambda v: bool(v))
-            if not owner.value:
-                raise BluezUnavailable(
-                    "org.bluez is not on the bus: is bluetoothd running? "
-                    "(systemctl status bluetooth)"
-                )
-        try:
-            with trio.fail_at(deadline):
-                await self._register(conn, app, owner.value, wait_for_adapter=False)
-        except trio.TooSlowError as exc:
-            raise StartTimeout(
-                f"registration did not finish within {timeout:.3g} s "
-                f"(MUSHPI_DBUS_BUS_TIMEOUT_MS)"
-            ) from exc
+        removals = MatchRule(sender=BLUEZ, path="/", interface=OBJECT_MANAGER,
+                             member="InterfacesRemoved")
+        with single_errors():
+            async with conn.subscribe(removals) as removed, trio.open_nursery() as watchers:
+                watchers.start_soon(self._watch_owner, owner)
+                watchers.start_soon(self._watch_adapter, removed)
+                with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+                    self._start = _Start(task_status, scope)
+                    await self._loop(conn, owner)
+                watchers.cancel_scope.cancel()  # only the start's deadline ends the loop
+        if self.state is State.WAITING_FOR_BLUEZ:
+            raise BluezUnavailable(
+                "org.bluez is not on the bus: is bluetoothd running? "
+                "(systemctl status bluetooth)"
+            )
+        raise StartTimeout(
+            f"registration did not finish within {timeout:.3g} s (MUSHPI_DBUS_BUS_TIMEOUT_MS)"
+        )
 
-    async def _find_adapter(self, conn: Connection, *, wait: bool) -> str:
-        """The configured adapter's path; optionally wait (bounded) for it to appear."""
-        timeout = self.settings.bus_timeout_s
-        give_up = trio.current_time() + (ADAPTER_WAIT_S if wait else 0)
-        attempt = 0
+    async def _loop(self, conn: Connection, owner: AsyncValue[str]) -> NoReturn:
+        """The one loop. Losing bluetoothd or the adapter cancels whatever state runs."""
+        handlers: dict[State, StateHandler] = {
+            State.WAITING_FOR_BLUEZ: partial(self._wait_for_bluez, owner=owner),
+            State.FINDING_ADAPTER: self._find_adapter,
+            State.REGISTERING: self._register,
+            State.SERVING: self._serving,
+            State.BACKING_OFF: self._back_off,
+        }
+        state = State.WAITING_FOR_BLUEZ
         while True:
-            objects = await managed_objects(conn, timeout=timeout)
-            adapter = pick_adapter(objects, self.settings.ble_adapter)
-            if adapter is not None:
-                return adapter
-            if trio.current_time() >= give_up:
-                found = sorted(p.rsplit("/", 1)[-1] for p in objects if p.count("/") == 3)
-                raise AdapterNotFound(
-                    f"adapter {self.settings.ble_adapter!r} not found (MUSHPI_BLE_ADAPTER); "
-                    f"bluetoothd has: {', '.join(found) or 'no adapters'}"
-                )
-            attempt += 1
-            log.info("waiting for adapter=%s attempt=%d", self.settings.ble_adapter, attempt)
-            await trio.sleep(_backoff(attempt))
+            self._enter(state)
+            with trio.CancelScope() as self._scope:
+                try:
+                    state = await handlers[state](conn)
+                except (DBusError, StartError) as exc:
+                    if self._start is not None or isinstance(exc, ConnectionLost):
+                        raise
+                    state = self._failed(str(exc))
+            self._scope = None
+            lost = self._lost(owner)
+            if lost:
+                self._forget(lost)
+                state = State.WAITING_FOR_BLUEZ
 
-    async def _register(self, conn: Connection, app: GattApplication, bluez_owner: str, *,
-                        wait_for_adapter: bool) -> None:
+    def _enter(self, state: State) -> None:
+        """Log each transition once (a repeat, e.g. the same failure again, at debug)."""
+        old, self.state = self.state, state
+        if old is state:
+            return
+        detail = ""
+        if state is State.BACKING_OFF:
+            detail = f" retry_in_s={_backoff(self._attempt + 1):.2f} reason={self._failure}"
+        key = (old, state, detail and self._failure)
+        level = logging.DEBUG if key in self._logged else logging.INFO
+        self._logged.add(key)
+        log.log(level, "supervisor %s -> %s%s", old.value, state.value, detail)
+
+    def _failed(self, reason: str) -> State:
+        self.status.last_error = reason
+        self._failure = reason
+        return State.BACKING_OFF
+
+    def _lost(self, owner: AsyncValue[str]) -> str | None:
+        """Why this session's registrations are gone, if they are."""
+        if self._owner and owner.value != self._owner:
+            return "bluetoothd left the bus"
+        if self._adapter_removed:
+            return "adapter removed"
+        return None
+
+    async def _watch_owner(self, owner: AsyncValue[str]) -> None:
+        async for _ in owner.eventual_values():
+            if self._lost(owner) and self._scope is not None:
+                self._scope.cancel()
+
+    async def _watch_adapter(self, removed: trio.MemoryReceiveChannel[SignalMessage]) -> None:
+        async for signal in removed:
+            path, ifaces = signal.body
+            if path == self._adapter and ADAPTER_IFACE in ifaces:
+                log.warning("adapter removed adapter=%s", path)
+                self._adapter_removed = True
+                if self._scope is not None:
+                    self._scope.cancel()
+
+    def _forget(self, reason: str) -> None:
+        """bluetoothd or the adapter took every registration with it: drop ours too."""
+        if self._done or self.status.bluez_owner:
+            log.warning("registrations are gone reason=%s", reason)
+        for scope in self._session_scopes:
+            scope.cancel()
+        for step in reversed(self.steps):
+            step.forget()
+        self._reset_session()
+        if self._start is None and self._recovering_since is None:
+            self._recovering_since = trio.current_time()
+        self.status.registered = False
+        self.status.advertising = False
+        self.status.bluez_owner = ""
+        self.service.set_connected(False)
+
+    def _lose(self, step: str, reason: str) -> None:
+        """bluetoothd let go of one step (an advert's Release): do it again."""
+        if step in self._done:
+            self._done.discard(step)
+            self._failure = reason
+            self._wake.set()
+
+    def _started(self) -> None:
+        start, self._start = self._start, None
+        if start is not None:
+            start.scope.deadline = math.inf
+            start.task_status.started()
+
+    # -- the states ----------------------------------------------------------------------
+    async def _wait_for_bluez(self, _conn: Connection, *, owner: AsyncValue[str]) -> State:
+        if not owner.value:
+            await owner.wait_value(bool)
+        self._owner = owner.value
+        return State.FINDING_ADAPTER
+
+    async def _find_adapter(self, conn: Connection) -> State:
+        """The configured adapter, powered on."""
         timeout = self.settings.bus_timeout_s
-        adapter = await self._find_adapter(conn, wait=wait_for_adapter)
+        objects = await managed_objects(conn, timeout=timeout)
+        adapter = pick_adapter(objects, self.settings.ble_adapter)
+        if adapter is None:
+            found = sorted(p.rsplit("/", 1)[-1] for p in objects if p.count("/") == 3)
+            raise AdapterNotFound(
+                f"adapter {self.settings.ble_adapter!r} not found (MUSHPI_BLE_ADAPTER); "
+                f"bluetoothd has: {', '.join(found) or 'no adapters'}"
+            )
         await ensure_powered(conn, adapter, timeout=timeout)
+        self._adapter = adapter
+        self.status.adapter = adapter
+        return State.REGISTERING
+
+    async def _register(self, conn: Connection) -> State:
+        """Every step not yet done in this session, in order."""
+        assert self._adapter is not None
+        self._wake = trio.Event()
+        for step in self.steps:
+            if step.name in self._done:
+                continue
+            # done from the call on: a Release that overtakes the reply undoes it
+            self._done.add(step.name)
+            try:
+                await step.register(conn, self._adapter)
+            except (DBusError, StartError) as exc:
+                self._done.discard(step.name)
+                if self._start is not None or isinstance(exc, ConnectionLost):
+                    raise
+                return self._failed(f"{step.name}: {exc}")
+            if self._start is not None and all(s.name in self._done
+                                               for s in self.steps if s.required):
+                self._started()
+        return State.SERVING
+
+    async def _serving(self, _conn: Connection) -> State:
+        self._attempt = 0
+        self._logged.clear()
+        await self._wake.wait()
+        return State.BACKING_OFF
+
+    async def _back_off(self, _conn: Connection) -> State:
+        self._attempt += 1
+        await trio.sleep(_backoff(self._attempt))
+        return State.FINDING_ADAPTER
+
+    async def _in_session(self, fn: Callable[..., Awaitable[None]], *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run ``fn`` (a ``nursery.start`` task) until this bluetoothd session ends."""
+        with trio.CancelScope() as scope:
+            self._session_scopes.append(scope)
+            await fn(task_status=task_status)
+
+    # -- the steps -----------------------------------------------------------------------
+    async def _register_application(self, _conn: Connection, adapter: str) -> None:
+        assert self.app is not None
         try:
-            await app.register(adapter, timeout=timeout)
+            await self.app.register(adapter, timeout=self.settings.bus_timeout_s)
+        except ConnectionLost:
+            raise
         except DBusError as exc:
             raise RegistrationRefused(
                 f"bluetoothd refused the GATT application: {exc.name}: {exc.text}"
             ) from exc
-        self.status.adapter = adapter
         self.status.registered = True
-        self.status.bluez_owner = bluez_owner
+        self.status.bluez_owner = self._owner
         self.status.last_error = None
+        if self._recovering_since is not None:
+            self.status.restarts += 1
+            self.status.last_recovery_s = trio.current_time() - self._recovering_since
+            self._recovering_since = None
+            log.info("registered again recovery_s=%.3f", self.status.last_recovery_s)
 
-    # -- supervision ---------------------------------------------------------------------
-    async def _supervise(self, conn: Connection, app: GattApplication,
-                         owner: AsyncValue[str]) -> None:
-        """One session per bluetoothd instance; a new owner means a new session."""
-        recovering_since: float | None = None
-        while True:
-            current = owner.value
-            if not current:
-                self._forget_registrations("bluetoothd left the bus")
-                await owner.wait_value(lambda v: bool(v))
-                recovering_since = trio.current_time()
-                continue
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._session, conn, app, current, recovering_since)
-                await owner.wait_value(partial(operator.ne, current))
-                nursery.cancel_scope.cancel()
-            recovering_since = trio.current_time()
-            self._forget_registrations("bluetoothd left the bus")
+    async def _unregister_application(self, timeout: float) -> None:
+        assert self.app is not None
+        await self.app.unregister(timeout=timeout)
 
-    def _forget_registrations(self, reason: str) -> None:
-        if not (self.status.registered or self.status.bluez_owner):
-            return
-        log.warning("registrations are gone reason=%s", reason)
+    def _forget_application(self) -> None:
         assert self.app is not None
         self.app.registered_on = None
         self.app.reset_subscriptions()
-        if self.advert is not None:
-            self.advert.registered_on = None
-        self.status.registered = False
-        self.status.advertising = False
-        self.status.bluez_owner = ""
+
+    async def _follow_devices(self, conn: Connection, adapter: str) -> None:
+        assert self._nursery is not None
+        tracker = DeviceTracker(adapter, self._connection_changed)
+        self.tracker = tracker
+        with single_errors():
+            await self._nursery.start(
+                self._in_session, partial(tracker.run, conn, timeout=self.settings.bus_timeout_s))
+
+    def _forget_devices(self) -> None:
         if self.tracker is not None:
             self.tracker.clear()
-        self.service.set_connected(False)
 
-    async def _session(self, conn: Connection, app: GattApplication, bluez_owner: str,
-                       recovering_since: float | None) -> None:
-        """Everything that lives as long as one bluetoothd: registration, advert, devices.
-
-        A D-Bus failure inside the session (a busy or dying bluetoothd timing
-        out a call, a refused match rule) must not end the peripheral: undo
-        what is registered, back off, and start the session again.
-        """
-        attempt = 0
-        while True:
-            try:
-                with single_errors():
-                    await self._session_once(conn, app, bluez_owner, recovering_since)
-            except ConnectionLost:
-                raise
-            except DBusError as exc:
-                attempt += 1
-                self.status.last_error = f"session: {exc}"
-                log.warning("session failed attempt=%d retry_in_s=%.2f error=%s", attempt,
-                            _backoff(attempt), exc)
-                await self._unregister_all(self.settings.bus_timeout_s)
-                self._forget_registrations("session failed")
-                recovering_since = trio.current_time()
-                await trio.sleep(_backoff(attempt))
-
-    async def _unregister_all(self, bound: float) -> None:
-        """Best effort, bounded: bluetoothd may be gone or stuck."""
-        assert self.app is not None
-        with trio.move_on_after(bound):
-            if self.advert is not None:
-                await self.advert.unregister(timeout=bound / 2)
-            await self.app.unregister(timeout=bound / 2)
-
-    async def _session_once(self, conn: Connection, app: GattApplication, bluez_owner: str,
-                            recovering_since: float | None) -> None:
-        """An adapter that disappears takes its registrations with it; the
-        session then waits for it to return and registers again."""
-        rule = MatchRule(sender=BLUEZ, path="/", interface=OBJECT_MANAGER_IFACE,
-                         member="InterfacesRemoved")
-        async with conn.subscribe(rule) as removals:
-            while True:
-                await self._register_with_retry(conn, app, bluez_owner, recovering_since)
-                assert self.status.adapter is not None
-                adapter = self.status.adapter
-                tracker = DeviceTracker(adapter, self._connection_changed)
-                self.tracker = tracker
-                async with trio.open_nursery() as nursery:
-                    await nursery.start(partial(tracker.run, conn,
-                                                timeout=self.settings.bus_timeout_s))
-                    nursery.start_soon(self._keep_advertising, conn, adapter)
-                    async for signal in removals:
-                        path, ifaces = signal.body
-                        if path == adapter and ADAPTER_IFACE in ifaces:
-                            break
-                    nursery.cancel_scope.cancel()
-                log.warning("adapter removed adapter=%s", adapter)
-                self._forget_registrations("adapter removed")
-                recovering_since = trio.current_time()
-
-    async def _register_with_retry(self, conn: Connection, app: GattApplication,
-                                   bluez_owner: str, recovering_since: float | None) -> None:
-        attempt = 0
-        while not self.status.registered:
-            attempt += 1
-            try:
-                await self._register(conn, app, bluez_owner, wait_for_adapter=True)
-            except (StartError, DBusError) as exc:
-                self.status.last_error = str(exc)
-                log.info("registration attempt=%d failed retry_in_s=%.2f error=%s",
-                         attempt, _backoff(attempt), exc)
-                await trio.sleep(_backoff(attempt))
-                continue
-            if recovering_since is not None:
-                self.status.restarts += 1
-                self.status.last_recovery_s = trio.current_time() - recovering_since
-                log.info("registered again attempts=%d recovery_s=%.3f", attempt,
-                         self.status.last_recovery_s)
-
-    # -- advertising and the name ----------------------------------------------------------
-    async def _keep_advertising(self, conn: Connection, adapter: str) -> None:
-        """Set the alias; when enabled, register the advert and re-register on Release."""
-        timeout = self.settings.bus_timeout_s
+    async def _set_alias(self, conn: Connection, adapter: str) -> None:
         self.name = await self.current_name()
         log.info("advertised name name=%s", self.name)
         await self._apply_alias(conn, adapter)
+
+    async def _register_advert(self, conn: Connection, adapter: str) -> None:
+        """Register the advert (re-planned from the adapter's capabilities) when enabled."""
         if not self.settings.ble_adv_enable:
             log.info("advertising disabled (MUSHPI_BLE_ADV_ENABLE=false); alias only name=%s",
                      self.name)
             return
-        attempt = 0
-        while True:
-            try:
-                self._capabilities = await read_capabilities(conn, adapter, timeout=timeout)
-                plan = self._plan()
-                if self.advert is None:
-                    self.advert = Advertisement(conn, advert_path(self.settings.dbus_app_path),
-                                                plan, on_release=self._advert_released)
-                elif self.advert.plan != plan:
-                    await self.advert.update(plan)
-                self._advert_wanted = trio.Event()
-                await self.advert.register(adapter, timeout=timeout)
-                self.status.advertising = True
-                attempt = 0
-            except DBusError as exc:
-                attempt += 1
-                self.status.last_error = f"advertising: {exc}"
-                log.warning("advertisement registration failed attempt=%d retry_in_s=%.2f "
-                            "error=%s", attempt, _backoff(attempt), exc)
-                await trio.sleep(_backoff(attempt))
-                continue
-            await self._advert_wanted.wait()
-            self.status.advertising = False
-            attempt += 1
-            await trio.sleep(_backoff(attempt))
+        timeout = self.settings.bus_timeout_s
+        self._capabilities = await read_capabilities(conn, adapter, timeout=timeout)
+        plan = self._plan()
+        if self.advert is None:
+            self.advert = Advertisement(conn, advert_path(self.settings.dbus_app_path), plan,
+                                        on_release=self._advert_released)
+        elif self.advert.plan != plan:
+            await self.advert.update(plan)
+        await self.advert.register(adapter, timeout=timeout)
+        self.status.advertising = True
 
+    async def _unregister_advert(self, timeout: float) -> None:
+        if self.advert is not None:
+            await self.advert.unregister(timeout=timeout)
+
+    def _forget_advert(self) -> None:
+        if self.advert is not None:
+            self.advert.registered_on = None
+        self.status.advertising = False
+
+    # -- advertising and the name ----------------------------------------------------------
     def _advert_released(self) -> None:
         self.status.advertising = False
         if not self._stopping:
-            self._advert_wanted.set()
+            self._lose("advertisement", "advertisement released")
 
     def _plan(self) -> AdvertPlan:
         plan = plan_advertisement(self.name, self.settings.ble_service_uuid,
@@ -456,7 +590,7 @@ class Peripheral:
     # -- devices -------------------------------------------------------------------------
     def _device_seen(self, device: str, mtu: int) -> None:
         if self.tracker is not None:
-            self.tracker.note_mtu(device, mtu)
+            self.tracker.note_request(device, mtu)
 
     def _connection_changed(self, central: Central, connected: bool) -> None:
         if connected:

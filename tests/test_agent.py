@@ -15,7 +15,6 @@ from mushpi_ble.cli import check
 from mushpi_ble.config import ConfigError, load_settings
 from mushpi_ble.dbus import Connection, DBusError, open_connection
 from mushpi_ble.gatt.agent import (
-    AGENT_IFACE,
     JustWorksPolicy,
     Pairing,
     PairingAgent,
@@ -25,6 +24,7 @@ from mushpi_ble.gatt.agent import (
     follow_bonds,
     policy_for_mode,
 )
+from mushpi_ble.gatt.names import AGENT_IFACE
 from mushpi_ble.testing.fakebluez import FakeBluez
 
 HCI0 = "/org/bluez/hci0"

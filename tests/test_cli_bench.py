@@ -1,15 +1,30 @@
-"""``mushpi-ble bench``: one quick run end to end, and the report when a peer is missing."""
+"""The benchmark harness: ``mushpi-ble bench`` end to end, the report when a peer is
+missing, and the pieces every benchmark shares (percentiles, the report schema, the
+child-process protocol)."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import statistics
+from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mushpi_ble.cli import bench, main
+from mushpi_ble.bench import results, stats, wire
+from mushpi_ble.bench import suite as bench
+from mushpi_ble.bench.children import Child, ChildFailed
+from mushpi_ble.bench.peer import READABLE, PeerState, peer_characteristics
+from mushpi_ble.cli import main
+from mushpi_ble.protocol import (
+    CHARACTERISTICS,
+    ControlTargets,
+    InvalidPayload,
+    ThresholdsQuery,
+)
 
 PEER = "bluez_peripheral"
 
@@ -25,20 +40,23 @@ def test_quick_run_prints_both_rows_and_writes_json(
     rows = {line.split()[0].rstrip(":"): line for line in text.splitlines()
             if line.startswith(("mushpi_ble ", f"{PEER} ", f"{PEER}:"))}
     assert set(rows) == {"mushpi_ble", PEER}, text
-    assert "peripheral (scripts/bench.py" in text
-    assert "offer→central" in text  # the peripheral's own figures were read back
+    assert "peripheral (its own process" in text
+    assert "offer→central" in text  # the peripheral's own figures came back from its process
 
     report = json.loads(out.read_text())
-    assert {"quick", "counts", "environment", "peripheral", "side_by_side",
-            "ratios"} <= set(report)
-    assert report["quick"] is True
-    assert report["peripheral"]["status"] == "ok"
+    results.check_report(report)
+    assert report["benchmark"] == "suite"
+    assert report["config"]["quick"] is True
+    figures = report["results"]
+    assert {"peripheral", "side_by_side", "ratios"} <= set(figures)
+    assert figures["peripheral"]["status"] == "ok"
     assert {"read_us", "notify_latency_us", "sustained", "peak_rss_mib"} <= set(
-        report["peripheral"])
+        figures["peripheral"])
+    assert set(figures["peripheral"]["notify_latency_us"]) == set(stats.SUMMARY_KEYS)
 
-    ours = report["side_by_side"]["mushpi_ble"]
+    ours = figures["side_by_side"]["mushpi_ble"]
     assert ours["status"] == "ok", ours
-    assert {"p50", "p95", "p99"} <= set(ours["read_us"])
+    assert set(ours["read_us"]) == set(stats.SUMMARY_KEYS)
     assert ours["read_us"]["p50"] > 0
     assert ours["notifications"]["received"] == ours["notifications"]["requested"]
     assert ours["notifications"]["loss_percent"] == 0
@@ -46,11 +64,11 @@ def test_quick_run_prints_both_rows_and_writes_json(
     assert ours["unpaced"]["on_bus"] is True
     assert ours["value_pushed_on_subscribe"] is True
 
-    peer = report["side_by_side"][PEER]
+    peer = figures["side_by_side"][PEER]
     if peer["status"] == "ok":
         assert {"read_us", "notifications", "unpaced", "peak_rss_mib"} <= set(peer)
         assert peer["notifications"]["per_s"] > 0
-        assert set(report["ratios"][PEER]) >= {"read_p50", "read_p95", "read_p99",
+        assert set(figures["ratios"][PEER]) >= {"read_p50", "read_p95", "read_p99",
                                                "notifications_per_s", "peak_rss_mib"}
         assert any(line.startswith("ratio") for line in text.splitlines())
     else:
@@ -69,10 +87,11 @@ def fake_report(peer_row: dict[str, Any]) -> dict[str, Any]:
         "advertisement": "registered", "value_pushed_on_subscribe": True,
     }
     rows = {"mushpi_ble": ours, PEER: peer_row}
-    return {"quick": True, "counts": {"reads": 1, "notifications": 500, "batch": 64},
-            "environment": {"python": "3.11", "cpus": 2},
-            "peripheral": {"status": "failed", "error": "scripts/bench.py not found"},
-            "side_by_side": rows, "ratios": bench.ratios(rows)}
+    return results.report(
+        "suite", config={"quick": True, "counts": {"reads": 1, "notifications": 500,
+                                                   "batch": 64}},
+        results={"peripheral": {"status": "failed", "error": "the server process closed"},
+                 "side_by_side": rows, "ratios": bench.ratios(rows)})
 
 
 @pytest.mark.parametrize(("status", "error", "expected"), [
@@ -87,11 +106,7 @@ def test_a_peer_that_cannot_run_keeps_its_row(status: str, error: str, expected:
 
     assert expected in text.splitlines()
     assert not any(line.startswith("ratio") for line in text.splitlines())
-    assert "scripts/bench.py: failed: scripts/bench.py not found" in text
-
-
-def test_missing_scripts_are_reported_not_raised(tmp_path: Path) -> None:
-    assert bench.run_peripheral_bench(tmp_path, quick=True)["status"] == "failed"
+    assert "  peripheral: failed: the server process closed" in text
 
 
 def test_benchmark_packets_carry_their_sequence_number() -> None:
@@ -106,7 +121,144 @@ def test_a_peer_that_is_not_installed_is_not_started() -> None:
     import trio
 
     row = trio.run(bench.measure_library, "unix:path=/nonexistent", "no_such_peer_library",
-                   bench.QUICK, bench.SCRIPTS_DIR)
+                   bench.QUICK)
 
     assert row["status"] == "not installed"
     assert row["error"].startswith("not installed (pip install")
+
+
+# ----------------------------------------------------------------------
+# the one percentile definition and summary shape
+# ----------------------------------------------------------------------
+def test_percentile_interpolates_between_closest_ranks() -> None:
+    values = [15.0, 20.0, 35.0, 40.0, 50.0]
+
+    assert stats.percentile(values, 0) == 15.0
+    assert stats.percentile(values, 50) == 35.0
+    assert stats.percentile(values, 100) == 50.0
+    assert stats.percentile(values, 40) == pytest.approx(29.0)  # rank 1.6: 20 + 0.6 × 15
+    assert stats.percentile(list(reversed(values)), 40) == pytest.approx(29.0)
+    assert stats.percentile([7.0], 99) == 7.0
+    assert math.isnan(stats.percentile([], 50))
+
+
+@pytest.mark.parametrize("pct", [5, 25, 50, 75, 95, 99])
+def test_percentile_is_the_inclusive_quantile(pct: int) -> None:
+    values = [float(v * v % 97) for v in range(1, 60)]
+    expected = statistics.quantiles(values, n=100, method="inclusive")[pct - 1]
+
+    assert stats.percentile(values, pct) == pytest.approx(expected)
+
+
+def test_summary_has_one_shape_and_scales_its_samples() -> None:
+    ns = [1_000, 2_000, 3_000, 4_000]
+
+    us = stats.summary(ns, 1e-3)
+
+    assert tuple(us) == stats.SUMMARY_KEYS
+    assert us["min"] == 1.0 and us["max"] == 4.0 and us["mean"] == 2.5 and us["n"] == 4
+    assert us["p50"] == stats.percentile([1.0, 2.0, 3.0, 4.0], 50)
+    empty = stats.summary([])
+    assert tuple(empty) == stats.SUMMARY_KEYS
+    assert empty["n"] == 0 and math.isnan(empty["p99"])
+
+
+def test_ratio_and_median_skip_missing_numbers() -> None:
+    assert stats.ratio(3.0, 2.0) == 1.5
+    assert stats.ratio(1.0, 0.0) is None
+    assert stats.ratio(math.nan, 1.0) is None
+    assert stats.ratio(None, 1.0) is None
+    assert stats.median([3.0, None, math.nan, 1.0]) == 2.0
+    assert stats.median([None]) is None
+    assert stats.fmt(math.nan) == "-" and stats.fmt(1234.5, 1) == "1,234.5"
+
+
+# ----------------------------------------------------------------------
+# the one report schema
+# ----------------------------------------------------------------------
+def test_a_report_is_written_as_strict_json_in_the_envelope(tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "x.json"
+    data = results.report("x", config={"n": 1}, results={"lat": stats.summary([])},
+                          packages=["trio"], extra_field=5)
+
+    results.write_report(path, data)
+
+    text = path.read_text()
+    assert "NaN" not in text
+    loaded = json.loads(text)
+    assert tuple(loaded) == results.REPORT_KEYS
+    assert loaded["schema"] == results.SCHEMA and loaded["benchmark"] == "x"
+    assert loaded["results"]["lat"]["p50"] is None
+    assert loaded["environment"]["extra_field"] == 5
+    assert set(loaded["environment"]["packages"]) == {"mushpi-ble", "trio"}
+    assert results.default_path("x") == Path("bench-results/x.json")
+
+
+def test_a_report_outside_the_schema_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="missing"):
+        results.write_report(tmp_path / "x.json", {"benchmark": "x", "results": {}})
+    assert not (tmp_path / "x.json").exists()
+
+
+# ----------------------------------------------------------------------
+# the one child-process protocol
+# ----------------------------------------------------------------------
+def test_lines_become_events_across_chunks_and_noise_is_skipped() -> None:
+    lines = wire.LineBuffer()
+
+    assert lines.feed(b'{"event": "ready", "na') == []
+    assert lines.feed(b'me": ":1.5"}\nlibrary chatter\n[1]\n{"event": "done"}\n') == [
+        {"event": "ready", "name": ":1.5"}, {"event": "done"}]
+    assert wire.decode_line(wire.command_line("notify", count=3)) == {"cmd": "notify",
+                                                                      "count": 3}
+
+
+def test_a_server_answers_each_command_until_quit() -> None:
+    commands = [wire.command_line("double", n=2).decode(), "not json\n",
+                wire.command_line("nope").decode(), wire.command_line("quit").decode(),
+                wire.command_line("double", n=5).decode()]
+    out = io.StringIO()
+
+    with redirect_stdout(out):
+        wire.serve_commands({"double": lambda c: {"n": c["n"] * 2}}, commands)
+
+    answers = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert answers == [{"event": "done", "n": 4},
+                       {"event": "done", "error": "unknown command 'nope'"}]
+
+
+async def test_a_server_that_cannot_serve_says_why() -> None:
+    argv = wire.server_argv("peer", "no_such_library", "unix:path=/nonexistent")
+
+    async with Child(argv) as child:
+        with pytest.raises(ChildFailed) as failed:
+            await child.ready(30.0)
+
+    assert failed.value.kind == "not installed"
+    assert "no_such_library" in failed.value.error
+
+
+# ----------------------------------------------------------------------
+# the peer: the protocol's table, served from static state
+# ----------------------------------------------------------------------
+def test_the_peer_serves_the_protocol_table_and_the_benchmarks_read_its_readable_rows() -> None:
+    assert peer_characteristics() == CHARACTERISTICS
+    assert tuple(c.name for c in CHARACTERISTICS if "read" in c.flags) == READABLE
+    assert "override_bits" not in READABLE
+
+
+def test_the_peer_answers_reads_and_writes_through_the_table() -> None:
+    state = PeerState()
+
+    for row in CHARACTERISTICS:
+        if row.read is not None and row.size is not None:
+            assert len(state.read(row.name)) == row.size, row.name
+    targets = ControlTargets.from_controller(None).pack()
+    state.write("control_targets", targets)
+    assert state.read("control_targets") == targets
+    state.write("stage_thresholds", ThresholdsQuery("Shiitake", "Pinning").pack())
+    assert state.cursor == ("Shiitake", "Pinning")
+    answer = json.loads(state.read("stage_thresholds"))
+    assert (answer["species"], answer["stage"]) == ("Shiitake", "Pinning")
+    with pytest.raises(InvalidPayload):
+        state.write("control_targets", b"\x00")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+import mushpi_ble.dbus
 from mushpi_ble.dbus import (
     CallContext,
+    CallTimeout,
     Connection,
     DBusError,
     Interface,
@@ -160,6 +164,46 @@ async def test_async_handler_deadline_answers_configured_error(
             await trio.sleep(0.01)
             nursery.start_soon(call, 0.0)
         assert results == ["slept 0.0", "slept 0.15"]
+
+
+async def test_async_handler_deadline_answers_dbus_failed_by_default(
+    bus_address: str, client: Connection
+) -> None:
+    async with open_connection(bus_address, handler_timeout=0.1) as srv:
+        srv.export("/slow", [Counter().interface()])
+        with pytest.raises(DBusError) as info:
+            await client.call(srv.unique_name, "/slow", IFACE, "Slow", "d", (5.0,))
+        assert (info.value.name, info.value.text) == (FAILED, "timeout")
+
+
+async def test_pause_and_resume_receiving(server: Connection, client: Connection) -> None:
+    """A paused connection reads nothing: calls wait, then are answered on resume."""
+    seen: list[str] = []
+
+    def echo(_ctx: CallContext, text: str) -> str:
+        seen.append(text)
+        return text
+
+    server.export("/stall", [Interface(IFACE, methods=[Method("Echo", "s", "s", handler=echo)])])
+    server.pause_receiving()
+    with pytest.raises(CallTimeout):
+        await client.call(server.unique_name, "/stall", IFACE, "Echo", "s", ("first",),
+                          timeout=0.2)
+    assert seen == []
+    server.resume_receiving()
+    reply = await client.call(server.unique_name, "/stall", IFACE, "Echo", "s", ("second",))
+    assert reply == ("second",)
+    assert seen == ["first", "second"]  # nothing was lost while paused
+    with trio.fail_after(2):
+        while client.stats.late_replies == 0:
+            await trio.sleep(0.01)
+
+
+def test_dbus_layer_names_no_bluez() -> None:
+    """The layer is generic: BlueZ's names live in the layers above."""
+    package = Path(mushpi_ble.dbus.__file__).parent
+    for source in sorted(package.glob("*.py")):
+        assert not re.search("bluez", source.read_text(), re.IGNORECASE), source
 
 
 async def test_five_hundred_pipelined_calls_all_answered(

@@ -2,9 +2,10 @@
 
 The compiled codec, the pre-serialised headers and the PropertiesChanged
 template must produce exactly jeepney's bytes, decode exactly as jeepney
-decodes, refuse what jeepney refuses (so the connection falls back to
-jeepney and reports jeepney's own error), and behave on a real
-dbus-daemon with real clients.
+decodes, refuse what jeepney refuses (so the wire falls back to jeepney
+and reports jeepney's own error), and behave on a real dbus-daemon with
+real clients. The wire, fast path and fallback together, must give
+jeepney's bytes or jeepney's error for every message.
 """
 
 from __future__ import annotations
@@ -43,15 +44,11 @@ from mushpi_ble.dbus import (
     Method,
     Property,
 )
-from mushpi_ble.dbus.codec import WireParser, body_writer, decode_message
+from mushpi_ble.dbus.codec import Compiler, MessageDecoder, WireParser
 from mushpi_ble.dbus.errors import FAILED
 from mushpi_ble.dbus.signature import body_from_result
-from mushpi_ble.dbus.templates import (
-    encode_method_call,
-    encode_method_return,
-    encode_properties_changed,
-    encode_signal,
-)
+from mushpi_ble.dbus.templates import Templates
+from mushpi_ble.dbus.wire import Wire
 
 PROPS = "org.freedesktop.DBus.Properties"
 CHAR_IFACE = "org.bluez.GattCharacteristic1"
@@ -62,6 +59,15 @@ READ_OPTIONS: dict[str, tuple[str, Any]] = {
     "link": ("s", "LE"),
 }
 SERIALS = (1, 2, 255, 65536, 2**32 - 1)
+# The fast path on its own, without the wire's fallback to jeepney.
+COMPILER = Compiler()
+TEMPLATES = Templates(COMPILER)
+DECODER = MessageDecoder(Compiler())
+encode_signal = TEMPLATES.signal
+encode_method_call = TEMPLATES.method_call
+encode_method_return = TEMPLATES.method_return
+encode_properties_changed = TEMPLATES.properties_changed
+decode_message = DECODER.decode
 
 BODIES: list[tuple[str, tuple[Any, ...]]] = [
     ("", ()),
@@ -177,7 +183,7 @@ def received(msg: Message, serial: int) -> Message:
 def test_body_writer_matches_jeepney(signature: str, body: tuple[Any, ...]) -> None:
     expected = parse_signature(list(f"({signature})")).serialise(body, 0, Endianness.little)
     out = bytearray()
-    body_writer(signature)(out, body)
+    COMPILER.body_writer(signature)(out, body)
     assert bytes(out) == expected
 
 
@@ -377,7 +383,7 @@ def test_wire_parser_matches_jeepney_parser_for_any_chunking() -> None:
     stream = b"".join(sample_messages() * 3)
     expected = Parser().feed(stream)
     for _ in range(40):
-        ours = WireParser()
+        ours = WireParser(decode_message)
         got: list[Message] = []
         pos = 0
         while pos < len(stream):
@@ -399,7 +405,7 @@ def test_wire_parser_hands_descriptors_to_their_message() -> None:
     raw = bytes(msg.serialise(4, fds=array.array("i")))
     assert msg.header.fields[HeaderFields.unix_fds] == 1
     plain = bytes(jeepney_call("s", ("x",)).serialise(5))
-    for parser in (Parser(), WireParser()):
+    for parser in (Parser(), WireParser(decode_message)):
         parser.add_data(raw + plain + raw, [Fd(1), Fd(2)])
         first, second, third = (parser.get_next_message() for _ in range(3))
         assert first is not None and second is not None and third is not None
@@ -415,6 +421,100 @@ def test_body_from_result_reuses_split_signatures() -> None:
         body_from_result("si", "a")
     with pytest.raises(TypeError):
         body_from_result("si", ("a", 1, 2))
+
+
+# ----------------------------------------------------------------------
+# the wire: fast path or jeepney, never a difference
+# ----------------------------------------------------------------------
+def jeepney_outcome(build: Any) -> tuple[type[BaseException] | None, Any]:
+    """What ``build()`` returns, or the type and text of what it raises."""
+    try:
+        return None, build()
+    except Exception as exc:
+        return type(exc), str(exc)
+
+
+# What the fast path leaves to jeepney: descriptors, big-endian, odd containers.
+FALLBACK_ONLY: list[tuple[str, tuple[Any, ...]]] = [
+    ("h", (0,)),
+    ("ah", ([0, 1],)),
+    ("a{sv}", ({"fd": ("h", 0)},)),
+]
+
+
+@pytest.mark.parametrize("enable_fds", [False, True])
+@pytest.mark.parametrize(("signature", "body"), BODIES + REFUSED + FALLBACK_ONLY)
+def test_wire_gives_jeepneys_bytes_or_jeepneys_error(signature: str, body: Any,
+                                                     enable_fds: bool) -> None:
+    wire = Wire(enable_fds=enable_fds)
+    parent = received(jeepney_call("", ()), 9)
+
+    def serialise(msg: Message, serial: int) -> bytes:
+        return bytes(msg.serialise(serial, fds=array.array("i") if enable_fds else None))
+
+    cases = [
+        (lambda: serialise(new_signal(DBusAddress("/a", interface="org.example.If1"), "S",
+                                      signature or None, body), 5),
+         lambda: wire.signal("/a", "org.example.If1", "S", signature, body, 5)),
+        (lambda: serialise(new_method_return(parent, signature or None, body), 6),
+         lambda: wire.method_return(parent, signature, body, 6)[0]),
+        (lambda: serialise(new_method_call(DBusAddress(CHAR_PATH, bus_name=":1.7",
+                                                       interface=CHAR_IFACE),
+                                           "M", signature or None, body), 7),
+         lambda: wire.method_call(":1.7", CHAR_PATH, CHAR_IFACE, "M", signature, body, 7)[0]),
+    ]
+    for jeepney_build, wire_build in cases:
+        for _ in range(2):  # the second time from the wire's caches
+            assert jeepney_outcome(wire_build) == jeepney_outcome(jeepney_build)
+
+
+def test_wire_property_changed_falls_back_for_descriptors() -> None:
+    wire = Wire(enable_fds=False)
+    for signature, value in [("ay", b"x"), ("h", 0), ("ay", "text")]:
+        assert jeepney_outcome(
+            lambda s=signature, v=value: wire.property_changed(CHAR_PATH, CHAR_IFACE, "V", s,
+                                                               v, 3)
+        ) == jeepney_outcome(
+            lambda s=signature, v=value: jeepney_properties_changed(CHAR_PATH, CHAR_IFACE, "V",
+                                                                    s, v, 3))
+
+
+def test_wire_sends_descriptors_only_when_enabled() -> None:
+    parent = received(jeepney_call("", ()), 9)
+    fds: array.array[int] = array.array("i")
+    expected = bytes(new_method_return(parent, "hq", (5, 1)).serialise(4, fds=fds))
+    data, sent = Wire(enable_fds=True).method_return(parent, "hq", (5, 1), 4)
+    assert (data, sent) == (expected, fds)
+    data, sent = Wire(enable_fds=True).method_return(parent, "q", (1,), 4)
+    assert sent is None
+    assert Wire(enable_fds=True).method_call(":1.7", "/a", "org.example.If1", "M", "h", (5,),
+                                             4)[1] == fds
+    with pytest.raises(RuntimeError):  # jeepney without descriptor support refuses "h"
+        Wire(enable_fds=False).method_return(parent, "h", (5,), 4)
+    error, sent = Wire(enable_fds=True).error(parent, "org.example.Error.E", "no", 8)
+    assert sent is None
+    assert error == bytes(new_error(parent, "org.example.Error.E", "s", ("no",)).serialise(8))
+
+
+def test_wire_parser_decodes_like_jeepney() -> None:
+    stream = b"".join(sample_messages())
+    parser = Wire(enable_fds=False).parser()
+    parser.add_data(stream)
+    got = list(iter(parser.get_next_message, None))
+    expected = Parser().feed(stream)
+    assert len(got) == len(expected)
+    assert all(same_message(a, b) for a, b in zip(got, expected, strict=True))
+
+
+def test_wires_keep_their_own_caches() -> None:
+    first, second = Wire(enable_fds=False), Wire(enable_fds=False)
+    first.signal("/a", "org.example.If1", "S", "s", ("x",), 1)
+    first.property_changed("/a", "org.example.If1", "P", "ay", b"x", 2)
+    first.decode(bytes(jeepney_call("a{sv}", (READ_OPTIONS,)).serialise(3)))
+    assert first._templates._signals and first._templates._properties_changed
+    assert first._decoder._shapes
+    assert not second._templates._signals and not second._templates._properties_changed
+    assert not second._decoder._shapes
 
 
 # ----------------------------------------------------------------------

@@ -40,6 +40,14 @@ async def test_registration_serves_the_protocol_table(rig: Rig) -> None:
     assert rig.portal.get_status()["registered"] is True
 
 
+async def test_handler_deadline_answers_bluez_failed(rig: Rig) -> None:
+    """Past the D-Bus layer's backstop deadline bluetoothd hears BlueZ's own Failed."""
+    await rig.bluez.wait_for_application()
+    conn = rig.portal.peripheral.conn
+    assert conn is not None
+    assert conn.timeout_error == ("org.bluez.Error.Failed", "timeout")
+
+
 async def test_reads_give_exact_bytes_for_a_known_state(rig: Rig) -> None:
     central = await phone(rig)
     # zeros until the first publish, as the legacy server did

@@ -12,8 +12,10 @@ from rig import Rig, eventually, make_settings, phone, start_rig
 
 from mushpi_ble.dbus import DBusError, open_connection
 from mushpi_ble.notify import Outcome
+from mushpi_ble.peripheral import State, Step
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS, ControlTargets
+from mushpi_ble.testing.controller import SimulatedController
 from mushpi_ble.testing.fakebluez import FakeBluez
 
 UUID = CHARACTERISTIC_UUIDS
@@ -267,3 +269,63 @@ async def test_other_callers_get_access_denied(rig: Rig, bus_address: str,
         assert "WriteValue" in xml
     assert rig.controller.writes == []
     assert "access denied" in caplog.text
+
+
+async def test_supervisor_states_and_their_transition_log(
+    bus_address: str, bluez: FakeBluez, stopper: list[BlePortal],
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="mushpi_ble.peripheral")
+    rig = await serve(bus_address, bluez, stopper)
+    await bluez.wait_for_advertisement()
+    peripheral = rig.portal.peripheral
+    await eventually(lambda: peripheral.state is State.SERVING)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("supervisor")]
+    assert lines == [
+        "supervisor stopped -> waiting-for-bluetoothd",
+        "supervisor waiting-for-bluetoothd -> finding-adapter",
+        "supervisor finding-adapter -> registering",
+        "supervisor registering -> serving",
+    ]
+    await bluez.restart(graceful=False)
+    await bluez.wait_for_advertisement(timeout=3.0)
+    await eventually(lambda: peripheral.state is State.SERVING
+                     and rig.portal.get_status()["registered"])
+    assert "supervisor serving -> waiting-for-bluetoothd" in caplog.text
+    await trio.to_thread.run_sync(stopper.pop().stop)
+    assert peripheral.state is State.STOPPED
+
+
+async def test_a_new_session_step_is_one_list_entry(
+    bus_address: str, bluez: FakeBluez, stopper: list[BlePortal]
+) -> None:
+    """What a pairing agent needs: done per bluetoothd, retried on failure, undone at stop."""
+    calls: list[str] = []
+    failures = [DBusError("org.bluez.Error.Failed", "not yet")]
+
+    async def register(_conn: object, adapter: str) -> None:
+        calls.append(f"register {adapter}")
+        if failures:
+            raise failures.pop()
+
+    async def unregister(_timeout: float) -> None:
+        calls.append("unregister")
+
+    def forget() -> None:
+        calls.append("forget")
+
+    portal = BlePortal(make_settings(), bus=bus_address)
+    portal.set_callbacks(SimulatedController(seed=1).callbacks())
+    portal.peripheral.steps.append(Step("probe", register, unregister, forget))
+    await trio.to_thread.run_sync(portal.start)
+    stopper.append(portal)
+    # the first attempt failed; the application stayed registered and the step was retried
+    await eventually(lambda: calls.count("register /org/bluez/hci0") == 2)
+    await eventually(lambda: portal.peripheral.state is State.SERVING)
+    assert portal.get_status()["registered"]
+    assert len(bluez.applications()) == 1
+    await bluez.restart()
+    await eventually(lambda: calls.count("register /org/bluez/hci0") == 3, timeout=3.0)
+    assert "forget" in calls
+    await trio.to_thread.run_sync(stopper.pop().stop)
+    assert calls[-1] == "unregister"

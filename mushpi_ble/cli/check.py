@@ -23,8 +23,17 @@ import trio
 
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.dbus import BusUnreachable, Connection, DBusError, open_connection
-from mushpi_ble.gatt.adapter import ADAPTER_IFACE, managed_objects, pick_adapter
-from mushpi_ble.gatt.agent import AGENT_IFACE, AGENT_MANAGER_IFACE, AGENT_MANAGER_PATH, agent_path
+from mushpi_ble.gatt.adapter import managed_objects, pick_adapter
+from mushpi_ble.gatt.agent import AGENT_MANAGER_PATH, agent_path
+from mushpi_ble.gatt.errors import DOES_NOT_EXIST
+from mushpi_ble.gatt.names import (
+    ADAPTER_IFACE,
+    ADVERTISING_MANAGER_IFACE,
+    AGENT_IFACE,
+    AGENT_MANAGER_IFACE,
+    BLUEZ,
+    GATT_MANAGER_IFACE,
+)
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd",
@@ -113,12 +122,12 @@ async def run_checks(settings: Settings, bus: str, bluetoothd: str | None) -> li
 
 async def _check_bluez(conn: Connection, settings: Settings, findings: list[Finding]) -> None:
     timeout = settings.bus_timeout_s
-    owner = await conn.get_name_owner("org.bluez")
+    owner = await conn.get_name_owner(BLUEZ)
     if not owner:
-        findings.append(Finding(FAIL, "bluetoothd", "org.bluez is not on the bus: bluetoothd is "
-                                "not running (sudo systemctl start bluetooth)"))
+        findings.append(Finding(FAIL, "bluetoothd", f"{BLUEZ} is not on the bus: bluetoothd "
+                                "is not running (sudo systemctl start bluetooth)"))
         return
-    findings.append(Finding(OK, "bluetoothd", f"org.bluez is owned by {owner}"))
+    findings.append(Finding(OK, "bluetoothd", f"{BLUEZ} is owned by {owner}"))
     objects = await managed_objects(conn, timeout=timeout)
     adapters = sorted(p for p, i in objects.items() if ADAPTER_IFACE in i)
     names = ", ".join(p.rsplit("/", 1)[-1] for p in adapters) or "none"
@@ -141,7 +150,7 @@ async def _check_bluez(conn: Connection, settings: Settings, findings: list[Find
 
 async def _check_advertising(conn: Connection, settings: Settings, path: str,
                              objects: dict[str, Any], findings: list[Finding]) -> None:
-    manager = objects[path].get("org.bluez.LEAdvertisingManager1")
+    manager = objects[path].get(ADVERTISING_MANAGER_IFACE)
     if manager is None:
         level = FAIL if settings.ble_adv_enable else INFO
         findings.append(Finding(level, "advertising", "the adapter has no LE advertising "
@@ -167,10 +176,10 @@ async def _check_permission(conn: Connection, settings: Settings, path: str,
     """Unregistering a path we never registered is harmless: bluetoothd answers
     DoesNotExist when we may talk to it, and the bus policy AccessDenied when not."""
     try:
-        await conn.call("org.bluez", path, "org.bluez.GattManager1", "UnregisterApplication",
+        await conn.call(BLUEZ, path, GATT_MANAGER_IFACE, "UnregisterApplication",
                         "o", (PROBE_PATH,), timeout=settings.bus_timeout_s)
     except DBusError as exc:
-        if exc.name == "org.bluez.Error.DoesNotExist":
+        if exc.name == DOES_NOT_EXIST:
             findings.append(Finding(OK, "permissions", "D-Bus calls to bluetoothd are permitted"))
         elif exc.name.endswith("AccessDenied"):
             findings.append(Finding(FAIL, "permissions", "bluetoothd calls are denied by the "
@@ -218,11 +227,11 @@ async def _check_pairing(conn: Connection, settings: Settings, bluez: str, paira
     timeout = settings.bus_timeout_s
     mode = settings.ble_pairing
     try:
-        await conn.call("org.bluez", AGENT_MANAGER_PATH, AGENT_MANAGER_IFACE, "UnregisterAgent",
-                        "o", (PROBE_PATH,), timeout=timeout)
+        await conn.call(BLUEZ, AGENT_MANAGER_PATH, AGENT_MANAGER_IFACE, "UnregisterAgent", "o",
+                        (PROBE_PATH,), timeout=timeout)
         manager = "answered"
     except DBusError as exc:
-        manager = "answered" if exc.name == "org.bluez.Error.DoesNotExist" else exc.name
+        manager = "answered" if exc.name == DOES_NOT_EXIST else exc.name
     path = agent_path(settings.dbus_app_path)
     owner = await find_agent(conn, path, {conn.unique_name, bluez}, timeout=min(timeout, 1.0))
     if manager != "answered":

@@ -5,9 +5,11 @@ strings for every value; this module compiles each signature once into
 closures that append to one ``bytearray`` (writing) or read straight from
 the message bytes (reading). It covers little-endian messages and every
 type except file descriptors (``h``). It mirrors jeepney's type checks, and
-anything it does not handle, or any value it refuses, is passed back to
-jeepney by the callers (:class:`Unsupported` or any other exception), so
-messages, decoded values and error texts stay exactly jeepney's.
+anything it does not handle, or any value it refuses, raises
+(:class:`Unsupported` or any other exception) so that the
+:class:`~.wire.Wire` passes it to jeepney: messages, decoded values and
+error texts stay exactly jeepney's. What it compiles is kept in a
+:class:`Compiler` and a :class:`MessageDecoder`, one of each per wire.
 """
 
 from __future__ import annotations
@@ -28,11 +30,10 @@ from jeepney.low_level import (
 )
 
 __all__ = [
+    "Compiler",
+    "MessageDecoder",
     "Unsupported",
     "WireParser",
-    "body_writer",
-    "decode_message",
-    "type_writer",
 ]
 
 
@@ -151,7 +152,9 @@ def _string(code: str) -> _Type:
     return _Type(code, 4, write_str, read_str)
 
 
-def _array(elt: _Type, dict_entry: tuple[_Type, _Type] | None) -> _Type:
+def _array(elt: _Type, dict_entry: tuple[_Type, _Type] | None,
+           options_read: Reader) -> _Type:
+    """An array of ``elt``; ``options_read`` is the compiler's one-pass ``a{sv}`` reader."""
     pack_u32, u32_from, pack_u32_into = _U32.pack, _U32.unpack_from, _U32.pack_into
     zeros = _ZEROS
     elt_mask = elt.align - 1
@@ -209,7 +212,7 @@ def _array(elt: _Type, dict_entry: tuple[_Type, _Type] | None) -> _Type:
             end = start + u32_from(buf, pos)[0]
             return buf[start:end], end
     elif dict_entry is not None and dict_entry[0].sig == "s" and dict_entry[1].sig == "v":
-        read = _read_string_variant_dict
+        return _Type("a" + elt.sig, 4, write, options_read)
     elif dict_entry is not None:
         key_read, value_read = dict_entry[0].read, dict_entry[1].read
 
@@ -241,33 +244,6 @@ def _array(elt: _Type, dict_entry: tuple[_Type, _Type] | None) -> _Type:
     return _Type("a" + elt.sig, 4, write, read)
 
 
-def _read_string_variant_dict(buf: bytes, pos: int) -> tuple[Any, int]:
-    """``a{sv}``, the options argument of most BlueZ calls, read in one go."""
-    u32_from = _U32.unpack_from
-    pos += -pos & 3
-    length = u32_from(buf, pos)[0]
-    pos += 4
-    pos += -pos & 7
-    end = pos + length
-    result = {}
-    variants = _VARIANT_READERS
-    while pos < end:
-        pos += -pos & 7
-        stop = pos + 4 + u32_from(buf, pos)[0]
-        if buf[stop] != 0:
-            raise ValueError("string not NUL-terminated")
-        key = buf[pos + 4 : stop].decode("utf-8")
-        sig_at = stop + 1
-        sig_end = sig_at + 1 + buf[sig_at]
-        if buf[sig_end] != 0:
-            raise ValueError("string not NUL-terminated")
-        sig_bytes = buf[sig_at + 1 : sig_end]
-        entry = variants.get(sig_bytes) or _variant_reader(sig_bytes)
-        value, pos = entry[1](buf, sig_end + 1)
-        result[key] = (entry[0], value)
-    return result, pos
-
-
 def _struct(fields: Sequence[_Type], sig: str) -> _Type:
     zeros = _ZEROS
     count = len(fields)
@@ -296,164 +272,200 @@ def _struct(fields: Sequence[_Type], sig: str) -> _Type:
     return _Type(sig, 8, write, read)
 
 
-def _variant() -> _Type:
-    def write(out: bytearray, data: Any) -> None:
-        sig, value = data
-        if type(sig) is not str:
-            raise Unsupported("variant signature is not a str")
-        compiled = _TYPES.get(sig) or _compile_one(sig)
-        out += _VARIANT_SIGS[sig]
-        compiled.write(out, value)
-
-    variants = _VARIANT_READERS
-
-    def read(buf: bytes, pos: int) -> tuple[Any, int]:
-        end = pos + 1 + buf[pos]
-        if buf[end] != 0:
-            raise ValueError("string not NUL-terminated")
-        sig_bytes = buf[pos + 1 : end]
-        entry = variants.get(sig_bytes) or _variant_reader(sig_bytes)
-        value, pos = entry[1](buf, end + 1)
-        return (entry[0], value), pos
-
-    return _Type("v", 1, write, read)
-
-
-def _parse(sig: str, pos: int) -> tuple[_Type, int]:
-    """Compile the complete type starting at ``sig[pos]``; Unsupported if invalid."""
-    if pos >= len(sig):
-        raise Unsupported(f"signature {sig!r} ends inside a type")
-    code = sig[pos]
-    if code in _FIXED:
-        return _fixed(code), pos + 1
-    if code in "sog":
-        return _string(code), pos + 1
-    if code == "v":
-        return _VARIANT, pos + 1
-    if code == "a":
-        if sig[pos + 1 : pos + 2] == "{":
-            if sig[pos + 2 : pos + 3] not in _BASIC_CODES:
-                raise Unsupported(f"signature {sig!r}: dict key must be a basic type")
-            key, after = _parse(sig, pos + 2)
-            value, after = _parse(sig, after)
-            if sig[after : after + 1] != "}":
-                raise Unsupported(f"signature {sig!r}: bad dict entry")
-            entry = _struct((key, value), sig[pos + 1 : after + 1])
-            return _array(entry, (key, value)), after + 1
-        elt, after = _parse(sig, pos + 1)
-        return _array(elt, None), after
-    if code == "(":
-        fields = []
-        after = pos + 1
-        while sig[after : after + 1] not in (")", ""):
-            field, after = _parse(sig, after)
-            fields.append(field)
-        if sig[after : after + 1] != ")" or not fields:
-            raise Unsupported(f"signature {sig!r}: bad struct")
-        return _struct(fields, sig[pos : after + 1]), after + 1
-    raise Unsupported(f"signature {sig!r}: type code {code!r} not handled")
-
-
-_TYPES: dict[str, _Type] = {}
-_VARIANT_SIGS: dict[str, bytes] = {}
-_VARIANT_READERS: dict[bytes, tuple[str, Reader]] = {}
-_BODIES: dict[str, _Type] = {}
 _CACHE_LIMIT = 1024
 
 
-def _compile_one(sig: str) -> _Type:
-    """The compiled single complete type ``sig`` (cached)."""
-    compiled = _TYPES.get(sig)
-    if compiled is not None:
-        return compiled
-    if not isinstance(sig, str) or len(sig) > 255:
-        raise Unsupported("not a signature")
-    compiled, end = _parse(sig, 0)
-    if end != len(sig):
-        raise Unsupported(f"{sig!r} is not one complete type")
-    if len(_TYPES) >= _CACHE_LIMIT:
-        _TYPES.clear()
-        _VARIANT_SIGS.clear()
-        _VARIANT_READERS.clear()
-    _VARIANT_SIGS[sig] = _U8.pack(len(sig)) + sig.encode("ascii") + b"\0"
-    _TYPES[sig] = compiled
-    return compiled
+class Compiler:
+    """Compiles signatures into readers and writers, and keeps what it compiled.
 
+    The caches live here, not in the module, so each owner (one per
+    connection) has its own, bounded at ``_CACHE_LIMIT`` entries each.
+    """
 
-_VARIANT = _variant()
+    __slots__ = ("_bodies", "_body_writers", "_options_read", "_types", "_variant",
+                 "_variant_readers", "_variant_sigs")
 
+    def __init__(self) -> None:
+        self._types: dict[str, _Type] = {}
+        self._variant_sigs: dict[str, bytes] = {}
+        self._variant_readers: dict[bytes, tuple[str, Reader]] = {}
+        self._bodies: dict[str, _Type] = {}
+        self._body_writers: dict[str, Writer] = {}
+        self._variant = self._make_variant()
+        self._options_read = self._make_options_reader()
 
-def _variant_reader(sig_bytes: bytes) -> tuple[str, Reader]:
-    """The signature and reader of a variant's value, from its signature bytes."""
-    sig = sig_bytes.decode("utf-8")
-    entry = (sig, _compile_one(sig).read)
-    _VARIANT_READERS[sig_bytes] = entry
-    return entry
+    def _make_variant(self) -> _Type:
+        types, variant_sigs = self._types, self._variant_sigs
+        variants = self._variant_readers
+        compile_one, variant_reader = self.compile_one, self._variant_reader
 
+        def write(out: bytearray, data: Any) -> None:
+            sig, value = data
+            if type(sig) is not str:
+                raise Unsupported("variant signature is not a str")
+            compiled = types.get(sig) or compile_one(sig)
+            out += variant_sigs[sig]
+            compiled.write(out, value)
 
-def type_writer(sig: str) -> Writer:
-    """The writer for one complete type; raises :class:`Unsupported`."""
-    return _compile_one(sig).write
+        def read(buf: bytes, pos: int) -> tuple[Any, int]:
+            end = pos + 1 + buf[pos]
+            if buf[end] != 0:
+                raise ValueError("string not NUL-terminated")
+            sig_bytes = buf[pos + 1 : end]
+            entry = variants.get(sig_bytes) or variant_reader(sig_bytes)
+            value, pos = entry[1](buf, end + 1)
+            return (entry[0], value), pos
 
+        return _Type("v", 1, write, read)
 
-def _body(sig: str) -> _Type:
-    compiled = _BODIES.get(sig)
-    if compiled is None:
+    def _make_options_reader(self) -> Reader:
+        """``a{sv}``, the options argument of most calls, read in one go."""
+        u32_from = _U32.unpack_from
+        variants = self._variant_readers
+        variant_reader = self._variant_reader
+
+        def read(buf: bytes, pos: int) -> tuple[Any, int]:
+            pos += -pos & 3
+            length = u32_from(buf, pos)[0]
+            pos += 4
+            pos += -pos & 7
+            end = pos + length
+            result = {}
+            while pos < end:
+                pos += -pos & 7
+                stop = pos + 4 + u32_from(buf, pos)[0]
+                if buf[stop] != 0:
+                    raise ValueError("string not NUL-terminated")
+                key = buf[pos + 4 : stop].decode("utf-8")
+                sig_at = stop + 1
+                sig_end = sig_at + 1 + buf[sig_at]
+                if buf[sig_end] != 0:
+                    raise ValueError("string not NUL-terminated")
+                sig_bytes = buf[sig_at + 1 : sig_end]
+                entry = variants.get(sig_bytes) or variant_reader(sig_bytes)
+                value, pos = entry[1](buf, sig_end + 1)
+                result[key] = (entry[0], value)
+            return result, pos
+
+        return read
+
+    def _parse(self, sig: str, pos: int) -> tuple[_Type, int]:
+        """Compile the complete type starting at ``sig[pos]``; Unsupported if invalid."""
+        if pos >= len(sig):
+            raise Unsupported(f"signature {sig!r} ends inside a type")
+        code = sig[pos]
+        if code in _FIXED:
+            return _fixed(code), pos + 1
+        if code in "sog":
+            return _string(code), pos + 1
+        if code == "v":
+            return self._variant, pos + 1
+        if code == "a":
+            if sig[pos + 1 : pos + 2] == "{":
+                if sig[pos + 2 : pos + 3] not in _BASIC_CODES:
+                    raise Unsupported(f"signature {sig!r}: dict key must be a basic type")
+                key, after = self._parse(sig, pos + 2)
+                value, after = self._parse(sig, after)
+                if sig[after : after + 1] != "}":
+                    raise Unsupported(f"signature {sig!r}: bad dict entry")
+                entry = _struct((key, value), sig[pos + 1 : after + 1])
+                return _array(entry, (key, value), self._options_read), after + 1
+            elt, after = self._parse(sig, pos + 1)
+            return _array(elt, None, self._options_read), after
+        if code == "(":
+            fields = []
+            after = pos + 1
+            while sig[after : after + 1] not in (")", ""):
+                field, after = self._parse(sig, after)
+                fields.append(field)
+            if sig[after : after + 1] != ")" or not fields:
+                raise Unsupported(f"signature {sig!r}: bad struct")
+            return _struct(fields, sig[pos : after + 1]), after + 1
+        raise Unsupported(f"signature {sig!r}: type code {code!r} not handled")
+
+    def compile_one(self, sig: str) -> _Type:
+        """The compiled single complete type ``sig`` (cached)."""
+        compiled = self._types.get(sig)
+        if compiled is not None:
+            return compiled
         if not isinstance(sig, str) or len(sig) > 255:
             raise Unsupported("not a signature")
-        fields = []
-        pos = 0
-        while pos < len(sig):
-            field, pos = _parse(sig, pos)
-            fields.append(field)
-        compiled = _struct(fields, f"({sig})")
-        if len(_BODIES) >= _CACHE_LIMIT:
-            _BODIES.clear()
-        _BODIES[sig] = compiled
-    return compiled
+        compiled, end = self._parse(sig, 0)
+        if end != len(sig):
+            raise Unsupported(f"{sig!r} is not one complete type")
+        if len(self._types) >= _CACHE_LIMIT:
+            self._types.clear()
+            self._variant_sigs.clear()
+            self._variant_readers.clear()
+        self._variant_sigs[sig] = _U8.pack(len(sig)) + sig.encode("ascii") + b"\0"
+        self._types[sig] = compiled
+        return compiled
 
+    def _variant_reader(self, sig_bytes: bytes) -> tuple[str, Reader]:
+        """The signature and reader of a variant's value, from its signature bytes."""
+        sig = sig_bytes.decode("utf-8")
+        entry = (sig, self.compile_one(sig).read)
+        self._variant_readers[sig_bytes] = entry
+        return entry
 
-_BODY_WRITERS: dict[str, Writer] = {}
+    def type_writer(self, sig: str) -> Writer:
+        """The writer for one complete type; raises :class:`Unsupported`."""
+        return self.compile_one(sig).write
 
+    def body(self, sig: str) -> _Type:
+        """The compiled body (all complete types of ``sig`` as one struct), cached."""
+        compiled = self._bodies.get(sig)
+        if compiled is None:
+            if not isinstance(sig, str) or len(sig) > 255:
+                raise Unsupported("not a signature")
+            fields = []
+            pos = 0
+            while pos < len(sig):
+                field, pos = self._parse(sig, pos)
+                fields.append(field)
+            compiled = _struct(fields, f"({sig})")
+            if len(self._bodies) >= _CACHE_LIMIT:
+                self._bodies.clear()
+            self._bodies[sig] = compiled
+        return compiled
 
-def body_writer(sig: str) -> Writer:
-    """Writer for a whole message body (a tuple) of signature ``sig``.
+    def body_writer(self, sig: str) -> Writer:
+        """Writer for a whole message body (a tuple) of signature ``sig``.
 
-    The body must start 8-aligned in the output ``bytearray``, as it does
-    after a padded header. Raises :class:`Unsupported` for ``h`` and for
-    signatures jeepney would treat differently.
-    """
-    writer = _BODY_WRITERS.get(sig)
-    if writer is not None:
+        The body must start 8-aligned in the output ``bytearray``, as it does
+        after a padded header. Raises :class:`Unsupported` for ``h`` and for
+        signatures jeepney would treat differently.
+        """
+        writer = self._body_writers.get(sig)
+        if writer is not None:
+            return writer
+        whole = self.body(sig)
+        writer = whole.write
+        if len(sig) == 1 or (sig and self._parse(sig, 0)[1] == len(sig)):
+            # One complete type: skip the loop over fields.
+            inner = self.compile_one(sig).write
+
+            def write_single(out: bytearray, data: Any) -> None:
+                if type(data) is not tuple or len(data) != 1:
+                    whole.write(out, data)  # raises jeepney's error, or handles a subclass
+                    return
+                pad = -len(out) & 7
+                if pad:
+                    out += _ZEROS[pad]
+                inner(out, data[0])
+
+            writer = write_single
+        if len(self._body_writers) >= _CACHE_LIMIT:
+            self._body_writers.clear()
+        self._body_writers[sig] = writer
         return writer
-    whole = _body(sig)
-    writer = whole.write
-    if len(sig) == 1 or (sig and _parse(sig, 0)[1] == len(sig)):
-        # One complete type: skip the loop over fields.
-        inner = _compile_one(sig).write
-
-        def write_single(out: bytearray, data: Any) -> None:
-            if type(data) is not tuple or len(data) != 1:
-                whole.write(out, data)  # raises jeepney's error, or handles a subclass
-                return
-            pad = -len(out) & 7
-            if pad:
-                out += _ZEROS[pad]
-            inner(out, data[0])
-
-        writer = write_single
-    if len(_BODY_WRITERS) >= _CACHE_LIMIT:
-        _BODY_WRITERS.clear()
-    _BODY_WRITERS[sig] = writer
-    return writer
-
 
 # ----------------------------------------------------------------------
 # decoding messages
 # ----------------------------------------------------------------------
 _MESSAGE_TYPES = {t.value: t for t in MessageType}
 _HEADER_FIELDS = {f.value: f for f in HeaderFields}
-_FLAGS: dict[int, MessageFlag] = {}
+_FLAGS = tuple(MessageFlag(i) for i in range(256))
 _LITTLE = Endianness.little
 _SIG_FIELD = HeaderFields.signature
 _FDS_FIELD = HeaderFields.unix_fds
@@ -504,11 +516,11 @@ class _CallShape:
 
     __slots__ = ("bodies", "copy_body", "fields", "pos", "read")
 
-    def __init__(self, fields: dict[HeaderFields, Any], pos: int) -> None:
+    def __init__(self, fields: dict[HeaderFields, Any], pos: int, compiler: Compiler) -> None:
         self.fields = fields
         self.pos = pos
         sig = fields.get(_SIG_FIELD)
-        self.read: Reader | None = None if sig is None else _body(sig).read
+        self.read: Reader | None = None if sig is None else compiler.body(sig).read
         self.copy_body: Callable[[Any], Any] | None = None
         if sig is not None and all(code in _BASIC_CODES for code in sig):
             self.copy_body = _same
@@ -543,53 +555,59 @@ def _copy_options(body: Any) -> Any:
     return (dict(body[0]),)
 
 
-_CALL_SHAPES: dict[bytes, _CallShape] = {}
 _BODY_CACHE_MAX = 512  # bytes; larger bodies are decoded every time
 
 
-def _fast_decode(raw: bytes) -> Message:
-    if raw[0] != 0x6C:  # "l"
-        raise Unsupported("big-endian message")
-    message_type = _MESSAGE_TYPES[raw[1]]
-    flags = _FLAGS.get(raw[2])
-    if flags is None:
-        flags = _FLAGS[raw[2]] = MessageFlag(raw[2])
-    body_length, serial, fields_length = _LENGTHS.unpack_from(raw, 4)
-    end = 16 + fields_length
-    body: Any
-    if raw[1] == 1:  # method call
-        key = raw[16:end]
-        shape = _CALL_SHAPES.get(key)
-        if shape is None:
+class MessageDecoder:
+    """Decodes whole messages, keeping the header shapes of calls it has seen."""
+
+    __slots__ = ("_compiler", "_shapes")
+
+    def __init__(self, compiler: Compiler) -> None:
+        self._compiler = compiler
+        self._shapes: dict[bytes, _CallShape] = {}
+
+    def _fast_decode(self, raw: bytes) -> Message:
+        if raw[0] != 0x6C:  # "l"
+            raise Unsupported("big-endian message")
+        message_type = _MESSAGE_TYPES[raw[1]]
+        flags = _FLAGS[raw[2]]
+        body_length, serial, fields_length = _LENGTHS.unpack_from(raw, 4)
+        end = 16 + fields_length
+        body: Any
+        if raw[1] == 1:  # method call
+            key = raw[16:end]
+            shapes = self._shapes
+            shape = shapes.get(key)
+            if shape is None:
+                fields, pos = _decode_fields(raw, end)
+                shape = _CallShape(fields, pos, self._compiler)
+                if pos == end:  # a field running past the array depends on more bytes
+                    if len(shapes) >= _CACHE_LIMIT:
+                        shapes.clear()
+                    shapes[key] = shape
+            fields = shape.fields.copy()
+            body = shape.body(raw)
+        else:
             fields, pos = _decode_fields(raw, end)
-            shape = _CallShape(fields, pos)
-            if pos == end:  # a field running past the array depends on more bytes
-                if len(_CALL_SHAPES) >= _CACHE_LIMIT:
-                    _CALL_SHAPES.clear()
-                _CALL_SHAPES[key] = shape
-        fields = shape.fields.copy()
-        body = shape.body(raw)
-    else:
-        fields, pos = _decode_fields(raw, end)
-        sig = fields.get(_SIG_FIELD)
-        body = () if sig is None else _body(sig).read(raw, pos)[0]
-    header = Header.__new__(Header)
-    header.endianness = _LITTLE
-    header.message_type = message_type
-    header.flags = flags
-    header.protocol_version = raw[3]
-    header.body_length = body_length
-    header.serial = serial
-    header.fields = fields
-    return Message(header, body)
+            sig = fields.get(_SIG_FIELD)
+            body = () if sig is None else self._compiler.body(sig).read(raw, pos)[0]
+        header = Header.__new__(Header)
+        header.endianness = _LITTLE
+        header.message_type = message_type
+        header.flags = flags
+        header.protocol_version = raw[3]
+        header.body_length = body_length
+        header.serial = serial
+        header.fields = fields
+        return Message(header, body)
 
-
-def decode_message(raw: bytes, fds: Sequence[Any] = ()) -> Message:
-    """``Message.from_buffer(raw, fds)``, decoded faster where possible."""
-    try:
-        return _fast_decode(raw)
-    except Exception:
-        return Message.from_buffer(raw, fds=fds)
+    def decode(self, raw: bytes, fds: Sequence[Any] = ()) -> Message:
+        """``Message.from_buffer(raw, fds)``, decoded faster where possible."""
+        try:
+            return self._fast_decode(raw)
+        except Exception:
+            return Message.from_buffer(raw, fds=fds)
 
 
 class WireParser:
@@ -599,7 +617,8 @@ class WireParser:
     a partial message is joined only once all its bytes are there.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[bytes, Sequence[Any]], Message]) -> None:
+        self._decode = decode
         self._buf = b""
         self._pos = 0
         self._pending: list[bytes] = []
@@ -651,7 +670,7 @@ class WireParser:
         self._pos = pos + need
         self._need = 0
         fds = self.fds
-        msg = decode_message(raw, fds)
+        msg = self._decode(raw, fds)
         if fds:
             consumed = msg.header.fields.get(_FDS_FIELD, 0)
             if consumed:

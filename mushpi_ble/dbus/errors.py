@@ -22,7 +22,7 @@ SERVICE_UNKNOWN = "org.freedesktop.DBus.Error.ServiceUnknown"
 
 
 class DBusError(Exception):
-    """A D-Bus error: a name such as ``org.bluez.Error.Failed`` and a text."""
+    """A D-Bus error: a name such as ``org.freedesktop.DBus.Error.Failed`` and a text."""
 
     def __init__(self, name: str, text: str = "") -> None:
         super().__init__(f"{name}: {text}" if text else name)

@@ -8,36 +8,37 @@ appends the body with the compiled writers of :mod:`.codec` and patches
 the numbers in. The bytes are exactly what jeepney's ``Message.serialise``
 produces.
 
-Every ``encode_*`` function raises (:class:`~.codec.Unsupported` or what
-the writers raise) when it cannot produce the message; callers then build
-the message with jeepney, which either succeeds identically or raises
-jeepney's own error.
+Every method of :class:`Templates` raises (:class:`~.codec.Unsupported` or
+what the writers raise) when it cannot produce the message; the
+:class:`~.wire.Wire` then builds the message with jeepney, which either
+succeeds identically or raises jeepney's own error.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
 from typing import Any
 
 from jeepney.low_level import Endianness, HeaderFields, Message, serialise_header_fields
 from jeepney.wrappers import DBusAddress, new_method_call, new_signal
 
-from .codec import ARRAY_LIMIT, Unsupported, Writer, body_writer, type_writer
+from .codec import ARRAY_LIMIT, Compiler, Unsupported, Writer
 
-__all__ = [
-    "PropertiesChangedTemplate",
-    "encode_method_call",
-    "encode_method_return",
-    "encode_properties_changed",
-    "encode_signal",
-]
+__all__ = ["PropertiesChangedTemplate", "Templates"]
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 _LENGTH_SERIAL = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 _CACHE_LIMIT = 512
 _METHOD_CALL, _METHOD_RETURN, _SIGNAL = 1, 2, 4
+_SENDER = HeaderFields.sender
+# Up to and including the reply serial, the first header field of a return.
+_RETURN_HEAD = struct.Struct("<4sIII4sI")
+_RETURN_START = b"l\x02\x00\x01"
+_REPLY_SERIAL_FIELD = b"\x05\x01u\x00"
+
+_Template = tuple[bytes, Writer | None]  # header padded to 8, body writer (None: no body)
+_ReturnTemplate = tuple[int, bytes, Writer | None]  # fields length, fields after the first
 
 
 def _header_bytes(message_type: int, fields: dict[HeaderFields, Any]) -> bytes:
@@ -58,116 +59,124 @@ def _finish(out: bytearray, header_length: int, serial: int) -> bytes:
     return bytes(out)
 
 
-# ----------------------------------------------------------------------
-# method returns
-# ----------------------------------------------------------------------
-_RETURNS: dict[tuple[str | None, str], tuple[int, bytes, Writer | None]] = {}
-_SENDER = HeaderFields.sender
-# Up to and including the reply serial, the first header field of a return.
-_RETURN_HEAD = struct.Struct("<4sIII4sI")
-_RETURN_START = b"l\x02\x00\x01"
-_REPLY_SERIAL_FIELD = b"\x05\x01u\x00"
+class Templates:
+    """Builds messages from kept headers; one set of templates per owner.
+
+    The templates are kept here, not in the module, each kind bounded at
+    ``_CACHE_LIMIT`` entries.
+    """
+
+    __slots__ = ("_calls", "_compiler", "_properties_changed", "_returns", "_signals")
+
+    def __init__(self, compiler: Compiler) -> None:
+        self._compiler = compiler
+        self._returns: dict[tuple[str | None, str], _ReturnTemplate] = {}
+        self._signals: dict[tuple[str, str, str, str], _Template] = {}
+        self._calls: dict[tuple[str, str, str, str, str], _Template] = {}
+        self._properties_changed: dict[tuple[str, str, str, str],
+                                       PropertiesChangedTemplate] = {}
+
+    def _body_writer(self, signature: str) -> Writer | None:
+        return self._compiler.body_writer(signature) if signature else None
+
+    # -- method returns -----------------------------------------------------------
+    def _return_template(self, destination: str | None, signature: str) -> _ReturnTemplate:
+        fields: dict[HeaderFields, Any] = {HeaderFields.reply_serial: 0}
+        if destination is not None:
+            fields[HeaderFields.destination] = destination
+        if signature:
+            fields[HeaderFields.signature] = signature
+        header = _header_bytes(_METHOD_RETURN, fields)
+        if header[16:20] != _REPLY_SERIAL_FIELD:
+            raise Unsupported("unexpected method-return header layout")
+        template = (_U32.unpack_from(header, 12)[0], header[24:], self._body_writer(signature))
+        _remember(self._returns, (destination, signature), template)
+        return template
+
+    def method_return(self, call: Message, signature: str, body: tuple[Any, ...],
+                      serial: int) -> bytes:
+        """``new_method_return(call, signature or None, body).serialise(serial)``."""
+        call_header = call.header
+        destination = call_header.fields.get(_SENDER)
+        template = self._returns.get((destination, signature))
+        if template is None:
+            template = self._return_template(destination, signature)
+        fields_length, rest, writer = template
+        out = bytearray()
+        if writer is not None:
+            writer(out, body)  # the header is padded to 8: alignment is the same
+        return b"".join((
+            _RETURN_HEAD.pack(_RETURN_START, len(out), serial, fields_length,
+                              _REPLY_SERIAL_FIELD, call_header.serial),
+            rest,
+            out,
+        ))
+
+    # -- signals and method calls ---------------------------------------------------
+    def _signal_template(self, path: str, interface: str, member: str,
+                         signature: str) -> _Template:
+        msg = new_signal(DBusAddress(path, interface=interface), member, signature or None)
+        template = (_header_bytes(_SIGNAL, msg.header.fields), self._body_writer(signature))
+        _remember(self._signals, (path, interface, member, signature), template)
+        return template
+
+    def signal(self, path: str, interface: str, member: str, signature: str,
+               body: tuple[Any, ...], serial: int) -> bytes:
+        """``new_signal(DBusAddress(path, interface=interface), member,
+        signature or None, body).serialise(serial)``."""
+        template = self._signals.get((path, interface, member, signature))
+        if template is None:
+            template = self._signal_template(path, interface, member, signature)
+        header, writer = template
+        out = bytearray(header)
+        if writer is not None:
+            writer(out, body)
+        return _finish(out, len(header), serial)
+
+    def _call_template(self, destination: str, path: str, interface: str, member: str,
+                       signature: str) -> _Template:
+        msg = new_method_call(DBusAddress(path, bus_name=destination, interface=interface),
+                              member, signature or None)
+        template = (_header_bytes(_METHOD_CALL, msg.header.fields), self._body_writer(signature))
+        _remember(self._calls, (destination, path, interface, member, signature), template)
+        return template
+
+    def method_call(self, destination: str, path: str, interface: str, member: str,
+                    signature: str, body: tuple[Any, ...], serial: int,
+                    flags: int = 0) -> bytes:
+        """``new_method_call(DBusAddress(path, bus_name=destination,
+        interface=interface), member, signature or None, body)`` with header
+        ``flags``, serialised with ``serial``."""
+        key = (destination, path, interface, member, signature)
+        template = self._calls.get(key)
+        if template is None:
+            template = self._call_template(*key)
+        header, writer = template
+        out = bytearray(header)
+        out[2] = flags
+        if writer is not None:
+            writer(out, body)
+        return _finish(out, len(header), serial)
+
+    # -- PropertiesChanged with one changed property ------------------------------
+    def properties_changed(self, path: str, interface: str, name: str, signature: str,
+                           value: Any, serial: int) -> bytes:
+        """``PropertiesChanged(interface, {name: (signature, value)}, [])`` from ``path``."""
+        key = (path, interface, name, signature)
+        template = self._properties_changed.get(key)
+        if template is None:
+            header = self._signals.get((path, PROPERTIES, "PropertiesChanged", "sa{sv}as"))
+            if header is None:
+                header = self._signal_template(path, PROPERTIES, "PropertiesChanged",
+                                               "sa{sv}as")
+            template = PropertiesChangedTemplate(header[0], interface, name, signature,
+                                                 self._compiler)
+            _remember(self._properties_changed, key, template)
+        return template.encode(value, serial)
 
 
-def _return_template(destination: str | None,
-                     signature: str) -> tuple[int, bytes, Writer | None]:
-    fields: dict[HeaderFields, Any] = {HeaderFields.reply_serial: 0}
-    if destination is not None:
-        fields[HeaderFields.destination] = destination
-    if signature:
-        fields[HeaderFields.signature] = signature
-    header = _header_bytes(_METHOD_RETURN, fields)
-    if header[16:20] != _REPLY_SERIAL_FIELD:
-        raise Unsupported("unexpected method-return header layout")
-    writer = body_writer(signature) if signature else None
-    template = (_U32.unpack_from(header, 12)[0], header[24:], writer)
-    _remember(_RETURNS, (destination, signature), template)
-    return template
-
-
-def encode_method_return(call: Message, signature: str, body: tuple[Any, ...],
-                         serial: int) -> bytes:
-    """``new_method_return(call, signature or None, body).serialise(serial)``."""
-    call_header = call.header
-    destination = call_header.fields.get(_SENDER)
-    template = _RETURNS.get((destination, signature))
-    if template is None:
-        template = _return_template(destination, signature)
-    fields_length, rest, writer = template
-    out = bytearray()
-    if writer is not None:
-        writer(out, body)  # the header is padded to 8: alignment is the same
-    return b"".join((
-        _RETURN_HEAD.pack(_RETURN_START, len(out), serial, fields_length, _REPLY_SERIAL_FIELD,
-                          call_header.serial),
-        rest,
-        out,
-    ))
-
-
-# ----------------------------------------------------------------------
-# signals and method calls
-# ----------------------------------------------------------------------
-_SIGNALS: dict[tuple[str, str, str, str], tuple[bytes, Writer | None]] = {}
-_CALLS: dict[tuple[str, str, str, str, str], tuple[bytes, Writer | None]] = {}
-
-
-def _signal_template(path: str, interface: str, member: str,
-                     signature: str) -> tuple[bytes, Writer | None]:
-    msg = new_signal(DBusAddress(path, interface=interface), member, signature or None)
-    template = (_header_bytes(_SIGNAL, msg.header.fields),
-                body_writer(signature) if signature else None)
-    _remember(_SIGNALS, (path, interface, member, signature), template)
-    return template
-
-
-def encode_signal(path: str, interface: str, member: str, signature: str,
-                  body: tuple[Any, ...], serial: int) -> bytes:
-    """``new_signal(DBusAddress(path, interface=interface), member,
-    signature or None, body).serialise(serial)``."""
-    template = _SIGNALS.get((path, interface, member, signature))
-    if template is None:
-        template = _signal_template(path, interface, member, signature)
-    header, writer = template
-    out = bytearray(header)
-    if writer is not None:
-        writer(out, body)
-    return _finish(out, len(header), serial)
-
-
-def _call_template(destination: str, path: str, interface: str, member: str,
-                   signature: str) -> tuple[bytes, Writer | None]:
-    msg = new_method_call(DBusAddress(path, bus_name=destination, interface=interface),
-                          member, signature or None)
-    template = (_header_bytes(_METHOD_CALL, msg.header.fields),
-                body_writer(signature) if signature else None)
-    _remember(_CALLS, (destination, path, interface, member, signature), template)
-    return template
-
-
-def encode_method_call(destination: str, path: str, interface: str, member: str,
-                       signature: str, body: tuple[Any, ...], serial: int,
-                       flags: int = 0) -> bytes:
-    """``new_method_call(DBusAddress(path, bus_name=destination,
-    interface=interface), member, signature or None, body)`` with header
-    ``flags``, serialised with ``serial``."""
-    key = (destination, path, interface, member, signature)
-    template = _CALLS.get(key)
-    if template is None:
-        template = _call_template(*key)
-    header, writer = template
-    out = bytearray(header)
-    out[2] = flags
-    if writer is not None:
-        writer(out, body)
-    return _finish(out, len(header), serial)
-
-
-# ----------------------------------------------------------------------
-# PropertiesChanged with one changed property
-# ----------------------------------------------------------------------
 class PropertiesChangedTemplate:
-    """``PropertiesChanged(interface, {name: <value>}, [])`` from ``path``.
+    """``PropertiesChanged(interface, {name: <value>}, [])`` after a signal ``header``.
 
     Everything up to the value is fixed once the path, interface, property
     name and signature are; per message only the value is written and the
@@ -176,19 +185,19 @@ class PropertiesChangedTemplate:
 
     __slots__ = ("_array_at", "_entries_at", "_header_length", "_prefix", "_write")
 
-    def __init__(self, path: str, interface: str, name: str, signature: str) -> None:
-        header, _writer = _signal_template(path, PROPERTIES, "PropertiesChanged", "sa{sv}as")
-        self._write: Callable[[bytearray, Any], None] = type_writer(signature)
+    def __init__(self, header: bytes, interface: str, name: str, signature: str,
+                 compiler: Compiler) -> None:
+        self._write: Writer = compiler.type_writer(signature)
         out = bytearray(header)
         base = len(out)
-        type_writer("s")(out, interface)
+        compiler.type_writer("s")(out, interface)
         out += b"\0" * (-len(out) & 3)
         self._array_at = len(out)
         out += b"\0\0\0\0"
         out += b"\0" * (-len(out) & 7)
         self._entries_at = len(out)
-        type_writer("s")(out, name)
-        type_writer("g")(out, signature)
+        compiler.type_writer("s")(out, name)
+        compiler.type_writer("g")(out, signature)
         self._prefix = bytes(out)
         self._header_length = base
 
@@ -202,18 +211,3 @@ class PropertiesChangedTemplate:
         pad = -len(out) & 3
         out += b"\0\0\0\0\0\0\0"[: pad + 4]  # padding, then the empty "as"
         return _finish(out, self._header_length, serial)
-
-
-_PROPERTIES_CHANGED: dict[tuple[str, str, str, str], PropertiesChangedTemplate] = {}
-
-
-def encode_properties_changed(path: str, interface: str, name: str, signature: str,
-                              value: Any, serial: int) -> bytes:
-    """``PropertiesChanged(interface, {name: (signature, value)}, [])`` from ``path``."""
-    key = (path, interface, name, signature)
-    template = _PROPERTIES_CHANGED.get(key)
-    if template is None:
-        template = PropertiesChangedTemplate(*key)
-        _remember(_PROPERTIES_CHANGED, key, template)
-    return template.encode(value, serial)
-

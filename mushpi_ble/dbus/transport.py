@@ -3,7 +3,8 @@
 Everything here runs on the trio thread with a non-blocking stdlib socket:
 writes are tried at once and only wait for writability on EAGAIN (never
 fatal); reads drain what the kernel holds before waiting again. jeepney
-supplies the SASL conversation and the message codec.
+supplies the SASL conversation; the connection's :class:`~.wire.Wire`
+supplies the parser.
 """
 
 from __future__ import annotations
@@ -110,10 +111,10 @@ async def open_authenticated_socket(address: str, *, enable_fds: bool) -> socket
 class MessageReader:
     """Reads messages, draining the socket before it waits again."""
 
-    def __init__(self, sock: socket.socket, *, enable_fds: bool) -> None:
+    def __init__(self, sock: socket.socket, *, enable_fds: bool, parser: WireParser) -> None:
         self._sock = sock
         self._enable_fds = enable_fds
-        self._parser = WireParser()
+        self._parser = parser
         self._fd_buf = fds_buf_size() if enable_fds else 0
 
     def _read_once(self) -> int:

@@ -8,13 +8,10 @@ from typing import Any
 
 from mushpi_ble.dbus import Connection
 
+from .names import ADAPTER_IFACE, BLUEZ, OBJECT_MANAGER, PROPERTIES
+
 log = logging.getLogger(__name__)
 
-BLUEZ = "org.bluez"
-ADAPTER_IFACE = "org.bluez.Adapter1"
-DEVICE_IFACE = "org.bluez.Device1"
-OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
-PROPERTIES = "org.freedesktop.DBus.Properties"
 MAC_RE = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
 
 ManagedObjects = dict[str, dict[str, dict[str, tuple[str, Any]]]]

@@ -18,11 +18,10 @@ import attrs
 
 from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Method, Property
 
+from .names import ADVERTISEMENT_IFACE, ADVERTISING_MANAGER_IFACE, BLUEZ, PROPERTIES
+
 log = logging.getLogger(__name__)
 
-BLUEZ = "org.bluez"
-ADVERT_IFACE = "org.bluez.LEAdvertisement1"
-MANAGER_IFACE = "org.bluez.LEAdvertisingManager1"
 LEGACY_MAX = 31
 FLAGS_SIZE = 3
 BASE_UUID_SUFFIX = "-0000-1000-8000-00805f9b34fb"
@@ -190,7 +189,7 @@ class Advertisement:
             return out
 
         return Interface(
-            ADVERT_IFACE,
+            ADVERTISEMENT_IFACE,
             allowed_caller=self._allowed_caller,
             methods=[Method("Release", handler=self._release)],
             properties=props(),
@@ -215,8 +214,9 @@ class Advertisement:
 
     async def register(self, adapter_path: str, *, timeout: float) -> None:
         self.export()
-        await self._conn.call(BLUEZ, adapter_path, MANAGER_IFACE, "RegisterAdvertisement",
-                              "oa{sv}", (self.path, {}), timeout=timeout)
+        await self._conn.call(BLUEZ, adapter_path, ADVERTISING_MANAGER_IFACE,
+                              "RegisterAdvertisement", "oa{sv}", (self.path, {}),
+                              timeout=timeout)
         self.registered_on = adapter_path
         log.info("advertisement registered path=%s name=%s size=%d", self.path,
                  self.plan.local_name or "-", self.plan.size)
@@ -226,8 +226,8 @@ class Advertisement:
         if adapter_path is None:
             return
         try:
-            await self._conn.call(BLUEZ, adapter_path, MANAGER_IFACE, "UnregisterAdvertisement",
-                                  "o", (self.path,), timeout=timeout)
+            await self._conn.call(BLUEZ, adapter_path, ADVERTISING_MANAGER_IFACE,
+                                  "UnregisterAdvertisement", "o", (self.path,), timeout=timeout)
         except DBusError as exc:
             log.warning("advertisement unregister failed error=%s", exc)
 
@@ -249,14 +249,14 @@ class Advertisement:
         if old.includes != plan.includes:
             changed["Includes"] = list(plan.includes)
         if changed or invalidated:
-            await self._conn.emit_properties_changed(self.path, ADVERT_IFACE, changed,
+            await self._conn.emit_properties_changed(self.path, ADVERTISEMENT_IFACE, changed,
                                                      invalidated)
 
 
 async def read_capabilities(conn: Connection, adapter_path: str, *,
                             timeout: float) -> AdvertisingCapabilities:
-    (props,) = await conn.call(BLUEZ, adapter_path, "org.freedesktop.DBus.Properties", "GetAll",
-                               "s", (MANAGER_IFACE,), timeout=timeout)
+    (props,) = await conn.call(BLUEZ, adapter_path, PROPERTIES, "GetAll", "s",
+                               (ADVERTISING_MANAGER_IFACE,), timeout=timeout)
     return AdvertisingCapabilities.from_properties(
         {k: v[1] for k, v in dict(props).items()}
     )

@@ -25,16 +25,23 @@ import trio
 from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, MatchRule, Method
 from mushpi_ble.dbus.connection import SignalMessage
 
-from .adapter import BLUEZ, DEVICE_IFACE, OBJECT_MANAGER, PROPERTIES, managed_objects
+from .adapter import managed_objects
 from .errors import ALREADY_EXISTS, DOES_NOT_EXIST
+from .names import (
+    AGENT_IFACE,
+    AGENT_MANAGER_IFACE,
+    BLUEZ,
+    DEVICE_IFACE,
+    ERROR_PREFIX,
+    OBJECT_MANAGER,
+    PROPERTIES,
+)
 
 log = logging.getLogger(__name__)
 
-AGENT_IFACE = "org.bluez.Agent1"
-AGENT_MANAGER_IFACE = "org.bluez.AgentManager1"
 AGENT_MANAGER_PATH = "/org/bluez"
-REJECTED = "org.bluez.Error.Rejected"
-CANCELED = "org.bluez.Error.Canceled"
+REJECTED = f"{ERROR_PREFIX}.Rejected"
+CANCELED = f"{ERROR_PREFIX}.Canceled"
 
 #: The modes this module knows; "off" means no agent at all.
 PAIRING_MODES = ("just-works", "off")

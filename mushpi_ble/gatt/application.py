@@ -18,7 +18,15 @@ import trio
 
 from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Method, Property
 
-from .errors import FAILED, NOT_PERMITTED, NOT_SUPPORTED, GattError, invalid_offset, not_permitted
+from .errors import (
+    FAILED,
+    INVALID_VALUE_LENGTH,
+    NOT_PERMITTED,
+    NOT_SUPPORTED,
+    GattError,
+    invalid_offset,
+    not_permitted,
+)
 from .model import (
     Characteristic,
     Descriptor,
@@ -27,15 +35,17 @@ from .model import (
     slice_for_offset,
     validate_services,
 )
+from .names import (
+    BLUEZ,
+    GATT_CHARACTERISTIC_IFACE,
+    GATT_DESCRIPTOR_IFACE,
+    GATT_MANAGER_IFACE,
+    GATT_SERVICE_IFACE,
+)
 from .requests import ReadRequest, WriteRequest
 
 log = logging.getLogger(__name__)
 
-BLUEZ = "org.bluez"
-GATT_MANAGER = "org.bluez.GattManager1"
-SERVICE_IFACE = "org.bluez.GattService1"
-CHAR_IFACE = "org.bluez.GattCharacteristic1"
-DESC_IFACE = "org.bluez.GattDescriptor1"
 OPTIONS = "a{sv}"
 # A handler's own deadline should fire first; the D-Bus layer's is the backstop.
 DEADLINE_MARGIN_S = 0.25
@@ -144,7 +154,7 @@ class GattApplication:
 
     def _service_interface(self, service: Service) -> Interface:
         return Interface(
-            SERVICE_IFACE,
+            GATT_SERVICE_IFACE,
             properties=[
                 Property("UUID", "s", get=lambda: service.uuid),
                 Property("Primary", "b", get=lambda: service.primary),
@@ -156,7 +166,7 @@ class GattApplication:
         spec = state.spec
         deadline = self._handler_timeout + DEADLINE_MARGIN_S
         return Interface(
-            CHAR_IFACE,
+            GATT_CHARACTERISTIC_IFACE,
             allowed_caller=self._allowed_caller,
             methods=[
                 Method("ReadValue", OPTIONS, "ay", arg_names=["options"], out_names=["value"],
@@ -193,7 +203,7 @@ class GattApplication:
             await desc.write(WriteRequest.from_options(value, opts))
 
         return Interface(
-            DESC_IFACE,
+            GATT_DESCRIPTOR_IFACE,
             allowed_caller=self._allowed_caller,
             methods=[
                 Method("ReadValue", OPTIONS, "ay", handler=read),
@@ -263,7 +273,7 @@ class GattApplication:
         if len(whole) > state.spec.max_write_length:
             state.pending_writes.pop(piece.device, None)
             raise GattError(
-                "org.bluez.Error.InvalidValueLength",
+                INVALID_VALUE_LENGTH,
                 f"{state.spec.label}: {len(whole)} bytes exceeds {state.spec.max_write_length}",
             )
         return whole
@@ -274,7 +284,7 @@ class GattApplication:
         state.start_notify_calls += 1
         if not state.notifying:
             state.notifying = True
-            self._conn.emit_properties_changed_nowait(state.path, CHAR_IFACE,
+            self._conn.emit_properties_changed_nowait(state.path, GATT_CHARACTERISTIC_IFACE,
                                                       {"Notifying": True})
             log.info("notifications on characteristic=%s", state.spec.label)
         if state.spec.on_subscribe is not None:
@@ -294,7 +304,7 @@ class GattApplication:
     def _stop_notify(self, _ctx: CallContext, state: CharacteristicState) -> None:
         if state.notifying:
             state.notifying = False
-            self._conn.emit_properties_changed_nowait(state.path, CHAR_IFACE,
+            self._conn.emit_properties_changed_nowait(state.path, GATT_CHARACTERISTIC_IFACE,
                                                       {"Notifying": False})
             log.info("notifications off characteristic=%s", state.spec.label)
 
@@ -307,7 +317,8 @@ class GattApplication:
         state.value = value
         if not (state.notifying and self.registered_on):
             return False
-        await self._conn.emit_properties_changed(state.path, CHAR_IFACE, {"Value": value})
+        await self._conn.emit_properties_changed(state.path, GATT_CHARACTERISTIC_IFACE,
+                                                 {"Value": value})
         state.notifications_sent += 1
         return True
 
@@ -321,7 +332,7 @@ class GattApplication:
     async def register(self, adapter_path: str, *, timeout: float) -> None:
         """RegisterApplication under a deadline; raises DBusError on refusal."""
         self.export()
-        await self._conn.call(BLUEZ, adapter_path, GATT_MANAGER, "RegisterApplication",
+        await self._conn.call(BLUEZ, adapter_path, GATT_MANAGER_IFACE, "RegisterApplication",
                               "oa{sv}", (self.root, {}), timeout=timeout)
         self.registered_on = adapter_path
         log.info("application registered root=%s adapter=%s", self.root, adapter_path)
@@ -333,7 +344,7 @@ class GattApplication:
         if adapter_path is None:
             return
         try:
-            await self._conn.call(BLUEZ, adapter_path, GATT_MANAGER, "UnregisterApplication",
+            await self._conn.call(BLUEZ, adapter_path, GATT_MANAGER_IFACE, "UnregisterApplication",
                                   "o", (self.root,), timeout=timeout)
             log.info("application unregistered root=%s", self.root)
         except DBusError as exc:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from mushpi_ble.dbus import DBusError
 
-BLUEZ_ERROR = "org.bluez.Error"
+from .names import ERROR_PREFIX
+
+BLUEZ_ERROR = ERROR_PREFIX
 FAILED = f"{BLUEZ_ERROR}.Failed"
 IN_PROGRESS = f"{BLUEZ_ERROR}.InProgress"
 NOT_PERMITTED = f"{BLUEZ_ERROR}.NotPermitted"
@@ -19,6 +21,8 @@ INVALID_VALUE_LENGTH = f"{BLUEZ_ERROR}.InvalidValueLength"
 INVALID_ARGUMENTS = f"{BLUEZ_ERROR}.InvalidArguments"
 ALREADY_EXISTS = f"{BLUEZ_ERROR}.AlreadyExists"
 DOES_NOT_EXIST = f"{BLUEZ_ERROR}.DoesNotExist"
+# What the connection answers bluetoothd when a handler overruns its D-Bus deadline.
+DEADLINE_ERROR = (FAILED, "timeout")
 
 
 class GattError(DBusError):

@@ -300,8 +300,14 @@ class FakeAdapter:
         """Addresses of the devices whose keys bluetoothd keeps."""
         return [a for a, d in self._devices.items() if d.bonded]
 
-    def add_device(self, central: FakeCentral, address_type: str) -> str:
-        """The device object of a connecting central: new (InterfacesAdded) or reused."""
+    def add_device(self, central: FakeCentral, address_type: str, *,
+                   announce: bool = True) -> str:
+        """The device object of a connecting central: new (InterfacesAdded) or reused.
+
+        ``announce=False`` leaves out the signal (InterfacesAdded, or
+        PropertiesChanged ``Connected``): the object is there for
+        GetManagedObjects and Properties.Get, as if an application missed it.
+        """
         link = self._runtime.require_link()
         device = self._devices.get(central.address)
         if device is not None:
@@ -309,11 +315,15 @@ class FakeAdapter:
                 device.removal.cancel()
                 device.removal = None
             device.connected = True
-            self._emit(DEVICE, {"Connected": True}, device.path)
+            if announce:
+                self._emit(DEVICE, {"Connected": True}, device.path)
         else:
             device = _Device(central.address, self.device_path(central.address), address_type)
             self._devices[central.address] = device
-            link.conn.export(device.path, [self._device_interface(device)])
+            if announce:
+                link.conn.export(device.path, [self._device_interface(device)])
+            else:
+                link.conn.tree.add(device.path, [self._device_interface(device)])
         return device.path
 
     def device_disconnected(self, address: str) -> None:

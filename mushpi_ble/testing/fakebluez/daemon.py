@@ -162,8 +162,14 @@ class FakeBluez:
     # -- centrals ------------------------------------------------------------
     async def connect_central(self, adapter: str = "hci0", address: str = "11:22:33:44:55:66",
                               mtu: int = 517, *, security: str = "low", trusted: bool = False,
-                              address_type: str = "random") -> FakeCentral:
-        """A phone connects; its Device1 appears (Connected=true) via InterfacesAdded."""
+                              address_type: str = "random", announce: bool = True,
+                              ) -> FakeCentral:
+        """A phone connects; its Device1 appears (Connected=true) via InterfacesAdded.
+
+        ``announce=False`` plays a connect signal the application missed: the
+        Device1 object exists (Properties.Get, GetManagedObjects) but nothing
+        announced it.
+        """
         target = self._adapters[adapter]
         if not target.powered:
             raise RuntimeError(f"{adapter} is powered off: nothing can connect")
@@ -172,7 +178,7 @@ class FakeBluez:
         central = FakeCentral(self.runtime, target, address, mtu, security=security,
                               trusted=trusted)
         target.centrals[central.address] = central
-        central.device_path = target.add_device(central, address_type)
+        central.device_path = target.add_device(central, address_type, announce=announce)
         log.info("central connected adapter=%s address=%s mtu=%d security=%s", adapter,
                  central.address, central.mtu, security)
         await trio.lowlevel.checkpoint()
@@ -258,7 +264,8 @@ class FakeBluez:
     async def _run_link(self, done: trio.Event, task_status: trio.TaskStatus[Link]) -> None:
         try:
             async with open_connection(self.bus_address,
-                                       call_timeout=self.runtime.config.call_timeout) as conn, \
+                                       call_timeout=self.runtime.config.call_timeout,
+                                       timeout_error=(FAILED, "timeout")) as conn, \
                     trio.open_nursery() as nursery:
                 link = Link(conn, nursery)
                 for rule, handler in self._signal_routes():

@@ -1,28 +1,23 @@
-#!/usr/bin/env python3
-"""Serve the MushPi service from a child process, for ``mushpi-ble bench``.
+"""The MushPi service served for ``mushpi-ble bench``'s side-by-side comparison.
 
-Two servers behind one line protocol, so the benchmark drives both the
-same way and each process's CPU and peak RSS are its own:
+Two servers of kind ``peer`` (:mod:`mushpi_ble.bench.wire`), so the suite
+drives both the same way and each process's CPU and peak RSS are its own:
 
-* ``--library mushpi_ble``: this project's peripheral, embedded as the
+* variant ``mushpi_ble``: this project's peripheral, embedded as the
   controller embeds it (``BlePortal`` with a ``SimulatedController``);
-* ``--library bluez_peripheral``: the same service (seven characteristics,
+* variant ``bluez_peripheral``: the same service (seven characteristics,
   same UUIDs and flags, byte-exact payloads from ``mushpi_ble.protocol``,
   static controller state) built with the ``bluez_peripheral`` library on
   its own D-Bus library (dbus-next in 0.1.x, dbus-fast later).
 
-Both connect to ``--bus ADDRESS``, register the GATT application (and an
-advertisement) with whatever owns ``org.bluez`` there, adapter
-``/org/bluez/hci0``, and print one JSON line::
+Both register the GATT application (and an advertisement) with whatever owns
+``org.bluez`` on the bus, adapter ``/org/bluez/hci0``; the ready event
+carries ``library``, ``version``, ``registration_ms`` and ``advertising``.
+One command:
 
-    {"event": "ready", "library": ..., "version": ..., "registration_ms": ...}
-
-or ``{"event": "error", "kind": "not installed" | "failed", "error": ...}``
-and exit 1. Then they read commands from stdin, one per line:
-
-``notify N [BATCH]``
+``{"cmd": "notify", "count": N, "batch": BATCH}``
     emit N env_measurements notifications as fast as the library allows and
-    answer ``{"event": "done", "emitted", "elapsed_s", "on_bus", ...}``.
+    answer ``emitted``, ``elapsed_s``, ``on_bus`` (and what else it knows).
     Packet ``seq`` carries co2 = seq & 0xFFFF, light = seq >> 16 and
     temperature ``MARK_TEMPERATURE`` so a central can count losses. With
     BATCH > 0 the emitter is paced at the library's own back-pressure
@@ -30,47 +25,42 @@ and exit 1. Then they read commands from stdin, one per line:
     waits for a Ping round trip to the bus after every BATCH signals (its
     writer has no bound and dbus-next drops off the bus on EAGAIN). BATCH 0
     emits unpaced.
-``quit`` (or end of input)
-    unregister and exit 0.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import functools
 import importlib
-import json
+import operator
 import sys
 import time
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
+from mushpi_ble.bench import wire
+from mushpi_ble.bench.results import package_version
 from mushpi_ble.gatt import refusal
 from mushpi_ble.protocol import (
-    ACTUATOR_STATUS,
-    CHARACTERISTIC_UUIDS,
-    CONTROL_TARGETS,
+    CHARACTERISTICS,
     DEFAULT_QUERY,
     ENV_MEASUREMENTS,
-    OVERRIDE_BITS,
     SERVICE_UUID,
-    STAGE_STATE,
-    STAGE_THRESHOLDS,
     STATUS_FLAGS,
-    ActuatorStatus,
-    ControlTargets,
+    Characteristic,
     InvalidPayload,
-    StageState,
+    ReadSource,
     StatusFlags,
-    ThresholdsQuery,
+    by_name,
     decode_write,
     encode_env,
     encode_thresholds_answer,
 )
-from mushpi_ble.testing.controller import SimulatedController
+from mushpi_ble.sim import SimulatedController
 
-LIBRARIES = ("mushpi_ble", "bluez_peripheral")
+OURS = "mushpi_ble"
+BLUEZ_PERIPHERAL = "bluez_peripheral"
+LIBRARIES = (OURS, BLUEZ_PERIPHERAL)
 ADAPTER_PATH = "/org/bluez/hci0"
 PEER_APP_PATH = "/com/mushpi/peer"
 ADVERT_NAME = "MushPi"
@@ -80,34 +70,14 @@ INITIAL_ENV = (21.5, 88.0, 950, 600)
 CONTROLLER_SEED = 3
 
 
-def emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
-def fail(kind: str, error: str, library: str) -> int:
-    emit("error", library=library, kind=kind, error=error)
-    return 1
-
-
-def version_of(distribution: str) -> str | None:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def bench_packet(seq: int) -> tuple[float, float, int, int]:
     """(temperature, humidity, co2, light) of benchmark packet ``seq``."""
     return MARK_TEMPERATURE, 50.0, seq & 0xFFFF, seq >> 16
 
 
-def parse_command(line: str) -> tuple[str, int, int]:
-    parts = line.split()
-    if not parts:
-        return "", 0, 0
-    count = int(parts[1]) if len(parts) > 1 else 0
-    batch = int(parts[2]) if len(parts) > 2 else 64
-    return parts[0], count, batch
+def notify_args(command: wire.Event) -> tuple[int, int]:
+    """(count, batch) of a notify command."""
+    return int(command.get("count", 0)), int(command.get("batch", 64))
 
 
 # ----------------------------------------------------------------------
@@ -126,21 +96,18 @@ def run_mushpi(address: str) -> int:
     try:
         portal.start()
     except StartError as exc:
-        return fail("failed", f"{type(exc).__name__}: {exc}", "mushpi_ble")
+        return wire.fail("failed", f"{type(exc).__name__}: {exc}", library="mushpi_ble")
     registration_ms = (time.perf_counter() - started) * 1000
     try:
         portal.publish_env(*INITIAL_ENV)
         portal.publish_actuator()
         status = portal.get_status()
-        emit("ready", library="mushpi_ble", version=version_of("mushpi-ble"),
+        wire.emit("ready", library="mushpi_ble", version=package_version("mushpi-ble"),
              registration_ms=registration_ms, advertising=status["advertising"])
         mailbox = portal.service.mailboxes[ENV_MEASUREMENTS]
-        for line in sys.stdin:
-            command, count, batch = parse_command(line)
-            if command == "quit":
-                break
-            if command != "notify":
-                continue
+
+        def notify(command: wire.Event) -> dict[str, Any]:
+            count, batch = notify_args(command)
             before = mailbox.counters()
             t0 = time.perf_counter()
             for seq in range(count):
@@ -152,9 +119,11 @@ def run_mushpi(address: str) -> int:
             while mailbox.depth and time.perf_counter() - t0 < elapsed + 5.0:
                 time.sleep(0.001)
             after = mailbox.counters()
-            emit("done", emitted=count, elapsed_s=elapsed,
-                 on_bus=portal.get_status()["registered"],
-                 sent=after.sent - before.sent, dropped=after.dropped - before.dropped)
+            return {"emitted": count, "elapsed_s": elapsed,
+                    "on_bus": portal.get_status()["registered"],
+                    "sent": after.sent - before.sent, "dropped": after.dropped - before.dropped}
+
+        wire.serve_commands({"notify": notify})
     finally:
         portal.stop()
     return 0
@@ -164,71 +133,85 @@ def run_mushpi(address: str) -> int:
 # bluez_peripheral
 # ----------------------------------------------------------------------
 class PeerState:
-    """The static controller state the bluez_peripheral server answers from."""
+    """The static controller state the bluez_peripheral server answers from, read and
+    written through the protocol's characteristic table."""
 
     def __init__(self) -> None:
-        controller = SimulatedController(seed=CONTROLLER_SEED)
+        self.controller = SimulatedController(seed=CONTROLLER_SEED)
         self.started = time.monotonic()
-        self.env = encode_env(*INITIAL_ENV, 0)
-        self.control_targets = ControlTargets.from_controller(
-            controller.get_control_targets()).pack()
-        self.stage_state = StageState.from_controller(controller.get_stage_data()).pack()
-        self.status_flags = StatusFlags(0).pack()
-        self.actuator = ActuatorStatus.from_controller(controller.get_control_data()).pack()
         self.cursor = (DEFAULT_QUERY.species, DEFAULT_QUERY.stage)
-        self.controller = controller
+        self.values: dict[str, bytes] = {ENV_MEASUREMENTS: encode_env(*INITIAL_ENV, 0),
+                                         STATUS_FLAGS: StatusFlags(0).pack()}
+        for row in peer_characteristics():
+            if row.read is not None and row.read.source is ReadSource.GETTER:
+                assert row.read.getter is not None and row.read.encode is not None
+                self.values[row.name] = row.read.encode(
+                    getattr(self.controller, row.read.getter)())
 
     def uptime_ms(self) -> int:
         return int((time.monotonic() - self.started) * 1000)
 
-    def thresholds(self) -> bytes:
-        species, stage = self.cursor
-        return encode_thresholds_answer(species, stage,
-                                        self.controller.get_stage_thresholds(species, stage))
+    def read(self, name: str) -> bytes:
+        """What a read of ``name`` answers: the thresholds at the cursor, else the
+        value published, remembered or read from the controller at start."""
+        row = by_name(name)
+        if row.read is not None and row.read.source is ReadSource.THRESHOLDS:
+            species, stage = self.cursor
+            getter = getattr(self.controller, row.read.getter or "")
+            return encode_thresholds_answer(species, stage, getter(species, stage))
+        return self.values.get(name, row.initial)
+
+    def write(self, name: str, data: bytes) -> None:
+        """Decode a write through the table (InvalidPayload when refused); a query
+        moves the thresholds cursor and a remembered value is read back."""
+        write = by_name(name).write
+        assert write is not None
+        value = decode_write(name, data)
+        if any(isinstance(value, query) for query in write.queries):
+            self.cursor = (value.species, value.stage)
+        elif write.remembered:
+            self.values[name] = value.pack()
+
+
+def peer_characteristics() -> tuple[Characteristic, ...]:
+    """The characteristics the peer serves, in order: the protocol's own table, so the
+    peer stays the same service as ours when a row is added."""
+    return CHARACTERISTICS
+
+
+READABLE = tuple(c.name for c in peer_characteristics() if c.read is not None)
+"""The readable characteristics, in protocol order: what the benchmarks read."""
 
 
 def build_peer_service(state: PeerState, bp: dict[str, Any],
                        dbus_error: Callable[[str, str], Exception]) -> Any:
-    """The MushPi service as a ``bluez_peripheral`` Service, in protocol table order."""
-    flags = bp["CharacteristicFlags"]
-    read, write, notify = flags.READ, flags.WRITE, flags.NOTIFY
+    """The MushPi service as a ``bluez_peripheral`` Service."""
+    flag_of = {"read": bp["CharacteristicFlags"].READ, "write": bp["CharacteristicFlags"].WRITE,
+               "notify": bp["CharacteristicFlags"].NOTIFY}
 
-    def reader(get: Callable[[], bytes]) -> Callable[[Any, Any], bytes]:
+    def reader(name: str) -> Callable[[Any, Any], bytes]:
         def read_value(_service: Any, options: Any) -> bytes:
-            return get()[int(options.offset):]
+            return state.read(name)[int(options.offset):]
         return read_value
 
     def writer(name: str) -> Callable[[Any, bytes, Any], None]:
         def write_value(_service: Any, data: bytes, _options: Any) -> None:
             try:
-                value = decode_write(name, bytes(data))
+                state.write(name, bytes(data))
             except InvalidPayload as exc:
                 error = refusal(exc.app_code, exc.detail)
                 raise dbus_error(error.name, error.text) from None
-            if isinstance(value, ControlTargets):
-                state.control_targets = value.pack()
-            elif isinstance(value, StageState):
-                state.stage_state = value.pack()
-            elif isinstance(value, ThresholdsQuery):
-                state.cursor = (value.species, value.stage)
         return write_value
 
-    table: list[tuple[str, Any, Callable[[], bytes] | None, bool]] = [
-        (ENV_MEASUREMENTS, read | notify, lambda: state.env, False),
-        (CONTROL_TARGETS, read | write, lambda: state.control_targets, True),
-        (STAGE_STATE, read | write, lambda: state.stage_state, True),
-        (OVERRIDE_BITS, write, None, True),
-        (STATUS_FLAGS, read | notify, lambda: state.status_flags, False),
-        (ACTUATOR_STATUS, read | notify, lambda: state.actuator, False),
-        (STAGE_THRESHOLDS, read | write, state.thresholds, True),
-    ]
     service = bp["Service"](SERVICE_UUID, True)
     characteristics: dict[str, Any] = {}
-    for name, char_flags, get, writable in table:
-        char = bp["characteristic"](CHARACTERISTIC_UUIDS[name], char_flags)
-        char(reader(get) if get is not None else None, writer(name) if writable else None)
+    for row in peer_characteristics():
+        char_flags = functools.reduce(operator.or_, (flag_of[f] for f in row.flags))
+        char = bp["characteristic"](row.uuid, char_flags)
+        char(reader(row.name) if row.read is not None else None,
+             writer(row.name) if row.write is not None else None)
         service.add_characteristic(char)
-        characteristics[name] = char
+        characteristics[row.name] = char
     service.mushpi_characteristics = characteristics
     return service
 
@@ -259,7 +242,7 @@ async def serve_peer(address: str) -> int:
     try:
         bp = load_bluez_peripheral()
     except ImportError as exc:
-        return fail("not installed", f"{exc}", "bluez_peripheral")
+        return wire.fail("not installed", f"{exc}", library="bluez_peripheral")
     dbus = bp["dbus"]
     state = PeerState()
     started = time.perf_counter()
@@ -270,7 +253,7 @@ async def serve_peer(address: str) -> int:
         service = build_peer_service(state, bp, dbus.DBusError)
         await service.register(bus, path=PEER_APP_PATH, adapter=adapter)
     except Exception as exc:
-        return fail("failed", f"{type(exc).__name__}: {exc}", "bluez_peripheral")
+        return wire.fail("failed", f"{type(exc).__name__}: {exc}", library="bluez_peripheral")
     registration_ms = (time.perf_counter() - started) * 1000
     advertising: bool | str = False
     try:
@@ -280,8 +263,9 @@ async def serve_peer(address: str) -> int:
     except Exception as exc:
         advertising = f"{type(exc).__name__}: {exc}"
     env_char = service.mushpi_characteristics[ENV_MEASUREMENTS]
-    emit("ready", library="bluez_peripheral", version=version_of("bluez-peripheral"),
-         dbus_library=dbus.__name__, dbus_version=version_of(dbus.__name__.replace("_", "-")),
+    wire.emit("ready", library="bluez_peripheral", version=package_version("bluez-peripheral"),
+              dbus_library=dbus.__name__,
+              dbus_version=package_version(dbus.__name__.replace("_", "-")),
          registration_ms=registration_ms, advertising=advertising)
 
     ping = dbus.Message(destination="org.freedesktop.DBus", path="/org/freedesktop/DBus",
@@ -291,18 +275,20 @@ async def serve_peer(address: str) -> int:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     while True:
         raw = await reader.readline()
-        command, count, batch = parse_command(raw.decode())
-        if command == "quit" or not raw:
+        command = wire.decode_line(raw)
+        if wire.is_quit(command, raw):
             break
-        if command != "notify":
+        if command is None or command.get("cmd") != "notify":
             continue
+        count, batch = notify_args(command)
         error = None
         t0 = time.perf_counter()
         emitted = 0
         try:
             for seq in range(count):
-                state.env = encode_env(*bench_packet(seq), state.uptime_ms())
-                env_char.changed(state.env)
+                packet = encode_env(*bench_packet(seq), state.uptime_ms())
+                state.values[ENV_MEASUREMENTS] = packet
+                env_char.changed(packet)
                 emitted += 1
                 if batch > 0 and emitted % batch == 0:
                     await bus.call(ping)
@@ -310,8 +296,8 @@ async def serve_peer(address: str) -> int:
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
         elapsed = time.perf_counter() - t0
-        emit("done", emitted=emitted, elapsed_s=elapsed, on_bus=bool(bus.connected),
-             error=error)
+        wire.emit("done", emitted=emitted, elapsed_s=elapsed, on_bus=bool(bus.connected),
+                  error=error)
     if bus.connected:
         try:
             await asyncio.wait_for(service.unregister(), 2.0)
@@ -321,15 +307,10 @@ async def serve_peer(address: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--library", choices=LIBRARIES, required=True)
-    parser.add_argument("--bus", required=True, help="D-Bus address to serve on")
-    args = parser.parse_args(argv)
-    if args.library == "mushpi_ble":
-        return run_mushpi(args.bus)
-    return asyncio.run(serve_peer(args.bus))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def serve(variant: str, address: str) -> int:
+    """Serve the MushPi service with library ``variant`` on ``address``."""
+    if variant == OURS:
+        return run_mushpi(address)
+    if variant == BLUEZ_PERIPHERAL:
+        return asyncio.run(serve_peer(address))
+    return wire.fail("not installed", f"no benchmark server for {variant!r}", library=variant)
