@@ -25,6 +25,7 @@ from .config import Settings, load_settings
 from .controller import ControllerCallbacks
 from .dbus.groups import unwrap_group
 from .errors import StartError, StartTimeout
+from .gatt.agent import Pairing
 from .notify import Outcome
 from .peripheral import Peripheral
 from .protocol import CHARACTERISTICS, Characteristic
@@ -295,4 +296,6 @@ class BlePortal:
             "last_recovery_s": status.last_recovery_s,
             "last_error": status.last_error,
             "started_at": status.started_at,
+            "pairing": (self.peripheral.pairing.snapshot() if self.peripheral.pairing is not None
+                        else Pairing.idle_snapshot(self.settings.ble_pairing)),
         }

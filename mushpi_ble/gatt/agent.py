@@ -22,7 +22,16 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, MatchRule, Method
+from mushpi_ble.dbus import (
+    CallContext,
+    CallTimeout,
+    Connection,
+    ConnectionLost,
+    DBusError,
+    Interface,
+    MatchRule,
+    Method,
+)
 from mushpi_ble.dbus.connection import SignalMessage
 
 from .adapter import managed_objects
@@ -250,10 +259,12 @@ class PairingLog:
         return [d for d in self.devices.values() if d.paired or d.bonded]
 
     def snapshot(self) -> dict[str, Any]:
+        """Plain data; safe from another thread (each copy is one C-level call)."""
+        attempts, devices = list(self.attempts), list(self.devices.values())
         return {
-            **self.counters,
-            "recent": [a.as_dict() for a in self.attempts],
-            "bonded_devices": [d.as_dict() for d in self.bonded],
+            **dict(self.counters),
+            "recent": [a.as_dict() for a in attempts],
+            "bonded_devices": [d.as_dict() for d in devices if d.paired or d.bonded],
         }
 
 
@@ -476,12 +487,18 @@ class Pairing:
         return self.agent is not None and self.agent.registered
 
     async def register(self, *, timeout: float) -> None:
-        """Register the agent; a refusal is logged and kept, never fatal to serving."""
+        """Register the agent; a refusal is logged and kept, never fatal to serving.
+
+        A timeout or a lost connection is raised: worth another try later.
+        """
         if self.agent is None:
             return
         try:
             await self.agent.register(timeout=timeout)
             self.last_error = None
+        except (CallTimeout, ConnectionLost) as exc:
+            self.last_error = f"{exc.name}: {exc.text}"
+            raise
         except DBusError as exc:
             self.last_error = f"{exc.name}: {exc.text}"
             log.warning("pairing agent not registered error=%s", self.last_error)
@@ -498,6 +515,12 @@ class Pairing:
                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         await follow_bonds(self._conn, adapter_path, self.log, timeout=timeout,
                            task_status=task_status)
+
+    @staticmethod
+    def idle_snapshot(mode: str) -> dict[str, Any]:
+        """The snapshot before the peripheral runs: nothing registered, nothing seen."""
+        return {"mode": mode, "agent_registered": False, "capability": None,
+                "agent_error": None, **PairingLog().snapshot()}
 
     def snapshot(self) -> dict[str, Any]:
         """``get_status()["pairing"]``."""
