@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import trio
+from rig import Rig as PortalRig
+from rig import eventually, make_settings, start_rig
 
 from mushpi_ble.cli import check
 from mushpi_ble.config import ConfigError, load_settings
@@ -323,3 +325,97 @@ async def test_check_agent_manager_refusing(bus_address: str, bluez: FakeBluez) 
                                    member="UnregisterAgent")
     text = await run_check(bus_address)
     assert "[warn] pairing agent" in text and "cannot register its agent" in text
+
+
+# --- wired into the peripheral ------------------------------------------------------------
+
+
+@pytest.fixture
+async def portal_rig(bus_address: str, bluez: FakeBluez) -> AsyncIterator[PortalRig]:
+    """A running portal with a simulated controller on the fake bluetoothd."""
+    running = await start_rig(bus_address, bluez, make_settings())
+    try:
+        yield running
+    finally:
+        await trio.to_thread.run_sync(running.portal.stop)
+
+
+async def portal_agent_owner(portal_rig: PortalRig) -> str:
+    conn = portal_rig.portal.peripheral.conn
+    assert conn is not None
+    return conn.unique_name
+
+
+async def test_the_peripheral_registers_its_agent(portal_rig: PortalRig) -> None:
+    owner = await portal_agent_owner(portal_rig)
+    default = await portal_rig.bluez.wait_for_default_agent(owner=owner)
+    assert (default.path, default.capability) == (
+        agent_path("/com/mushpi/gatt"), "NoInputNoOutput")
+    await eventually(lambda: portal_rig.portal.get_status()["pairing"]["agent_registered"])
+    status = portal_rig.portal.get_status()["pairing"]
+    assert (status["mode"], status["agent_registered"], status["capability"]) == (
+        "just-works", True, "NoInputNoOutput")
+
+
+async def test_a_phone_pairs_and_the_status_metrics_and_view_say_so(portal_rig: PortalRig) -> None:
+    from mushpi_ble.cli.serve import render_view
+    from mushpi_ble.prometheus import StatusCollector
+
+    await portal_rig.bluez.wait_for_default_agent()  # start() returns before later steps
+    phone = await portal_rig.bluez.connect_central(address="aa:bb:cc:00:00:07")
+    assert (await phone.pair()).success
+    await eventually(lambda: portal_rig.portal.get_status()["pairing"]["paired"] == 1)
+    status = portal_rig.portal.get_status()["pairing"]
+    assert status["requests"] == status["accepted"] == 1
+    assert [d["address"] for d in status["bonded_devices"]] == ["AA:BB:CC:00:00:07"]
+    assert status["recent"][-1]["outcome"] == "paired"
+    metrics = {(s.name, s.labels.get("outcome")): s.value
+               for m in StatusCollector(portal_rig.portal.get_status, dict).collect()
+               for s in m.samples}
+    assert metrics[("mushpi_ble_pairing_agent_registered", None)] == 1
+    assert metrics[("mushpi_ble_pairing_requests_total", None)] == 1
+    assert metrics[("mushpi_ble_pairing_outcomes_total", "paired")] == 1
+    assert metrics[("mushpi_ble_bonded_devices", None)] == 1
+    view = render_view(portal_rig.portal, portal_rig.controller)
+    assert "pairing: just-works  agent registered" in view
+    assert "bonded (1): AA:BB:CC:00:00:07 connected" in view
+    assert "RequestAuthorization" in view and "paired" in view
+
+
+async def test_registered_again_after_every_bluetoothd_restart(portal_rig: PortalRig) -> None:
+    owner = await portal_agent_owner(portal_rig)
+    await portal_rig.bluez.wait_for_default_agent(owner=owner)
+    for graceful in (True, False):
+        await portal_rig.bluez.restart(graceful=graceful)
+        await portal_rig.bluez.wait_for_default_agent(owner=owner, timeout=5.0)
+        await eventually(lambda: portal_rig.portal.get_status()["pairing"]["agent_registered"])
+    phone = await portal_rig.bluez.connect_central()
+    assert (await phone.pair()).success
+
+
+async def test_unregistered_on_stop(bus_address: str, bluez: FakeBluez) -> None:
+    running = await start_rig(bus_address, bluez, make_settings())
+    await bluez.wait_for_default_agent()
+    await trio.to_thread.run_sync(running.portal.stop)
+    assert bluez.agents == []
+    assert not running.portal.get_status()["pairing"]["agent_registered"]
+
+
+async def test_pairing_off_registers_no_agent(bus_address: str, bluez: FakeBluez) -> None:
+    running = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_PAIRING="off"))
+    try:
+        assert bluez.agents == []
+        status = running.portal.get_status()["pairing"]
+        assert (status["mode"], status["agent_registered"]) == ("off", False)
+        result = await (await bluez.connect_central()).pair()
+        assert not result.success and result.error == "no-agent" and result.disconnected
+    finally:
+        await trio.to_thread.run_sync(running.portal.stop)
+
+
+async def test_check_sees_the_running_peripheral_agent(bus_address: str,
+                                                       portal_rig: PortalRig) -> None:
+    owner = await portal_agent_owner(portal_rig)
+    await portal_rig.bluez.wait_for_default_agent(owner=owner)
+    text = await run_check(bus_address)
+    assert "[  ok] pairing agent" in text and f"exported by {owner}" in text
