@@ -17,6 +17,7 @@ from mushpi_ble.cli import check
 from mushpi_ble.config import ConfigError, load_settings
 from mushpi_ble.dbus import Connection, DBusError, open_connection
 from mushpi_ble.gatt.agent import (
+    Decision,
     JustWorksPolicy,
     Pairing,
     PairingAgent,
@@ -129,9 +130,48 @@ async def test_just_works_accepts_and_refuses_what_it_cannot_do(rig: Rig) -> Non
         with pytest.raises(DBusError) as err:
             await rig.call_as_bluez(member, "o", device)
         assert err.value.name == "org.bluez.Error.Rejected"
+    with pytest.raises(DBusError):
+        await rig.call_as_bluez("DisplayPinCode", "os", device, "0000")
+    await rig.call_as_bluez("DisplayPasskey", "ouq", device, 123456, 0)
     outcomes = [(a.request, a.outcome) for a in rig.log.attempts]
     assert outcomes == [("RequestConfirmation", "accepted"), ("AuthorizeService", "accepted"),
-                        ("RequestPasskey", "rejected"), ("RequestPinCode", "rejected")]
+                        ("RequestPasskey", "rejected"), ("RequestPinCode", "rejected"),
+                        ("DisplayPinCode", "rejected"), ("DisplayPasskey", "rejected")]
+    assert (rig.log.counters["requests"], rig.log.counters["accepted"],
+            rig.log.counters["rejected"]) == (6, 2, 4)
+
+
+class ShowPasskeyPolicy:
+    """A later mode's shape: DisplayOnly, the passkey shown, others refused."""
+
+    mode = "passkey"
+    capability = "DisplayOnly"
+
+    def __init__(self) -> None:
+        self.shown: list[int | None] = []
+
+    def decide(self, request: PairingRequest) -> Decision:
+        if request.kind == "DisplayPasskey":
+            self.shown.append(request.passkey)
+            return Decision.yes()
+        return Decision.no("passkey pairing only")
+
+
+async def test_a_new_mode_is_a_new_policy(bus_address: str, bluez: FakeBluez) -> None:
+    policy = ShowPasskeyPolicy()
+    async with open_connection(bus_address) as conn:
+        agent = PairingAgent(conn, PATH, policy)
+        await agent.register(timeout=2.0)
+        phone = await bluez.connect_central()
+        result = await phone.pair(io_capability="KeyboardOnly", mitm=True)
+        assert result.success and result.agent_call == "DisplayPasskey"
+        with trio.fail_after(2):
+            while not policy.shown:
+                await trio.sleep(0.01)
+        assert [a.outcome for a in agent.log.attempts] == ["displayed"]
+        refused = await (await bluez.connect_central(address="aa:bb:cc:00:00:0a")).pair()
+        assert not refused.success and refused.error == "org.bluez.Error.Rejected"
+        await agent.unregister(timeout=1.0)
 
 
 async def test_cancel_marks_the_open_attempt(rig: Rig) -> None:

@@ -203,8 +203,8 @@ class PairingLog:
         return None
 
     def request(self, request: PairingRequest, decision: Decision) -> PairingAttempt:
-        outcome = (DISPLAYED if request.kind in (DISPLAY_PASSKEY, DISPLAY_PIN_CODE)
-                   else ACCEPTED if decision.accept else REFUSED)
+        shown = request.kind in (DISPLAY_PASSKEY, DISPLAY_PIN_CODE)
+        outcome = (REFUSED if not decision.accept else DISPLAYED if shown else ACCEPTED)
         attempt = PairingAttempt(request.device, address_of(request.device), request.kind,
                                  outcome, decision.reason)
         self.attempts.append(attempt)
@@ -287,6 +287,7 @@ class PairingAgent:
         self._allowed_caller = allowed_caller
         self._on_release = on_release
         self.registered_with: str | None = None
+        self._asked = False  # RegisterAgent sent to the current bluetoothd, answer or not
         self.exported = False
         self.releases = 0
 
@@ -380,6 +381,7 @@ class PairingAgent:
         """
         self.export()
         owner = await self._conn.get_name_owner(BLUEZ)
+        self._asked = True
         try:
             await self._conn.call(BLUEZ, AGENT_MANAGER_PATH, AGENT_MANAGER_IFACE,
                                   "RegisterAgent", "os", (self.path, self.policy.capability),
@@ -395,10 +397,11 @@ class PairingAgent:
 
     async def unregister(self, *, timeout: float) -> None:
         """UnregisterAgent under a shielded, bounded scope; then stop answering."""
-        owner, self.registered_with = self.registered_with, None
+        asked = self._asked or self.registered_with is not None
+        self.registered_with, self._asked = None, False
         with trio.move_on_after(timeout) as scope:
             scope.shield = True
-            if owner is not None:
+            if asked:  # a stop may overtake RegisterAgent's reply
                 try:
                     await self._conn.call(BLUEZ, AGENT_MANAGER_PATH, AGENT_MANAGER_IFACE,
                                           "UnregisterAgent", "o", (self.path,), timeout=timeout)
@@ -411,6 +414,7 @@ class PairingAgent:
     def forget_registration(self) -> None:
         """bluetoothd went away: whatever it knew of us is gone with it."""
         self.registered_with = None
+        self._asked = False
 
 
 def agent_path(app_root: str) -> str:
