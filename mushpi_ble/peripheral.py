@@ -41,7 +41,7 @@ import trio
 from trio_util import AsyncValue
 
 from .config import Settings
-from .controller import ControllerFailure, ControllerTimeout, call_in_thread
+from .controller import ControllerFailure, ControllerTimeout
 from .dbus import (
     BusUnreachable,
     Connection,
@@ -592,8 +592,7 @@ class Peripheral:
         if getter is None:
             return advertised_name(self.settings.ble_name_prefix, None)
         try:
-            stage = await call_in_thread(getter, timeout=self.settings.handler_timeout_s,
-                                         what="get_stage_data")
+            stage = await self.service.runner.call("get_stage_data", getter)
         except (ControllerTimeout, ControllerFailure) as exc:
             log.warning("advertised name not recomputed error=%s", exc)
             return self.name

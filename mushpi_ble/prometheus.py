@@ -82,6 +82,32 @@ class StatusCollector:
             _count, total = histogram.total
             latency.add_metric([char], buckets, total)
         yield latency
+        yield from _callback_metrics(status.get("callbacks", {}))
+
+
+def _callback_metrics(callbacks: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+    """Per controller callback: running or hung now, and its counters."""
+    in_flight = GaugeMetricFamily(f"{PREFIX}_callback_in_flight",
+                                  "1 while a call of the controller callback runs",
+                                  labels=["callback"])
+    hung = GaugeMetricFamily(f"{PREFIX}_callback_hung",
+                             "1 while a call runs past the handler deadline",
+                             labels=["callback"])
+    counters = {
+        key: CounterMetricFamily(f"{PREFIX}_callback_{key}", help_text, labels=["callback"])
+        for key, help_text in (("calls", "calls of the controller callback started"),
+                               ("joined", "requests answered by a call already running"),
+                               ("timeouts", "requests not answered within the deadline"),
+                               ("hangs", "calls that ran past the handler deadline"))
+    }
+    for name, entry in callbacks.items():
+        in_flight.add_metric([name], int(bool(entry["in_flight"])))
+        hung.add_metric([name], int(entry["hung_since"] is not None))
+        for key, family in counters.items():
+            family.add_metric([name], entry[key])
+    yield in_flight
+    yield hung
+    yield from counters.values()
 
 
 def _pairing_metrics(pairing: Mapping[str, Any]) -> Iterator[Metric]:
