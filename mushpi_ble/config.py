@@ -38,6 +38,7 @@ __all__ = [
     "BackpressurePolicy",
     "ConfigError",
     "InvalidWriteMode",
+    "PairingMode",
     "Settings",
     "TxPower",
     "VarSpec",
@@ -56,6 +57,7 @@ Backend = Literal["bluez-dbus", "bluezero"]
 TxPower = Literal["low", "med", "high"]
 BackpressurePolicy = Literal["drop_oldest", "drop_newest", "coalesce"]
 InvalidWriteMode = Literal["reject", "ignore"]
+PairingMode = Literal["just-works", "off"]
 
 #: Characteristics that notify and therefore own a publish queue with a policy (from the table).
 NOTIFYING_CHARACTERISTICS: tuple[str, ...] = tuple(name.upper() for name in NOTIFYING)
@@ -348,6 +350,11 @@ VARIABLES: tuple[VarSpec, ...] = (
         "MUSHPI_BLE_INVALID_WRITE", "ble_invalid_write", get_args(InvalidWriteMode), "reject",
         "Answer to an invalid write: reject with an error, or ignore (ack, log, never apply).",
     ),
+    _choice_var(
+        "MUSHPI_BLE_PAIRING", "ble_pairing", get_args(PairingMode), "just-works",
+        "Pairing agent: just-works accepts every pairing request (encryption without MITM "
+        "protection); off registers none, so pairing fails.",
+    ),
     _int_var(
         "MUSHPI_BLE_METRICS_PORT", "ble_metrics_port", None, 1, 65535,
         "TCP port of the metrics endpoint.",
@@ -431,6 +438,7 @@ class Settings:
     ble_shutdown_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS"))
     ble_handler_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_HANDLER_TIMEOUT_MS"))
     ble_invalid_write: InvalidWriteMode = attrs.field(default=_default("MUSHPI_BLE_INVALID_WRITE"))
+    ble_pairing: PairingMode = attrs.field(default=_default("MUSHPI_BLE_PAIRING"))
     ble_metrics_port: int | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_PORT"))
     ble_metrics_bind: str = attrs.field(default=_default("MUSHPI_BLE_METRICS_BIND"))
     ble_metrics_file: Path | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_FILE"))

@@ -93,6 +93,7 @@ from .gatt.advertising import (
     plan_advertisement,
     read_capabilities,
 )
+from .gatt.agent import Pairing, agent_path
 from .gatt.devices import Central, DeviceTracker
 from .gatt.errors import DEADLINE_ERROR
 from .gatt.names import ADAPTER_IFACE, BLUEZ, OBJECT_MANAGER
@@ -220,11 +221,15 @@ class Peripheral:
         self.stage_getter: Callable[[], Callable[[], object] | None] = lambda: None
         self.rfkill = Rfkill()
         """Where rfkill switches are read and lifted (tests point it at a directory)."""
+        self.pairing: Pairing | None = None
         self.steps: list[Step] = [
             Step("application", self._register_application, self._unregister_application,
                  self._forget_application, required=True),
             Step("devices", self._follow_devices, forget=self._forget_devices),
             Step("alias", self._set_alias),
+            Step("bonds", self._follow_bonds),
+            Step("pairing agent", self._register_agent, self._unregister_agent,
+                 self._forget_agent),
             Step("advertisement", self._register_advert, self._unregister_advert,
                  self._forget_advert),
         ]
@@ -268,6 +273,7 @@ class Peripheral:
         self.advert = None
         self.tracker = None
         self.app = None
+        self.pairing = None
         self._stopping = False
         self._start: _Start | None = None
         self._scope: trio.CancelScope | None = None
@@ -294,6 +300,8 @@ class Peripheral:
         )
         self.app = app
         app.export()
+        self.pairing = Pairing(conn, agent_path(self.settings.dbus_app_path),
+                               self.settings.ble_pairing)
         self.service.attach(app, nursery)
         self.status.running = True
         self.status.started_at = time.time()
@@ -564,6 +572,26 @@ class Peripheral:
     def _forget_devices(self) -> None:
         if self.tracker is not None:
             self.tracker.clear()
+
+    async def _follow_bonds(self, _conn: Connection, adapter: str) -> None:
+        assert self._nursery is not None and self.pairing is not None
+        with single_errors():
+            await self._nursery.start(
+                self._in_session,
+                partial(self.pairing.run_bonds, adapter, timeout=self.settings.bus_timeout_s))
+
+    async def _register_agent(self, _conn: Connection, _adapter: str) -> None:
+        """After every bluetoothd (re)start; a refusal is shown in the status, not retried."""
+        assert self.pairing is not None
+        await self.pairing.register(timeout=self.settings.bus_timeout_s)
+
+    async def _unregister_agent(self, timeout: float) -> None:
+        if self.pairing is not None:
+            await self.pairing.unregister(timeout=timeout)
+
+    def _forget_agent(self) -> None:
+        if self.pairing is not None:
+            self.pairing.forget()
 
     async def _set_alias(self, conn: Connection, adapter: str) -> None:
         self.name = await self.current_name()

@@ -25,6 +25,7 @@ from .config import Settings, load_settings
 from .controller import ControllerCallbacks
 from .dbus.groups import unwrap_group
 from .errors import StartError, StartTimeout
+from .gatt.agent import Pairing
 from .notify import Outcome
 from .peripheral import Peripheral, PeripheralStatus
 from .protocol import CHARACTERISTICS, Characteristic
@@ -306,6 +307,8 @@ class BlePortal:
             "adapter_recovery": self.settings.ble_adapter_recovery,
             "recoveries": list(status.recoveries),
             "recovery_totals": dict(status.recovery_totals),
+            "pairing": (self.peripheral.pairing.snapshot() if self.peripheral.pairing is not None
+                        else Pairing.idle_snapshot(self.settings.ble_pairing)),
         }
 
 

@@ -73,6 +73,8 @@ class StatusCollector:
             pending.add_metric([char], c["pending"])
         yield from counters.values()
         yield pending
+        if "pairing" in status:
+            yield from _pairing_metrics(status["pairing"])
         latency = HistogramMetricFamily(f"{PREFIX}_publish_latency_seconds",
                                         "offer-to-emit latency of notifications",
                                         labels=["characteristic"])
@@ -138,6 +140,22 @@ def _unattended(status: Mapping[str, Any]) -> Iterator[Metric]:
     yield CounterMetricFamily(f"{PREFIX}_advert_drops",
                               "advertisements bluetoothd dropped without a Release",
                               value=status.get("advert_drops", 0))
+
+
+def _pairing_metrics(pairing: Mapping[str, Any]) -> Iterator[Metric]:
+    yield GaugeMetricFamily(f"{PREFIX}_pairing_agent_registered",
+                            "1 while our pairing agent is bluetoothd's default agent",
+                            value=int(bool(pairing["agent_registered"])))
+    yield CounterMetricFamily(f"{PREFIX}_pairing_requests", "pairing requests from bluetoothd",
+                              value=pairing["requests"])
+    outcomes = CounterMetricFamily(f"{PREFIX}_pairing_outcomes",
+                                   "pairing attempts by what became of them",
+                                   labels=["outcome"])
+    for outcome in ("accepted", "rejected", "canceled", "paired", "failed"):
+        outcomes.add_metric([outcome], pairing[outcome])
+    yield outcomes
+    yield GaugeMetricFamily(f"{PREFIX}_bonded_devices", "devices bonded with the adapter",
+                            value=len(pairing["bonded_devices"]))
 
 
 def _bound(value: float) -> str:

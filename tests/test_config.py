@@ -161,6 +161,11 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
         ["", "accept", "drop"],
     ),
     (
+        "MUSHPI_BLE_PAIRING", "ble_pairing",
+        [("just-works", "just-works"), ("OFF", "off"), (" off ", "off")],
+        ["", "on", "justworks", "window", "passkey"],
+    ),
+    (
         "MUSHPI_BLE_METRICS_PORT", "ble_metrics_port",
         [("1", 1), ("65535", 65535), ("", None), ("  ", None)],
         ["0", "65536", "http"],

@@ -106,6 +106,9 @@ def render_view(portal: BlePortal, controller: SimulatedController) -> str:
         mark = "ok " if event.accepted else "REJ"
         when = time.strftime("%H:%M:%S", time.localtime(event.at))
         lines.append(f"  {when} {mark} {event.characteristic:17} {event.detail}")
+    if "pairing" in status:
+        lines.append("")
+        lines.extend(pairing_lines(status["pairing"]))
     relays = ", ".join(k for k, v in controller.relays.items() if v) or "none"
     lines.append("")
     lines.append(f"relays on: {relays}   stage: {controller.stage.get('species')} "
@@ -132,6 +135,25 @@ def health_lines(status: dict[str, Any]) -> list[str]:
                      f"{last['detail']}")
     if status.get("advert_problem"):
         lines.append(f"  ALIAS-ONLY: {status['advert_problem']}")
+    return lines
+
+
+def pairing_lines(pairing: dict[str, Any]) -> list[str]:
+    """The pairing part of the live view: agent, counters, bonds, recent attempts."""
+    agent = ("none (MUSHPI_BLE_PAIRING=off)" if pairing["mode"] == "off"
+             else "registered" if pairing["agent_registered"]
+             else f"NOT registered ({pairing.get('agent_error') or 'not yet'})")
+    counts = "  ".join(f"{key}={pairing[key]}" for key in
+                       ("requests", "accepted", "rejected", "canceled", "paired", "failed"))
+    bonded = pairing["bonded_devices"]
+    lines = [f"pairing: {pairing['mode']}  agent {agent}", f"  {counts}",
+             f"  bonded ({len(bonded)}): " + (", ".join(
+                 d["address"] + (" connected" if d["connected"] else "") for d in bonded)
+                 or "none")]
+    for attempt in pairing["recent"][-4:]:
+        when = time.strftime("%H:%M:%S", time.localtime(attempt["at"]))
+        lines.append(f"  {when} {attempt['request']:20} {attempt['address'] or '-':17} "
+                     f"{attempt['outcome']}")
     return lines
 
 

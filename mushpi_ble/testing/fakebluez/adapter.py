@@ -57,6 +57,9 @@ class _Device:
     address_type: str
     connected: bool = True
     removal: trio.CancelScope | None = None
+    paired: bool = False
+    bonded: bool = False
+    trusted: bool = False
 
 
 class FakeAdapter:
@@ -136,6 +139,8 @@ class FakeAdapter:
         """Export the adapter on a (new) connection; InterfacesAdded announces it."""
         link.conn.export(self.path, [self._interface(), self.gatt.interface(),
                                      self.advertising.interface()])
+        for device in self._devices.values():  # bonds kept across a restart
+            link.conn.export(device.path, [self._device_interface(device)])
         log.info("adapter added adapter=%s address=%s powered=%s", self.id, self.address,
                  self.powered)
 
@@ -300,9 +305,10 @@ class FakeAdapter:
             Property("Address", "s", get=lambda: device.address),
             Property("AddressType", "s", get=lambda: device.address_type),
             Property("Alias", "s", get=lambda: device.address.replace(":", "-")),
-            Property("Paired", "b", get=lambda: False),
-            Property("Bonded", "b", get=lambda: False),
-            Property("Trusted", "b", get=lambda: False),
+            Property("Paired", "b", get=lambda: device.paired),
+            Property("Bonded", "b", get=lambda: device.bonded),
+            Property("Trusted", "b", get=lambda: device.trusted,
+                     set=lambda value: self._set_trusted(device, bool(value))),
             Property("Blocked", "b", get=lambda: False),
             Property("LegacyPairing", "b", get=lambda: False),
             Property("Connected", "b", get=lambda: device.connected),
@@ -310,6 +316,31 @@ class FakeAdapter:
             Property("UUIDs", "as", get=lambda: []),
             Property("Adapter", "o", get=lambda: self.path),
         ])
+
+    def _set_trusted(self, device: _Device, value: bool) -> None:
+        device.trusted = value
+        log.info("device trusted adapter=%s address=%s trusted=%s", self.id, device.address,
+                 value)
+        self._runtime.changed()
+
+    def is_paired(self, address: str) -> bool:
+        device = self._devices.get(address.upper())
+        return device is not None and device.paired
+
+    def set_paired(self, address: str, *, bonded: bool) -> None:
+        """Pairing completed: Bonded (keys stored) then Paired, each a PropertiesChanged."""
+        device = self._devices[address.upper()]
+        if bonded and not device.bonded:
+            device.bonded = True
+            self._emit(DEVICE, {"Bonded": True}, device.path)
+        if not device.paired:
+            device.paired = True
+            self._emit(DEVICE, {"Paired": True}, device.path)
+
+    @property
+    def bonded_devices(self) -> list[str]:
+        """Addresses of the devices whose keys bluetoothd keeps."""
+        return [a for a, d in self._devices.items() if d.bonded]
 
     def add_device(self, central: FakeCentral, address_type: str, *,
                    announce: bool = True) -> str:
@@ -343,6 +374,11 @@ class FakeAdapter:
             return
         device.connected = False
         self._emit(DEVICE, {"Connected": False, "ServicesResolved": False}, device.path)
+        if device.bonded:
+            return  # bonded devices stay until RemoveDevice
+        if device.paired:  # paired without bonding: the keys go with the link
+            device.paired = False
+            self._emit(DEVICE, {"Paired": False}, device.path)
         delay = self._runtime.config.device_remove_delay
         if delay <= 0:
             self._remove_device(address)
@@ -361,7 +397,8 @@ class FakeAdapter:
         link = self._runtime.link
         if device is not None and link is not None:
             link.conn.unexport(device.path)
-            log.info("device removed adapter=%s address=%s", self.id, address)
+            log.info("device removed adapter=%s address=%s bond_removed=%s", self.id, address,
+                     device.bonded)
         self._runtime.changed()
 
     async def _disconnect_call(self, ctx: CallContext) -> None:
@@ -396,8 +433,11 @@ class FakeAdapter:
             central.drop_link("adapter-removed")
         self.gatt.forget_all()
         link = self._runtime.link
-        for address in list(self._devices):
-            self._remove_device(address)
+        for address, device in list(self._devices.items()):
+            if device.bonded and link is not None:  # off the bus; the keys stay on disk
+                link.conn.unexport(device.path)
+            elif not device.bonded:
+                self._remove_device(address)
         self._stop_discoverable_timer()
         if link is not None:
             link.conn.unexport(self.path)
@@ -410,7 +450,9 @@ class FakeAdapter:
         for central in list(self.centrals.values()):
             central.drop_link("bluetoothd-restart")
         self.gatt.forget_all()
-        self._devices.clear()
+        # bonds are stored on disk and come back with bluetoothd; nothing else does
+        self._devices = {a: attrs.evolve(d, connected=False, removal=None, paired=True)
+                         for a, d in self._devices.items() if d.bonded}
         self._stop_discoverable_timer()
         self._alias = None
         self.powered = powered and not self.blocked

@@ -20,6 +20,7 @@ from mushpi_ble.dbus import DBusError, MatchRule, SignalMessage, open_connection
 
 from .adapter import FakeAdapter, adapter_index
 from .advertising import Advertisement
+from .agents import AGENT_MANAGER_PATH, Agent, AgentManager
 from .central import FakeCentral
 from .gatt_manager import Application
 from .names import (
@@ -80,6 +81,8 @@ class FakeBluez:
         merge_prepared_writes: bool = True,
         drop_adverts_on_connect: bool = False,
         rfkill_dir: Path | None = None,
+        agent_timeout: float = 60.0,
+        just_works_repairing: str = "never",
     ) -> AsyncIterator[FakeBluez]:
         """Own ``org.bluez`` on ``bus_address`` for the duration of the block.
 
@@ -94,6 +97,7 @@ class FakeBluez:
             server_mtu=server_mtu, call_timeout=call_timeout,
             device_remove_delay=device_remove_delay, merge_prepared_writes=merge_prepared_writes,
             drop_adverts_on_connect=drop_adverts_on_connect,
+            agent_timeout=agent_timeout, just_works_repairing=just_works_repairing,
         )
         bluez = cls(bus_address, adapters, config)
         async with trio.open_nursery() as nursery:
@@ -134,6 +138,28 @@ class FakeBluez:
     async def wait_until(self, predicate: Callable[[], T | None], timeout: float = 2.0) -> T:
         """Wait until ``predicate()`` is truthy (re-checked on every state change)."""
         return await self.runtime.wait_until(predicate, timeout)
+
+    @property
+    def agent_manager(self) -> AgentManager:
+        return self.runtime.agents
+
+    @property
+    def agents(self) -> list[Agent]:
+        """Registered pairing agents, in registration order."""
+        return self.runtime.agents.agents
+
+    @property
+    def default_agent(self) -> Agent | None:
+        """The agent incoming pairing requests go to."""
+        return self.runtime.agents.default
+
+    async def wait_for_default_agent(self, timeout: float = 2.0, *,
+                                     owner: str | None = None) -> Agent:
+        """The default agent (of ``owner`` when given), waiting for one to register."""
+        def find() -> Agent | None:
+            agent = self.runtime.agents.default
+            return agent if agent is not None and owner in (None, agent.owner) else None
+        return await self.wait_until(find, timeout)
 
     async def wait_for_application(self, timeout: float = 2.0, *,
                                    adapter: str | None = None) -> Application:
@@ -243,6 +269,7 @@ class FakeBluez:
         """
         old = self.unique_name
         await self._stop_link(graceful=graceful)
+        self.runtime.agents.forget_all()
         for adapter in self._adapters.values():
             adapter.reset(powered=self.runtime.config.power_on_restart)
         await self._start_link()
@@ -297,6 +324,7 @@ class FakeBluez:
                 for rule, handler in self._signal_routes():
                     await nursery.start(self._pump, link, rule, handler)
                 conn.add_object_manager("/")
+                conn.export(AGENT_MANAGER_PATH, [self.runtime.agents.interface()])
                 await self._acquire_name(link)
                 self.runtime.link = link
                 for adapter in self._adapters.values():
@@ -323,6 +351,7 @@ class FakeBluez:
                                f"(RequestName answered {result})")
 
     async def _shutdown(self, link: Link) -> None:
+        await self.runtime.agents.release_all()
         for adapter in list(self._adapters.values()):
             await adapter.remove()
         try:
@@ -361,6 +390,7 @@ class FakeBluez:
     def _on_name_owner_changed(self, _link: Link, signal: SignalMessage) -> None:
         name, _old, new = signal.body
         if name.startswith(":") and not new:
+            self.runtime.agents.drop_sender(name)
             for adapter in self._adapters.values():
                 adapter.gatt.drop_sender(name)
                 adapter.advertising.drop_sender(name)

@@ -15,6 +15,7 @@ import trio
 
 from mushpi_ble.dbus import Connection
 
+from .agents import AgentManager
 from .faults import Faults
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class Config:
     merge_prepared_writes: bool = True
     drop_adverts_on_connect: bool = False
     """A controller that stops advertising when a central connects (and bluetoothd forgets)."""
+    agent_timeout: float = 60.0
+    just_works_repairing: str = "never"
 
 
 @attrs.define(eq=False)
@@ -64,6 +67,7 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.faults = Faults()
+        self.agents = AgentManager(self)
         self.link: Link | None = None
         self._changed = trio.Event()
 
