@@ -580,10 +580,10 @@ class Peripheral:
                 self._in_session,
                 partial(self.pairing.run_bonds, adapter, timeout=self.settings.bus_timeout_s))
 
-    async def _register_agent(self, _conn: Connection, _adapter: str) -> None:
+    async def _register_agent(self, _conn: Connection, adapter: str) -> None:
         """After every bluetoothd (re)start; a refusal is shown in the status, not retried."""
         assert self.pairing is not None
-        await self.pairing.register(timeout=self.settings.bus_timeout_s)
+        await self.pairing.register(timeout=self.settings.bus_timeout_s, adapter_path=adapter)
 
     async def _unregister_agent(self, timeout: float) -> None:
         if self.pairing is not None:

@@ -459,3 +459,25 @@ async def test_check_sees_the_running_peripheral_agent(bus_address: str,
     await portal_rig.bluez.wait_for_default_agent(owner=owner)
     text = await run_check(bus_address)
     assert "[  ok] pairing agent" in text and f"exported by {owner}" in text
+
+
+async def test_the_agent_decides_for_its_own_adapter_only(bus_address: str) -> None:
+    """bluetoothd asks the default agent about every adapter; a device of another
+    adapter (another program's, or the phone's side in a one-host test rig) is not
+    ours to accept."""
+    async with FakeBluez.serve(bus_address, adapters=("hci0", "hci1")) as bluez:
+        running = await start_rig(bus_address, bluez, make_settings())
+        try:
+            await bluez.wait_for_default_agent()
+            await eventually(lambda: running.portal.peripheral.pairing is not None
+                             and running.portal.peripheral.pairing.registered)
+            stranger = await bluez.connect_central(adapter="hci1", address="aa:bb:cc:00:00:08")
+            assert not (await stranger.pair()).success
+            ours = await bluez.connect_central(adapter="hci0", address="aa:bb:cc:00:00:09")
+            assert (await ours.pair()).success
+            recent = running.portal.get_status()["pairing"]["recent"]
+            refused = [a for a in recent if a["address"] == "AA:BB:CC:00:00:08"]
+            assert refused and refused[0]["outcome"] == "rejected"
+            assert "is not a device of /org/bluez/hci0" in refused[0]["reason"]
+        finally:
+            await trio.to_thread.run_sync(running.portal.stop)

@@ -290,6 +290,9 @@ class PairingAgent:
         self._asked = False  # RegisterAgent sent to the current bluetoothd, answer or not
         self.exported = False
         self.releases = 0
+        self.adapter_path: str | None = None
+        """Requests about devices of other adapters are refused: the default agent is
+        asked about every adapter of bluetoothd, and only ours is ours to decide."""
 
     @property
     def registered(self) -> bool:
@@ -317,7 +320,11 @@ class PairingAgent:
 
     # -- requests ----------------------------------------------------------------
     def _answer(self, request: PairingRequest) -> None:
-        decision = self.policy.decide(request)
+        adapter = self.adapter_path
+        if adapter is not None and not request.device.startswith(adapter + "/"):
+            decision = Decision.no(f"{request.device} is not a device of {adapter}")
+        else:
+            decision = self.policy.decide(request)
         attempt = self.log.request(request, decision)
         log.info("pairing request %s device=%s address=%s mode=%s outcome=%s%s",
                  request.kind, request.device, attempt.address or "-", self.policy.mode,
@@ -490,13 +497,15 @@ class Pairing:
     def registered(self) -> bool:
         return self.agent is not None and self.agent.registered
 
-    async def register(self, *, timeout: float) -> None:
-        """Register the agent; a refusal is logged and kept, never fatal to serving.
+    async def register(self, *, timeout: float, adapter_path: str | None = None) -> None:
+        """Register the agent (deciding for ``adapter_path``'s devices only); a refusal
+        is logged and kept, never fatal to serving.
 
         A timeout or a lost connection is raised: worth another try later.
         """
         if self.agent is None:
             return
+        self.agent.adapter_path = adapter_path
         try:
             await self.agent.register(timeout=timeout)
             self.last_error = None
