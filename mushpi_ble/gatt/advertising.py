@@ -29,6 +29,7 @@ from mushpi_ble.dbus import (
     SignalMessage,
 )
 
+from .exported import ExportedObject
 from .names import ADVERTISEMENT_IFACE, ADVERTISING_MANAGER_IFACE, BLUEZ, ERROR_PREFIX, PROPERTIES
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ def plan_advertisement(
                       name_size if local_name else 0, tuple(left_out))
 
 
-class Advertisement:
+class Advertisement(ExportedObject):
     """Our ``org.bluez.LEAdvertisement1`` object, kept registered.
 
     ``Release()`` from bluetoothd (adapter gone, timeout) triggers
@@ -176,13 +177,11 @@ class Advertisement:
     def __init__(self, conn: Connection, path: str, plan: AdvertPlan, *,
                  allowed_caller: str | None = BLUEZ,
                  on_release: Callable[[], None] | None = None) -> None:
-        self._conn = conn
-        self.path = path
+        super().__init__(conn, path)
         self.plan = plan
         self._allowed_caller = allowed_caller
         self._on_release = on_release
         self.registered_on: str | None = None
-        self.exported = False
         self.releases = 0
 
     def _interface(self) -> Interface:
@@ -205,16 +204,6 @@ class Advertisement:
             methods=[Method("Release", handler=self._release)],
             properties=props(),
         )
-
-    def export(self) -> None:
-        if not self.exported:
-            self._conn.export(self.path, [self._interface()])
-            self.exported = True
-
-    def unexport(self) -> None:
-        if self.exported:
-            self._conn.unexport(self.path)
-            self.exported = False
 
     def _release(self, _ctx: CallContext) -> None:
         self.releases += 1

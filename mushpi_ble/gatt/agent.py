@@ -36,6 +36,7 @@ from mushpi_ble.dbus.connection import SignalMessage
 
 from .adapter import managed_objects
 from .errors import ALREADY_EXISTS, DOES_NOT_EXIST
+from .exported import ExportedObject
 from .names import (
     AGENT_IFACE,
     AGENT_MANAGER_IFACE,
@@ -268,7 +269,7 @@ class PairingLog:
         }
 
 
-class PairingAgent:
+class PairingAgent(ExportedObject):
     """Our ``org.bluez.Agent1`` object; registered as bluetoothd's default agent.
 
     Handlers answer inline (a policy decides without I/O). Only the current
@@ -280,15 +281,13 @@ class PairingAgent:
                  on_release: Callable[[], None] | None = None) -> None:
         if policy.capability not in CAPABILITIES:
             raise ValueError(f"capability {policy.capability!r} is not one of {CAPABILITIES}")
-        self._conn = conn
-        self.path = path
+        super().__init__(conn, path)
         self.policy = policy
         self.log = log_ if log_ is not None else PairingLog()
         self._allowed_caller = allowed_caller
         self._on_release = on_release
         self.registered_with: str | None = None
         self._asked = False  # RegisterAgent sent to the current bluetoothd, answer or not
-        self.exported = False
         self.releases = 0
         self.adapter_path: str | None = None
         """Requests about devices of other adapters are refused: the default agent is
@@ -370,16 +369,6 @@ class PairingAgent:
             self._on_release()
 
     # -- lifetime ------------------------------------------------------------------
-    def export(self) -> None:
-        if not self.exported:
-            self._conn.export(self.path, [self._interface()])
-            self.exported = True
-
-    def unexport(self) -> None:
-        if self.exported:
-            self._conn.unexport(self.path)
-            self.exported = False
-
     async def register(self, *, timeout: float) -> None:
         """RegisterAgent + RequestDefaultAgent on the current bluetoothd.
 
