@@ -38,6 +38,7 @@ __all__ = [
     "BackpressurePolicy",
     "ConfigError",
     "InvalidWriteMode",
+    "PairingMode",
     "Settings",
     "TxPower",
     "VarSpec",
@@ -56,6 +57,7 @@ Backend = Literal["bluez-dbus", "bluezero"]
 TxPower = Literal["low", "med", "high"]
 BackpressurePolicy = Literal["drop_oldest", "drop_newest", "coalesce"]
 InvalidWriteMode = Literal["reject", "ignore"]
+PairingMode = Literal["just-works", "off"]
 
 #: Characteristics that notify and therefore own a publish queue with a policy (from the table).
 NOTIFYING_CHARACTERISTICS: tuple[str, ...] = tuple(name.upper() for name in NOTIFYING)
@@ -311,6 +313,10 @@ VARIABLES: tuple[VarSpec, ...] = (
         "Advertising transmit power level.",
     ),
     _bool_var(
+        "MUSHPI_BLE_ADAPTER_RECOVERY", "ble_adapter_recovery", "true",
+        "Power the adapter on and lift rfkill soft blocks when it is off; false only reports.",
+    ),
+    _bool_var(
         "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "ble_actuator_status_enable", "true",
         "Whether to expose the actuator status characteristic.",
     ),
@@ -343,6 +349,11 @@ VARIABLES: tuple[VarSpec, ...] = (
     _choice_var(
         "MUSHPI_BLE_INVALID_WRITE", "ble_invalid_write", get_args(InvalidWriteMode), "reject",
         "Answer to an invalid write: reject with an error, or ignore (ack, log, never apply).",
+    ),
+    _choice_var(
+        "MUSHPI_BLE_PAIRING", "ble_pairing", get_args(PairingMode), "just-works",
+        "Pairing agent: just-works accepts every pairing request (encryption without MITM "
+        "protection); off registers none, so pairing fails.",
     ),
     _int_var(
         "MUSHPI_BLE_METRICS_PORT", "ble_metrics_port", None, 1, 65535,
@@ -410,6 +421,7 @@ class Settings:
     ble_name_prefix: str = attrs.field(default=_default("MUSHPI_BLE_NAME_PREFIX"))
     ble_adv_enable: bool = attrs.field(default=_default("MUSHPI_BLE_ADV_ENABLE"))
     ble_adv_tx_power: TxPower = attrs.field(default=_default("MUSHPI_BLE_ADV_TX_POWER"))
+    ble_adapter_recovery: bool = attrs.field(default=_default("MUSHPI_BLE_ADAPTER_RECOVERY"))
     ble_actuator_status_enable: bool = attrs.field(
         default=_default("MUSHPI_BLE_ACTUATOR_STATUS_ENABLE")
     )
@@ -426,6 +438,7 @@ class Settings:
     ble_shutdown_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS"))
     ble_handler_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_HANDLER_TIMEOUT_MS"))
     ble_invalid_write: InvalidWriteMode = attrs.field(default=_default("MUSHPI_BLE_INVALID_WRITE"))
+    ble_pairing: PairingMode = attrs.field(default=_default("MUSHPI_BLE_PAIRING"))
     ble_metrics_port: int | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_PORT"))
     ble_metrics_bind: str = attrs.field(default=_default("MUSHPI_BLE_METRICS_BIND"))
     ble_metrics_file: Path | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_FILE"))

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from .lograte import LogRate, RateLimitedLog
 from .protocol import (
     CHARACTERISTICS,
     DEFAULT_QUERY,
@@ -58,6 +59,9 @@ READ_SNAPSHOT_TTL_S = 5.0
 MAX_REMEMBERED = 64
 """Bound of every cache keyed by what phones send (device paths, species/stage)."""
 RECENT_WRITES = 50
+LOG_BURST = 5
+"""Refusals logged per device (failures per characteristic) per window; the rest counted."""
+LOG_WINDOW_S = 60.0
 
 
 class Failure(enum.Enum):
@@ -186,6 +190,11 @@ class MushPiCore:
         self._snapshots: dict[tuple[str, str], tuple[bytes, float]] = {}
         self.cursor = ThresholdsCursor(DEFAULT_QUERY.species, DEFAULT_QUERY.stage)
         self.recent_writes: deque[WriteEvent] = deque(maxlen=RECENT_WRITES)
+        # anyone in radio range can provoke these lines: limited, then counted
+        self._refusal_log = RateLimitedLog(log, "invalid writes", LogRate(
+            burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
+        self._failure_log = RateLimitedLog(log, "controller failures", LogRate(
+            burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
 
     # -- the table -----------------------------------------------------------------------
     def row(self, name: str) -> Characteristic:
@@ -288,8 +297,10 @@ class MushPiCore:
             value = encode_thresholds_answer(need.args[0], need.args[1], None)
         else:
             if failure is not Failure.MISSING:
-                log.warning("controller read failed characteristic=%s fallback=last_good "
-                            "error=%s", need.characteristic, failure.value)
+                self._failure_log.log(need.characteristic, logging.WARNING,
+                                      "controller read failed characteristic=%s "
+                                      "fallback=last_good error=%s", need.characteristic,
+                                      failure.value)
         if value is not None and failure is None and row.notify is None:
             _remember(self._last_good, need.key, value)
         if value is None:
@@ -324,6 +335,13 @@ class MushPiCore:
                                "stage": need.args[1]}, separators=(",", ":")).encode()
         return read.default
 
+    # -- logs ------------------------------------------------------------------------------
+    def flush_logs(self) -> None:
+        """Log the counts of refusals and failures whose window has ended (the binding
+        calls this on a timer; the next such line logs them too)."""
+        self._refusal_log.flush()
+        self._failure_log.flush()
+
     # -- writes ----------------------------------------------------------------------------
     def write(self, name: str, data: bytes, device: str = "", *,
               authorize_only: bool = False) -> Reject | Ack | CallSetter:
@@ -342,8 +360,10 @@ class MushPiCore:
             # every write is whole: bluetoothd joins the pieces of a prepared (long)
             # write before calling WriteValue, so unfinished JSON is simply bad JSON
             mode = "ignore" if self.ignore_invalid_writes else "reject"
-            log.warning("invalid write characteristic=%s field=%s reason=%s device=%s mode=%s",
-                        name, exc.field, exc.reason, device or "-", mode)
+            self._refusal_log.log(device or "-", logging.WARNING,
+                                  "invalid write characteristic=%s field=%s reason=%s "
+                                  "device=%s mode=%s", name, exc.field, exc.reason,
+                                  device or "-", mode)
             self._record(name, False, f"rejected {exc.detail}", device)
             if self.ignore_invalid_writes:
                 return Ack()
@@ -364,7 +384,8 @@ class MushPiCore:
         """What the controller's setter did: refuse with 0x8A/0x8B, or acknowledge."""
         name = call.characteristic
         if failure is not None:
-            log.warning("write failed characteristic=%s error=%s", name, failure.value)
+            self._failure_log.log(name, logging.WARNING, "write failed characteristic=%s "
+                                  "error=%s", name, failure.value)
             self._record(name, False, failure.value, call.device)
             code = (AppError.CONTROLLER_TIMEOUT if failure is Failure.TIMEOUT
                     else AppError.CONTROLLER_FAILED)
@@ -406,8 +427,9 @@ class MushPiCore:
         nothing (the binding then pushes the current value)."""
         if failure is not None:
             if failure is not Failure.MISSING:
-                log.warning("refresh failed characteristic=%s error=%s",
-                            refresh.characteristic, failure.value)
+                self._failure_log.log(refresh.characteristic, logging.WARNING,
+                                      "refresh failed characteristic=%s error=%s",
+                                      refresh.characteristic, failure.value)
             return None
         notify = self._rows[refresh.characteristic].notify
         assert notify is not None and notify.refresh_encode is not None

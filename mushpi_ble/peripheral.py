@@ -10,7 +10,9 @@ names the next::
                             → backing-off              it is not, or a D-Bus call failed
     registering             → serving                  every step is done
                             → backing-off              a step failed
-    serving                 → backing-off              bluetoothd let a step go (advert Release)
+    serving                 → backing-off              bluetoothd let a step go (advert Release,
+                                                       advert gone from ActiveInstances, a
+                                                       refused advert's retry is due)
     backing-off             → finding-adapter          after 0.05 s, doubling up to 2 s
     any state               → waiting-for-bluetoothd   bluetoothd left or changed, or the
                                                        adapter was removed: the session's
@@ -21,6 +23,17 @@ names the next::
 device tracking, the adapter alias, the advertisement — skipping the ones
 already done, so a failed or released step is all that is done again.
 Adding a registration (a pairing agent) is one more :class:`Step`.
+
+Two watchers live with each session. The adapter watcher
+(:class:`AdapterRecovery`) powers the adapter on and lifts rfkill soft blocks
+(``MUSHPI_BLE_ADAPTER_RECOVERY``), reporting every step; a powered-off or
+blocked adapter does not stop registration, so the service is reachable the
+moment it powers on. The advert monitor looks at bluetoothd's
+``ActiveInstances`` after registering and after every connect and
+disconnect, and has the advert registered again when it is gone. A refused
+advert leaves the peripheral serving alias-only, with the refusal explained
+in plain words, and retried after a back-off of its own (0.5 s doubling to
+60 s), so bluetoothd's log is not flooded.
 While starting, a failure raises the matching ``StartError`` instead of
 backing off, and the whole start is bounded by the bus timeout. Shutdown
 undoes the steps in reverse order within a bound.
@@ -32,16 +45,17 @@ import enum
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import attrs
 import trio
 from trio_util import AsyncValue
 
 from .config import Settings
-from .controller import ControllerFailure, ControllerTimeout, call_in_thread
+from .controller import ControllerFailure, ControllerTimeout
 from .dbus import (
     BusUnreachable,
     Connection,
@@ -61,18 +75,29 @@ from .errors import (
     StartTimeout,
 )
 from .gatt import GattApplication
-from .gatt.adapter import ensure_powered, managed_objects, pick_adapter, set_property
+from .gatt.adapter import (
+    AdapterCondition,
+    AdapterRecovery,
+    Recovery,
+    managed_objects,
+    pick_adapter,
+    set_property,
+)
 from .gatt.advertising import (
     Advertisement,
     AdvertisingCapabilities,
+    AdvertMonitor,
     AdvertPlan,
     advert_path,
+    explain_refusal,
     plan_advertisement,
     read_capabilities,
 )
+from .gatt.agent import Pairing, agent_path
 from .gatt.devices import Central, DeviceTracker
 from .gatt.errors import DEADLINE_ERROR
 from .gatt.names import ADAPTER_IFACE, BLUEZ, OBJECT_MANAGER
+from .gatt.rfkill import Rfkill
 from .naming import advertised_name
 from .service import MushPiService
 
@@ -80,6 +105,9 @@ log = logging.getLogger(__name__)
 
 BACKOFF_FIRST_S = 0.05
 BACKOFF_MAX_S = 2.0
+ADVERT_RETRY_FIRST_S = 0.5
+ADVERT_RETRY_MAX_S = 60.0
+RECOVERIES_KEPT = 20
 
 
 @attrs.define
@@ -99,6 +127,25 @@ class PeripheralStatus:
     started_at: float | None = None
     connects: int = 0
     disconnects: int = 0
+    adapter_state: str = "unknown"
+    """bluetoothd's PowerState ("on", "off", "off-enabling", "on-disabling",
+    "off-blocked"), or "removed" while the adapter is gone."""
+    rfkill: str = "unknown"
+    recoveries: deque[dict[str, Any]] = attrs.field(
+        factory=lambda: deque(maxlen=RECOVERIES_KEPT))
+    recovery_totals: dict[str, int] = attrs.field(factory=dict)
+    """"action:result" → how often, since start."""
+    advert_problem: str | None = None
+    """Why we serve alias-only, in plain words (None while advertising works)."""
+    advert_refusals: int = 0
+    advert_drops: int = 0
+    advert_instances: dict[str, int | None] = attrs.field(
+        factory=lambda: {"active": None, "available": None})
+
+    def record(self, step: Recovery) -> None:
+        self.recoveries.append(step.as_dict())
+        key = f"{step.action}:{step.result}"
+        self.recovery_totals[key] = self.recovery_totals.get(key, 0) + 1
 
 
 def _backoff(attempt: int) -> float:
@@ -172,11 +219,17 @@ class Peripheral:
         self.name = advertised_name(settings.ble_name_prefix, None)
         self.fixed_name: str | None = None
         self.stage_getter: Callable[[], Callable[[], object] | None] = lambda: None
+        self.rfkill = Rfkill()
+        """Where rfkill switches are read and lifted (tests point it at a directory)."""
+        self.pairing: Pairing | None = None
         self.steps: list[Step] = [
             Step("application", self._register_application, self._unregister_application,
                  self._forget_application, required=True),
             Step("devices", self._follow_devices, forget=self._forget_devices),
             Step("alias", self._set_alias),
+            Step("bonds", self._follow_bonds),
+            Step("pairing agent", self._register_agent, self._unregister_agent,
+                 self._forget_agent),
             Step("advertisement", self._register_advert, self._unregister_advert,
                  self._forget_advert),
         ]
@@ -189,6 +242,8 @@ class Peripheral:
         self._adapter_removed = False
         self._done: set[str] = set()
         self._session_scopes: list[trio.CancelScope] = []
+        self._advert_monitor: AdvertMonitor | None = None
+        self._adapter_recovery: AdapterRecovery | None = None
 
     # -- lifetime ---------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -218,6 +273,7 @@ class Peripheral:
         self.advert = None
         self.tracker = None
         self.app = None
+        self.pairing = None
         self._stopping = False
         self._start: _Start | None = None
         self._scope: trio.CancelScope | None = None
@@ -226,6 +282,7 @@ class Peripheral:
         self._failure = ""
         self._recovering_since: float | None = None
         self._logged: set[tuple[State, State, str]] = set()
+        self._advert_attempt = 0
         self._reset_session()
         self.service.set_connected(False)
 
@@ -243,6 +300,8 @@ class Peripheral:
         )
         self.app = app
         app.export()
+        self.pairing = Pairing(conn, agent_path(self.settings.dbus_app_path),
+                               self.settings.ble_pairing)
         self.service.attach(app, nursery)
         self.status.running = True
         self.status.started_at = time.time()
@@ -352,6 +411,9 @@ class Peripheral:
             path, ifaces = signal.body
             if path == self._adapter and ADAPTER_IFACE in ifaces:
                 log.warning("adapter removed adapter=%s", path)
+                self.status.adapter_state = "removed"
+                self.status.record(Recovery(time.time(), "wait", "waiting",
+                                            "adapter removed; waiting for it to return"))
                 self._adapter_removed = True
                 if self._scope is not None:
                     self._scope.cancel()
@@ -403,10 +465,33 @@ class Peripheral:
                 f"adapter {self.settings.ble_adapter!r} not found (MUSHPI_BLE_ADAPTER); "
                 f"bluetoothd has: {', '.join(found) or 'no adapters'}"
             )
-        await ensure_powered(conn, adapter, timeout=timeout)
+        if self.status.adapter_state == "removed":
+            self.status.record(Recovery(time.time(), "wait", "ok", "adapter returned"))
+            log.info("adapter returned adapter=%s", adapter)
         self._adapter = adapter
         self.status.adapter = adapter
+        await self._keep_adapter_powered(conn, adapter)
         return State.REGISTERING
+
+    async def _keep_adapter_powered(self, conn: Connection, adapter: str) -> None:
+        """Recover the adapter now if it is down, then watch it for this session.
+
+        Not a precondition of registering: bluetoothd takes the application and
+        the advert on a powered-off adapter and serves them once it powers on.
+        """
+        if self._adapter_recovery is None:
+            recovery = AdapterRecovery(
+                conn, adapter, allowed=self.settings.ble_adapter_recovery, rfkill=self.rfkill,
+                timeout=self.settings.bus_timeout_s, on_step=self.status.record,
+                on_condition=self._adapter_condition)
+            await recovery.recover()
+            self._adapter_recovery = recovery
+            assert self._nursery is not None
+            await self._nursery.start(self._in_session, recovery.run)
+
+    def _adapter_condition(self, condition: AdapterCondition) -> None:
+        self.status.adapter_state = condition.state
+        self.status.rfkill = condition.rfkill.describe()
 
     async def _register(self, conn: Connection) -> State:
         """Every step not yet done in this session, in order."""
@@ -488,6 +573,26 @@ class Peripheral:
         if self.tracker is not None:
             self.tracker.clear()
 
+    async def _follow_bonds(self, _conn: Connection, adapter: str) -> None:
+        assert self._nursery is not None and self.pairing is not None
+        with single_errors():
+            await self._nursery.start(
+                self._in_session,
+                partial(self.pairing.run_bonds, adapter, timeout=self.settings.bus_timeout_s))
+
+    async def _register_agent(self, _conn: Connection, adapter: str) -> None:
+        """After every bluetoothd (re)start; a refusal is shown in the status, not retried."""
+        assert self.pairing is not None
+        await self.pairing.register(timeout=self.settings.bus_timeout_s, adapter_path=adapter)
+
+    async def _unregister_agent(self, timeout: float) -> None:
+        if self.pairing is not None:
+            await self.pairing.unregister(timeout=timeout)
+
+    def _forget_agent(self) -> None:
+        if self.pairing is not None:
+            self.pairing.forget()
+
     async def _set_alias(self, conn: Connection, adapter: str) -> None:
         self.name = await self.current_name()
         log.info("advertised name name=%s", self.name)
@@ -501,14 +606,85 @@ class Peripheral:
             return
         timeout = self.settings.bus_timeout_s
         self._capabilities = await read_capabilities(conn, adapter, timeout=timeout)
+        self._instances(self._capabilities)
         plan = self._plan()
         if self.advert is None:
             self.advert = Advertisement(conn, advert_path(self.settings.dbus_app_path), plan,
                                         on_release=self._advert_released)
         elif self.advert.plan != plan:
             await self.advert.update(plan)
-        await self.advert.register(adapter, timeout=timeout)
+        if self.advert.registered_on is not None:
+            # dropped without a Release: bluetoothd may still hold it
+            await self.advert.unregister(timeout=timeout, quiet=True)
+        monitor = await self._watch_advert(conn, adapter)
+        try:
+            await self.advert.register(adapter, timeout=timeout)
+        except ConnectionLost:
+            raise
+        except DBusError as exc:
+            self._advert_refused(exc)
+        else:
+            self._advert_registered()
+            monitor.poke()
+
+    def _advert_registered(self) -> None:
         self.status.advertising = True
+        if self.status.advert_problem is not None:
+            log.info("advertising again after %d refusals; no longer alias-only",
+                     self.status.advert_refusals)
+        self.status.advert_problem = None
+        self._advert_attempt = 0
+
+    def _advert_refused(self, exc: DBusError) -> None:
+        """Serve alias-only, say why in plain words, retry after a growing back-off."""
+        problem = explain_refusal(exc, self._capabilities)
+        self.status.advertising = False
+        self.status.advert_refusals += 1
+        self._advert_attempt += 1
+        delay = min(ADVERT_RETRY_MAX_S, ADVERT_RETRY_FIRST_S * 2 ** (self._advert_attempt - 1))
+        level = logging.WARNING if problem != self.status.advert_problem else logging.DEBUG
+        log.log(level, "advertisement refused error=%s: %s; serving alias-only name=%s",
+                exc.name, problem, self.name)
+        log.log(level, "advertisement retry retry_in_s=%.1f refusals=%d", delay,
+                self.status.advert_refusals)
+        self.status.advert_problem = problem
+        self.status.last_error = f"advertisement: {exc.name}: {exc.text}"
+        assert self._nursery is not None
+        self._nursery.start_soon(self._in_session, partial(self._retry_advert, delay))
+
+    async def _retry_advert(self, delay: float, *,
+                            task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                            ) -> None:
+        task_status.started()
+        await trio.sleep(delay)
+        self._lose("advertisement", "retrying the refused advertisement")
+
+    async def _watch_advert(self, conn: Connection, adapter: str) -> AdvertMonitor:
+        """Once per session: the monitor that confirms the advert is on the air."""
+        if self._advert_monitor is None:
+            monitor = AdvertMonitor(conn, adapter, expected=self._advert_expected,
+                                    on_gone=self._advert_gone, on_instances=self._instances,
+                                    timeout=self.settings.bus_timeout_s)
+            self._advert_monitor = monitor
+            assert self._nursery is not None
+            await self._nursery.start(self._in_session, monitor.run)
+        return self._advert_monitor
+
+    def _advert_expected(self) -> bool:
+        return (self.status.advertising and "advertisement" in self._done
+                and not self._stopping)
+
+    def _advert_gone(self, caps: AdvertisingCapabilities) -> None:
+        self.status.advertising = False
+        self.status.advert_drops += 1
+        log.warning("advertisement no longer active in bluetoothd (ActiveInstances 0, "
+                    "available %d, no Release); registering it again drops=%d",
+                    caps.supported_instances, self.status.advert_drops)
+        self._lose("advertisement", "advertisement dropped by bluetoothd")
+
+    def _instances(self, caps: AdvertisingCapabilities) -> None:
+        self.status.advert_instances = {"active": caps.active_instances,
+                                        "available": caps.supported_instances}
 
     async def _unregister_advert(self, timeout: float) -> None:
         if self.advert is not None:
@@ -564,8 +740,7 @@ class Peripheral:
         if getter is None:
             return advertised_name(self.settings.ble_name_prefix, None)
         try:
-            stage = await call_in_thread(getter, timeout=self.settings.handler_timeout_s,
-                                         what="get_stage_data")
+            stage = await self.service.runner.call("get_stage_data", getter)
         except (ControllerTimeout, ControllerFailure) as exc:
             log.warning("advertised name not recomputed error=%s", exc)
             return self.name
@@ -597,6 +772,8 @@ class Peripheral:
             self.status.connects += 1
         else:
             self.status.disconnects += 1
+        if self._advert_monitor is not None:
+            self._advert_monitor.poke()  # some controllers stop advertising on either
         self.service.set_connected(bool(self.tracker and self.tracker.connected))
 
     @property

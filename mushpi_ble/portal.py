@@ -25,8 +25,9 @@ from .config import Settings, load_settings
 from .controller import ControllerCallbacks
 from .dbus.groups import unwrap_group
 from .errors import StartError, StartTimeout
+from .gatt.agent import Pairing
 from .notify import Outcome
-from .peripheral import Peripheral
+from .peripheral import Peripheral, PeripheralStatus
 from .protocol import CHARACTERISTICS, Characteristic
 from .service import MushPiService
 from .systemd import SystemdNotifier, run_notifier
@@ -289,10 +290,33 @@ class BlePortal:
             "connection_count": sum(1 for d in devices if d["connected"]),
             "subscriptions": subscriptions,
             "characteristics": self.service.counters(),
+            "callbacks": self.service.runner.status(),
             "connects": status.connects,
             "disconnects": status.disconnects,
             "restarts": status.restarts,
             "last_recovery_s": status.last_recovery_s,
             "last_error": status.last_error,
             "started_at": status.started_at,
+            "advert_state": _advert_state(status, self.settings.ble_adv_enable),
+            "advert_problem": status.advert_problem,
+            "advert_refusals": status.advert_refusals,
+            "advert_drops": status.advert_drops,
+            "advert_instances": dict(status.advert_instances),
+            "adapter_state": status.adapter_state,
+            "rfkill": status.rfkill,
+            "adapter_recovery": self.settings.ble_adapter_recovery,
+            "recoveries": list(status.recoveries),
+            "recovery_totals": dict(status.recovery_totals),
+            "pairing": (self.peripheral.pairing.snapshot() if self.peripheral.pairing is not None
+                        else Pairing.idle_snapshot(self.settings.ble_pairing)),
         }
+
+
+def _advert_state(status: PeripheralStatus, wanted: bool) -> str:
+    """"advertising", "alias-only" (refused: see advert_problem), "disabled" or
+    "not-advertising" (being registered, or the adapter is off)."""
+    if not wanted:
+        return "disabled"
+    if status.advertising:
+        return "advertising"
+    return "alias-only" if status.advert_problem else "not-advertising"

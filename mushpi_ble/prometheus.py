@@ -58,6 +58,7 @@ class StatusCollector:
                                ("disconnects", "central disconnections seen"),
                                ("restarts", "bluetoothd restarts survived")):
             yield CounterMetricFamily(f"{PREFIX}_{key}", help_text, value=status[key])
+        yield from _unattended(status)
         counters = {
             name: CounterMetricFamily(f"{PREFIX}_notifications_{name}",
                                       f"payloads {name}, per characteristic",
@@ -72,6 +73,8 @@ class StatusCollector:
             pending.add_metric([char], c["pending"])
         yield from counters.values()
         yield pending
+        if "pairing" in status:
+            yield from _pairing_metrics(status["pairing"])
         latency = HistogramMetricFamily(f"{PREFIX}_publish_latency_seconds",
                                         "offer-to-emit latency of notifications",
                                         labels=["characteristic"])
@@ -80,6 +83,79 @@ class StatusCollector:
             _count, total = histogram.total
             latency.add_metric([char], buckets, total)
         yield latency
+        yield from _callback_metrics(status.get("callbacks", {}))
+
+
+def _callback_metrics(callbacks: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:
+    """Per controller callback: running or hung now, and its counters."""
+    in_flight = GaugeMetricFamily(f"{PREFIX}_callback_in_flight",
+                                  "1 while a call of the controller callback runs",
+                                  labels=["callback"])
+    hung = GaugeMetricFamily(f"{PREFIX}_callback_hung",
+                             "1 while a call runs past the handler deadline",
+                             labels=["callback"])
+    counters = {
+        key: CounterMetricFamily(f"{PREFIX}_callback_{key}", help_text, labels=["callback"])
+        for key, help_text in (("calls", "calls of the controller callback started"),
+                               ("joined", "requests answered by a call already running"),
+                               ("timeouts", "requests not answered within the deadline"),
+                               ("hangs", "calls that ran past the handler deadline"))
+    }
+    for name, entry in callbacks.items():
+        in_flight.add_metric([name], int(bool(entry["in_flight"])))
+        hung.add_metric([name], int(entry["hung_since"] is not None))
+        for key, family in counters.items():
+            family.add_metric([name], entry[key])
+    yield in_flight
+    yield hung
+    yield from counters.values()
+
+
+ADAPTER_STATES = ("on", "off", "off-enabling", "on-disabling", "off-blocked", "removed",
+                  "unknown")
+
+
+def _unattended(status: Mapping[str, Any]) -> Iterator[Metric]:
+    """The adapter's state and recoveries, and the advert's health."""
+    current = status.get("adapter_state", "unknown")
+    state = GaugeMetricFamily(f"{PREFIX}_adapter_state",
+                              "1 for the adapter's current state (bluetoothd's PowerState)",
+                              labels=["state"])
+    for name in (*ADAPTER_STATES, *(() if current in ADAPTER_STATES else (current,))):
+        state.add_metric([name], int(name == current))
+    yield state
+    recoveries = CounterMetricFamily(f"{PREFIX}_adapter_recoveries",
+                                     "steps taken about the adapter, by action and result",
+                                     labels=["action", "result"])
+    for key, count in sorted(status.get("recovery_totals", {}).items()):
+        action, _, result = key.partition(":")
+        recoveries.add_metric([action, result], count)
+    yield recoveries
+    yield GaugeMetricFamily(f"{PREFIX}_advert_alias_only",
+                            "1 while bluetoothd refuses the advertisement (see advert_problem)",
+                            value=int(status.get("advert_state") == "alias-only"))
+    yield CounterMetricFamily(f"{PREFIX}_advert_refusals",
+                              "advertisement registrations bluetoothd refused",
+                              value=status.get("advert_refusals", 0))
+    yield CounterMetricFamily(f"{PREFIX}_advert_drops",
+                              "advertisements bluetoothd dropped without a Release",
+                              value=status.get("advert_drops", 0))
+
+
+def _pairing_metrics(pairing: Mapping[str, Any]) -> Iterator[Metric]:
+    yield GaugeMetricFamily(f"{PREFIX}_pairing_agent_registered",
+                            "1 while our pairing agent is bluetoothd's default agent",
+                            value=int(bool(pairing["agent_registered"])))
+    yield CounterMetricFamily(f"{PREFIX}_pairing_requests", "pairing requests from bluetoothd",
+                              value=pairing["requests"])
+    outcomes = CounterMetricFamily(f"{PREFIX}_pairing_outcomes",
+                                   "pairing attempts by what became of them",
+                                   labels=["outcome"])
+    for outcome in ("accepted", "rejected", "canceled", "paired", "failed"):
+        outcomes.add_metric([outcome], pairing[outcome])
+    yield outcomes
+    yield GaugeMetricFamily(f"{PREFIX}_bonded_devices", "devices bonded with the adapter",
+                            value=len(pairing["bonded_devices"]))
 
 
 def _bound(value: float) -> str:

@@ -21,10 +21,10 @@ import trio
 
 from .config import Settings
 from .controller import (
+    CallbackRunner,
     ControllerCallbacks,
     ControllerFailure,
     ControllerTimeout,
-    call_in_thread,
 )
 from .core import (
     Ack,
@@ -59,6 +59,8 @@ from .protocol import Characteristic as TableRow
 
 log = logging.getLogger(__name__)
 
+LOG_FLUSH_S = 10.0
+
 __all__ = ["MushPiService", "WriteEvent"]
 
 
@@ -75,7 +77,7 @@ class MushPiService:
     ) -> None:
         self.settings = settings
         self._callbacks = callbacks
-        self._handler_timeout = settings.handler_timeout_s
+        self.runner = CallbackRunner(settings.handler_timeout_s)
         self.core = core = core_for(settings, wall_clock=clock, table=table)
         self.mailboxes: dict[str, Mailbox] = {
             name: Mailbox(
@@ -127,10 +129,17 @@ class MushPiService:
             state.value = self.core.published(name)
             nursery.start_soon(self._notifier, mailbox, state)
             mailbox.attach(token)
+        nursery.start_soon(self._flush_logs)
 
     def detach(self) -> None:
         for mailbox in self.mailboxes.values():
             mailbox.detach()
+
+    async def _flush_logs(self) -> None:
+        """Counts of suppressed log lines are logged soon after their window ends."""
+        while True:
+            await trio.sleep(LOG_FLUSH_S)
+            self.core.flush_logs()
 
     async def _notifier(self, mailbox: Mailbox, state: CharacteristicState) -> None:
         app = self.app
@@ -187,13 +196,13 @@ class MushPiService:
 
     # -- running the core's decisions ----------------------------------------------------
     async def _call(self, callback: str, args: tuple[Any, ...]) -> tuple[object, Failure | None]:
-        """A controller callback in a worker under the handler deadline."""
+        """A controller callback under the handler deadline, through the runner (one
+        call of each callback at a time; a hung one holds only its own thread)."""
         fn = getattr(self._callbacks(), callback)
         if fn is None:
             return None, Failure.MISSING
         try:
-            return await call_in_thread(fn, *args, timeout=self._handler_timeout,
-                                        what=callback), None
+            return await self.runner.call(callback, fn, args), None
         except ControllerTimeout:
             return None, Failure.TIMEOUT
         except ControllerFailure as exc:

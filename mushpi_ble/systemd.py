@@ -103,14 +103,21 @@ def status_text(status: Mapping[str, Any]) -> str:
         return "waiting for bluetoothd" + (f" ({error})" if error else "")
     count = int(status.get("connection_count") or 0)
     phones = "1 phone connected" if count == 1 else f"{count} phones connected"
-    advertising = "" if status.get("advertising") else ", not advertising"
+    if status.get("advertising"):
+        advertising = ""
+    elif status.get("advert_state") == "alias-only":
+        advertising = f", alias-only: {status.get('advert_problem')}"
+    else:
+        advertising = ", not advertising"
     return f"serving as {status.get('advertised_name') or '?'}, {phones}{advertising}"
 
 
 def serving(status: Mapping[str, Any], *, advertising_wanted: bool) -> bool:
-    """Ready means a phone can find us: registered, and advertising when asked to."""
+    """Ready means a phone can find us: registered, and advertising when asked to
+    (or serving alias-only because bluetoothd refused the advertisement)."""
     return bool(status.get("registered")) and (
-        bool(status.get("advertising")) or not advertising_wanted)
+        bool(status.get("advertising")) or not advertising_wanted
+        or status.get("advert_state") == "alias-only")
 
 
 async def run_notifier(notifier: SystemdNotifier, status: Callable[[], Mapping[str, Any]],

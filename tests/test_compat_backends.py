@@ -156,7 +156,8 @@ async def test_registration_serves_the_protocol_table(served: Served) -> None:
     assert status["registered"] is True
     assert status["backend"] == served.backend
     assert ble_gatt.is_service_running()
-    assert served.bluez.adapter("hci0").alias == "MushPi-OysterIncubation"
+    # the alias is a session step of its own, applied right after the application
+    await eventually(lambda: served.bluez.adapter("hci0").alias == "MushPi-OysterIncubation")
 
 
 async def test_reads_give_exact_bytes_for_a_known_state(served: Served) -> None:

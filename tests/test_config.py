@@ -161,6 +161,11 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
         ["", "accept", "drop"],
     ),
     (
+        "MUSHPI_BLE_PAIRING", "ble_pairing",
+        [("just-works", "just-works"), ("OFF", "off"), (" off ", "off")],
+        ["", "on", "justworks", "window", "passkey"],
+    ),
+    (
         "MUSHPI_BLE_METRICS_PORT", "ble_metrics_port",
         [("1", 1), ("65535", 65535), ("", None), ("  ", None)],
         ["0", "65536", "http"],
@@ -174,7 +179,9 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
     ("MUSHPI_SIM_INTERVAL_S", "sim_interval_s", [("5", 5), ("300", 300)], ["4", "301"]),
 ]
 
-BOOLS = ["MUSHPI_BLE_ADV_ENABLE", "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE"]
+BOOLS = [
+    "MUSHPI_BLE_ADV_ENABLE", "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "MUSHPI_BLE_ADAPTER_RECOVERY",
+]
 POLICY_OVERRIDES = [f"MUSHPI_BLE_POLICY_{name}" for name in NOTIFYING_CHARACTERISTICS]
 OTHERS = ["MUSHPI_BLE_METRICS_FILE"]  # needs a real directory: tested with tmp_path
 

@@ -17,7 +17,7 @@ from mushpi_ble.cli import main
 from mushpi_ble.errors import StartError
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.sim import SimulatedController
-from mushpi_ble.systemd import SystemdNotifier, status_text
+from mushpi_ble.systemd import SystemdNotifier, serving, status_text
 from mushpi_ble.testing.fakebluez import FakeBluez
 
 
@@ -85,6 +85,18 @@ def test_status_lines_are_plain_words() -> None:
     assert status_text(serving) == "serving as MushPi-Init, 1 phone connected"
     assert status_text({**serving, "connection_count": 2, "advertising": False}) == (
         "serving as MushPi-Init, 2 phones connected, not advertising")
+    refused = {**serving, "advertising": False, "advert_state": "alias-only",
+               "advert_problem": "update BlueZ to 5.87"}
+    assert status_text(refused) == (
+        "serving as MushPi-Init, 1 phone connected, alias-only: update BlueZ to 5.87")
+
+
+def test_alias_only_serving_is_ready() -> None:
+    base = {"registered": True, "advertising": False}
+    assert not serving(base, advertising_wanted=True)
+    assert serving({**base, "advert_state": "alias-only"}, advertising_wanted=True)
+    assert serving(base, advertising_wanted=False)
+    assert not serving({"registered": False, "advertising": True}, advertising_wanted=True)
 
 
 async def test_ready_once_registered_then_status_and_stopping(

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import platform
 import signal
 import statistics
 import subprocess
@@ -45,7 +46,18 @@ CONFIGS: dict[str, str] = {
     "att": "[General]\nName = mushpi-vm\n\n[GATT]\nChannels = 1\nExchangeMTU = 48\n",
     "eatt": "[General]\nName = mushpi-vm\n\n[GATT]\nChannels = 3\n",
 }
-PASSES = tuple(CONFIGS)
+
+
+def selected_passes(value: str | None) -> tuple[str, ...]:
+    """The passes to run: ``MUSHPI_VM_PASSES`` ("att eatt" or a part of it), else all."""
+    names = tuple((value or "").replace(",", " ").split())
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise pytest.UsageError(f"MUSHPI_VM_PASSES: unknown pass {unknown}; known: {list(CONFIGS)}")
+    return names or tuple(CONFIGS)
+
+
+PASSES = selected_passes(os.environ.get("MUSHPI_VM_PASSES"))
 
 
 # -- figures ----------------------------------------------------------------------------
@@ -92,6 +104,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     METRICS.set("suite_started_uptime_s", _uptime())
+    METRICS.set("generation", os.environ.get("MUSHPI_VM_GENERATION", "unknown"))
+    METRICS.set("passes", list(PASSES))
+    METRICS.set("kernel", os.uname().release)
+    METRICS.set("python", platform.python_version())
+    METRICS.set("bluetoothd", _bluetoothd_version())
     # The in-process peripheral's and the central's log lines, for after a failure.
     with contextlib.suppress(OSError):
         handler = logging.FileHandler(JOB / "suite.log")
@@ -109,6 +126,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("real bluetoothd figures (ms unless named _s)")
     for key in sorted(summary):
         terminalreporter.write_line(f"{key:40} {summary[key]}")
+
+
+def _bluetoothd_version() -> str:
+    try:
+        out = subprocess.run([BLUETOOTHD, "--version"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unknown ({exc})"
+    return out.stdout.strip() or "unknown"
 
 
 def _uptime() -> float:
@@ -211,6 +237,22 @@ class Bluetoothd:
 
         wait_for(ready, 30, f"bluetoothd ({mode}) with hci0 and hci1 powered", 0.1)
         return time.monotonic() - self.started_at
+
+    @property
+    def log_path(self) -> Path:
+        return JOB / f"bluetoothd-{self.starts:02d}-{self.mode}.log"
+
+    def log_offset(self) -> int:
+        """Where the running bluetoothd's log ends now (to look at one test's lines)."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def log_since(self, offset: int) -> str:
+        with self.log_path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         proc, self.proc = self.proc, None

@@ -1,8 +1,11 @@
 """``mushpi-ble check``: can the peripheral work on this machine? In plain words.
 
 Checks, in order: the system bus, bluetoothd on it, its version and what
-that means, the chosen adapter, advertising capabilities, and whether our
-D-Bus calls to bluetoothd are permitted. Exits 1 when something makes the
+that means, the chosen adapter and its rfkill switches, advertising
+capabilities, a test advertisement (registered and unregistered at once, the
+probe the peripheral's own registration amounts to, with the same plain-words
+advice when bluetoothd refuses it), and whether our D-Bus calls to
+bluetoothd are permitted. Exits 1 when something makes the
 peripheral unable to work, 0 otherwise (warnings do not fail).
 """
 
@@ -24,18 +27,25 @@ import trio
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.dbus import BusUnreachable, Connection, DBusError, open_connection
 from mushpi_ble.gatt.adapter import managed_objects, pick_adapter
+from mushpi_ble.gatt.advertising import Advertisement, AdvertPlan, explain_refusal
+from mushpi_ble.gatt.agent import AGENT_MANAGER_PATH, agent_path
 from mushpi_ble.gatt.errors import DOES_NOT_EXIST
 from mushpi_ble.gatt.names import (
     ADAPTER_IFACE,
     ADVERTISING_MANAGER_IFACE,
+    AGENT_IFACE,
+    AGENT_MANAGER_IFACE,
     BLUEZ,
     GATT_MANAGER_IFACE,
 )
+from mushpi_ble.gatt.rfkill import Rfkill
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd",
                     "/usr/sbin/bluetoothd")
 PROBE_PATH = "/com/mushpi/check_probe"
+PROBE_ADVERT_PATH = "/com/mushpi/check_probe_advert"
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 MAIN_CONF = Path("/etc/bluetooth/main.conf")
 KERNEL_DEFAULT_INTERVALS = (24, 40)
 """The kernel's LE connection interval defaults (units of 1.25 ms) when main.conf is silent."""
@@ -116,7 +126,8 @@ async def run_checks(settings: Settings, bus: str, bluetoothd: str | None) -> li
     return findings
 
 
-async def _check_bluez(conn: Connection, settings: Settings, findings: list[Finding]) -> None:
+async def _check_bluez(conn: Connection, settings: Settings, findings: list[Finding],
+                       rfkill: Rfkill | None = None) -> None:
     timeout = settings.bus_timeout_s
     owner = await conn.get_name_owner(BLUEZ)
     if not owner:
@@ -139,8 +150,12 @@ async def _check_bluez(conn: Connection, settings: Settings, findings: list[Find
         f"{path} address {props.get('Address')} alias {props.get('Alias')!r}, "
         + ("powered" if powered else "powered OFF (the peripheral powers it on at start; "
            "check rfkill if that fails)")))
+    findings.append(rfkill_finding(rfkill or Rfkill(), path.rsplit("/", 1)[-1], settings))
     await _check_advertising(conn, settings, path, objects, findings)
+    if objects[path].get(ADVERTISING_MANAGER_IFACE) is not None:
+        findings.append(await advert_probe_finding(conn, settings, path))
     await _check_permission(conn, settings, path, findings)
+    await _check_pairing(conn, settings, owner, bool(props.get("Pairable", True)), findings)
 
 
 async def _check_advertising(conn: Connection, settings: Settings, path: str,
@@ -166,6 +181,42 @@ async def _check_advertising(conn: Connection, settings: Settings, path: str,
         findings.append(Finding(WARN, "advertising", "no free advertising instance"))
 
 
+def rfkill_finding(rfkill: Rfkill, adapter_id: str, settings: Settings) -> Finding:
+    state = rfkill.state(adapter_id)
+    word = state.describe()
+    if not state.known:
+        return Finding(INFO, "rfkill", f"no rfkill switch for {adapter_id} is readable here")
+    if state.hard:
+        return Finding(FAIL, "rfkill", f"{adapter_id} is {word}: a switch or the firmware "
+                       "blocks the radio and software cannot lift it")
+    if state.soft:
+        recovery = settings.ble_adapter_recovery
+        return Finding(WARN, "rfkill", f"{adapter_id} is soft-blocked: " + (
+            "the peripheral lifts it at start (or: sudo rfkill unblock bluetooth)" if recovery
+            else "MUSHPI_BLE_ADAPTER_RECOVERY=false, so lift it: sudo rfkill unblock bluetooth"))
+    return Finding(OK, "rfkill", f"{adapter_id} is unblocked")
+
+
+async def advert_probe_finding(conn: Connection, settings: Settings, path: str) -> Finding:
+    """Register a minimal advert (the service UUID only) and unregister it at once."""
+    timeout = settings.bus_timeout_s
+    plan = AdvertPlan(service_uuids=(settings.ble_service_uuid,), local_name=None, includes=(),
+                      tx_power=None, size=21)
+    advert = Advertisement(conn, PROBE_ADVERT_PATH, plan)
+    try:
+        await advert.register(path, timeout=timeout)
+    except DBusError as exc:
+        return Finding(FAIL if settings.ble_adv_enable else WARN, "advertising probe",
+                       explain_refusal(exc))
+    finally:
+        if advert.registered_on is None:
+            advert.unexport()
+    await advert.unregister(timeout=timeout)
+    advert.unexport()
+    return Finding(OK, "advertising probe", "bluetoothd accepted a test advertisement "
+                   "(registered and unregistered again)")
+
+
 async def _check_permission(conn: Connection, settings: Settings, path: str,
                             findings: list[Finding]) -> None:
     """Unregistering a path we never registered is harmless: bluetoothd answers
@@ -185,6 +236,71 @@ async def _check_permission(conn: Connection, settings: Settings, path: str,
                                     f"{exc.text}"))
         return
     findings.append(Finding(WARN, "permissions", "unexpected: the probe was unregistered"))
+
+
+async def find_agent(conn: Connection, path: str, skip: set[str], *,
+                     timeout: float) -> str | None:
+    """Which connection exports an ``Agent1`` at ``path`` (a running peripheral), if any.
+
+    Read-only and bounded: Introspect on each unique name, all at once.
+    """
+    names = await conn.call_bus("ListNames")
+    found: list[str] = []
+
+    async def ask(name: str) -> None:
+        try:
+            (xml,) = await conn.call(name, path, INTROSPECTABLE, "Introspect", timeout=timeout)
+        except DBusError:
+            return
+        if f'"{AGENT_IFACE}"' in str(xml):
+            found.append(name)
+
+    with trio.move_on_after(timeout):
+        async with trio.open_nursery() as nursery:
+            for name in names:
+                if name.startswith(":") and name not in skip:
+                    nursery.start_soon(ask, name)
+    return found[0] if found else None
+
+
+async def _check_pairing(conn: Connection, settings: Settings, bluez: str, pairable: bool,
+                         findings: list[Finding]) -> None:
+    """Whether an agent is registered, and what a phone that asks to pair will meet.
+
+    Unregistering an agent we never registered is harmless (DoesNotExist)
+    and proves the agent manager answers us; nothing is registered.
+    """
+    timeout = settings.bus_timeout_s
+    mode = settings.ble_pairing
+    try:
+        await conn.call(BLUEZ, AGENT_MANAGER_PATH, AGENT_MANAGER_IFACE, "UnregisterAgent", "o",
+                        (PROBE_PATH,), timeout=timeout)
+        manager = "answered"
+    except DBusError as exc:
+        manager = "answered" if exc.name == DOES_NOT_EXIST else exc.name
+    path = agent_path(settings.dbus_app_path)
+    owner = await find_agent(conn, path, {conn.unique_name, bluez}, timeout=min(timeout, 1.0))
+    if manager != "answered":
+        findings.append(Finding(WARN if mode != "off" else INFO, "pairing agent",
+                                f"bluetoothd's AgentManager1 refused the probe ({manager}): "
+                                "the peripheral cannot register its agent"))
+    elif owner is not None:
+        findings.append(Finding(OK, "pairing agent", f"registered: {path} exported by {owner} "
+                                "(a running peripheral, bluetoothd's default agent)"))
+    else:
+        findings.append(Finding(INFO, "pairing agent", "none of ours is registered now (no "
+                                "peripheral running)" + ("; the peripheral registers one at "
+                                                         "start" if mode != "off" else "")))
+    if not pairable:
+        meets = "refused: the adapter is not pairable (bluetoothctl pairable on)"
+    elif mode == "off":
+        meets = ("MUSHPI_BLE_PAIRING=off: no agent of ours, so a phone that asks to pair "
+                 "fails (\"No agent available\") unless another agent is registered")
+    else:
+        meets = ("MUSHPI_BLE_PAIRING=just-works: accepted without a PIN (encrypted, bonded, "
+                 "no MITM protection)" + ("" if owner else " once the peripheral runs"))
+    findings.append(Finding(WARN if not pairable and mode != "off" else INFO,
+                            "pairing request", meets))
 
 
 def connection_interval_finding(main_conf: Path = MAIN_CONF) -> Finding:

@@ -83,6 +83,7 @@ def render_view(portal: BlePortal, controller: SimulatedController) -> str:
         f"MushPi BLE  {status['advertised_name'] or '-'}  adapter={status['adapter']}  "
         f"registered={status['registered']}  advertising={status['advertising']}  "
         f"restarts={status['restarts']}",
+        *health_lines(status),
         "",
         f"centrals ({status['connection_count']}):",
     ]
@@ -105,11 +106,55 @@ def render_view(portal: BlePortal, controller: SimulatedController) -> str:
         mark = "ok " if event.accepted else "REJ"
         when = time.strftime("%H:%M:%S", time.localtime(event.at))
         lines.append(f"  {when} {mark} {event.characteristic:17} {event.detail}")
+    if "pairing" in status:
+        lines.append("")
+        lines.extend(pairing_lines(status["pairing"]))
     relays = ", ".join(k for k, v in controller.relays.items() if v) or "none"
     lines.append("")
     lines.append(f"relays on: {relays}   stage: {controller.stage.get('species')} "
                  f"{controller.stage.get('stage')}")
     return "\n".join(lines)
+
+
+def health_lines(status: dict[str, Any]) -> list[str]:
+    """The adapter and the advert in plain words: state, what was done, what is wrong."""
+    instances = status.get("advert_instances") or {}
+    lines = [
+        f"adapter: {status.get('adapter_state', 'unknown')}  rfkill={status.get('rfkill')}  "
+        f"recovery={'on' if status.get('adapter_recovery') else 'off (report only)'}  "
+        f"steps={sum((status.get('recovery_totals') or {}).values())}",
+        f"advert: {status.get('advert_state', '-')}  instances active="
+        f"{instances.get('active', '?')} free={instances.get('available', '?')}  "
+        f"refusals={status.get('advert_refusals', 0)}  drops={status.get('advert_drops', 0)}",
+    ]
+    recoveries = status.get("recoveries") or []
+    if recoveries:
+        last = recoveries[-1]
+        when = time.strftime("%H:%M:%S", time.localtime(last["at"]))
+        lines.append(f"  last adapter step {when}: {last['action']} {last['result']}: "
+                     f"{last['detail']}")
+    if status.get("advert_problem"):
+        lines.append(f"  ALIAS-ONLY: {status['advert_problem']}")
+    return lines
+
+
+def pairing_lines(pairing: dict[str, Any]) -> list[str]:
+    """The pairing part of the live view: agent, counters, bonds, recent attempts."""
+    agent = ("none (MUSHPI_BLE_PAIRING=off)" if pairing["mode"] == "off"
+             else "registered" if pairing["agent_registered"]
+             else f"NOT registered ({pairing.get('agent_error') or 'not yet'})")
+    counts = "  ".join(f"{key}={pairing[key]}" for key in
+                       ("requests", "accepted", "rejected", "canceled", "paired", "failed"))
+    bonded = pairing["bonded_devices"]
+    lines = [f"pairing: {pairing['mode']}  agent {agent}", f"  {counts}",
+             f"  bonded ({len(bonded)}): " + (", ".join(
+                 d["address"] + (" connected" if d["connected"] else "") for d in bonded)
+                 or "none")]
+    for attempt in pairing["recent"][-4:]:
+        when = time.strftime("%H:%M:%S", time.localtime(attempt["at"]))
+        lines.append(f"  {when} {attempt['request']:20} {attempt['address'] or '-':17} "
+                     f"{attempt['outcome']}")
+    return lines
 
 
 def _decode(name: str, value: bytes) -> str:

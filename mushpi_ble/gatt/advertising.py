@@ -15,10 +15,22 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
+import trio
 
-from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Method, Property
+from mushpi_ble.dbus import (
+    CallContext,
+    Connection,
+    ConnectionLost,
+    DBusError,
+    Interface,
+    MatchRule,
+    Method,
+    Property,
+    SignalMessage,
+)
 
-from .names import ADVERTISEMENT_IFACE, ADVERTISING_MANAGER_IFACE, BLUEZ, PROPERTIES
+from .exported import ExportedObject
+from .names import ADVERTISEMENT_IFACE, ADVERTISING_MANAGER_IFACE, BLUEZ, ERROR_PREFIX, PROPERTIES
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +167,7 @@ def plan_advertisement(
                       name_size if local_name else 0, tuple(left_out))
 
 
-class Advertisement:
+class Advertisement(ExportedObject):
     """Our ``org.bluez.LEAdvertisement1`` object, kept registered.
 
     ``Release()`` from bluetoothd (adapter gone, timeout) triggers
@@ -165,13 +177,11 @@ class Advertisement:
     def __init__(self, conn: Connection, path: str, plan: AdvertPlan, *,
                  allowed_caller: str | None = BLUEZ,
                  on_release: Callable[[], None] | None = None) -> None:
-        self._conn = conn
-        self.path = path
+        super().__init__(conn, path)
         self.plan = plan
         self._allowed_caller = allowed_caller
         self._on_release = on_release
         self.registered_on: str | None = None
-        self.exported = False
         self.releases = 0
 
     def _interface(self) -> Interface:
@@ -195,16 +205,6 @@ class Advertisement:
             properties=props(),
         )
 
-    def export(self) -> None:
-        if not self.exported:
-            self._conn.export(self.path, [self._interface()])
-            self.exported = True
-
-    def unexport(self) -> None:
-        if self.exported:
-            self._conn.unexport(self.path)
-            self.exported = False
-
     def _release(self, _ctx: CallContext) -> None:
         self.releases += 1
         self.registered_on = None
@@ -221,7 +221,8 @@ class Advertisement:
         log.info("advertisement registered path=%s name=%s size=%d", self.path,
                  self.plan.local_name or "-", self.plan.size)
 
-    async def unregister(self, *, timeout: float) -> None:
+    async def unregister(self, *, timeout: float, quiet: bool = False) -> None:
+        """Best effort; ``quiet`` when bluetoothd may well have dropped it already."""
         adapter_path, self.registered_on = self.registered_on, None
         if adapter_path is None:
             return
@@ -229,7 +230,10 @@ class Advertisement:
             await self._conn.call(BLUEZ, adapter_path, ADVERTISING_MANAGER_IFACE,
                                   "UnregisterAdvertisement", "o", (self.path,), timeout=timeout)
         except DBusError as exc:
-            log.warning("advertisement unregister failed error=%s", exc)
+            if isinstance(exc, ConnectionLost):
+                raise
+            log.log(logging.DEBUG if quiet else logging.WARNING,
+                    "advertisement unregister failed error=%s", exc)
 
     async def update(self, plan: AdvertPlan) -> None:
         """Apply a new plan live: PropertiesChanged makes bluetoothd re-read it."""
@@ -266,3 +270,100 @@ def advert_path(app_root: str) -> str:
     """Beside the GATT application, not under it: bluetoothd watches the app's subtree."""
     parent = app_root.rsplit("/", 1)[0]
     return (parent or "") + "/advertisement0"
+
+
+# -- when bluetoothd refuses or drops the advert ------------------------------------------
+
+REGISTER_FAILED_TEXT = "Failed to register advertisement"
+MAX_REACHED_TEXT = "Maximum advertisements reached"
+PARSE_FAILED_TEXT = "Failed to parse advertisement."
+
+KERNEL_MISMATCH_ADVICE = (
+    'bluetoothd refused the advertisement ("Failed to register advertisement"; its log '
+    'shows MGMT "Invalid Parameters" 0x0d). On a Raspberry Pi this is the kernel/BlueZ '
+    "mismatch of 2026: kernels 6.12.93 and 6.18.34 refuse every D-Bus advertisement from "
+    "BlueZ older than 5.87 (bluez/bluez #2268, #2269; raspberrypi/linux #7473). Update BlueZ "
+    "to 5.87 or later, or the kernel. Until then phones cannot find the Pi by its service "
+    "UUID: it keeps serving under its adapter name (alias only) and keeps retrying."
+)
+
+
+def explain_refusal(exc: DBusError, capabilities: AdvertisingCapabilities | None = None) -> str:
+    """What bluetoothd's refusal of our advertisement means, in plain words."""
+    if exc.name == f"{ERROR_PREFIX}.Failed" and exc.text.startswith(REGISTER_FAILED_TEXT):
+        return KERNEL_MISMATCH_ADVICE
+    if exc.text.startswith(MAX_REACHED_TEXT):
+        active = f" ({capabilities.active_instances} in use)" if capabilities else ""
+        return ("the controller has no free advertising instance" + active + ": other "
+                "programs' advertisements use them all, so a phone cannot discover the Pi; "
+                "stop them (e.g. bluetoothctl: advertise off). Serving alias only, retrying.")
+    if exc.text.startswith(PARSE_FAILED_TEXT):
+        return ("bluetoothd could not parse our advertisement (" + exc.text + "); this is a "
+                "fault of ours, please report it with bluetoothd's version. Serving alias "
+                "only, retrying.")
+    return (f"bluetoothd refused the advertisement ({exc.name}: {exc.text}). Serving alias "
+            "only, retrying.")
+
+
+class AdvertMonitor:
+    """Confirms from bluetoothd's view that an advert is on the air.
+
+    Looks at ``LEAdvertisingManager1.ActiveInstances`` a moment (``settle``)
+    after every :meth:`poke` (registration, a central connecting or leaving),
+    on each change of the manager's properties, and every ``period`` seconds.
+    While ``expected()`` says ours is registered, no active instance means
+    bluetoothd dropped it without a Release (bluez/bluez #1015): ``on_gone``
+    is called. ``on_instances(active, available)`` reports every look.
+    """
+
+    def __init__(self, conn: Connection, adapter_path: str, *, expected: Callable[[], bool],
+                 on_gone: Callable[[AdvertisingCapabilities], None],
+                 on_instances: Callable[[AdvertisingCapabilities], None],
+                 timeout: float, settle: float = 0.3, period: float = 30.0) -> None:
+        self._conn = conn
+        self.adapter_path = adapter_path
+        self._expected = expected
+        self._on_gone = on_gone
+        self._on_instances = on_instances
+        self._timeout = timeout
+        self._settle = settle
+        self._period = period
+        self._poke = trio.Event()
+        self.looks = 0
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    async def check(self) -> bool:
+        """One look; False when ours should be there and is not."""
+        caps = await read_capabilities(self._conn, self.adapter_path, timeout=self._timeout)
+        self.looks += 1
+        self._on_instances(caps)
+        if self._expected() and caps.active_instances == 0:
+            self._on_gone(caps)
+            return False
+        return True
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                  ) -> None:
+        rule = MatchRule(sender=BLUEZ, path=self.adapter_path, interface=PROPERTIES,
+                         member="PropertiesChanged", arg0=ADVERTISING_MANAGER_IFACE)
+        async with self._conn.subscribe(rule) as signals, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, signals)
+            task_status.started()
+            while True:
+                with trio.move_on_after(self._period):
+                    await self._poke.wait()
+                await trio.sleep(self._settle)
+                self._poke = trio.Event()
+                try:
+                    await self.check()
+                except DBusError as exc:
+                    if isinstance(exc, ConnectionLost):
+                        raise
+                    log.debug("advertising look failed adapter=%s error=%s",
+                              self.adapter_path, exc)
+
+    async def _pump(self, signals: trio.MemoryReceiveChannel[SignalMessage]) -> None:
+        async for _signal in signals:
+            self.poke()

@@ -10,6 +10,7 @@ answers, refused registrations, a stalled daemon.
         app = await bluez.wait_for_application()
         phone = await bluez.connect_central(mtu=185)
         value = await phone.read(uuid)
+        result = await phone.pair()        # Just Works, through the default agent
 
 Run it as a process with ``python -m mushpi_ble.testing.fakebluez``.
 """
@@ -18,9 +19,11 @@ from .adapter import FakeAdapter
 from .advertising import Advertisement, Payload, parse_advertisement
 from .att import ATT_ERRORS, AttError, att_code_for_dbus_error
 from .central import CharacteristicInfo, FakeCentral, NotConnected, Notification
-from .daemon import FakeBluez
+from .daemon import FakeBluez, NotDiscoverable
 from .gatt_db import Attribute, Characteristic, Descriptor, Service
 from .gatt_manager import Application
+from .pairing import PairingResult
+from .rfkill import FakeRfkill
 from .uuids import normalize_uuid, parse_uuid
 
 __all__ = [
@@ -35,8 +38,11 @@ __all__ = [
     "FakeAdapter",
     "FakeBluez",
     "FakeCentral",
+    "FakeRfkill",
     "NotConnected",
+    "NotDiscoverable",
     "Notification",
+    "PairingResult",
     "Payload",
     "Service",
     "att_code_for_dbus_error",

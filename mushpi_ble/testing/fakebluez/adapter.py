@@ -20,10 +20,12 @@ from .gatt_db import Characteristic
 from .gatt_manager import Application, GattManager
 from .names import (
     ADAPTER,
+    BLOCKED,
     DEVICE,
     DOES_NOT_EXIST,
     GATT_CHARACTERISTIC,
     INVALID_ARGUMENTS,
+    TEXT_BLOCKED,
     TEXT_DOES_NOT_EXIST,
     TEXT_INVALID_ARGUMENTS,
 )
@@ -55,6 +57,9 @@ class _Device:
     address_type: str
     connected: bool = True
     removal: trio.CancelScope | None = None
+    paired: bool = False
+    bonded: bool = False
+    trusted: bool = False
 
 
 class FakeAdapter:
@@ -70,6 +75,9 @@ class FakeAdapter:
         self.name = system if index == 0 else f"{system} #{index + 1}"
         self._alias: str | None = None
         self.powered = True
+        self.soft_blocked = False
+        self.hard_blocked = False
+        self._powered_before_block = True
         self.discoverable = False
         self.pairable = True
         self.discoverable_timeout = DEFAULT_DISCOVERABLE_TIMEOUT
@@ -109,7 +117,7 @@ class FakeAdapter:
             Property("Alias", "s", get=lambda: self.alias, set=self._set_alias),
             Property("Class", "u", get=lambda: 0),
             Property("Powered", "b", get=lambda: self.powered, set=self._set_powered_bus),
-            Property("PowerState", "s", get=lambda: "on" if self.powered else "off"),
+            Property("PowerState", "s", get=lambda: self.power_state),
             Property("Discoverable", "b", get=lambda: self.discoverable,
                      set=self._set_discoverable),
             Property("DiscoverableTimeout", "u", get=lambda: self.discoverable_timeout,
@@ -131,6 +139,8 @@ class FakeAdapter:
         """Export the adapter on a (new) connection; InterfacesAdded announces it."""
         link.conn.export(self.path, [self._interface(), self.gatt.interface(),
                                      self.advertising.interface()])
+        for device in self._devices.values():  # bonds kept across a restart
+            link.conn.export(device.path, [self._device_interface(device)])
         log.info("adapter added adapter=%s address=%s powered=%s", self.id, self.address,
                  self.powered)
 
@@ -146,9 +156,45 @@ class FakeAdapter:
         log.info("adapter alias set adapter=%s alias=%r", self.id, self.alias)
         self._runtime.changed()
 
+    @property
+    def blocked(self) -> bool:
+        return self.soft_blocked or self.hard_blocked
+
+    @property
+    def power_state(self) -> str:
+        """PowerState as bluetoothd 5.66+ has it ("off-blocked" while rfkill blocks)."""
+        if self.powered:
+            return "on"
+        return "off-blocked" if self.blocked else "off"
+
     def _set_powered_bus(self, value: bool) -> None:
+        if value and self.blocked:
+            # src/adapter.c: MGMT_STATUS_RFKILLED answers Blocked, mgmt_errstr's text
+            log.info("power on refused adapter=%s reason=rfkill", self.id)
+            raise DBusError(BLOCKED, TEXT_BLOCKED)
         self._apply_powered(bool(value))
-        self._emit(ADAPTER, {"PowerState": "on" if self.powered else "off"})
+        self._emit(ADAPTER, {"PowerState": self.power_state})
+
+    async def set_blocked(self, *, soft: bool | None = None, hard: bool | None = None) -> None:
+        """rfkill changed: a block powers the adapter off (PowerState "off-blocked");
+        lifting the last one restores the power it had, as bluetoothd does."""
+        was = self.blocked
+        if soft is not None:
+            self.soft_blocked = soft
+        if hard is not None:
+            self.hard_blocked = hard
+        log.info("adapter rfkill adapter=%s soft=%s hard=%s", self.id, self.soft_blocked,
+                 self.hard_blocked)
+        if self.blocked and not was:
+            self._powered_before_block = self.powered
+            self._apply_powered(False)
+            self._emit(ADAPTER, {"Powered": False, "PowerState": self.power_state})
+        elif was and not self.blocked:
+            self._emit(ADAPTER, {"PowerState": self.power_state})
+            if self._powered_before_block:
+                await self.set_powered(True)
+        self._runtime.changed()
+        await trio.lowlevel.checkpoint()
 
     def _apply_powered(self, value: bool) -> bool:
         if value == self.powered:
@@ -166,9 +212,10 @@ class FakeAdapter:
 
     async def set_powered(self, value: bool) -> None:
         """Power the adapter on or off (off drops every connection)."""
+        if value and self.blocked:
+            raise RuntimeError(f"{self.id} is rfkill-blocked: it cannot power on")
         if self._apply_powered(bool(value)):
-            self._emit(ADAPTER, {"Powered": self.powered,
-                                 "PowerState": "on" if self.powered else "off"})
+            self._emit(ADAPTER, {"Powered": self.powered, "PowerState": self.power_state})
         await trio.lowlevel.checkpoint()
 
     def _set_discoverable(self, value: bool) -> None:
@@ -258,9 +305,10 @@ class FakeAdapter:
             Property("Address", "s", get=lambda: device.address),
             Property("AddressType", "s", get=lambda: device.address_type),
             Property("Alias", "s", get=lambda: device.address.replace(":", "-")),
-            Property("Paired", "b", get=lambda: False),
-            Property("Bonded", "b", get=lambda: False),
-            Property("Trusted", "b", get=lambda: False),
+            Property("Paired", "b", get=lambda: device.paired),
+            Property("Bonded", "b", get=lambda: device.bonded),
+            Property("Trusted", "b", get=lambda: device.trusted,
+                     set=lambda value: self._set_trusted(device, bool(value))),
             Property("Blocked", "b", get=lambda: False),
             Property("LegacyPairing", "b", get=lambda: False),
             Property("Connected", "b", get=lambda: device.connected),
@@ -268,6 +316,31 @@ class FakeAdapter:
             Property("UUIDs", "as", get=lambda: []),
             Property("Adapter", "o", get=lambda: self.path),
         ])
+
+    def _set_trusted(self, device: _Device, value: bool) -> None:
+        device.trusted = value
+        log.info("device trusted adapter=%s address=%s trusted=%s", self.id, device.address,
+                 value)
+        self._runtime.changed()
+
+    def is_paired(self, address: str) -> bool:
+        device = self._devices.get(address.upper())
+        return device is not None and device.paired
+
+    def set_paired(self, address: str, *, bonded: bool) -> None:
+        """Pairing completed: Bonded (keys stored) then Paired, each a PropertiesChanged."""
+        device = self._devices[address.upper()]
+        if bonded and not device.bonded:
+            device.bonded = True
+            self._emit(DEVICE, {"Bonded": True}, device.path)
+        if not device.paired:
+            device.paired = True
+            self._emit(DEVICE, {"Paired": True}, device.path)
+
+    @property
+    def bonded_devices(self) -> list[str]:
+        """Addresses of the devices whose keys bluetoothd keeps."""
+        return [a for a, d in self._devices.items() if d.bonded]
 
     def add_device(self, central: FakeCentral, address_type: str, *,
                    announce: bool = True) -> str:
@@ -301,6 +374,11 @@ class FakeAdapter:
             return
         device.connected = False
         self._emit(DEVICE, {"Connected": False, "ServicesResolved": False}, device.path)
+        if device.bonded:
+            return  # bonded devices stay until RemoveDevice
+        if device.paired:  # paired without bonding: the keys go with the link
+            device.paired = False
+            self._emit(DEVICE, {"Paired": False}, device.path)
         delay = self._runtime.config.device_remove_delay
         if delay <= 0:
             self._remove_device(address)
@@ -319,7 +397,8 @@ class FakeAdapter:
         link = self._runtime.link
         if device is not None and link is not None:
             link.conn.unexport(device.path)
-            log.info("device removed adapter=%s address=%s", self.id, address)
+            log.info("device removed adapter=%s address=%s bond_removed=%s", self.id, address,
+                     device.bonded)
         self._runtime.changed()
 
     async def _disconnect_call(self, ctx: CallContext) -> None:
@@ -354,8 +433,11 @@ class FakeAdapter:
             central.drop_link("adapter-removed")
         self.gatt.forget_all()
         link = self._runtime.link
-        for address in list(self._devices):
-            self._remove_device(address)
+        for address, device in list(self._devices.items()):
+            if device.bonded and link is not None:  # off the bus; the keys stay on disk
+                link.conn.unexport(device.path)
+            elif not device.bonded:
+                self._remove_device(address)
         self._stop_discoverable_timer()
         if link is not None:
             link.conn.unexport(self.path)
@@ -368,10 +450,12 @@ class FakeAdapter:
         for central in list(self.centrals.values()):
             central.drop_link("bluetoothd-restart")
         self.gatt.forget_all()
-        self._devices.clear()
+        # bonds are stored on disk and come back with bluetoothd; nothing else does
+        self._devices = {a: attrs.evolve(d, connected=False, removal=None, paired=True)
+                         for a, d in self._devices.items() if d.bonded}
         self._stop_discoverable_timer()
         self._alias = None
-        self.powered = powered
+        self.powered = powered and not self.blocked
         self.discoverable = False
         self.pairable = True
         self.discoverable_timeout = DEFAULT_DISCOVERABLE_TIMEOUT

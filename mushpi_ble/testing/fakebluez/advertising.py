@@ -437,6 +437,24 @@ class AdvertisingManager:
             advert.dropped.set()
         self.adverts = []
 
+    def drop_silently(self, *, announce: bool = True) -> int:
+        """Adverts stop without ``Release()`` (bluez/bluez #1015): gone from
+        ActiveInstances; ``announce=False`` leaves out even the PropertiesChanged,
+        so only an application that looks again notices. Returns how many."""
+        dropped = list(self.adverts)
+        for advert in dropped:
+            log.info("advertisement dropped silently sender=%s path=%s announce=%s",
+                     advert.sender, advert.path, announce)
+            self.adverts.remove(advert)
+            advert.registered = False
+            advert.dropped.set()
+            if advert.timeout_scope is not None:
+                advert.timeout_scope.cancel()
+        if dropped and announce:
+            self._instances_changed()
+        self._runtime.changed()
+        return len(dropped)
+
     def drop_sender(self, sender: str) -> None:
         """The advert's owner left the bus: drop its adverts, no Release."""
         for advert in [a for a in self.adverts if a.sender == sender]:

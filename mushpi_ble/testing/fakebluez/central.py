@@ -41,6 +41,7 @@ from .att import AttError, att_code_for_dbus_error, check_permissions
 from .gatt_db import Characteristic, Descriptor
 from .gatt_manager import MAX_VALUE_LEN, Application
 from .names import FAILED, GATT_CHARACTERISTIC, GATT_DESCRIPTOR
+from .pairing import Pairing, PairingResult
 from .runtime import Runtime
 from .uuids import normalize_uuid
 
@@ -489,6 +490,27 @@ class FakeCentral:
                     self._taken[key] = taken + 1
                     return received[taken]
                 await self._arrived.wait()
+
+    # -- pairing ------------------------------------------------------------------
+    async def pair(self, *, io_capability: str = "NoInputNoOutput", mitm: bool = False,
+                   secure_connections: bool = True, bonding: bool = True,
+                   passkey: int | None = None) -> PairingResult:
+        """The phone sends an SMP Pairing Request; bluetoothd asks its default agent.
+
+        Defaults are a phone's Just Works request (NoInputNoOutput, no MITM,
+        Secure Connections, bonding). ``passkey`` is what the user types or
+        compares (None: the right one). A failed pairing drops the link.
+        """
+        if not self.connected:
+            raise NotConnected(f"{self.address} is not connected")
+        return await Pairing(self._runtime, self._runtime.agents, self,
+                             io_capability=io_capability, mitm=mitm,
+                             secure_connections=secure_connections, bonding=bonding,
+                             passkey=passkey).run()
+
+    @property
+    def paired(self) -> bool:
+        return self.adapter.is_paired(self.address)
 
     # -- connection ---------------------------------------------------------------
     def forget(self, chars: Iterable[Characteristic]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import trio
@@ -19,9 +20,11 @@ from mushpi_ble.dbus import DBusError, MatchRule, SignalMessage, open_connection
 
 from .adapter import FakeAdapter, adapter_index
 from .advertising import Advertisement
+from .agents import AGENT_MANAGER_PATH, Agent, AgentManager
 from .central import FakeCentral
 from .gatt_manager import Application
 from .names import (
+    ADVERT_REGISTER_FAILED,
     ADVERTISEMENT,
     BLUEZ,
     BUS_NAME,
@@ -32,9 +35,14 @@ from .names import (
     OBJECT_MANAGER,
     PROPERTIES,
 )
+from .rfkill import FakeRfkill
 from .runtime import DEFAULT_INCLUDES, Config, Link, Runtime
 
 log = logging.getLogger(__name__)
+
+
+class NotDiscoverable(RuntimeError):
+    """A scanning phone found no advert of the adapter."""
 
 T = TypeVar("T")
 SHUTDOWN_TIMEOUT = 3.0
@@ -52,6 +60,7 @@ class FakeBluez:
             self._new_adapter(adapter_id, position)
         self._nursery: trio.Nursery | None = None
         self._link_done: trio.Event | None = None
+        self.rfkill: FakeRfkill | None = None
 
     @classmethod
     @asynccontextmanager
@@ -70,8 +79,16 @@ class FakeBluez:
         call_timeout: float = 25.0,
         device_remove_delay: float = 0.0,
         merge_prepared_writes: bool = True,
+        drop_adverts_on_connect: bool = False,
+        rfkill_dir: Path | None = None,
+        agent_timeout: float = 60.0,
+        just_works_repairing: str = "never",
     ) -> AsyncIterator[FakeBluez]:
-        """Own ``org.bluez`` on ``bus_address`` for the duration of the block."""
+        """Own ``org.bluez`` on ``bus_address`` for the duration of the block.
+
+        ``rfkill_dir`` makes a fake ``/sys/class/rfkill`` there whose switch files
+        block and unblock the adapters (see :class:`FakeRfkill`).
+        """
         config = Config(
             power_on_restart=power_on_restart, system_name=system_name,
             supported_includes=tuple(supported_includes),
@@ -79,10 +96,17 @@ class FakeBluez:
             secondary_channels=tuple(secondary_channels), can_set_tx_power=can_set_tx_power,
             server_mtu=server_mtu, call_timeout=call_timeout,
             device_remove_delay=device_remove_delay, merge_prepared_writes=merge_prepared_writes,
+            drop_adverts_on_connect=drop_adverts_on_connect,
+            agent_timeout=agent_timeout, just_works_repairing=just_works_repairing,
         )
         bluez = cls(bus_address, adapters, config)
         async with trio.open_nursery() as nursery:
             bluez._nursery = nursery
+            if rfkill_dir is not None:
+                bluez.rfkill = FakeRfkill(rfkill_dir)
+                for adapter_id in bluez._adapters:
+                    bluez.rfkill.add(adapter_id)
+                await nursery.start(bluez.rfkill.follow, lambda: dict(bluez._adapters))
             await bluez._start_link()
             try:
                 yield bluez
@@ -115,6 +139,28 @@ class FakeBluez:
         """Wait until ``predicate()`` is truthy (re-checked on every state change)."""
         return await self.runtime.wait_until(predicate, timeout)
 
+    @property
+    def agent_manager(self) -> AgentManager:
+        return self.runtime.agents
+
+    @property
+    def agents(self) -> list[Agent]:
+        """Registered pairing agents, in registration order."""
+        return self.runtime.agents.agents
+
+    @property
+    def default_agent(self) -> Agent | None:
+        """The agent incoming pairing requests go to."""
+        return self.runtime.agents.default
+
+    async def wait_for_default_agent(self, timeout: float = 2.0, *,
+                                     owner: str | None = None) -> Agent:
+        """The default agent (of ``owner`` when given), waiting for one to register."""
+        def find() -> Agent | None:
+            agent = self.runtime.agents.default
+            return agent if agent is not None and owner in (None, agent.owner) else None
+        return await self.wait_until(find, timeout)
+
     async def wait_for_application(self, timeout: float = 2.0, *,
                                    adapter: str | None = None) -> Application:
         """The first registered application (waits for one to register)."""
@@ -137,16 +183,20 @@ class FakeBluez:
     async def connect_central(self, adapter: str = "hci0", address: str = "11:22:33:44:55:66",
                               mtu: int = 517, *, security: str = "low", trusted: bool = False,
                               address_type: str = "random", announce: bool = True,
-                              ) -> FakeCentral:
+                              discover: bool = False) -> FakeCentral:
         """A phone connects; its Device1 appears (Connected=true) via InterfacesAdded.
 
         ``announce=False`` plays a connect signal the application missed: the
         Device1 object exists (Properties.Get, GetManagedObjects) but nothing
-        announced it.
+        announced it. ``discover=True`` is a phone that must first find the
+        device by scanning: it fails unless an advert is on the air.
         """
         target = self._adapters[adapter]
         if not target.powered:
             raise RuntimeError(f"{adapter} is powered off: nothing can connect")
+        if discover and not self.on_air(adapter):
+            raise NotDiscoverable(f"{adapter} advertises nothing: a scanning phone "
+                                  "cannot find it")
         if address.upper() in target.centrals:
             raise ValueError(f"{address} is already connected to {adapter}")
         central = FakeCentral(self.runtime, target, address, mtu, security=security,
@@ -155,10 +205,39 @@ class FakeBluez:
         central.device_path = target.add_device(central, address_type, announce=announce)
         log.info("central connected adapter=%s address=%s mtu=%d security=%s", adapter,
                  central.address, central.mtu, security)
+        if self.runtime.config.drop_adverts_on_connect:
+            target.advertising.drop_silently(announce=False)
         await trio.lowlevel.checkpoint()
         return central
 
+    def on_air(self, adapter: str = "hci0") -> bool:
+        """A connectable advert is registered on the adapter and it is powered."""
+        target = self._adapters[adapter]
+        return target.powered and any(a.type == "peripheral"
+                                      for a in target.advertising.registered())
+
     # -- faults --------------------------------------------------------------
+    def refuse_advertisements(self, error: str = FAILED,
+                              text: str = ADVERT_REGISTER_FAILED) -> None:
+        """Refuse every RegisterAdvertisement until :meth:`accept_advertisements`: by
+        default as bluetoothd < 5.87 on Raspberry Pi kernels 6.12.93 / 6.18.34 does
+        (MGMT Invalid Parameters 0x0d in its log, "Failed to register advertisement")."""
+        self.runtime.faults.refuse_always("RegisterAdvertisement", error, text)
+
+    def accept_advertisements(self) -> None:
+        self.runtime.faults.stop_refusing("RegisterAdvertisement")
+
+    async def block(self, adapter: str = "hci0", *, soft: bool | None = None,
+                    hard: bool | None = None) -> None:
+        """rfkill: through the fake switch files when there are some, else directly."""
+        if self.rfkill is not None:
+            self.rfkill.block(adapter, soft=soft, hard=hard)
+            target = self._adapters[adapter]
+            await self.wait_until(lambda: (soft is None or target.soft_blocked == soft)
+                                  and (hard is None or target.hard_blocked == hard))
+        else:
+            await self._adapters[adapter].set_blocked(soft=soft, hard=hard)
+
     def delay_next_call(self, member: str, seconds: float) -> None:
         """Delay the next call named ``member``, either direction (e.g. ReadValue)."""
         self.runtime.faults.delay_next_call(member, seconds)
@@ -190,6 +269,7 @@ class FakeBluez:
         """
         old = self.unique_name
         await self._stop_link(graceful=graceful)
+        self.runtime.agents.forget_all()
         for adapter in self._adapters.values():
             adapter.reset(powered=self.runtime.config.power_on_restart)
         await self._start_link()
@@ -244,6 +324,7 @@ class FakeBluez:
                 for rule, handler in self._signal_routes():
                     await nursery.start(self._pump, link, rule, handler)
                 conn.add_object_manager("/")
+                conn.export(AGENT_MANAGER_PATH, [self.runtime.agents.interface()])
                 await self._acquire_name(link)
                 self.runtime.link = link
                 for adapter in self._adapters.values():
@@ -270,6 +351,7 @@ class FakeBluez:
                                f"(RequestName answered {result})")
 
     async def _shutdown(self, link: Link) -> None:
+        await self.runtime.agents.release_all()
         for adapter in list(self._adapters.values()):
             await adapter.remove()
         try:
@@ -308,6 +390,7 @@ class FakeBluez:
     def _on_name_owner_changed(self, _link: Link, signal: SignalMessage) -> None:
         name, _old, new = signal.body
         if name.startswith(":") and not new:
+            self.runtime.agents.drop_sender(name)
             for adapter in self._adapters.values():
                 adapter.gatt.drop_sender(name)
                 adapter.advertising.drop_sender(name)

@@ -16,6 +16,8 @@ GATT_CHARACTERISTIC = "org.bluez.GattCharacteristic1"
 GATT_DESCRIPTOR = "org.bluez.GattDescriptor1"
 ADVERTISING_MANAGER = "org.bluez.LEAdvertisingManager1"
 ADVERTISEMENT = "org.bluez.LEAdvertisement1"
+AGENT_MANAGER = "org.bluez.AgentManager1"
+AGENT = "org.bluez.Agent1"
 
 PROPERTIES = "org.freedesktop.DBus.Properties"
 OBJECT_MANAGER = "org.freedesktop.DBus.ObjectManager"
@@ -28,11 +30,15 @@ ALREADY_EXISTS = "org.bluez.Error.AlreadyExists"
 DOES_NOT_EXIST = "org.bluez.Error.DoesNotExist"
 NOT_PERMITTED = "org.bluez.Error.NotPermitted"
 NOT_READY = "org.bluez.Error.NotReady"
+BLOCKED = "org.bluez.Error.Blocked"
+REJECTED = "org.bluez.Error.Rejected"
+CANCELED = "org.bluez.Error.Canceled"
 
 TEXT_INVALID_ARGUMENTS = "Invalid arguments in method call"
 TEXT_ALREADY_EXISTS = "Already Exists"
 TEXT_DOES_NOT_EXIST = "Does Not Exist"
 TEXT_NOT_READY = "Resource Not Ready"
+TEXT_BLOCKED = "Blocked through rfkill"  # mgmt_errstr(MGMT_STATUS_RFKILLED)
 
 # RegisterApplication failures (src/gatt-database.c)
 NO_OBJECT_RECEIVED = "No object received"

@@ -15,6 +15,7 @@ import trio
 
 from mushpi_ble.dbus import Connection
 
+from .agents import AgentManager
 from .faults import Faults
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,10 @@ class Config:
     call_timeout: float = 25.0
     device_remove_delay: float = 0.0
     merge_prepared_writes: bool = True
+    drop_adverts_on_connect: bool = False
+    """A controller that stops advertising when a central connects (and bluetoothd forgets)."""
+    agent_timeout: float = 60.0
+    just_works_repairing: str = "never"
 
 
 @attrs.define(eq=False)
@@ -62,6 +67,7 @@ class Runtime:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.faults = Faults()
+        self.agents = AgentManager(self)
         self.link: Link | None = None
         self._changed = trio.Event()
 
