@@ -111,8 +111,11 @@ class Admission:
         """Whether ``sender`` is the bus daemon or owns a preferred name now."""
         if sender == BUS_NAME:
             return True
-        owner_of = self._owner_of
-        return any(owner_of(name) == sender for name in self._names) if sender else False
+        if sender:
+            for name in self._names:
+                if self._owner_of(name) == sender:
+                    return True
+        return False
 
     # -- the screen ----------------------------------------------------------------
     def screen(self, header: Header, size: int) -> bool:
