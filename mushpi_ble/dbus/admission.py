@@ -37,11 +37,12 @@ from typing import Any
 import attrs
 from jeepney.low_level import Header, HeaderFields, Message, MessageFlag, MessageType
 
+from mushpi_ble.lograte import LogRate, RateLimitedLog
+
 from .calls import BUS_NAME
 from .dispatch import Dispatcher
 from .errors import DBusError
 from .interface import CallContext
-from .ratelog import RateLog
 from .stats import ConnectionStats
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Admission:
         self._clock = clock
         self._names: list[str] = []
         self._buckets: dict[str, _Bucket] = {}
-        self._ratelog = RateLog(log)
+        self._ratelog = RateLimitedLog(log, "flood reports", LogRate(burst=1))
         self._foreign_admitted = False
 
     # -- who is preferred ------------------------------------------------------------
@@ -197,16 +198,16 @@ class Admission:
 
     def _throttled(self, sender: str) -> None:
         self._stats.foreign_throttled += 1
-        self._ratelog.warning(("throttled", sender), "throttling a sender over its budget "
-                              "sender=%s rate=%.0f/s burst=%.0f", sender, self.policy.rate,
-                              self.policy.burst)
+        self._ratelog.log(f"throttled {sender}", logging.WARNING,
+                          "throttling a sender over its budget sender=%s rate=%.0f/s "
+                          "burst=%.0f", sender, self.policy.rate, self.policy.burst)
 
     def _skipped(self, sender: str, size: int, what: str) -> None:
         self._stats.foreign_skipped += 1
         self._stats.foreign_skipped_bytes += size
-        self._ratelog.warning(("skipped", sender), "skipped a %s too long to read sender=%s "
-                              "bytes=%d limit=%d", what, sender, size,
-                              self.policy.max_foreign_message)
+        self._ratelog.log(f"skipped {sender}", logging.WARNING,
+                          "skipped a %s too long to read sender=%s bytes=%d limit=%d", what,
+                          sender, size, self.policy.max_foreign_message)
 
     # -- ordering ------------------------------------------------------------------
     def order(self, batch: list[Message]) -> Iterable[Message]:

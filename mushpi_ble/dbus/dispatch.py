@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from mushpi_ble.lograte import LogRate, RateLimitedLog
+
 from .errors import (
     ACCESS_DENIED,
     INVALID_ARGS,
@@ -27,7 +29,6 @@ from .errors import (
 )
 from .interface import CallContext, Interface, Method
 from .objects import INTROSPECTABLE, OBJECT_MANAGER, PEER, PROPERTIES, ObjectTree
-from .ratelog import RateLog
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class Dispatcher:
         self.tree = tree
         self._current_owner = current_owner
         self._announce = announce
-        self._denials = RateLog(log)
+        self._denials = RateLimitedLog(log, "access denials", LogRate(burst=1))
 
     def _check_caller(self, ctx: CallContext, iface: Interface) -> None:
         allowed = iface.allowed_caller
@@ -68,8 +69,9 @@ class Dispatcher:
             return
         owner = self._current_owner(allowed)
         if owner is None or ctx.sender != owner:
-            self._denials.warning(
-                ctx.sender, "access denied sender=%s path=%s member=%s allowed=%s owner=%s",
+            self._denials.log(
+                ctx.sender, logging.WARNING,
+                "access denied sender=%s path=%s member=%s allowed=%s owner=%s",
                 ctx.sender, ctx.path, ctx.member, allowed, owner or "-",
             )
             raise DBusError(ACCESS_DENIED, f"only the owner of {allowed} may call {ctx.member}")
