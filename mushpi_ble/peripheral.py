@@ -96,7 +96,7 @@ from .gatt.advertising import (
 from .gatt.agent import Pairing, agent_path
 from .gatt.devices import Central, DeviceTracker
 from .gatt.errors import DEADLINE_ERROR
-from .gatt.names import ADAPTER_IFACE, BLUEZ, OBJECT_MANAGER
+from .gatt.names import ADAPTER_IFACE, BLUEZ, ERROR_PREFIX, OBJECT_MANAGER
 from .gatt.rfkill import Rfkill
 from .naming import advertised_name
 from .service import MushPiService
@@ -622,6 +622,8 @@ class Peripheral:
         except ConnectionLost:
             raise
         except DBusError as exc:
+            if not exc.name.startswith(ERROR_PREFIX + "."):
+                raise  # bluetoothd gone or silent (NoReply, ServiceUnknown, timeout): retry
             self._advert_refused(exc)
         else:
             self._advert_registered()

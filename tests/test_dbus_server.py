@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -300,3 +301,33 @@ async def test_introspection_parsed_by_standard_tools(
         )
         assert tree.returncode == 0, tree.stderr
         assert "/com/example/counter" in tree.stdout
+
+
+async def test_a_handler_that_outlives_its_connection_fails_nothing(bus_address: str) -> None:
+    """The bus dropped us while a handler ran: its answer has nobody to go to. It is
+    counted, and neither the handler's task nor the connection's nursery fails."""
+    release = trio.Event()
+    started = trio.Event()
+
+    async def wait_then_fail(_ctx: CallContext) -> None:
+        started.set()
+        await release.wait()
+        raise DBusError("com.example.Error.Late", "too late")
+
+    async with open_connection(bus_address, call_timeout=2.0) as server, \
+            open_connection(bus_address, call_timeout=2.0) as client:
+        server.export("/late", [Interface(IFACE, methods=[
+            Method("Wait", "", "", handler=wait_then_fail)])])
+        async with trio.open_nursery() as nursery:
+            async def call() -> None:
+                with contextlib.suppress(DBusError):
+                    await client.call(server.unique_name, "/late", IFACE, "Wait", timeout=1.0)
+
+            nursery.start_soon(call)
+            await started.wait()
+            server.writer._closed = True  # what the transport does when the bus hangs up
+            release.set()
+            while server.stats.answers_lost == 0:
+                await trio.sleep(0.01)
+        server.writer._closed = False  # let the context close the socket as usual
+    assert server.stats.answers_lost == 1

@@ -244,3 +244,21 @@ async def test_recovery_is_exported_to_prometheus(rig: Rig) -> None:
                     (("action", "power-on"), ("result", "ok")))] >= 1
     assert samples[("mushpi_ble_advert_alias_only", ())] == 0
     assert ("mushpi_ble_advert_drops_total", ()) in samples
+
+
+async def test_bluetoothd_leaving_mid_registration_is_not_a_refusal(
+    bus_address: str, bluez: FakeBluez, stopper: list[BlePortal]
+) -> None:
+    """No answer because bluetoothd went away (NoReply) says nothing about the advert:
+    no alias-only diagnosis, and it is back on the air once bluetoothd is."""
+    rig = await serve(bus_address, bluez, stopper)
+    await bluez.wait_for_advertisement(timeout=10.0)
+    bluez.delay_next_call("RegisterAdvertisement", 2.0)
+    bluez.adapter().advertising.drop_silently()  # gone: registered again; that call hangs
+    await eventually(lambda: status(rig)["advert_drops"] >= 1, timeout=5.0)
+    await trio.sleep(0.5)
+    await bluez.restart(graceful=False)  # ... until bluetoothd dies under it: NoReply
+    await bluez.wait_for_advertisement(timeout=10.0)
+    await eventually(lambda: status(rig)["advert_state"] == "advertising", timeout=10.0)
+    assert status(rig)["advert_refusals"] == 0
+    assert status(rig)["advert_problem"] is None

@@ -76,15 +76,26 @@ class Answerer:
     # -- replying ---------------------------------------------------------------------
     def _reply(self, call: Message, signature: str, body: tuple[Any, ...]) -> None:
         data, fds = self._wire.method_return(call, signature, body, next(self._serials))
-        self._writer.write_nowait(data, fds, urgent=self._urgent(call.header.fields.get(_SENDER)))
-        self._stats.calls_answered += 1
+        if self._send(call, data, fds):
+            self._stats.calls_answered += 1
 
     def reply_error(self, call: Message, name: str, text: str) -> None:
         """Answer ``call`` with the error ``name`` (``text``)."""
         data, fds = self._wire.error(call, name, text, next(self._serials))
-        self._writer.write_nowait(data, fds, urgent=self._urgent(call.header.fields.get(_SENDER)))
-        self._stats.calls_answered += 1
-        self._stats.errors_sent += 1
+        if self._send(call, data, fds):
+            self._stats.calls_answered += 1
+            self._stats.errors_sent += 1
+
+    def _send(self, call: Message, data: bytes, fds: Any) -> bool:
+        """Queue an answer; False when the connection is already gone (a handler that
+        outlived its connection has nobody left to answer, and must not fail for it)."""
+        try:
+            self._writer.write_nowait(data, fds,
+                                      urgent=self._urgent(call.header.fields.get(_SENDER)))
+        except ConnectionLost:
+            self._stats.answers_lost += 1
+            return False
+        return True
 
     # -- handling -------------------------------------------------------------------
     def _context(self, sender: Any, path: Any, interface: Any, member: Any) -> CallContext:

@@ -12,6 +12,7 @@ class ConnectionStats:
     calls_received: int = 0
     calls_answered: int = 0
     errors_sent: int = 0
+    answers_lost: int = 0  # answers to calls whose connection was gone by then
     handler_timeouts: int = 0
     handler_failures: int = 0
     late_replies: int = 0
