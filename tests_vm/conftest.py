@@ -88,19 +88,20 @@ def pairs_first(mode: str) -> bool:
     return mode == "eatt" and GENERATION == "trixie"
 
 
-# bluetoothd 5.82's GATT-client plugins (LE audio and friends) left out where the
-# hub pairs first. With them, once the link is encrypted and EATT is up, the
-# peripheral's side subscribes to the central's audio services (both sides are
-# this one bluetoothd) while the central discovers ours, and the emulated link
-# stalls: both controllers' packets complete 30 s late (btmon: "Number of
-# Completed Packets", latency ~30000 ms), ServicesResolved never comes and
-# Pair() never answers. Seen only in this emulator; our service uses none of them.
-TRIXIE_EATT_PLUGINS_OFF = "vcp,micp,mcp,ccp,csip,bass,bap,battery,hog,deviceinfo"
+# bluetoothd 5.82's GATT-client plugins (LE audio and friends) are left out on
+# trixie. Their services need an encrypted link, so they start once a pairing
+# encrypts it: then the peripheral's side subscribes to the central's audio
+# services (both sides are this one bluetoothd) while the central discovers
+# ours, and the emulated link stalls — packets complete 30 s late (btmon:
+# "Number of Completed Packets", latency ~30000 ms), ServicesResolved never
+# comes and Pair() never answers. Seen only in this emulator; our service
+# uses none of them.
+TRIXIE_PLUGINS_OFF = "vcp,micp,mcp,ccp,csip,bass,bap,battery,hog,deviceinfo"
 
 
 def pass_arguments(mode: str) -> list[str]:
     """bluetoothd arguments of one pass beyond the configuration file."""
-    return ["-P", TRIXIE_EATT_PLUGINS_OFF] if pairs_first(mode) else []
+    return ["-P", TRIXIE_PLUGINS_OFF] if GENERATION == "trixie" else []
 
 
 # -- figures ----------------------------------------------------------------------------
@@ -459,8 +460,10 @@ def central_connect(bus: SystemBus, address: str, adapter: str = CENTRAL_ADAPTER
     """Connect the central to ``address`` through bluetoothd; returns the device path.
 
     With ``pair`` (see ``pairs_first``) the central pairs right after the link
-    is up, before service discovery ends and EATT opens; a device bonded
-    earlier in the pass answers AlreadyExists and encrypts with its stored key.
+    is up, before service discovery ends and EATT opens — afresh each time:
+    the bonds of an earlier connection are forgotten on both sides first, as
+    the central of a bonded device would keep the GATT handles it cached from
+    another peripheral process (``Invalid Handle`` on the next read).
 
     Why not let bleak call Connect: with both controllers behind one
     bluetoothd in the emulator, the ATT bearer comes up before the kernel's
@@ -470,15 +473,12 @@ def central_connect(bus: SystemBus, address: str, adapter: str = CENTRAL_ADAPTER
     and it gives up ("failed to discover services, device disconnected").
     A bleak client created after the connection reads the true state.
     """
-    from central_agent import PairingFailed
-
+    if pair:
+        forget_bond(bus, adapter, address)
+        forget_bond(bus, PERIPHERAL_ADAPTER, bus.adapter_address(adapter))
     path = connect_device(bus, address, adapter, timeout)
     if pair:
-        try:
-            pair_as_central(path)
-        except PairingFailed as exc:
-            if exc.name != "org.bluez.Error.AlreadyExists":
-                raise
+        pair_as_central(path)
     wait_for(lambda: _device_prop(bus, path, "Connected"), timeout, f"{path} Connected")
     wait_for(lambda: _device_prop(bus, path, "ServicesResolved"), timeout,
              f"{path} ServicesResolved")
