@@ -206,10 +206,13 @@ def test_pairing_off_is_refused_for_want_of_an_agent(
         assert refused.value.name.startswith("org.bluez.Error.Authentication"), refused.value
         trace = btmon_since(trace_from, "Pairing Request", "Pairing Failed")
         assert "SMP: Pairing Request" in trace, "the central never asked to pair"
-        reasons = PERIPHERAL_REFUSES.findall(trace)
-        assert reasons, "the peripheral (hci0) sent no SMP Pairing Failed"
-        metrics.set(f"{bluez}.pairing_refusal_reason", reasons[0])
         assert NO_AGENT in bluetoothd.log_since(log_from)
+        # Usually the peripheral's SMP Pairing Failed is on the air; when the
+        # central's side (also without an agent) fails first, the link drops
+        # before it is sent (seen once on bookworm under load).
+        reasons = PERIPHERAL_REFUSES.findall(btmon_since(trace_from, "Reason: Numeric"))
+        metrics.set(f"{bluez}.pairing_refusal_reason",
+                    reasons[0] if reasons else "link dropped before the peripheral's reply")
         assert not _prop(system_bus, path, "Paired")
         metrics.set(f"{bluez}.pairing_refusal_dropped_link",
                     not _prop(system_bus, path, "Connected"))
