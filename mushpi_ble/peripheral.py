@@ -30,7 +30,11 @@ Two watchers live with each session. The adapter watcher
 blocked adapter does not stop registration, so the service is reachable the
 moment it powers on. The advert monitor looks at bluetoothd's
 ``ActiveInstances`` after registering and after every connect and
-disconnect, and has the advert registered again when it is gone. A refused
+disconnect, and has the advert registered again when it is gone. A central
+connecting also has it registered again: the controller stops advertising
+on a connection and the kernel does not restart it while the link lasts,
+yet bluetoothd still counts it active (seen with BlueZ 5.66/kernel 6.1 and
+5.82/6.12), so only a new registration lets a second phone find the Pi. A refused
 advert leaves the peripheral serving alias-only, with the refusal explained
 in plain words, and retried after a back-off of its own (0.5 s doubling to
 60 s), so bluetoothd's log is not flooded.
@@ -108,6 +112,10 @@ BACKOFF_MAX_S = 2.0
 ADVERT_RETRY_FIRST_S = 0.5
 ADVERT_RETRY_MAX_S = 60.0
 RECOVERIES_KEPT = 20
+
+
+REFUSED_WHILE_CONNECTED = ("the controller did not take the advertisement again while a "
+                           "phone is connected")
 
 
 @attrs.define
@@ -640,6 +648,12 @@ class Peripheral:
     def _advert_refused(self, exc: DBusError) -> None:
         """Serve alias-only, say why in plain words, retry after a growing back-off."""
         problem = explain_refusal(exc, self._capabilities)
+        previous = self.status.advert_problem
+        if self.centrals_connected() and (previous is None
+                                          or previous.startswith(REFUSED_WHILE_CONNECTED)):
+            # it was on the air before this phone came: not a kernel/BlueZ mismatch
+            problem = (f"{REFUSED_WHILE_CONNECTED} ({exc.name}: {exc.text}); a second phone "
+                       "cannot find the Pi until it leaves. Serving alias only, retrying.")
         self.status.advertising = False
         self.status.advert_refusals += 1
         self._advert_attempt += 1
@@ -772,11 +786,18 @@ class Peripheral:
     def _connection_changed(self, central: Central, connected: bool) -> None:
         if connected:
             self.status.connects += 1
+            if self._advert_expected():
+                # on the air again for a second phone (see the module's docstring)
+                self._lose("advertisement", "a central connected; the controller stopped "
+                           "advertising")
         else:
             self.status.disconnects += 1
         if self._advert_monitor is not None:
             self._advert_monitor.poke()  # some controllers stop advertising on either
         self.service.set_connected(bool(self.tracker and self.tracker.connected))
+
+    def centrals_connected(self) -> bool:
+        return bool(self.tracker and self.tracker.connected)
 
     @property
     def centrals(self) -> list[Central]:

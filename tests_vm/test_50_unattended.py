@@ -234,8 +234,9 @@ def test_rfkill_block_is_recovered_or_reported(
         assert not bus.adapter_powered(SECOND_CENTRAL_ADAPTER)
     finally:
         rfkill("unblock", "bluetooth")  # by hand, as its owner would
-    for adapter in (CENTRAL_ADAPTER, SECOND_CENTRAL_ADAPTER):
-        wait_for(lambda a=adapter: bus.adapter_powered(a), 15, f"{adapter} powered again")
+    wait_for(lambda: all(bus.adapter_powered(a) for a in (CENTRAL_ADAPTER,
+                                                          SECOND_CENTRAL_ADAPTER)),
+             15, "hci1 and hci2 powered again")
 
     # And the Pi is discoverable again.
     wait_advertising(bus, lab, "after the rfkill block")

@@ -257,6 +257,11 @@ class AdvertisingManager:
         self._runtime = runtime
         self._adapter = adapter
         self.adverts: list[Advertisement] = []
+        self.registrations = 0
+        """RegisterAdvertisement calls that succeeded."""
+        self.halted = False
+        """The controller stopped advertising for a central (``halt_advertising_on_connect``);
+        off the air while one is connected, until a new registration."""
 
     # -- D-Bus ----------------------------------------------------------
     def interface(self) -> Interface:
@@ -329,6 +334,8 @@ class AdvertisingManager:
         advert.variants = variants
         advert.payload = payload
         advert.registered = True
+        self.registrations += 1
+        self.halted = False
         if payload.tx_power is not None:
             selected = min(max(payload.tx_power, runtime.config.min_tx_power),
                            runtime.config.max_tx_power)

@@ -80,6 +80,7 @@ class FakeBluez:
         device_remove_delay: float = 0.0,
         merge_prepared_writes: bool = True,
         drop_adverts_on_connect: bool = False,
+        halt_advertising_on_connect: bool = False,
         rfkill_dir: Path | None = None,
         agent_timeout: float = 60.0,
         just_works_repairing: str = "never",
@@ -97,6 +98,7 @@ class FakeBluez:
             server_mtu=server_mtu, call_timeout=call_timeout,
             device_remove_delay=device_remove_delay, merge_prepared_writes=merge_prepared_writes,
             drop_adverts_on_connect=drop_adverts_on_connect,
+            halt_advertising_on_connect=halt_advertising_on_connect,
             agent_timeout=agent_timeout, just_works_repairing=just_works_repairing,
         )
         bluez = cls(bus_address, adapters, config)
@@ -207,12 +209,17 @@ class FakeBluez:
                  central.address, central.mtu, security)
         if self.runtime.config.drop_adverts_on_connect:
             target.advertising.drop_silently(announce=False)
+        if self.runtime.config.halt_advertising_on_connect:
+            target.advertising.halted = True
         await trio.lowlevel.checkpoint()
         return central
 
     def on_air(self, adapter: str = "hci0") -> bool:
-        """A connectable advert is registered on the adapter and it is powered."""
+        """A connectable advert is registered on the adapter, it is powered, and the
+        controller has not stopped advertising for a connected central."""
         target = self._adapters[adapter]
+        if target.advertising.halted and target.centrals:
+            return False
         return target.powered and any(a.type == "peripheral"
                                       for a in target.advertising.registered())
 

@@ -43,6 +43,10 @@ class Config:
     merge_prepared_writes: bool = True
     drop_adverts_on_connect: bool = False
     """A controller that stops advertising when a central connects (and bluetoothd forgets)."""
+    halt_advertising_on_connect: bool = False
+    """The kernel's way (seen on 6.1 and 6.12): the controller stops advertising when a
+    central connects and it is not restarted while one is connected, yet bluetoothd keeps
+    the advert registered (ActiveInstances unchanged); a new registration restarts it."""
     agent_timeout: float = 60.0
     just_works_repairing: str = "never"
 
