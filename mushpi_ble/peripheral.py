@@ -498,7 +498,14 @@ class Peripheral:
             await self._nursery.start(self._in_session, recovery.run)
 
     def _adapter_condition(self, condition: AdapterCondition) -> None:
+        was = self.status.adapter_state
         self.status.adapter_state = condition.state
+        if (condition.powered and was not in ("on", "unknown", "removed")
+                and self._advert_expected()):
+            # Powered on again: the reset controller may have lost its advertising sets
+            # while bluetoothd still counts ours active (kernel 6.1 with an
+            # extended-advertising controller): register it again.
+            self._lose("advertisement", f"the adapter is on again (was {was})")
         self.status.rfkill = condition.rfkill.describe()
 
     async def _register(self, conn: Connection) -> State:

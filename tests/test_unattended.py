@@ -201,6 +201,25 @@ async def test_powered_off_adapter_is_powered_on_again(rig: Rig) -> None:
     assert len(await central.read(UUID["control_targets"])) == 15
 
 
+async def test_an_adapter_on_again_advertises_again(
+    bus_address: str, stopper: list[BlePortal]
+) -> None:
+    """After a power cycle the controller may have lost its advertising sets while
+    bluetoothd still counts ours (kernel 6.1): registered again, on the air again."""
+    async with FakeBluez.serve(bus_address, lose_adverts_on_power_off=True) as bluez:
+        rig = await serve(bus_address, bluez, stopper)
+        advertising = bluez.adapter().advertising
+        await bluez.wait_until(lambda: bluez.on_air())
+        await eventually(lambda: status(rig)["advert_state"] == "advertising")
+        await bluez.adapter().set_powered(False)
+        await bluez.wait_until(lambda: bluez.adapter().powered, timeout=5.0)
+        await bluez.wait_until(lambda: bluez.on_air(), timeout=5.0)
+        assert advertising.registrations == 2 and len(advertising.adverts) == 1
+        assert status(rig)["advert_drops"] == 0
+        await bluez.connect_central(discover=True)
+        await trio.to_thread.run_sync(stopper.pop().stop)
+
+
 async def test_with_recovery_off_a_powered_off_adapter_is_reported_not_touched(
     bus_address: str, bluez: FakeBluez, stopper: list[BlePortal]
 ) -> None:

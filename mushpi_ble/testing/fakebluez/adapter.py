@@ -201,6 +201,8 @@ class FakeAdapter:
             return False
         self.powered = value
         log.info("adapter powered adapter=%s powered=%s", self.id, value)
+        if not value and self._runtime.config.lose_adverts_on_power_off:
+            self.advertising.lost = True
         if not value:
             self._stop_discoverable_timer()
             if self.discoverable:

@@ -262,6 +262,9 @@ class AdvertisingManager:
         self.halted = False
         """The controller stopped advertising for a central (``halt_advertising_on_connect``);
         off the air while one is connected, until a new registration."""
+        self.lost = False
+        """The controller lost its advertising sets in a power cycle
+        (``lose_adverts_on_power_off``): off the air until a new registration."""
 
     # -- D-Bus ----------------------------------------------------------
     def interface(self) -> Interface:
@@ -335,7 +338,7 @@ class AdvertisingManager:
         advert.payload = payload
         advert.registered = True
         self.registrations += 1
-        self.halted = False
+        self.halted = self.lost = False
         if payload.tx_power is not None:
             selected = min(max(payload.tx_power, runtime.config.min_tx_power),
                            runtime.config.max_tx_power)

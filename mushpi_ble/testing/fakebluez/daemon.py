@@ -81,6 +81,7 @@ class FakeBluez:
         merge_prepared_writes: bool = True,
         drop_adverts_on_connect: bool = False,
         halt_advertising_on_connect: bool = False,
+        lose_adverts_on_power_off: bool = False,
         rfkill_dir: Path | None = None,
         agent_timeout: float = 60.0,
         just_works_repairing: str = "never",
@@ -99,6 +100,7 @@ class FakeBluez:
             device_remove_delay=device_remove_delay, merge_prepared_writes=merge_prepared_writes,
             drop_adverts_on_connect=drop_adverts_on_connect,
             halt_advertising_on_connect=halt_advertising_on_connect,
+            lose_adverts_on_power_off=lose_adverts_on_power_off,
             agent_timeout=agent_timeout, just_works_repairing=just_works_repairing,
         )
         bluez = cls(bus_address, adapters, config)
@@ -218,7 +220,7 @@ class FakeBluez:
         """A connectable advert is registered on the adapter, it is powered, and the
         controller has not stopped advertising for a connected central."""
         target = self._adapters[adapter]
-        if target.advertising.halted and target.centrals:
+        if (target.advertising.halted and target.centrals) or target.advertising.lost:
             return False
         return target.powered and any(a.type == "peripheral"
                                       for a in target.advertising.registered())

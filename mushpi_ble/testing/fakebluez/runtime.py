@@ -47,6 +47,10 @@ class Config:
     """The kernel's way (seen on 6.1 and 6.12): the controller stops advertising when a
     central connects and it is not restarted while one is connected, yet bluetoothd keeps
     the advert registered (ActiveInstances unchanged); a new registration restarts it."""
+    lose_adverts_on_power_off: bool = False
+    """The kernel's way on power-on after a power-off or rfkill block (6.1 with an
+    extended-advertising controller): the reset controller has lost its advertising
+    sets and the kernel does not set them up again, yet bluetoothd keeps the advert."""
     agent_timeout: float = 60.0
     just_works_repairing: str = "never"
 
