@@ -1,4 +1,11 @@
-"""bluetoothd restarts under the running BlePortal: it registers again and serves."""
+"""bluetoothd restarts under the running BlePortal: it registers again and serves.
+
+The pairing agent is registered again too, and made the default (bluetoothd's
+own log says so); test_40 then pairs with the new bluetoothd. On bookworm a
+restart never follows a live paired link or a bond: test_40 runs after this
+test, disconnects and removes its bonds before the next pass restarts
+bluetoothd, and every configuration is LE only (conftest.CONFIGS says why).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +20,12 @@ from conftest import (
     PortalLab,
     SystemBus,
     central_connect,
+    pairs_first,
     wait_for,
 )
 from hub import Hub, device_at
 
+from mushpi_ble.gatt.agent import agent_path
 from mushpi_ble.protocol import EnvMeasurement
 
 
@@ -44,7 +53,20 @@ def test_bluetoothd_restart_registers_again(bluez: str, portal_lab: PortalLab,
     registered = time.monotonic()
     wait_for(lambda: portal_lab.status()["advertising"], 15, "advertising again")
     advertising = time.monotonic()
+    wait_for(lambda: portal_lab.status()["pairing"]["agent_registered"], 15,
+             "the pairing agent to be registered again")
+    agent_back = time.monotonic()
     status = portal_lab.status()
+    assert status["pairing"]["agent_error"] is None, status["pairing"]
+
+    def default_agent_line() -> str:
+        lines = [line for line in bluetoothd.log_since(0).splitlines()
+                 if "Default agent set to" in line]
+        return lines[-1] if lines else ""
+
+    # bluetoothd's debug line: "Default agent set to <owner> <path>"
+    line = wait_for(default_agent_line, 10, "bluetoothd to log a default agent")
+    assert line.rstrip().endswith(agent_path(portal.settings.dbus_app_path)), line
     assert status["bluez_owner"] != before["bluez_owner"]
     assert status["running"] and status["last_error"] in (None, ""), status["last_error"]
     metrics.add("restart_to_registered_s", registered - spawned)
@@ -52,12 +74,13 @@ def test_bluetoothd_restart_registers_again(bluez: str, portal_lab: PortalLab,
     metrics.set(f"{bluez}.restart_spawn_to_registered_s", round(registered - spawned, 2))
     metrics.set(f"{bluez}.restart_stop_to_registered_s", round(registered - stopped, 2))
     metrics.set(f"{bluez}.restart_spawn_to_advertising_s", round(advertising - spawned, 2))
+    metrics.set(f"{bluez}.restart_spawn_to_agent_s", round(agent_back - spawned, 2))
     metrics.set(f"{bluez}.restart_last_recovery_s",
                 None if status["last_recovery_s"] is None
                 else round(status["last_recovery_s"], 2))
 
     # A new central connection works end to end: read, subscribe, get a publish.
-    path = central_connect(system_bus, portal_lab.address)
+    path = central_connect(system_bus, portal_lab.address, pair=pairs_first(bluez))
     with LoopThread("hub-after-restart") as loop:
         hub = Hub(device_at(path, portal_lab.address))
         loop.run(hub.connect(), 60)
