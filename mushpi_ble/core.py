@@ -336,6 +336,13 @@ class MushPiCore:
         return read.default
 
     # -- logs ------------------------------------------------------------------------------
+    def callback_raised(self, callback: str, error: str) -> None:
+        """A binding saw a controller callback raise: say what it raised, within the
+        same per-minute budget as the other controller failures (a broken getter is
+        asked on every read)."""
+        self._failure_log.log(callback, logging.WARNING,
+                              "controller call failed callback=%s error=%s", callback, error)
+
     def flush_logs(self) -> None:
         """Log the counts of refusals and failures whose window has ended (the binding
         calls this on a timer; the next such line logs them too)."""

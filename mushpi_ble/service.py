@@ -206,7 +206,7 @@ class MushPiService:
         except ControllerTimeout:
             return None, Failure.TIMEOUT
         except ControllerFailure as exc:
-            log.warning("controller call failed callback=%s error=%s", callback, exc)
+            self.core.callback_raised(callback, str(exc))
             return None, Failure.FAILED
 
     def _reader(self, name: str) -> Callable[[ReadRequest], Any]:

@@ -158,3 +158,23 @@ async def test_a_thousand_invalid_writes_from_one_phone_log_a_few_lines(
     ours = [r for r in caplog.records if not r.name.startswith("mushpi_ble.testing")]
     assert len(ours) < 60  # a handful of lines, not a thousand
     assert sum(1 for e in rig.portal.service.recent_writes if not e.accepted) == 50
+
+
+async def test_a_getter_that_always_raises_logs_a_few_lines(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broken getter is asked on every read: each read still answers the last good
+    value, but the log gets the first few failures per minute, not one per read."""
+    caplog.set_level(logging.INFO, logger="mushpi_ble")
+
+    def broken() -> object:
+        raise OSError("i2c bus stuck")
+
+    rig.portal.set_callbacks(get_control_targets=broken)
+    central = await phone(rig)
+    answers = {await central.read(UUID["control_targets"]) for _ in range(100)}
+    assert len(answers) == 1  # the last good value, every time
+    raised = [r.getMessage() for r in caplog.records
+              if "controller call failed" in r.getMessage()]
+    assert len(raised) == 5
+    assert "OSError: i2c bus stuck" in raised[0]

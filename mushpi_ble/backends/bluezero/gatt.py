@@ -124,8 +124,7 @@ class GattService:
         try:
             return fn(*args), None
         except Exception as exc:
-            log.warning("controller call failed callback=%s error=%s: %s", callback,
-                        type(exc).__name__, exc)
+            self.core.callback_raised(callback, f"{callback} raised {type(exc).__name__}: {exc}")
             return None, Failure.FAILED
 
     # reads ---------------------------------------------------------------------------
