@@ -422,11 +422,19 @@ class MushPiCore:
         if notify is None:
             raise KeyError(f"{name!r} does not notify")
         if notify.refresh is not None:
-            return Refresh(name, notify.refresh)
+            return self.refresh(name)
         if name == STATUS_FLAGS:
             # a subscriber is by definition connected, even before its Device1 signal
             self._published[name] = self.status_packet(True)
         return Push(name, self._published[name])
+
+    def refresh(self, name: str) -> Refresh:
+        """Re-read a notifying characteristic from the controller (on subscribe, and
+        after a write that ``refreshes`` it)."""
+        notify = self._rows[name].notify
+        if notify is None or notify.refresh is None:
+            raise KeyError(f"{name!r} is not re-read from the controller")
+        return Refresh(name, notify.refresh)
 
     def refresh_done(self, refresh: Refresh, result: object = None,
                      failure: Failure | None = None) -> bytes | None:

@@ -252,12 +252,7 @@ class MushPiService:
         return subscribed
 
     async def _refresh(self, name: str) -> Outcome:
-        return await self._refresh_with(Refresh(name, self._refresh_callback(name)))
-
-    def _refresh_callback(self, name: str) -> str:
-        notify = self.core.row(name).notify
-        assert notify is not None and notify.refresh is not None
-        return notify.refresh
+        return await self._refresh_with(self.core.refresh(name))
 
     async def _refresh_with(self, refresh: Refresh) -> Outcome:
         result, failure = await self._call(refresh.callback, ())

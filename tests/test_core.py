@@ -316,3 +316,10 @@ def test_ready_payloads_are_checked() -> None:
         core.check_payload("env_measurements", bytes(11))
     with pytest.raises(KeyError):
         core.check_payload("control_targets", bytes(15))
+
+
+def test_only_characteristics_the_table_re_reads_can_be_refreshed() -> None:
+    core, _ = make_core()
+    assert core.refresh("actuator_status") == Refresh("actuator_status", "get_control_data")
+    with pytest.raises(KeyError):
+        core.refresh("env_measurements")
