@@ -106,6 +106,7 @@ class CentralAgent:
         self.capability = capability
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.bus: MessageBus | None = None
+        self.reply_lost: bool | None = None
 
     async def _call(self, path: str, interface: str, member: str, signature: str = "",
                     body: list[Any] | None = None, timeout: float = 10.0) -> Message:
@@ -126,8 +127,40 @@ class CentralAgent:
         log.info("central agent registered (%s), not the default", self.capability)
 
     async def pair(self, device_path: str, timeout: float = 40.0) -> None:
-        """``Device1.Pair()`` from this connection; raises PairingFailed on refusal."""
-        await self._call(device_path, "org.bluez.Device1", "Pair", timeout=timeout)
+        """``Device1.Pair()`` from this connection; raises PairingFailed on refusal.
+
+        The answer is awaited together with the device's ``Paired`` property,
+        whichever comes first: bluetoothd up to 5.86 never answers a Pair()
+        whose bonding ends while the device's first service discovery (started
+        by the connection) still runs — device_bonding_complete() finds that
+        discovery busy and frees the request unanswered (fixed in 5.87, "device:
+        Fix returning discovery error for Device.Pair"). ``reply_lost`` says
+        whether that happened.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        call = asyncio.ensure_future(
+            self._call(device_path, "org.bluez.Device1", "Pair", timeout=timeout))
+        try:
+            while not call.done():
+                if await self._paired(device_path):
+                    self.reply_lost = True
+                    log.info("%s is paired; Pair() not answered (yet)", device_path)
+                    return
+                if loop.time() >= deadline:
+                    raise TimeoutError(f"Pair() of {device_path}: no answer, not paired "
+                                       f"after {timeout:.0f} s")
+                await asyncio.wait({call}, timeout=0.25)
+            call.result()
+            self.reply_lost = False
+        finally:
+            if not call.done():
+                call.cancel()
+
+    async def _paired(self, device_path: str) -> bool:
+        reply = await self._call(device_path, "org.freedesktop.DBus.Properties", "Get", "ss",
+                                 ["org.bluez.Device1", "Paired"], timeout=5.0)
+        return bool(reply.body[0].value)
 
     async def stop(self) -> None:
         bus, self.bus = self.bus, None
