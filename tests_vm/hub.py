@@ -186,6 +186,10 @@ class Hub:
 
         await self.client.start_notify(self.chars[name], on_value)
 
+    async def unsubscribe(self, name: str) -> None:
+        """Write the CCC back to 0, as an app that stops listening does."""
+        await self.client.stop_notify(self.chars[name])
+
     async def next_value(self, name: str, timeout: float) -> tuple[float, bytes]:
         """The next notification on ``name``: (perf_counter at arrival, value)."""
         return await asyncio.wait_for(self.queues[name].get(), timeout)
