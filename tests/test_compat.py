@@ -31,7 +31,8 @@ def test_the_controller_api_is_there_with_its_signatures() -> None:
     expected = {
         "set_callbacks": ["get_sensor_data", "get_control_data", "get_control_targets",
                           "get_stage_data", "set_control_targets", "set_stage_state",
-                          "apply_overrides", "get_stage_thresholds", "set_stage_thresholds"],
+                          "apply_overrides", "get_stage_thresholds", "set_stage_thresholds",
+                          "on_pairing_passkey"],
         "initialize_ble_service": [],
         "start_ble_service": [],
         "stop_ble_service": [],
@@ -42,6 +43,8 @@ def test_the_controller_api_is_there_with_its_signatures() -> None:
         "get_connection_count": [],
         "update_advertising_name": [],
         "get_service_instance": [],
+        "open_pairing_window": ["seconds"],
+        "close_pairing_window": [],
     }
     for name, params in expected.items():
         fn = getattr(ble_gatt, name)

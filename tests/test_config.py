@@ -162,8 +162,19 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
     ),
     (
         "MUSHPI_BLE_PAIRING", "ble_pairing",
-        [("just-works", "just-works"), ("OFF", "off"), (" off ", "off")],
-        ["", "on", "justworks", "window", "passkey"],
+        [("just-works", "just-works"), ("OFF", "off"), (" off ", "off"), ("Window", "window"),
+         ("passkey", "passkey"), ("", None)],
+        ["on", "justworks", "pin", "windowed"],
+    ),
+    (
+        "MUSHPI_BLE_WRITE_ACCESS", "ble_write_access",
+        [("open", "open"), (" Bonded ", "bonded")],
+        ["", "closed", "paired", "true"],
+    ),
+    (
+        "MUSHPI_BLE_READ_ACCESS", "ble_read_access",
+        [("OPEN", "open"), ("bonded", "bonded")],
+        ["", "bonded-only", "false"],
     ),
     (
         "MUSHPI_BLE_METRICS_PORT", "ble_metrics_port",

@@ -271,7 +271,7 @@ async def _check_pairing(conn: Connection, settings: Settings, bluez: str, paira
     and proves the agent manager answers us; nothing is registered.
     """
     timeout = settings.bus_timeout_s
-    mode = settings.ble_pairing
+    mode = settings.pairing_mode
     try:
         await conn.call(BLUEZ, AGENT_MANAGER_PATH, AGENT_MANAGER_IFACE, "UnregisterAgent", "o",
                         (PROBE_PATH,), timeout=timeout)
@@ -297,8 +297,13 @@ async def _check_pairing(conn: Connection, settings: Settings, bluez: str, paira
         meets = ("MUSHPI_BLE_PAIRING=off: no agent of ours, so a phone that asks to pair "
                  "fails (\"No agent available\") unless another agent is registered")
     else:
-        meets = ("MUSHPI_BLE_PAIRING=just-works: accepted without a PIN (encrypted, bonded, "
-                 "no MITM protection)" + ("" if owner else " once the peripheral runs"))
+        meets = f"MUSHPI_BLE_PAIRING={mode}: " + {
+            "just-works": "accepted without a PIN (encrypted, bonded, no MITM protection)",
+            "window": "accepted without a PIN only while a pairing window is open "
+                      "(mushpi-ble pair)",
+            "passkey": "the phone's user types the 6-digit passkey the peripheral shows "
+                       "(MITM protection), only while a pairing window is open",
+        }[mode] + ("" if owner else " once the peripheral runs")
     findings.append(Finding(WARN if not pairable and mode != "off" else INFO,
                             "pairing request", meets))
 
