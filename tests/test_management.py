@@ -8,6 +8,7 @@ import os
 import pwd
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -181,3 +182,34 @@ async def test_on_a_system_like_bus_the_policy_file_is_what_makes_it_work(
             (until,) = await caller.call(BUS_NAME, PATH, INTERFACE, "OpenPairingWindow", "u",
                                          (60,))
             assert until == 1.0
+
+
+async def test_check_reports_access_and_the_management_interface(
+        locked: Rig, bus_address: str) -> None:
+    from mushpi_ble.cli import check
+
+    settings = make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded")
+    async with open_connection(bus_address) as conn:
+        finding = await check.access_finding(conn, settings)
+    assert finding.level == check.OK
+    assert "write=bonded read=open pairing=window" in finding.message
+    assert "serves org.mushpi.Ble" in finding.message
+
+
+async def test_check_without_a_peripheral_names_the_missing_policy(
+        bus_address: str, tmp_path: Path) -> None:
+    from mushpi_ble.cli import check
+
+    policy = tmp_path / "org.mushpi.Ble.conf"
+    settings = make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded")
+    async with open_connection(bus_address) as conn:
+        with trio.fail_after(5):  # a peripheral of an earlier test has left the bus
+            while (await conn.call_bus("NameHasOwner", "s", (BUS_NAME,))):
+                await trio.sleep(0.01)
+        missing = await check.access_finding(conn, settings, (policy,))
+        policy.write_text(policy_file("mushpi"))
+        present = await check.access_finding(conn, settings, (policy,))
+        open_room = await check.access_finding(conn, make_settings(), (tmp_path / "none",))
+    assert missing.level == check.WARN and "mushpi-ble dbus-policy" in missing.message
+    assert present.level == check.INFO and f"policy is installed ({policy})" in present.message
+    assert open_room.level == check.INFO and "write=open" in open_room.message
