@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import subprocess
 import sys
 import time
@@ -38,6 +39,8 @@ from conftest import (
     Metrics,
     PortalLab,
     SystemBus,
+    btmon_offset,
+    btmon_since,
     connect_device,
     forget_bond,
     pair_as_central,
@@ -48,6 +51,10 @@ from hub import Hub, device_at
 from mushpi_ble.protocol import ControlTargets
 
 POLICY = Path("/etc/dbus-1/system.d/org.mushpi.Ble.conf")
+# The peripheral's bluetoothd refusing the write on the air, and the central pairing next.
+REFUSED_ON_AIR = re.compile(
+    r"< ACL Data TX:[^\n]*\[hci0\][^\n]*\n\s+ATT: Error Response[^\n]*\n\s+Write Request"
+    r"[^\n]*\n[^\n]*\n\s+Error: Insufficient Encryption \(0x0f\)")
 TARGETS = ControlTargets(190, 270, 710, 1400, light_mode=2, on_minutes=600,
                          off_minutes=840).pack()
 
@@ -135,13 +142,17 @@ def _hub_write(path: str, address: str) -> None:
 def _refused_write(bus: SystemBus, portal_lab: PortalLab, locked: Locked) -> str:
     """A central that is not bonded writes: it fails, and the controller sees nothing."""
     before = _writes(portal_lab)
+    trace_from = btmon_offset()
     path = connect_device(bus, portal_lab.address)
     wait_for(lambda: bool(bus.get(path, "org.bluez.Device1", "ServicesResolved")), 40,
              "ServicesResolved")
     with pytest.raises(Exception) as failed:  # bleak's error type varies by version
         _hub_write(path, portal_lab.address)
     assert _writes(portal_lab) == before
-    # bluetoothd refused it on the air: our gate never saw it
+    # bluetoothd refused it on the air (the central then asked to pair, as a phone does);
+    # our own gate never saw it
+    trace = btmon_since(trace_from, "Insufficient Encryption", "SMP: Pairing Request")
+    assert REFUSED_ON_AIR.search(trace), trace[-3000:]
     assert locked.status()["access"]["refused_writes"] == 0
     return f"{type(failed.value).__name__}: {failed.value}"
 
