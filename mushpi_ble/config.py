@@ -348,6 +348,11 @@ VARIABLES: tuple[VarSpec, ...] = (
         "MUSHPI_BLE_HANDLER_TIMEOUT_MS", "ble_handler_timeout_ms", "5000", 10, 25000,
         "Deadline for a controller read/write handler, in ms; below the phone's 30 s ATT timeout.",
     ),
+    _int_var(
+        "MUSHPI_BLE_READ_CACHE_MS", "ble_read_cache_ms", "500", 0, 60000,
+        "How long a controller getter's answer also answers further reads, in ms (0 = ask "
+        "every time); any accepted write ends it at once.",
+    ),
     _choice_var(
         "MUSHPI_BLE_INVALID_WRITE", "ble_invalid_write", get_args(InvalidWriteMode), "reject",
         "Answer to an invalid write: reject with an error, or ignore (ack, log, never apply).",
@@ -451,6 +456,7 @@ class Settings:
     ble_log_slow_publish_ms: int = attrs.field(default=_default("MUSHPI_BLE_LOG_SLOW_PUBLISH_MS"))
     ble_shutdown_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS"))
     ble_handler_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_HANDLER_TIMEOUT_MS"))
+    ble_read_cache_ms: int = attrs.field(default=_default("MUSHPI_BLE_READ_CACHE_MS"))
     ble_invalid_write: InvalidWriteMode = attrs.field(default=_default("MUSHPI_BLE_INVALID_WRITE"))
     ble_write_access: AccessMode = attrs.field(default=_default("MUSHPI_BLE_WRITE_ACCESS"))
     ble_read_access: AccessMode = attrs.field(default=_default("MUSHPI_BLE_READ_ACCESS"))
