@@ -232,11 +232,12 @@ def test_passkey_entry_with_the_passkey_the_controller_showed(
             # One bluetoothd serves both controllers here, and 5.82 pairs a connected LE
             # device with the adapter's IO capability, which it sets from the default
             # agent (ours, DisplayOnly). A phone has a keyboard: say so for hci1.
-            # (no stdin: 5.82's btmgmt reads commands from a stdin that is not a tty)
-            central_io = subprocess.run(["btmgmt", "--index", CENTRAL_ADAPTER[3:], "io-cap",
-                                         "4"], stdin=subprocess.DEVNULL, capture_output=True,
+            # (5.82's btmgmt stays after this command: --timeout ends it)
+            central_io = subprocess.run(["btmgmt", "--timeout", "3", "--index",
+                                         CENTRAL_ADAPTER[3:], "io-cap", "4"],
+                                        stdin=subprocess.DEVNULL, capture_output=True,
                                         text=True, timeout=20, check=False)
-            assert central_io.returncode == 0, central_io.stdout + central_io.stderr
+            assert "successfully set" in central_io.stdout, central_io.stdout + central_io.stderr
             path = connect_device(system_bus, portal_lab.address)
             calls = pair_as_central(
                 path, capability="KeyboardDisplay",
