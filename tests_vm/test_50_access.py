@@ -23,8 +23,12 @@ policy file ``mushpi-ble dbus-policy`` prints installed as a grower would.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
+import os
 import re
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -59,6 +63,36 @@ REFUSED_ON_AIR = re.compile(
     r"[^\n]*\n[^\n]*\n\s+Error: Insufficient Encryption \(0x0f\)")
 TARGETS = ControlTargets(190, 270, 710, 1400, light_mode=2, on_minutes=600,
                          off_minutes=840).pack()
+
+
+KEYBOARD_DISPLAY = 0x04
+
+
+def set_io_capability(index: int, capability: int) -> None:
+    """MGMT Set IO Capability on one controller, over the kernel's management socket
+    (what ``btmgmt io-cap`` sends; its output and exit differ between 5.66 and 5.82)."""
+    af_bluetooth, btproto_hci, hci_channel_control, hci_dev_none = 31, 1, 3, 0xFFFF
+
+    class SockaddrHci(ctypes.Structure):
+        _fields_ = [("family", ctypes.c_ushort), ("dev", ctypes.c_ushort),
+                    ("channel", ctypes.c_ushort)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    with socket.socket(af_bluetooth, socket.SOCK_RAW, btproto_hci) as sock:
+        addr = SockaddrHci(af_bluetooth, hci_dev_none, hci_channel_control)
+        if libc.bind(sock.fileno(), ctypes.byref(addr), ctypes.sizeof(addr)) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"binding the management socket: {os.strerror(errno)}")
+        opcode = 0x0018  # MGMT_OP_SET_IO_CAPABILITY
+        sock.send(struct.pack("<HHHB", opcode, index, 1, capability))
+        sock.settimeout(5)
+        while True:  # other management events are broadcast to us too
+            event, event_index, _length = struct.unpack_from("<HHH", data := sock.recv(512))
+            if event in (0x0001, 0x0002) and event_index == index:  # complete / status
+                answered, status = struct.unpack_from("<HB", data, 6)
+                if answered == opcode:
+                    assert status == 0, f"Set IO Capability on hci{index}: status {status}"
+                    return
 
 
 def cli(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -232,12 +266,7 @@ def test_passkey_entry_with_the_passkey_the_controller_showed(
             # One bluetoothd serves both controllers here, and 5.82 pairs a connected LE
             # device with the adapter's IO capability, which it sets from the default
             # agent (ours, DisplayOnly). A phone has a keyboard: say so for hci1.
-            # (5.82's btmgmt stays after this command: --timeout ends it)
-            central_io = subprocess.run(["btmgmt", "--timeout", "3", "--index",
-                                         CENTRAL_ADAPTER[3:], "io-cap", "4"],
-                                        stdin=subprocess.DEVNULL, capture_output=True,
-                                        text=True, timeout=20, check=False)
-            assert "successfully set" in central_io.stdout, central_io.stdout + central_io.stderr
+            set_io_capability(int(CENTRAL_ADAPTER[3:]), KEYBOARD_DISPLAY)
             path = connect_device(system_bus, portal_lab.address)
             calls = pair_as_central(
                 path, capability="KeyboardDisplay",
