@@ -185,7 +185,7 @@ def _refused_write(bus: SystemBus, portal_lab: PortalLab, locked: Locked) -> str
     # bleak's error varies: 5.66's central reports the failed retry as ATT 0x0e; 5.82's
     # never answers the write once its pairing was refused (the link is gone)
     with pytest.raises(Exception) as failed:
-        _hub_write(path, portal_lab.address, timeout=15)
+        _hub_write(path, portal_lab.address, timeout=8)
     assert _writes(portal_lab) == before
     # bluetoothd refused it on the air (the central then asked to pair, as a phone does);
     # our own gate never saw it
