@@ -383,21 +383,22 @@ async def test_getter_answers_serve_reads_for_the_cache_age(bus_address: str,
     calls: list[str] = []
     controller = SimulatedController(seed=1, now=lambda: NOW)
 
-    def get_stage_data() -> dict[str, Any]:
-        calls.append("get_stage_data")
-        return controller.get_stage_data()
+    def get_control_targets() -> dict[str, Any]:
+        calls.append("get_control_targets")
+        return controller.get_control_targets()
 
     rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_READ_CACHE_MS="60000"),
                           controller)
-    rig.portal.set_callbacks(get_stage_data=get_stage_data)
+    rig.portal.set_callbacks(get_control_targets=get_control_targets)
     try:
         central = await phone(rig)
-        first = await central.read(UUID["stage_state"])
+        first = await central.read(UUID["control_targets"])
         for _ in range(5):
-            assert await central.read(UUID["stage_state"]) == first
-        assert calls == ["get_stage_data"]
-        await central.write(UUID["stage_state"], _stage(mode=1))
-        assert (await central.read(UUID["stage_state"]))[0] == 1
-        assert calls == ["get_stage_data", "get_stage_data"]
+            assert await central.read(UUID["control_targets"]) == first
+        assert calls == ["get_control_targets"]
+        written = targets_payload(190, 260, 750, 4000, 0, 0, 0)
+        await central.write(UUID["control_targets"], written)
+        assert await central.read(UUID["control_targets"]) == written
+        assert calls == ["get_control_targets", "get_control_targets"]
     finally:
         await trio.to_thread.run_sync(rig.portal.stop)
