@@ -267,6 +267,10 @@ class MushPiService:
             return Outcome.DROPPED
         return await self._refresh(ACTUATOR_STATUS)
 
+    async def passkey_shown(self, address: str, passkey: int) -> None:
+        """Hand a passkey to the controller's ``on_pairing_passkey`` (e.g. an LCD)."""
+        await self._call("on_pairing_passkey", (address, passkey))
+
     # -- status --------------------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
