@@ -58,8 +58,10 @@ from mushpi_ble.protocol import ControlTargets
 
 POLICY = Path("/etc/dbus-1/system.d/org.mushpi.Ble.conf")
 # The peripheral's bluetoothd refusing the write on the air, and the central pairing next.
+# (btmon shortens "ACL Data TX:" to "ACL Data T.." on lines it prefixes with the
+# sending process, e.g. bluetoothd's, once frame numbers grow to four digits.)
 REFUSED_ON_AIR = re.compile(
-    r"ACL Data TX[^\n]*\[hci0\][^\n]*\n\s+ATT: Error Response[^\n]*\n\s+Write Request"
+    r"ACL Data T[^\n]*\[hci0\][^\n]*\n\s+ATT: Error Response[^\n]*\n\s+Write Request"
     r"[^\n]*\n[^\n]*\n\s+Error: Insufficient Encryption \(0x0f\)")
 TARGETS = ControlTargets(190, 270, 710, 1400, light_mode=2, on_minutes=600,
                          off_minutes=840).pack()
