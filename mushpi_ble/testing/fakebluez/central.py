@@ -105,6 +105,11 @@ class FakeCentral:
         self._received: dict[str, list[Notification]] = {}
         self._taken: dict[str, int] = {}
         self._arrived = trio.Event()
+        self._reads_open = trio.Event()
+        self._reads_open.set()
+        self.notify_read_delay = 0.0
+        """Seconds this phone's link takes per notification from a notify socket: a
+        slow phone (the socket backs up towards the application)."""
 
     def __repr__(self) -> str:
         return f"<FakeCentral {self.address} on {self.adapter.id} mtu={self.mtu}>"
@@ -425,17 +430,41 @@ class FakeCentral:
         chrc.notify_count += 1
         await self._call_no_reply(app, chrc, "StartNotify")
 
-    async def _disable(self, app: Application, chrc: Characteristic) -> None:
+    async def _disable(self, app: Application, chrc: Characteristic, *,
+                       leaving: bool = False) -> None:
         if not chrc.notify_count:
             return
         chrc.notify_count -= 1
         acquired = self._acquired.pop(chrc, None)
         if acquired is not None:
+            if leaving and self._runtime.config.close_wrong_notify_socket:
+                self._close_first_socket(chrc)
             acquired.scope.cancel()
             acquired.sock.close()
             return
         if chrc.notify_count == 0:
             await self._call_no_reply(app, chrc, "StopNotify")
+
+    def _close_first_socket(self, chrc: Characteristic) -> None:
+        """bluez/bluez#1452: close the first other phone's socket; its CCC stays on."""
+        for other in self.adapter.centrals.values():
+            if other is self:
+                continue
+            acquired = other._acquired.pop(chrc, None)
+            if acquired is not None:
+                log.info("notify socket of another central closed (bluez#1452) central=%s "
+                         "path=%s", other.address, chrc.path)
+                acquired.scope.cancel()
+                acquired.sock.close()
+                return
+
+    def pause_notifications(self) -> None:
+        """Stop reading notify sockets: the phone's link is stalled."""
+        if self._reads_open.is_set():
+            self._reads_open = trio.Event()
+
+    def resume_notifications(self) -> None:
+        self._reads_open.set()
 
     async def _call_no_reply(self, app: Application, chrc: Characteristic, member: str) -> None:
         if chrc.removed:
@@ -453,6 +482,9 @@ class FakeCentral:
         """Read the application's notifications for this device from its socket."""
         with scope:
             while True:
+                await self._reads_open.wait()
+                if self.notify_read_delay:
+                    await trio.sleep(self.notify_read_delay)
                 await trio.lowlevel.wait_readable(sock)
                 try:
                     data = sock.recv(MAX_VALUE_LEN)
@@ -466,7 +498,7 @@ class FakeCentral:
                         del self._acquired[chrc]
                     sock.close()
                     return
-                self.adapter.notify(app, chrc, data, only=self)
+                self.adapter.notify(app, chrc, data, only=self, via=sock)
 
     def receive(self, chrc: Characteristic, value: bytes, *, indication: bool) -> None:
         self._received.setdefault(chrc.uuid, []).append(
@@ -541,6 +573,6 @@ class FakeCentral:
             for chrc in app.characteristics():
                 if chrc in self._ccc:
                     self._ccc.pop(chrc)
-                    await self._disable(app, chrc)
+                    await self._disable(app, chrc, leaving=True)
         self.drop_link(reason)
         self.adapter.device_disconnected(self.address)
