@@ -56,6 +56,7 @@ POLICY_PREFIX = "MUSHPI_BLE_POLICY_"
 Backend = Literal["bluez-dbus", "bluezero"]
 TxPower = Literal["low", "med", "high"]
 BackpressurePolicy = Literal["drop_oldest", "drop_newest", "coalesce"]
+NotifyMode = Literal["auto", "signal", "socket"]
 InvalidWriteMode = Literal["reject", "ignore"]
 PairingMode = Literal["just-works", "off"]
 
@@ -334,6 +335,12 @@ VARIABLES: tuple[VarSpec, ...] = (
         legacy=(("priority", "drop_oldest", _PRIORITY_WHY),),
     ),
     *(_policy_override_var(name) for name in NOTIFYING_CHARACTERISTICS),
+    _choice_var(
+        "MUSHPI_BLE_NOTIFY_MODE", "ble_notify_mode", get_args(NotifyMode), "auto",
+        "How notifications reach phones: auto = a notify socket per phone when bluetoothd "
+        "acquires one, signals otherwise; signal = PropertiesChanged only; socket = sockets "
+        "without the signal fallback.",
+    ),
     _int_var(
         "MUSHPI_BLE_LOG_SLOW_PUBLISH_MS", "ble_log_slow_publish_ms", "250", 1, 60000,
         "Log a publish that takes longer than this, in milliseconds.",
@@ -434,6 +441,7 @@ class Settings:
     policy_overrides: Mapping[str, BackpressurePolicy] = attrs.field(
         factory=dict, converter=_freeze_policies, hash=False
     )
+    ble_notify_mode: NotifyMode = attrs.field(default=_default("MUSHPI_BLE_NOTIFY_MODE"))
     ble_log_slow_publish_ms: int = attrs.field(default=_default("MUSHPI_BLE_LOG_SLOW_PUBLISH_MS"))
     ble_shutdown_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS"))
     ble_handler_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_HANDLER_TIMEOUT_MS"))

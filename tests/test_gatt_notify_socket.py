@@ -6,6 +6,7 @@ bluez/bluez#1452 defence."""
 from __future__ import annotations
 
 import logging
+import socket
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,7 @@ from mushpi_ble.gatt import (
     Service,
     validate_services,
 )
+from mushpi_ble.gatt.notify_socket import PEER_CLOSED, NotifySocket
 from mushpi_ble.gatt.queue_policy import Admission, admit
 from mushpi_ble.testing.fakebluez import FakeBluez
 
@@ -231,3 +233,20 @@ async def test_without_fallback_a_lost_socket_is_only_counted(app_conn: Connecti
         await eventually(lambda: state.socket_losses == 1)
         assert not state.suspects and not state.on_signals
         assert await app.notify(state, b"lost") is False
+
+
+@pytest.mark.parametrize("unread", [False, True])
+async def test_bluetoothds_close_shows_as_eof_epipe_or_reset_alike(unread: bool) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ends: list[str] = []
+    pipe = NotifySocket(ours, device="/dev_1", characteristic="c", mtu=23, link="LE",
+                        capacity=2, policy="drop_oldest",
+                        on_closed=lambda _s, why: ends.append(why))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pipe.run)
+        if unread:
+            pipe.offer(b"never read")  # dropped by the close: ECONNRESET on our side
+        theirs.close()
+        await eventually(lambda: pipe.closed)
+        assert pipe.offer(b"late") is Admission.REFUSED  # and no exception
+    assert ends == [PEER_CLOSED] and pipe.last_error == ""

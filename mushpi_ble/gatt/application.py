@@ -52,7 +52,7 @@ from .names import (
     GATT_SERVICE_IFACE,
     PROPERTIES,
 )
-from .notify_socket import NotifySocket, SocketStats
+from .notify_socket import PEER_CLOSED, NotifySocket, SocketStats
 from .requests import ReadRequest, WriteRequest
 
 log = logging.getLogger(__name__)
@@ -416,7 +416,7 @@ class GattApplication:
         log.info("notify socket ended characteristic=%s device=%s reason=%s sent=%d "
                  "dropped=%d", state.spec.label, pipe.device or "-", reason, pipe.stats.sent,
                  pipe.stats.dropped)
-        if reason == "closed by bluetoothd" and pipe.device and self.registered_on:
+        if reason == PEER_CLOSED and pipe.device and self.registered_on:
             self._nursery.start_soon(self._check_loss, state, pipe.device)
 
     async def _check_loss(self, state: CharacteristicState, device: str) -> None:

@@ -41,6 +41,10 @@ SEND_BUFFER = 4096
 """Our end's send buffer: small, so a slow phone shows as EAGAIN soon and values wait
 in our bounded queue (where the policy applies), not in the kernel."""
 
+PEER_CLOSED = "closed by bluetoothd"
+_PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET})
+"""How bluetoothd's close can also show: a send after it, or unread values it dropped."""
+
 _too_long_log = RateLimitedLog(log, "values longer than the MTU allows", LogRate(burst=3))
 
 
@@ -136,7 +140,7 @@ class NotifySocket:
         except BlockingIOError:
             return False
         except OSError as exc:
-            self._close(f"send failed: {errno.errorcode.get(exc.errno or 0, exc)}")
+            self._close(_reason("send", exc))
             return False
         return True
 
@@ -173,10 +177,10 @@ class NotifySocket:
             except BlockingIOError:
                 continue
             except OSError as exc:
-                self._close(f"read failed: {errno.errorcode.get(exc.errno or 0, exc)}")
+                self._close(_reason("read", exc))
                 return
             if not data:
-                self._close("closed by bluetoothd")
+                self._close(PEER_CLOSED)
                 return
             confirmations = data.count(CONFIRMATION)
             self.stats.confirmations += confirmations
@@ -192,7 +196,7 @@ class NotifySocket:
         self.close_reason = reason
         self.stats.dropped += len(self._queue)
         self._queue.clear()
-        if reason != "closed by bluetoothd":
+        if reason != PEER_CLOSED:
             self.last_error = reason
         self._scope.cancel()
         self.sock.close()
@@ -208,3 +212,9 @@ class NotifySocket:
                 "queue_depth": len(self._queue), "queue_capacity": self.capacity,
                 "policy": self.policy, **attrs.asdict(self.stats),
                 "last_error": self.last_error}
+
+
+def _reason(what: str, exc: OSError) -> str:
+    if exc.errno in _PEER_GONE:
+        return PEER_CLOSED
+    return f"{what} failed: {errno.errorcode.get(exc.errno or 0, str(exc))}"
