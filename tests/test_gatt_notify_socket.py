@@ -250,3 +250,28 @@ async def test_bluetoothds_close_shows_as_eof_epipe_or_reset_alike(unread: bool)
         await eventually(lambda: pipe.closed)
         assert pipe.offer(b"late") is Admission.REFUSED  # and no exception
     assert ends == [PEER_CLOSED] and pipe.last_error == ""
+
+
+async def test_a_phone_ten_times_slower_than_the_publisher(app_conn: Connection,
+                                                           bluez: FakeBluez) -> None:
+    interval = 0.002
+    async with served(app_conn, service(queue=4)) as app:
+        state = app.state("note")
+        slow = await bluez.connect_central(address=A)
+        fast = await bluez.connect_central(address=B)
+        await slow.subscribe(NOTE)
+        await fast.subscribe(NOTE)
+        await eventually(lambda: len(state.sockets) == 2)
+        slow.notify_read_delay = interval * 10
+        pipe = state.sockets[slow.device_path]
+        sent = [b"%04d" % i for i in range(150)]
+        for value in sent:
+            await app.notify(state, value)
+            assert pipe.depth <= 4
+            await trio.sleep(interval)
+        await eventually(lambda: len(values(fast, NOTE)) == len(sent))
+        assert values(fast, NOTE) == sent
+        assert state.sockets[fast.device_path].stats.dropped == 0
+        assert pipe.stats.peak_depth <= 4 and pipe.stats.dropped > 0
+        got = values(slow, NOTE)
+        assert got == sorted(got)

@@ -291,7 +291,10 @@ class FakeAdapter:
             ccc = central.ccc_value(chrc)
             if not ccc or (indication and not ccc & 0x0002):
                 continue
-            central.receive(chrc, value[: central.mtu - 3], indication=indication)
+            if via is None:
+                central.over_the_air(chrc, value[: central.mtu - 3], indication=indication)
+            else:
+                central.receive(chrc, value[: central.mtu - 3], indication=indication)
             if not indication:
                 continue
             if via is not None and self._runtime.config.notify_confirm_on_socket:

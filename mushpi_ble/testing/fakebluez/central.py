@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -108,6 +109,10 @@ class FakeCentral:
         self._reads_open = trio.Event()
         self._reads_open.set()
         self.notify_read_delay = 0.0
+        self._air: deque[tuple[Characteristic, bytes, bool]] = deque()
+        self._air_draining = False
+        self.air_peak = 0
+        """Most notifications queued in bluetoothd for this phone at once (signal path)."""
         """Seconds this phone's link takes per notification from a notify socket: a
         slow phone (the socket backs up towards the application)."""
 
@@ -499,6 +504,27 @@ class FakeCentral:
                     sock.close()
                     return
                 self.adapter.notify(app, chrc, data, only=self, via=sock)
+
+    def over_the_air(self, chrc: Characteristic, value: bytes, *, indication: bool) -> None:
+        """A notification bluetoothd got as a signal: on a slow phone (``notify_read_delay``)
+        it waits in bluetoothd's queue towards that phone, which has no bound."""
+        if not self.notify_read_delay:
+            self.receive(chrc, value, indication=indication)
+            return
+        self._air.append((chrc, value, indication))
+        self.air_peak = max(self.air_peak, len(self._air))
+        if not self._air_draining:
+            self._air_draining = True
+            self._runtime.spawn(self._drain_air)
+
+    async def _drain_air(self) -> None:
+        try:
+            while self._air and self.connected:
+                await trio.sleep(self.notify_read_delay)
+                chrc, value, indication = self._air.popleft()
+                self.receive(chrc, value, indication=indication)
+        finally:
+            self._air_draining = False
 
     def receive(self, chrc: Characteristic, value: bytes, *, indication: bool) -> None:
         self._received.setdefault(chrc.uuid, []).append(
