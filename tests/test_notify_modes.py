@@ -128,3 +128,18 @@ async def test_a_lost_socket_under_a_connected_phone(bus_address: str, mode: str
             assert env_path(rig) == "idle"
             await trio.sleep(0.2)
             assert 1777 not in co2s(stays)
+
+
+async def test_the_value_pushed_on_subscribing_goes_to_the_new_phone_only(
+        auto_rig: Rig) -> None:
+    rig = auto_rig
+    rig.portal.publish_env(20.0, 80.0, 1111, 10)
+    one = await rig.bluez.connect_central(address=A)
+    await one.subscribe(ENV)
+    await eventually(lambda: co2s(one)[-1:] == [1111])
+    two = await rig.bluez.connect_central(address=B)
+    await two.subscribe(ENV)
+    await eventually(lambda: co2s(two) == [1111])
+    rig.portal.publish_env(20.0, 80.0, 1112, 10)
+    await eventually(lambda: co2s(one)[-1:] == [1112] and co2s(two)[-1:] == [1112])
+    assert co2s(one) == [1111, 1112]  # no second copy of 1111 when the other subscribed

@@ -16,6 +16,7 @@ phone gets a value twice).
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import socket
 from collections.abc import Callable, Iterable, Sequence
@@ -105,6 +106,9 @@ class CharacteristicState:
 
 
 DeviceSeen = Callable[[str, int], None]
+_PUSH_TO: contextvars.ContextVar[str | None] = contextvars.ContextVar("push_to", default=None)
+"""Set in the task of a subscribe hook started by AcquireNotify: notify() inside it
+writes to that phone's socket only."""
 
 
 class GattApplication:
@@ -391,7 +395,12 @@ class GattApplication:
         log.info("notify socket acquired characteristic=%s device=%s mtu=%d link=%s",
                  spec.label, device or "-", mtu, link or "-")
         if spec.on_subscribe is not None:
-            self._nursery.start_soon(self._run_subscribe_hook, state)
+            # the hook's push goes to the new phone only: the others have that value
+            token = _PUSH_TO.set(device)
+            try:
+                self._nursery.start_soon(self._run_subscribe_hook, state)
+            finally:
+                _PUSH_TO.reset(token)
         return theirs, mtu
 
     async def _close_sent_end(self, theirs: socket.socket) -> None:
@@ -481,6 +490,13 @@ class GattApplication:
             return True
         if not state.sockets:
             return False
+        only = _PUSH_TO.get()
+        if only is not None:
+            pipe = state.sockets.get(only)
+            if pipe is None:
+                return False
+            pipe.offer(value)
+            return True
         for pipe in list(state.sockets.values()):
             pipe.offer(value)
         state.notifications_sent += 1
