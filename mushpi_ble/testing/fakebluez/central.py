@@ -19,7 +19,16 @@ into calls on the application (``src/gatt-database.c``,
 * enabling the CCC calls ``StartNotify()`` (no reply expected) per
   enabling device, or ``AcquireNotify`` when the characteristic has a
   ``NotifyAcquired`` property; disabling it (or disconnecting) calls
-  ``StopNotify()`` when the last subscriber goes.
+  ``StopNotify()`` when the last subscriber goes, or closes that phone's
+  notify socket;
+* a notify socket is read as fast as the phone's link allows
+  (``notify_read_delay``, ``pause_notifications``); an indication read from
+  it is confirmed with a byte 0x01 written back (5.80+) or ``Confirm()``
+  (``Config.notify_confirm_on_socket``); with
+  ``Config.close_wrong_notify_socket`` a disconnecting phone also closes the
+  first other phone's socket (bluez/bluez#1452);
+* a notification that came as a signal waits for a slow phone in an
+  unbounded queue, as in bluetoothd (``air_peak``).
 """
 
 from __future__ import annotations
