@@ -56,6 +56,14 @@ async def served(conn: Connection, svc: Service) -> AsyncIterator[GattApplicatio
             nursery.cancel_scope.cancel()
 
 
+async def notify_acquired(bluez: FakeBluez, conn: Connection, path: str) -> bool:
+    """The NotifyAcquired property, as bluetoothd would read it."""
+    (variant,) = await bluez.runtime.call(
+        conn.unique_name, path, "org.freedesktop.DBus.Properties", "Get", "ss",
+        ("org.bluez.GattCharacteristic1", "NotifyAcquired"))
+    return bool(variant[1])
+
+
 def values(phone: object, uuid: str) -> list[bytes]:
     return [n.value for n in phone.notifications(uuid)]  # type: ignore[attr-defined]
 
@@ -92,6 +100,7 @@ async def test_one_socket_per_phone_each_gets_its_own(app_conn: Connection,
         await two.subscribe(NOTE)
         await eventually(lambda: len(state.sockets) == 2)
         assert not state.notifying and state.start_notify_calls == 0
+        assert await notify_acquired(bluez, app_conn, state.path) is True
         assert await app.notify(state, b"v1") is True
         assert (await one.next_notification(NOTE)).value == b"v1"
         assert (await two.next_notification(NOTE)).value == b"v1"
@@ -105,6 +114,9 @@ async def test_one_socket_per_phone_each_gets_its_own(app_conn: Connection,
         assert (await two.next_notification(NOTE)).value == b"v2"
         assert values(one, NOTE) == [b"v1"]
         assert state.sockets_acquired == 2 and state.sockets_closed == 1
+        await two.unsubscribe(NOTE)
+        await eventually(lambda: not state.sockets)
+        assert await notify_acquired(bluez, app_conn, state.path) is False
 
 
 async def test_a_stalled_phone_never_delays_another_and_its_queue_stays_bounded(
