@@ -287,3 +287,25 @@ async def test_a_phone_ten_times_slower_than_the_publisher(app_conn: Connection,
         assert pipe.stats.peak_depth <= 4 and pipe.stats.dropped > 0
         got = values(slow, NOTE)
         assert got == sorted(got)
+
+
+async def test_before_5_69_one_socket_feeds_every_subscriber(app_conn: Connection,
+                                                              bus_address: str) -> None:
+    async with FakeBluez.serve(bus_address, notify_socket_per_device=False) as bluez, \
+            served(app_conn, service()) as app:
+        state = app.state("note")
+        one = await bluez.connect_central(address=A)
+        two = await bluez.connect_central(address=B)
+        await one.subscribe(NOTE)
+        await two.subscribe(NOTE)
+        await eventually(lambda: len(state.sockets) == 1)
+        assert list(app.phones()) == [one.device_path]  # known by the first phone only
+        await app.notify(state, b"both")
+        assert (await one.next_notification(NOTE)).value == b"both"
+        assert (await two.next_notification(NOTE)).value == b"both"
+        await one.unsubscribe(NOTE)  # the socket stays while anyone subscribes
+        await app.notify(state, b"two")
+        assert (await two.next_notification(NOTE)).value == b"two"
+        assert values(one, NOTE) == [b"both"] and state.sockets_closed == 0
+        await two.unsubscribe(NOTE)
+        await eventually(lambda: not state.sockets)

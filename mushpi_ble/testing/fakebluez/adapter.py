@@ -275,6 +275,10 @@ class FakeAdapter:
             if chrc.write_socket is not None:
                 chrc.write_socket.close()
                 chrc.write_socket = None
+            if chrc.shared_notify is not None:
+                chrc.shared_notify.scope.cancel()
+                chrc.shared_notify.sock.close()
+                chrc.shared_notify = None
 
     def notify(self, app: Application, chrc: Characteristic, value: bytes,
                only: FakeCentral | None = None, via: socket.socket | None = None) -> None:

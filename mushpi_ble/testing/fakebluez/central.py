@@ -415,6 +415,11 @@ class FakeCentral:
         await self._enable(app, chrc)
 
     async def _enable(self, app: Application, chrc: Characteristic) -> None:
+        per_device = self._runtime.config.notify_socket_per_device
+        if chrc.notify_acquired and not chrc.removed and not per_device \
+                and chrc.shared_notify is not None:
+            chrc.notify_count += 1  # before 5.69: the socket already acquired serves us too
+            return
         if chrc.notify_acquired and not chrc.removed:
             body = (self._options(),)
             try:
@@ -430,7 +435,10 @@ class FakeCentral:
                 sock = reply[0].to_socket()
                 sock.setblocking(False)
                 scope = trio.CancelScope()
-                self._acquired[chrc] = _Acquired(sock, scope)
+                if per_device:
+                    self._acquired[chrc] = _Acquired(sock, scope)
+                else:
+                    chrc.shared_notify = _Acquired(sock, scope)
                 chrc.notify_count += 1
                 self._runtime.spawn(self._read_acquired, app, chrc, sock, scope)
                 log.info("notify acquired central=%s path=%s mtu=%s", self.address, chrc.path,
@@ -449,6 +457,13 @@ class FakeCentral:
         if not chrc.notify_count:
             return
         chrc.notify_count -= 1
+        shared = chrc.shared_notify
+        if shared is not None:
+            if chrc.notify_count == 0:
+                chrc.shared_notify = None
+                shared.scope.cancel()
+                shared.sock.close()
+            return
         acquired = self._acquired.pop(chrc, None)
         if acquired is not None:
             if leaving and self._runtime.config.close_wrong_notify_socket:
@@ -506,13 +521,16 @@ class FakeCentral:
                     continue
                 except OSError:
                     data = b""
+                shared = chrc.shared_notify is not None and chrc.shared_notify.sock is sock
                 if not data:
                     log.info("notify socket closed central=%s path=%s", self.address, chrc.path)
                     if self._acquired.get(chrc) is not None and self._acquired[chrc].sock is sock:
                         del self._acquired[chrc]
+                    if shared:
+                        chrc.shared_notify = None
                     sock.close()
                     return
-                self.adapter.notify(app, chrc, data, only=self, via=sock)
+                self.adapter.notify(app, chrc, data, only=None if shared else self, via=sock)
 
     def over_the_air(self, chrc: Characteristic, value: bytes, *, indication: bool) -> None:
         """A notification bluetoothd got as a signal: on a slow phone (``notify_read_delay``)

@@ -87,6 +87,7 @@ class FakeBluez:
         just_works_repairing: str = "never",
         notify_confirm_on_socket: bool = True,
         close_wrong_notify_socket: bool = False,
+        notify_socket_per_device: bool = True,
     ) -> AsyncIterator[FakeBluez]:
         """Own ``org.bluez`` on ``bus_address`` for the duration of the block.
 
@@ -106,6 +107,7 @@ class FakeBluez:
             agent_timeout=agent_timeout, just_works_repairing=just_works_repairing,
             notify_confirm_on_socket=notify_confirm_on_socket,
             close_wrong_notify_socket=close_wrong_notify_socket,
+            notify_socket_per_device=notify_socket_per_device,
         )
         bluez = cls(bus_address, adapters, config)
         async with trio.open_nursery() as nursery:
