@@ -287,13 +287,17 @@ class MushPiService:
             if not state.spec.notifies:
                 continue
             path = ("signal" if state.on_signals else "socket" if state.sockets else "idle")
+            totals = {key: getattr(state.departed, key) + sum(
+                getattr(p.stats, key) for p in state.sockets.values())
+                for key in ("sent", "dropped", "coalesced", "refused")}
             out["characteristics"][state.spec.label] = {
+                **totals,
                 "path": path, "sockets": len(state.sockets),
                 "sockets_acquired": state.sockets_acquired,
                 "sockets_closed": state.sockets_closed,
                 "socket_losses": state.socket_losses,
                 "signal_fallback_devices": sorted(state.suspects),
-                "confirmations": state.confirmations + sum(
+                "confirmations": state.confirmations + state.departed.confirmations + sum(
                     p.stats.confirmations for p in state.sockets.values()),
             }
         return out

@@ -309,3 +309,21 @@ async def test_before_5_69_one_socket_feeds_every_subscriber(app_conn: Connectio
         assert values(one, NOTE) == [b"both"] and state.sockets_closed == 0
         await two.unsubscribe(NOTE)
         await eventually(lambda: not state.sockets)
+
+
+async def test_counters_add_up_when_a_send_finds_the_socket_closed(app_conn: Connection,
+                                                                  bluez: FakeBluez) -> None:
+    async with served(app_conn, service()) as app:
+        state = app.state("note")
+        phone = await bluez.connect_central(address=A)
+        await phone.subscribe(NOTE)
+        await eventually(lambda: len(state.sockets) == 1)
+        await app.notify(state, b"one")
+        pipe = state.sockets[phone.device_path]
+        phone.pause_notifications()
+        await phone.unsubscribe(NOTE)  # closed on bluetoothd's side, not yet seen by us
+        await app.notify(state, b"two")  # EPIPE (or the reader saw EOF first)
+        await eventually(lambda: pipe.closed)
+        d = state.departed
+        assert d.offered == d.sent + d.dropped + d.coalesced + d.refused
+        assert d.sent == 1

@@ -67,6 +67,8 @@ async def test_auto_serves_each_phone_its_own_socket(auto_rig: Rig) -> None:
     assert phones[one.device_path]["characteristics"] == ["env_measurements"]
     assert phones[one.device_path]["sent"] >= 10 and phones[one.device_path]["dropped"] == 0
     assert status["notify"]["mode"] == "auto"
+    totals = status["notify"]["characteristics"]["env_measurements"]
+    assert totals["sent"] == sum(p["sent"] for p in phones.values()) and totals["dropped"] == 0
     assert status["subscriptions"]["env_measurements"] is False  # no StartNotify
     assert any("mtu=64" in line for line in notify_lines(status["notify"]))
     registry = CollectorRegistry()

@@ -118,11 +118,10 @@ class NotifySocket:
                               self.max_value)
             return Admission.REFUSED
         queue = self._queue
-        if not queue and self._send(value):
+        if not queue and self._send(value, lost=True):
             stats.sent += 1
             return Admission.QUEUED
-        if self.closed:
-            stats.dropped += 1
+        if self.closed:  # by this send, which counted the value as dropped
             return Admission.REFUSED
         admission = admit(queue, value, self.capacity, self.policy)
         if admission is Admission.COALESCED:
@@ -133,13 +132,17 @@ class NotifySocket:
         self._wake.set()
         return admission
 
-    def _send(self, value: bytes) -> bool:
-        """One non-blocking send; False when the socket is full (or now closed)."""
+    def _send(self, value: bytes, *, lost: bool = False) -> bool:
+        """One non-blocking send; False when the socket is full (or now closed). ``lost``:
+        the value is in no queue, so count it dropped if the socket turns out closed
+        (before the close hands the counters over)."""
         try:
             self.sock.send(value, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
         except BlockingIOError:
             return False
         except OSError as exc:
+            if lost:
+                self.stats.dropped += 1
             self._close(_reason("send", exc))
             return False
         return True
