@@ -322,8 +322,7 @@ async def test_counters_add_up_when_a_send_finds_the_socket_closed(app_conn: Con
         pipe = state.sockets[phone.device_path]
         phone.pause_notifications()
         await phone.unsubscribe(NOTE)  # closed on bluetoothd's side, not yet seen by us
-        await app.notify(state, b"two")  # EPIPE (or the reader saw EOF first)
-        await eventually(lambda: pipe.closed)
+        await app.notify(state, b"two")  # EPIPE (or sent, were our copy of the far end
+        await eventually(lambda: pipe.closed)  # still open; or the reader saw EOF first)
         d = state.departed
-        assert d.offered == d.sent + d.dropped + d.coalesced + d.refused
-        assert d.sent == 1
+        assert d.offered >= 1 and d.offered == d.sent + d.dropped + d.coalesced + d.refused
