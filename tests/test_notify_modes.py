@@ -136,6 +136,8 @@ async def test_the_value_pushed_on_subscribing_goes_to_the_new_phone_only(
         auto_rig: Rig) -> None:
     rig = auto_rig
     rig.portal.publish_env(20.0, 80.0, 1111, 10)
+    await eventually(lambda: rig.portal.get_status()["characteristics"]["env_measurements"][
+        "pending"] == 0)  # published before anyone subscribes
     one = await rig.bluez.connect_central(address=A)
     await one.subscribe(ENV)
     await eventually(lambda: co2s(one)[-1:] == [1111])
