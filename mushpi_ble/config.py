@@ -34,6 +34,7 @@ __all__ = [
     "NOTIFYING_CHARACTERISTICS",
     "POLICY_PREFIX",
     "VARIABLES",
+    "AccessMode",
     "Backend",
     "BackpressurePolicy",
     "ConfigError",
@@ -58,7 +59,8 @@ TxPower = Literal["low", "med", "high"]
 BackpressurePolicy = Literal["drop_oldest", "drop_newest", "coalesce"]
 NotifyMode = Literal["auto", "signal", "socket"]
 InvalidWriteMode = Literal["reject", "ignore"]
-PairingMode = Literal["just-works", "off"]
+PairingMode = Literal["just-works", "window", "passkey", "off"]
+AccessMode = Literal["open", "bonded"]
 
 #: Characteristics that notify and therefore own a publish queue with a policy (from the table).
 NOTIFYING_CHARACTERISTICS: tuple[str, ...] = tuple(name.upper() for name in NOTIFYING)
@@ -353,14 +355,31 @@ VARIABLES: tuple[VarSpec, ...] = (
         "MUSHPI_BLE_HANDLER_TIMEOUT_MS", "ble_handler_timeout_ms", "5000", 10, 25000,
         "Deadline for a controller read/write handler, in ms; below the phone's 30 s ATT timeout.",
     ),
+    _int_var(
+        "MUSHPI_BLE_READ_CACHE_MS", "ble_read_cache_ms", "500", 0, 60000,
+        "How long a controller getter's answer also answers further reads, in ms (0 = ask "
+        "every time); any accepted write ends it at once.",
+    ),
     _choice_var(
         "MUSHPI_BLE_INVALID_WRITE", "ble_invalid_write", get_args(InvalidWriteMode), "reject",
         "Answer to an invalid write: reject with an error, or ignore (ack, log, never apply).",
     ),
     _choice_var(
-        "MUSHPI_BLE_PAIRING", "ble_pairing", get_args(PairingMode), "just-works",
+        "MUSHPI_BLE_WRITE_ACCESS", "ble_write_access", get_args(AccessMode), "open",
+        "Who may write (steer the room): open = any phone in range; bonded = only phones "
+        "paired with this Pi (the phone pairs by itself on its first write).",
+    ),
+    _choice_var(
+        "MUSHPI_BLE_READ_ACCESS", "ble_read_access", get_args(AccessMode), "open",
+        "Who may read and subscribe: open = any phone in range; bonded = paired phones only.",
+    ),
+    _choice_var(
+        "MUSHPI_BLE_PAIRING", "ble_pairing", get_args(PairingMode), None,
         "Pairing agent: just-works accepts every pairing request (encryption without MITM "
-        "protection); off registers none, so pairing fails.",
+        "protection); window accepts them only while a pairing window is open; passkey shows "
+        "a 6-digit passkey the phone's user types (MITM protection), only while a window is "
+        "open; off registers none, so no new phone can pair. Empty = window when any access "
+        "is bonded, else just-works.",
     ),
     _int_var(
         "MUSHPI_BLE_METRICS_PORT", "ble_metrics_port", None, 1, 65535,
@@ -445,8 +464,11 @@ class Settings:
     ble_log_slow_publish_ms: int = attrs.field(default=_default("MUSHPI_BLE_LOG_SLOW_PUBLISH_MS"))
     ble_shutdown_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS"))
     ble_handler_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_HANDLER_TIMEOUT_MS"))
+    ble_read_cache_ms: int = attrs.field(default=_default("MUSHPI_BLE_READ_CACHE_MS"))
     ble_invalid_write: InvalidWriteMode = attrs.field(default=_default("MUSHPI_BLE_INVALID_WRITE"))
-    ble_pairing: PairingMode = attrs.field(default=_default("MUSHPI_BLE_PAIRING"))
+    ble_write_access: AccessMode = attrs.field(default=_default("MUSHPI_BLE_WRITE_ACCESS"))
+    ble_read_access: AccessMode = attrs.field(default=_default("MUSHPI_BLE_READ_ACCESS"))
+    ble_pairing: PairingMode | None = attrs.field(default=_default("MUSHPI_BLE_PAIRING"))
     ble_metrics_port: int | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_PORT"))
     ble_metrics_bind: str = attrs.field(default=_default("MUSHPI_BLE_METRICS_BIND"))
     ble_metrics_file: Path | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_FILE"))
@@ -463,6 +485,25 @@ class Settings:
             if key not in NOTIFYING_CHARACTERISTICS:
                 raise _unknown_characteristic(POLICY_PREFIX + key, policy, None)
             _check_field(_BY_NAME[POLICY_PREFIX + key], policy)
+        self._check_access()
+
+    def _check_access(self) -> None:
+        """Access modes that would protect nothing, or that a backend cannot enforce."""
+        bonded = [name for name, mode in (("MUSHPI_BLE_WRITE_ACCESS", self.ble_write_access),
+                                          ("MUSHPI_BLE_READ_ACCESS", self.ble_read_access))
+                  if mode == "bonded"]
+        if not bonded:
+            return
+        if self.ble_pairing == "just-works":
+            raise ConfigError(
+                "MUSHPI_BLE_PAIRING", "just-works",
+                f"window, passkey, off or empty while {bonded[0]}=bonded",
+                "with just-works anyone in range may pair and then write, so bonded access "
+                "would protect nothing",
+            )
+        if self.ble_backend == "bluezero":
+            raise ConfigError(bonded[0], "bonded", "open with MUSHPI_BLE_BACKEND=bluezero",
+                              "the legacy bluezero backend has no access control")
 
     def policy_for(self, characteristic: str) -> BackpressurePolicy:
         """The back-pressure policy of one notifying characteristic (name case-insensitive)."""
@@ -473,6 +514,18 @@ class Settings:
                 f"allowed {', '.join(NOTIFYING_CHARACTERISTICS)}"
             )
         return self.policy_overrides.get(key, self.ble_backpressure_policy)
+
+    @property
+    def access_bonded(self) -> bool:
+        """Some access (read or write) is for bonded phones only."""
+        return "bonded" in (self.ble_write_access, self.ble_read_access)
+
+    @property
+    def pairing_mode(self) -> PairingMode:
+        """MUSHPI_BLE_PAIRING, or its default: a window when access is bonded."""
+        if self.ble_pairing is not None:
+            return self.ble_pairing
+        return "window" if self.access_bonded else "just-works"
 
     @property
     def bus_timeout_s(self) -> float:

@@ -36,6 +36,7 @@ CALLBACK_NAMES = (
     "apply_overrides",
     "get_stage_thresholds",
     "set_stage_thresholds",
+    "on_pairing_passkey",
 )
 
 Callback = Callable[..., Any]
@@ -67,6 +68,9 @@ class ControllerCallbacks:
     apply_overrides: Callback | None = None
     get_stage_thresholds: Callback | None = None
     set_stage_thresholds: Callback | None = None
+    on_pairing_passkey: Callback | None = None
+    """``(address, passkey)``: show the 6-digit passkey to the grower (an LCD), in
+    ``MUSHPI_BLE_PAIRING=passkey`` mode; its return value is ignored."""
 
     def merged(self, updates: Mapping[str, Callback | None]) -> ControllerCallbacks:
         """A copy with ``updates`` applied; None never clears an earlier callback."""

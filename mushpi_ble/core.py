@@ -169,7 +169,10 @@ class MushPiCore:
         wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         table: Iterable[Characteristic] = CHARACTERISTICS,
+        read_cache_s: float = 0.0,
     ) -> None:
+        """``read_cache_s``: how long a controller getter's answer serves further reads
+        (0: every read asks the controller); any write the controller took ends it."""
         self.characteristics: tuple[Characteristic, ...] = tuple(
             row for row in table
             if actuator_enabled or row.notify is None or not row.notify.optional
@@ -188,6 +191,9 @@ class MushPiCore:
         self.connected = False
         self._last_good: dict[str, bytes] = {}
         self._snapshots: dict[tuple[str, str], tuple[bytes, float]] = {}
+        self.read_cache_s = read_cache_s
+        self._fresh: dict[str, tuple[bytes, float]] = {}
+        self.cache_hits = 0
         self.cursor = ThresholdsCursor(DEFAULT_QUERY.species, DEFAULT_QUERY.stage)
         self.recent_writes: deque[WriteEvent] = deque(maxlen=RECENT_WRITES)
         # anyone in radio range can provoke these lines: limited, then counted
@@ -268,10 +274,16 @@ class MushPiCore:
         if read.source is ReadSource.THRESHOLDS:
             args = (self.cursor.species, self.cursor.stage)
             key = f"{name}:{self.cursor.species}:{self.cursor.stage}"
+        now = self._monotonic()
         if offset > 0:
             snapshot = self._snapshots.get((key, device))
-            if snapshot is not None and self._monotonic() - snapshot[1] < READ_SNAPSHOT_TTL_S:
+            if snapshot is not None and now - snapshot[1] < READ_SNAPSHOT_TTL_S:
                 return Answer(snapshot[0])
+        fresh = self._fresh.get(key)
+        if fresh is not None and now - fresh[1] < self.read_cache_s:
+            self.cache_hits += 1
+            self._snapshot(key, device, fresh[0], now)  # a long read continues this value
+            return Answer(fresh[0])
         return NeedGetter(name, read.getter, args, device, key)
 
     def read_done(self, need: NeedGetter, result: object = None,
@@ -301,16 +313,22 @@ class MushPiCore:
                                       "controller read failed characteristic=%s "
                                       "fallback=last_good error=%s", need.characteristic,
                                       failure.value)
-        if value is not None and failure is None and row.notify is None:
-            _remember(self._last_good, need.key, value)
+        now = self._monotonic()
+        if value is not None and failure is None:
+            if row.notify is None:
+                _remember(self._last_good, need.key, value)
+            if self.read_cache_s > 0:
+                _remember(self._fresh, need.key, (value, now))
         if value is None:
             value = self._fallback(row, need)
-        now = self._monotonic()
+        self._snapshot(need.key, need.device, value, now)
+        return Answer(value)
+
+    def _snapshot(self, key: str, device: str, value: bytes, now: float) -> None:
         for stale in [k for k, (_v, at) in self._snapshots.items()
                       if now - at > READ_SNAPSHOT_TTL_S]:
             del self._snapshots[stale]
-        _remember(self._snapshots, (need.key, need.device), (value, now))
-        return Answer(value)
+        _remember(self._snapshots, (key, device), (value, now))
 
     @staticmethod
     def _encode(row: Characteristic, need: NeedGetter, result: object) -> bytes:
@@ -390,6 +408,7 @@ class MushPiCore:
                    failure: Failure | None = None) -> Ack | Reject:
         """What the controller's setter did: refuse with 0x8A/0x8B, or acknowledge."""
         name = call.characteristic
+        self._fresh.clear()  # the controller may answer differently now, even after a failure
         if failure is not None:
             self._failure_log.log(name, logging.WARNING, "write failed characteristic=%s "
                                   "error=%s", name, failure.value)
@@ -464,6 +483,7 @@ def core_for(settings: Settings, *, wall_clock: Callable[[], float] = time.time,
         ignore_invalid_writes=settings.ble_invalid_write == "ignore",
         wall_clock=wall_clock,
         table=table,
+        read_cache_s=settings.ble_read_cache_ms / 1000,
     )
 
 

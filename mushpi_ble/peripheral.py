@@ -58,6 +58,7 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
+from .access import RoomAccess
 from .config import Settings
 from .controller import ControllerFailure, ControllerTimeout
 from .dbus import (
@@ -102,6 +103,7 @@ from .gatt.devices import Central, DeviceTracker
 from .gatt.errors import DEADLINE_ERROR
 from .gatt.names import ADAPTER_IFACE, BLUEZ, ERROR_PREFIX, OBJECT_MANAGER
 from .gatt.rfkill import Rfkill
+from .management import Management
 from .naming import advertised_name
 from .service import MushPiService
 
@@ -230,6 +232,9 @@ class Peripheral:
         self.rfkill = Rfkill()
         """Where rfkill switches are read and lifted (tests point it at a directory)."""
         self.pairing: Pairing | None = None
+        self.access = RoomAccess(settings)
+        """Who may read and write, the pairing window and bonds; kept across runs."""
+        self.management: Management | None = None
         self.steps: list[Step] = [
             Step("application", self._register_application, self._unregister_application,
                  self._forget_application, required=True),
@@ -305,11 +310,16 @@ class Peripheral:
             nursery=nursery,
             handler_timeout=self.settings.handler_timeout_s,
             on_device_seen=self._device_seen,
+            access=self.access.gate,
         )
         self.app = app
         app.export()
         self.pairing = Pairing(conn, agent_path(self.settings.dbus_app_path),
-                               self.settings.ble_pairing)
+                               self.settings.pairing_mode, window=self.access.window,
+                               on_passkey=self._passkey_shown)
+        self.access.attach(conn, self.pairing)
+        self.management = Management(conn, self.access)
+        await self.management.start()
         self.service.attach(app, nursery)
         self.status.running = True
         self.status.started_at = time.time()
@@ -321,6 +331,7 @@ class Peripheral:
             self.status.running = False
             self.service.detach()
             await self._shutdown()
+            self.access.detach()
 
     async def _shutdown(self) -> None:
         """Undo the steps in reverse order; best effort, bounded: bluetoothd may be gone."""
@@ -590,6 +601,7 @@ class Peripheral:
 
     async def _follow_bonds(self, _conn: Connection, adapter: str) -> None:
         assert self._nursery is not None and self.pairing is not None
+        self.access.adapter_ready(adapter)
         with single_errors():
             await self._nursery.start(
                 self._in_session,
@@ -784,6 +796,12 @@ class Peripheral:
         await self._apply_alias(conn, adapter)
         if self.advert is not None and self.settings.ble_adv_enable:
             await self.advert.update(self._plan())
+
+    def _passkey_shown(self, address: str, passkey: int) -> None:
+        """From the agent (loop thread): the controller's ``on_pairing_passkey``, in a
+        worker thread like every callback."""
+        if self._nursery is not None:
+            self._nursery.start_soon(self.service.passkey_shown, address, passkey)
 
     # -- devices -------------------------------------------------------------------------
     def _device_seen(self, device: str, mtu: int) -> None:

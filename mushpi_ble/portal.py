@@ -15,7 +15,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
 from typing import Any, TypeVar
 
@@ -250,6 +250,44 @@ class BlePortal:
         token.run_sync_soon(run)
         return future.result(self.settings.bus_timeout_s if timeout is None else timeout)
 
+    def run_in_loop(self, fn: Callable[[], Awaitable[T]], *, timeout: float | None = None) -> T:
+        """Run the coroutine function ``fn`` in the loop and return its result; it is
+        cancelled after ``timeout`` (the bus timeout when None: ``trio.TooSlowError``)."""
+        token = self._token
+        if token is None:
+            raise LoopNotRunning("the peripheral is not running")
+        wait = self.settings.bus_timeout_s if timeout is None else timeout
+
+        async def bounded() -> T:
+            with trio.fail_after(wait):
+                return await fn()
+
+        return trio.from_thread.run(bounded, trio_token=token)
+
+    # -- who may steer the room ------------------------------------------------------------
+    def open_pairing_window(self, seconds: float = 120.0) -> float:
+        """Accept new bonds for ``seconds`` (e.g. from a button); the wall time it closes.
+
+        Only with ``MUSHPI_BLE_PAIRING`` window or passkey (ValueError otherwise). Any
+        thread; works before start too (the window is a deadline).
+        """
+        return self.peripheral.access.open_pairing_window(seconds)
+
+    def close_pairing_window(self) -> None:
+        self.peripheral.access.close_pairing_window()
+
+    def bonds(self) -> list[dict[str, Any]]:
+        """The bonded phones bluetoothd reports: address, name, paired, bonded, trusted,
+        connected, last_seen (wall time of the last connect/disconnect seen, or None)."""
+        if not self.is_running():
+            return []
+        return self.call_in_loop(self.peripheral.access.bonds)
+
+    def remove_bond(self, address: str) -> None:
+        """Forget a bonded phone (bluetoothd's ``RemoveDevice``): it has to pair again,
+        inside a window, before it may write. ValueError when there is no such bond."""
+        self.run_in_loop(lambda: self.peripheral.access.remove_bond(address))
+
     def connection_count(self) -> int:
         return sum(1 for c in self.peripheral.centrals if c.connected)
 
@@ -309,7 +347,11 @@ class BlePortal:
             "recoveries": list(status.recoveries),
             "recovery_totals": dict(status.recovery_totals),
             "pairing": (self.peripheral.pairing.snapshot() if self.peripheral.pairing is not None
-                        else Pairing.idle_snapshot(self.settings.ble_pairing)),
+                        else Pairing.idle_snapshot(self.settings.pairing_mode,
+                                                   self.peripheral.access.window)),
+            "access": self.peripheral.access.snapshot(),
+            "management": (self.peripheral.management.status.as_dict()
+                           if self.peripheral.management is not None else None),
         }
 
 

@@ -75,6 +75,8 @@ class StatusCollector:
         yield pending
         if "pairing" in status:
             yield from _pairing_metrics(status["pairing"])
+        if "access" in status:
+            yield from _access_metrics(status["access"])
         latency = HistogramMetricFamily(f"{PREFIX}_publish_latency_seconds",
                                         "offer-to-emit latency of notifications",
                                         labels=["characteristic"])
@@ -190,6 +192,23 @@ def _pairing_metrics(pairing: Mapping[str, Any]) -> Iterator[Metric]:
     yield outcomes
     yield GaugeMetricFamily(f"{PREFIX}_bonded_devices", "devices bonded with the adapter",
                             value=len(pairing["bonded_devices"]))
+
+
+def _access_metrics(access: Mapping[str, Any]) -> Iterator[Metric]:
+    yield GaugeMetricFamily(f"{PREFIX}_write_access_bonded",
+                            "1 when only bonded phones may write (MUSHPI_BLE_WRITE_ACCESS)",
+                            value=int(access["write"] == "bonded"))
+    yield GaugeMetricFamily(f"{PREFIX}_read_access_bonded",
+                            "1 when only bonded phones may read (MUSHPI_BLE_READ_ACCESS)",
+                            value=int(access["read"] == "bonded"))
+    yield GaugeMetricFamily(f"{PREFIX}_pairing_window_open", "1 while new phones may pair",
+                            value=int(bool(access["window_open"])))
+    refused = CounterMetricFamily(f"{PREFIX}_access_refused",
+                                  "requests refused before the controller, by reason",
+                                  labels=["reason"])
+    for reason, count in access["refused"].items():
+        refused.add_metric([reason], count)
+    yield refused
 
 
 def _bound(value: float) -> str:

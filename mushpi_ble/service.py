@@ -274,6 +274,10 @@ class MushPiService:
             return Outcome.DROPPED
         return await self._refresh(ACTUATOR_STATUS)
 
+    async def passkey_shown(self, address: str, passkey: int) -> None:
+        """Hand a passkey to the controller's ``on_pairing_passkey`` (e.g. an LCD)."""
+        await self._call("on_pairing_passkey", (address, passkey))
+
     # -- status --------------------------------------------------------------------------
     def notify_status(self) -> dict[str, Any]:
         """How notifications leave: the mode, per characteristic the path taken now and

@@ -6,11 +6,17 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import trio
+from hypothesis import settings
 from rig import Rig, make_settings, start_rig
 
 from mushpi_ble.dbus import Connection, open_connection
 from mushpi_ble.testing import private_bus
 from mushpi_ble.testing.fakebluez import FakeBluez
+
+# Tests assert behaviour, never speed: a loaded CI machine must not fail an example
+# for taking long (hypothesis's default deadline is 200 ms per example).
+settings.register_profile("mushpi", deadline=None)
+settings.load_profile("mushpi")
 
 
 @pytest.fixture(scope="session")

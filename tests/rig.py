@@ -33,7 +33,10 @@ def targets_payload(*fields: int) -> bytes:
 
 
 def make_settings(**env: str) -> Settings:
-    base = {"MUSHPI_DBUS_BUS_TIMEOUT_MS": "2000", "MUSHPI_BLE_HANDLER_TIMEOUT_MS": "1000"}
+    # tests change the controller's state between reads: every read asks it, unless a
+    # test is about the read cache
+    base = {"MUSHPI_DBUS_BUS_TIMEOUT_MS": "2000", "MUSHPI_BLE_HANDLER_TIMEOUT_MS": "1000",
+            "MUSHPI_BLE_READ_CACHE_MS": "0"}
     return load_settings(environ={**base, **env}, env_file=None)
 
 

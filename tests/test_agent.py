@@ -266,17 +266,17 @@ def test_modes() -> None:
     assert policy is not None and policy.capability == "NoInputNoOutput"
     assert policy.decide(PairingRequest("RequestAuthorization", "/d")).accept
     assert not policy.decide(PairingRequest("RequestPasskey", "/d")).accept
-    with pytest.raises(ValueError, match="window"):
-        policy_for_mode("window")
+    with pytest.raises(ValueError, match="window, passkey"):
+        policy_for_mode("always")
 
 
 def test_the_setting() -> None:
-    assert load_settings({}).ble_pairing == "just-works"
+    assert load_settings({}).pairing_mode == "just-works"
     assert load_settings({"MUSHPI_BLE_PAIRING": "Off"}).ble_pairing == "off"
     with pytest.raises(ConfigError) as err:
         load_settings({"MUSHPI_BLE_PAIRING": "yes"})
     assert err.value.variable == "MUSHPI_BLE_PAIRING"
-    assert "just-works, off" in str(err.value)
+    assert "just-works, window, passkey, off" in str(err.value)
 
 
 def test_gatt_knows_no_mushpi() -> None:

@@ -31,7 +31,8 @@ def test_the_controller_api_is_there_with_its_signatures() -> None:
     expected = {
         "set_callbacks": ["get_sensor_data", "get_control_data", "get_control_targets",
                           "get_stage_data", "set_control_targets", "set_stage_state",
-                          "apply_overrides", "get_stage_thresholds", "set_stage_thresholds"],
+                          "apply_overrides", "get_stage_thresholds", "set_stage_thresholds",
+                          "on_pairing_passkey"],
         "initialize_ble_service": [],
         "start_ble_service": [],
         "stop_ble_service": [],
@@ -42,6 +43,8 @@ def test_the_controller_api_is_there_with_its_signatures() -> None:
         "get_connection_count": [],
         "update_advertising_name": [],
         "get_service_instance": [],
+        "open_pairing_window": ["seconds"],
+        "close_pairing_window": [],
     }
     for name, params in expected.items():
         fn = getattr(ble_gatt, name)
@@ -173,3 +176,23 @@ def test_the_facade_is_the_one_guard_nothing_raises_into_the_controller(
                  "update_advertising_name", "get_connection_count", "set_callbacks",
                  "stop_ble_service"):
         assert f"{name} failed: RuntimeError" in caplog.text, name
+
+
+async def test_a_button_opens_a_pairing_window_through_the_facade(
+        bus_address: str, bluez: FakeBluez, caplog: pytest.LogCaptureFixture) -> None:
+    assert ble_gatt.open_pairing_window(60) is None  # nothing initialised: logged, no raise
+    assert "need the bluez-dbus backend" in caplog.text
+    settings = make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded")
+    ble_gatt.configure(settings=settings, bus=bus_address)
+    assert await trio.to_thread.run_sync(ble_gatt.start_ble_service)
+    try:
+        until = ble_gatt.open_pairing_window(60)
+        assert until is not None and until > time.time() + 50
+        backend = ble_gatt.get_service_instance()
+        assert backend is not None and backend.get_status()["access"]["window_open"]
+        ble_gatt.close_pairing_window()
+        assert not backend.get_status()["access"]["window_open"]
+        assert ble_gatt.open_pairing_window(0) is None  # a bad length is logged, not raised
+        assert "pairing window lasts" in caplog.text
+    finally:
+        await trio.to_thread.run_sync(ble_gatt.stop_ble_service)

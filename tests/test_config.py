@@ -160,6 +160,8 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
      ["49", "30001"]),
     ("MUSHPI_BLE_HANDLER_TIMEOUT_MS", "ble_handler_timeout_ms", [("10", 10), ("25000", 25000)],
      ["9", "25001", "30000"]),
+    ("MUSHPI_BLE_READ_CACHE_MS", "ble_read_cache_ms", [("0", 0), ("500", 500), ("60000", 60000)],
+     ["-1", "60001", ""]),
     (
         "MUSHPI_BLE_INVALID_WRITE", "ble_invalid_write",
         [("reject", "reject"), ("ignore", "ignore")],
@@ -167,8 +169,19 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
     ),
     (
         "MUSHPI_BLE_PAIRING", "ble_pairing",
-        [("just-works", "just-works"), ("OFF", "off"), (" off ", "off")],
-        ["", "on", "justworks", "window", "passkey"],
+        [("just-works", "just-works"), ("OFF", "off"), (" off ", "off"), ("Window", "window"),
+         ("passkey", "passkey"), ("", None)],
+        ["on", "justworks", "pin", "windowed"],
+    ),
+    (
+        "MUSHPI_BLE_WRITE_ACCESS", "ble_write_access",
+        [("open", "open"), (" Bonded ", "bonded")],
+        ["", "closed", "paired", "true"],
+    ),
+    (
+        "MUSHPI_BLE_READ_ACCESS", "ble_read_access",
+        [("OPEN", "open"), ("bonded", "bonded")],
+        ["", "bonded-only", "false"],
     ),
     (
         "MUSHPI_BLE_METRICS_PORT", "ble_metrics_port",
@@ -194,7 +207,7 @@ OTHERS = ["MUSHPI_BLE_METRICS_FILE"]  # needs a real directory: tested with tmp_
 def test_every_variable_is_covered() -> None:
     covered = {name for name, *_ in EDGES} | set(BOOLS) | set(POLICY_OVERRIDES) | set(OTHERS)
     assert covered == set(SPECS)
-    assert len(INT_VARIABLES) == 8
+    assert len(INT_VARIABLES) == 9
 
 
 @pytest.mark.parametrize(

@@ -140,6 +140,50 @@ def test_a_long_read_continues_its_own_snapshot_until_it_expires() -> None:
     assert isinstance(core.read("control_targets", "/dev_1", offset=8), NeedGetter)
 
 
+def test_a_getter_answer_serves_reads_for_the_cache_age_only() -> None:
+    core, clock = make_core(read_cache_s=0.5)
+    need = core.read("control_targets", "/dev_1")
+    assert isinstance(need, NeedGetter)
+    value = core.read_done(need, TARGETS).value
+    clock.t += 0.4
+    assert core.read("control_targets", "/dev_2") == Answer(value)  # any phone
+    assert core.cache_hits == 1
+    # a long read that began on a cached answer continues that answer
+    assert core.read("control_targets", "/dev_2", offset=8) == Answer(value)
+    clock.t += 0.2
+    assert isinstance(core.read("control_targets", "/dev_1"), NeedGetter)
+
+
+def test_any_write_the_controller_took_ends_the_cache() -> None:
+    core, _ = make_core(read_cache_s=60.0)
+    for name, getter_answer in (("control_targets", TARGETS),):
+        need = core.read(name)
+        assert isinstance(need, NeedGetter)
+        core.read_done(need, getter_answer)
+        assert isinstance(core.read(name), Answer)
+    call = core.write("stage_state", struct.pack("<BBBIHB", 0, 2, 3, int(NOW - 10), 14, 0))
+    assert isinstance(call, CallSetter)
+    # while the setter runs, the cached answer still serves (the write is not done)
+    assert isinstance(core.read("control_targets"), Answer)
+    core.write_done(call, None, Failure.TIMEOUT)  # even a failed setter may have changed it
+    assert isinstance(core.read("control_targets"), NeedGetter)
+
+
+def test_failures_are_not_cached_and_the_cache_is_off_by_default() -> None:
+    core, _ = make_core(read_cache_s=60.0)
+    need = core.read("stage_state")
+    assert isinstance(need, NeedGetter)
+    core.read_done(need, None, Failure.TIMEOUT)
+    assert isinstance(core.read("stage_state"), NeedGetter)
+    plain, _ = make_core()
+    need = plain.read("stage_state")
+    assert isinstance(need, NeedGetter)
+    plain.read_done(need, {"species": "Oyster", "stage": "Pinning", "mode": 0,
+                           "stage_start_ts": int(NOW - 10), "expected_days": 14})
+    assert isinstance(plain.read("stage_state"), NeedGetter)
+    assert plain.cache_hits == 0
+
+
 def test_thresholds_reads_follow_the_cursor() -> None:
     core, _ = make_core()
     need = core.read("stage_thresholds")

@@ -374,3 +374,30 @@ def test_publishing_takes_any_value_without_raising(values: list[object]) -> Non
     assert portal.publish_status(values[0]) is Outcome.NOT_RUNNING
     data = values[3] if isinstance(values[3], dict) else {"fan": values[0]}
     assert portal.publish_actuator(data) is Outcome.NOT_RUNNING
+
+
+async def test_getter_answers_serve_reads_for_the_cache_age(bus_address: str,
+                                                           bluez: FakeBluez) -> None:
+    """MUSHPI_BLE_READ_CACHE_MS: a phone polling a getter-backed value asks the controller
+    once per cache age, and a write the controller took is seen by the next read."""
+    calls: list[str] = []
+    controller = SimulatedController(seed=1, now=lambda: NOW)
+
+    def get_stage_data() -> dict[str, Any]:
+        calls.append("get_stage_data")
+        return controller.get_stage_data()
+
+    rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_READ_CACHE_MS="60000"),
+                          controller)
+    rig.portal.set_callbacks(get_stage_data=get_stage_data)
+    try:
+        central = await phone(rig)
+        first = await central.read(UUID["stage_state"])
+        for _ in range(5):
+            assert await central.read(UUID["stage_state"]) == first
+        assert calls == ["get_stage_data"]
+        await central.write(UUID["stage_state"], _stage(mode=1))
+        assert (await central.read(UUID["stage_state"]))[0] == 1
+        assert calls == ["get_stage_data", "get_stage_data"]
+    finally:
+        await trio.to_thread.run_sync(rig.portal.stop)

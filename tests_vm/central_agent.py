@@ -22,6 +22,7 @@ signatures from the live annotations.
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from dbus_fast import BusType, DBusError, Message, MessageType
@@ -38,10 +39,12 @@ REJECTED = "org.bluez.Error.Rejected"
 class _Agent1(ServiceInterface):
     """Accepts Just Works and confirmation, refuses what needs a keyboard; logs every call."""
 
-    def __init__(self, calls: list[tuple[str, tuple[Any, ...]]], adapter: str) -> None:
+    def __init__(self, calls: list[tuple[str, tuple[Any, ...]]], adapter: str,
+                 passkey: Callable[[], int | None] | None = None) -> None:
         super().__init__("org.bluez.Agent1")
         self.calls = calls
         self.devices = f"/org/bluez/{adapter}/"
+        self.passkey = passkey
 
     def _seen(self, name: str, *args: Any) -> None:
         log.info("agent call %s%s", name, args)
@@ -66,9 +69,18 @@ class _Agent1(ServiceInterface):
         self._seen("AuthorizeService", device, uuid)
 
     @method()
-    def RequestPasskey(self, device: DBusObjectPath) -> DBusUInt32:
+    async def RequestPasskey(self, device: DBusObjectPath) -> DBusUInt32:
+        """The user types what the peripheral shows (``passkey`` polls for it)."""
         self._seen("RequestPasskey", device)
-        raise DBusError(REJECTED, "the central has no keyboard")
+        if self.passkey is None:
+            raise DBusError(REJECTED, "the central has no keyboard")
+        for _ in range(200):
+            typed = self.passkey()
+            if typed is not None:
+                log.info("typing passkey %06d", typed)
+                return typed
+            await asyncio.sleep(0.1)
+        raise DBusError(REJECTED, "no passkey was shown to type")
 
     @method()
     def RequestPinCode(self, device: DBusObjectPath) -> DBusStr:
@@ -101,9 +113,11 @@ class PairingFailed(Exception):
 class CentralAgent:
     """The central's agent on a connection of its own; ``pair`` pairs through it."""
 
-    def __init__(self, adapter: str = "hci1", capability: str = "NoInputNoOutput") -> None:
+    def __init__(self, adapter: str = "hci1", capability: str = "NoInputNoOutput",
+                 passkey: Callable[[], int | None] | None = None) -> None:
         self.adapter = adapter
         self.capability = capability
+        self.passkey = passkey
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.bus: MessageBus | None = None
 
@@ -120,7 +134,7 @@ class CentralAgent:
 
     async def start(self) -> None:
         self.bus = await MessageBus(bus_type=BusType.SYSTEM).connect()
-        self.bus.export(AGENT_PATH, _Agent1(self.calls, self.adapter))
+        self.bus.export(AGENT_PATH, _Agent1(self.calls, self.adapter, self.passkey))
         await self._call("/org/bluez", "org.bluez.AgentManager1", "RegisterAgent", "os",
                          [AGENT_PATH, self.capability])
         log.info("central agent registered (%s), not the default", self.capability)

@@ -431,17 +431,22 @@ def connect_device(bus: SystemBus, address: str, adapter: str = CENTRAL_ADAPTER,
     return str(path)
 
 
-def pair_as_central(path: str, timeout: float = 45.0) -> list[tuple[str, tuple[Any, ...]]]:
+def pair_as_central(path: str, timeout: float = 45.0, *, adapter: str = CENTRAL_ADAPTER,
+                    capability: str = "NoInputNoOutput",
+                    passkey: Callable[[], int | None] | None = None,
+                    ) -> list[tuple[str, tuple[Any, ...]]]:
     """``Device1.Pair()`` from the central's own agent (central_agent.py); its calls.
 
     The agent is registered only for this call: while registered, bluetoothd
     would make it the default agent whenever no other is (our peripheral with
     pairing off), and it would be asked in the peripheral's place.
-    Raises ``central_agent.PairingFailed``.
+    ``capability`` KeyboardDisplay with ``passkey`` (polled until it gives the
+    digits the peripheral showed) is passkey entry. Raises
+    ``central_agent.PairingFailed``.
     """
     from central_agent import CentralAgent
 
-    agent = CentralAgent(CENTRAL_ADAPTER)
+    agent = CentralAgent(adapter, capability, passkey)
 
     async def pair() -> None:
         await agent.start()

@@ -1,4 +1,5 @@
-"""``mushpi-ble``: serve, demo, bench, check and systemd-unit from the command line."""
+"""``mushpi-ble``: serve, demo, bench, check, pair, bonds and the install files from the
+command line."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from mushpi_ble.cli import bench, check, demo, serve, unit
+    from mushpi_ble.cli import bench, check, demo, manage, serve, unit
 
     serve.add_arguments(sub.add_parser("serve", help="serve the MushPi service on bluetoothd "
                                                      "with a simulated controller"))
@@ -29,12 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "a peer library side by side"))
     unit.add_arguments(sub.add_parser("systemd-unit", help="print the systemd unit for this "
                                                            "install"))
+    manage.add_pair_arguments(sub.add_parser("pair", help="open a pairing window on the "
+                                                          "running peripheral"))
+    manage.add_bonds_arguments(sub.add_parser("bonds", help="list the bonded phones, or "
+                                                            "forget one"))
+    manage.add_policy_arguments(sub.add_parser("dbus-policy", help="print the system bus "
+                                                                   "policy of `pair` and "
+                                                                   "`bonds`"))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mushpi_ble.cli import bench, check, demo, serve, unit
+    from mushpi_ble.cli import bench, check, demo, manage, serve, unit
 
     if args.command == "check":
         return check.run(args)
@@ -46,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return bench.run(args)
     if args.command == "systemd-unit":
         return unit.run(args)
+    if args.command == "pair":
+        return manage.run_pair(args)
+    if args.command == "bonds":
+        return manage.run_bonds(args)
+    if args.command == "dbus-policy":
+        return manage.run_policy(args)
     raise SystemExit(f"unknown command {args.command}")  # pragma: no cover
 
 

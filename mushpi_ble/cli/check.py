@@ -39,6 +39,7 @@ from mushpi_ble.gatt.names import (
     GATT_MANAGER_IFACE,
 )
 from mushpi_ble.gatt.rfkill import Rfkill
+from mushpi_ble.management import BUS_NAME as MANAGEMENT_NAME
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd",
@@ -50,6 +51,8 @@ MAIN_CONF = Path("/etc/bluetooth/main.conf")
 KERNEL_DEFAULT_INTERVALS = (24, 40)
 """The kernel's LE connection interval defaults (units of 1.25 ms) when main.conf is silent."""
 UNIT_NAME = "mushpi-ble.service"
+POLICY_FILES = (Path("/etc/dbus-1/system.d/org.mushpi.Ble.conf"),
+                Path("/usr/share/dbus-1/system.d/org.mushpi.Ble.conf"))
 SYSTEMD = "org.freedesktop.systemd1"
 
 
@@ -123,6 +126,7 @@ async def run_checks(settings: Settings, bus: str, bluetoothd: str | None) -> li
             findings.append(Finding(OK, "D-Bus", f"bus reachable as {conn.unique_name}"))
             await _check_bluez(conn, settings, findings)
             findings.append(await systemd_finding(conn, timeout))
+            findings.append(await access_finding(conn, settings))
     except BusUnreachable as exc:
         findings.append(Finding(FAIL, "D-Bus", f"cannot reach the bus: {exc}. Is dbus running? "
                                 "(systemctl status dbus)"))
@@ -274,7 +278,7 @@ async def _check_pairing(conn: Connection, settings: Settings, bluez: str, paira
     and proves the agent manager answers us; nothing is registered.
     """
     timeout = settings.bus_timeout_s
-    mode = settings.ble_pairing
+    mode = settings.pairing_mode
     try:
         await conn.call(BLUEZ, AGENT_MANAGER_PATH, AGENT_MANAGER_IFACE, "UnregisterAgent", "o",
                         (PROBE_PATH,), timeout=timeout)
@@ -300,8 +304,13 @@ async def _check_pairing(conn: Connection, settings: Settings, bluez: str, paira
         meets = ("MUSHPI_BLE_PAIRING=off: no agent of ours, so a phone that asks to pair "
                  "fails (\"No agent available\") unless another agent is registered")
     else:
-        meets = ("MUSHPI_BLE_PAIRING=just-works: accepted without a PIN (encrypted, bonded, "
-                 "no MITM protection)" + ("" if owner else " once the peripheral runs"))
+        meets = f"MUSHPI_BLE_PAIRING={mode}: " + {
+            "just-works": "accepted without a PIN (encrypted, bonded, no MITM protection)",
+            "window": "accepted without a PIN only while a pairing window is open "
+                      "(mushpi-ble pair)",
+            "passkey": "the phone's user types the 6-digit passkey the peripheral shows "
+                       "(MITM protection), only while a pairing window is open",
+        }[mode] + ("" if owner else " once the peripheral runs")
     findings.append(Finding(WARN if not pairable and mode != "off" else INFO,
                             "pairing request", meets))
 
@@ -371,6 +380,26 @@ async def systemd_finding(conn: Connection, timeout: float,
     return Finding(OK if good else WARN, "systemd",
                    f"{UNIT_NAME} is {props['ActiveState']}, Type={props['Type']}, watchdog "
                    + (f"{watchdog_s:g} s" if watchdog_s else "off"))
+
+
+async def access_finding(conn: Connection, settings: Settings,
+                         policy_files: tuple[Path, ...] = POLICY_FILES) -> Finding:
+    """Who may steer the room, and whether `mushpi-ble pair` / `bonds` can reach it."""
+    modes = (f"write={settings.ble_write_access} read={settings.ble_read_access} "
+             f"pairing={settings.pairing_mode}")
+    try:
+        owner = await conn.get_name_owner(MANAGEMENT_NAME)
+    except DBusError:
+        owner = ""
+    if owner:
+        return Finding(OK, "access", f"{modes}; a running peripheral ({owner}) serves "
+                       f"{MANAGEMENT_NAME} for `mushpi-ble pair` and `bonds`")
+    installed = [p for p in policy_files if p.exists()]
+    where = (f"the D-Bus policy is installed ({installed[0]})" if installed else
+             f"no D-Bus policy for {MANAGEMENT_NAME} in {policy_files[0].parent}: on the "
+             "system bus `mushpi-ble pair` and `bonds` need `mushpi-ble dbus-policy`")
+    level = WARN if settings.access_bonded and not installed else INFO
+    return Finding(level, "access", f"{modes}; no peripheral running; {where}")
 
 
 def report(findings: list[Finding]) -> str:

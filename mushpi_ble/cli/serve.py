@@ -112,6 +112,8 @@ def render_view(portal: BlePortal, controller: SimulatedController) -> str:
     if "pairing" in status:
         lines.append("")
         lines.extend(pairing_lines(status["pairing"]))
+    if "access" in status:
+        lines.extend(access_lines(status["access"], status["pairing"]))
     relays = ", ".join(k for k, v in controller.relays.items() if v) or "none"
     lines.append("")
     lines.append(f"relays on: {relays}   stage: {controller.stage.get('species')} "
@@ -172,6 +174,24 @@ def pairing_lines(pairing: dict[str, Any]) -> list[str]:
         when = time.strftime("%H:%M:%S", time.localtime(attempt["at"]))
         lines.append(f"  {when} {attempt['request']:20} {attempt['address'] or '-':17} "
                      f"{attempt['outcome']}")
+    return lines
+
+
+def access_lines(access: dict[str, Any], pairing: dict[str, Any]) -> list[str]:
+    """Who may steer the room: the modes, the window, refusals, a passkey to type."""
+    window = "closed"
+    if access["window_open"] and access["window_until"] is not None:
+        window = "OPEN until " + time.strftime("%H:%M:%S",
+                                               time.localtime(access["window_until"]))
+    refused = "  ".join(f"{reason}={count}" for reason, count in access["refused"].items())
+    lines = [f"access: write={access['write']} read={access['read']}  pairing window {window}"
+             f"  bonded={access['bonded_count']}",
+             f"  refused reads={access['refused_reads']} writes={access['refused_writes']}"
+             f" ({refused})"]
+    passkey = pairing.get("passkey")
+    if passkey:
+        lines.append(f"  PASSKEY {passkey['passkey']} for {passkey['address']}: type it on "
+                     "the phone")
     return lines
 
 

@@ -16,6 +16,8 @@ UNIT = """\
 #   {exec_start_cmd} systemd-unit > /etc/systemd/system/mushpi-ble.service
 #   sudo useradd --system --groups bluetooth --home /var/lib/mushpi mushpi
 #   sudo mkdir -p /etc/mushpi /var/lib/mushpi && sudo chown mushpi /var/lib/mushpi
+#   {exec_start_cmd} dbus-policy --user {user} > /etc/dbus-1/system.d/org.mushpi.Ble.conf
+#     (lets `mushpi-ble pair` and `bonds` reach the running service)
 #   sudo systemctl daemon-reload && sudo systemctl enable --now mushpi-ble
 # Settings come from /etc/mushpi/ble.env (every MUSHPI_* variable; see .env.example).
 # BlueZ's D-Bus policy lets members of the "bluetooth" group talk to org.bluez.

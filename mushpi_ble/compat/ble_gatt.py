@@ -28,6 +28,7 @@ from mushpi_ble.backends import select_backend
 from mushpi_ble.backends.base import BLEBackend
 from mushpi_ble.config import Settings, load_settings
 from mushpi_ble.controller import CALLBACK_NAMES
+from mushpi_ble.portal import BlePortal
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +152,13 @@ def set_callbacks(
     apply_overrides: Callback | None = None,
     get_stage_thresholds: Callback | None = None,
     set_stage_thresholds: Callback | None = None,
+    on_pairing_passkey: Callback | None = None,
 ) -> None:
     """Register the controller's callbacks; a None argument keeps an earlier one."""
     given = dict(zip(CALLBACK_NAMES, (
         get_sensor_data, get_control_data, get_control_targets, get_stage_data,
         set_control_targets, set_stage_state, apply_overrides, get_stage_thresholds,
-        set_stage_thresholds,
+        set_stage_thresholds, on_pairing_passkey,
     ), strict=True))
     updates: dict[str, Callback] = {}
     for name, fn in given.items():
@@ -266,6 +268,35 @@ def update_advertising_name() -> None:
     backend = _state.backend
     if backend is not None:
         backend.update_advertising_name()
+
+
+# -- who may steer the room (bluez-dbus backend) -----------------------------------------
+def _portal() -> BlePortal | None:
+    backend = _state.backend
+    portal = getattr(backend, "portal", None)
+    if not isinstance(portal, BlePortal):
+        log.warning("pairing windows and bonds need the bluez-dbus backend (initialise it first)")
+        return None
+    return portal
+
+
+_NO_TIME: float | None = None
+
+
+@_never_raises(_NO_TIME)
+def open_pairing_window(seconds: float = 120.0) -> float | None:
+    """Accept new bonds for ``seconds`` (a button on the controller): the wall time it
+    closes, or None when it cannot open (wrong backend, or MUSHPI_BLE_PAIRING has no
+    window: logged)."""
+    portal = _portal()
+    return None if portal is None else portal.open_pairing_window(seconds)
+
+
+@_never_raises(None)
+def close_pairing_window() -> None:
+    portal = _portal()
+    if portal is not None:
+        portal.close_pairing_window()
 
 
 # -- queries -----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
 import attrs
 import trio
@@ -46,6 +46,27 @@ from .names import (
     OBJECT_MANAGER,
     PROPERTIES,
 )
+from .pairing_policy import (
+    AUTHORIZE_SERVICE,
+    CAPABILITIES,
+    DISPLAY_PASSKEY,
+    DISPLAY_PIN_CODE,
+    MAX_WINDOW_S,
+    PAIRING_MODES,
+    REQUEST_AUTHORIZATION,
+    REQUEST_CONFIRMATION,
+    REQUEST_PASSKEY,
+    REQUEST_PIN_CODE,
+    WINDOW_CLOSED,
+    Decision,
+    JustWorksPolicy,
+    PairingPolicy,
+    PairingRequest,
+    PairingWindow,
+    PasskeyPolicy,
+    WindowPolicy,
+    policy_for_mode,
+)
 
 log = logging.getLogger(__name__)
 
@@ -53,20 +74,8 @@ AGENT_MANAGER_PATH = "/org/bluez"
 REJECTED = f"{ERROR_PREFIX}.Rejected"
 CANCELED = f"{ERROR_PREFIX}.Canceled"
 
-#: The modes this module knows; "off" means no agent at all.
-PAIRING_MODES = ("just-works", "off")
-#: IO capabilities bluetoothd accepts in RegisterAgent.
-CAPABILITIES = ("DisplayOnly", "DisplayYesNo", "KeyboardOnly", "NoInputNoOutput",
-                "KeyboardDisplay")
-
-# Agent1 request kinds, named by the method bluetoothd calls
-REQUEST_AUTHORIZATION = "RequestAuthorization"
-REQUEST_CONFIRMATION = "RequestConfirmation"
-AUTHORIZE_SERVICE = "AuthorizeService"
-DISPLAY_PASSKEY = "DisplayPasskey"
-REQUEST_PASSKEY = "RequestPasskey"
-REQUEST_PIN_CODE = "RequestPinCode"
-DISPLAY_PIN_CODE = "DisplayPinCode"
+#: How long a displayed passkey is shown in the status (SMP gives up after 30 s).
+PASSKEY_SHOWN_S = 60.0
 
 # outcomes of one attempt
 ACCEPTED = "accepted"
@@ -85,68 +94,8 @@ def address_of(device_path: str) -> str:
     return leaf[4:].replace("_", ":") if leaf.startswith("dev_") else ""
 
 
-@attrs.frozen
-class PairingRequest:
-    """One call bluetoothd made on the agent."""
-
-    kind: str
-    device: str
-    passkey: int | None = None
-    uuid: str | None = None
-
-
-@attrs.frozen
-class Decision:
-    """A policy's answer: accept, or refuse with ``org.bluez.Error.Rejected`` and why."""
-
-    accept: bool
-    reason: str = ""
-
-    @classmethod
-    def yes(cls, reason: str = "") -> Decision:
-        return cls(True, reason)
-
-    @classmethod
-    def no(cls, reason: str) -> Decision:
-        return cls(False, reason)
-
-
-class PairingPolicy(Protocol):
-    """What the agent consults: its capability, and an answer per request."""
-
-    @property
-    def mode(self) -> str: ...
-
-    @property
-    def capability(self) -> str: ...
-
-    def decide(self, request: PairingRequest) -> Decision: ...
-
-
-@attrs.frozen
-class JustWorksPolicy:
-    """NoInputNoOutput: accept every Just Works request; encryption without MITM protection.
-
-    Passkey and PIN requests cannot reach a NoInputNoOutput agent over LE;
-    refusing them keeps a misbehaving stack from pairing with a guessed key.
-    """
-
-    mode: str = "just-works"
-    capability: str = "NoInputNoOutput"
-
-    def decide(self, request: PairingRequest) -> Decision:
-        if request.kind in (REQUEST_AUTHORIZATION, REQUEST_CONFIRMATION, AUTHORIZE_SERVICE):
-            return Decision.yes()
-        return Decision.no(f"{request.kind} is not offered by {self.capability}")
-
-
-def policy_for_mode(mode: str) -> PairingPolicy | None:
-    """The policy of a ``MUSHPI_BLE_PAIRING``-style mode; None for "off" (no agent)."""
-    if mode == "off":
-        return None
-    if mode == "just-works":
-        return JustWorksPolicy()
-    raise ValueError(f"unknown pairing mode {mode!r}: allowed {', '.join(PAIRING_MODES)}")
+PasskeyShown = Callable[[str, int], None]
+"""Told ``(address, passkey)`` when a passkey is to be shown to the grower."""
 
 
 @attrs.define
@@ -175,10 +124,14 @@ class BondedDevice:
     bonded: bool = False
     trusted: bool = False
     connected: bool = False
+    name: str = ""
+    last_seen: float | None = None
+    """Wall time of the last connect or disconnect we saw (None: not since we started)."""
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "address": self.address, "paired": self.paired,
-                "bonded": self.bonded, "trusted": self.trusted, "connected": self.connected}
+        return {"path": self.path, "address": self.address, "name": self.name,
+                "paired": self.paired, "bonded": self.bonded, "trusted": self.trusted,
+                "connected": self.connected, "last_seen": self.last_seen}
 
 
 class PairingLog:
@@ -196,6 +149,8 @@ class PairingLog:
         self.attempts: deque[PairingAttempt] = deque(maxlen=history)
         self.counters: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
         self.devices: dict[str, BondedDevice] = {}
+        self.passkey: dict[str, Any] | None = None
+        """The passkey last shown: address, passkey, at (wall time)."""
 
     def _latest_open(self, device: str | None = None) -> PairingAttempt | None:
         for attempt in reversed(self.attempts):
@@ -226,6 +181,11 @@ class PairingLog:
         was_paired = device.paired
         if "Address" in props:
             device.address = str(props["Address"])
+        for key in ("Name", "Alias"):  # Alias falls back to the address: Name wins
+            if key in props and (key == "Name" or not device.name):
+                device.name = str(props[key])
+        if "Connected" in props and (bool(props["Connected"]) or device.connected):
+            device.last_seen = time.time()
         for name in ("paired", "bonded", "trusted", "connected"):
             key = name.capitalize()
             if key in props:
@@ -259,13 +219,24 @@ class PairingLog:
     def bonded(self) -> list[BondedDevice]:
         return [d for d in self.devices.values() if d.paired or d.bonded]
 
+    def is_bonded(self, path: str) -> bool:
+        device = self.devices.get(path)
+        return device is not None and (device.paired or device.bonded)
+
+    def shown(self, address: str, passkey: int) -> None:
+        self.passkey = {"address": address, "passkey": f"{passkey:06d}", "at": time.time()}
+
     def snapshot(self) -> dict[str, Any]:
         """Plain data; safe from another thread (each copy is one C-level call)."""
-        attempts, devices = list(self.attempts), list(self.devices.values())
+        attempts, devices, passkey = list(self.attempts), list(self.devices.values()), \
+            self.passkey
+        if passkey is not None and time.time() - passkey["at"] > PASSKEY_SHOWN_S:
+            passkey = None
         return {
             **dict(self.counters),
             "recent": [a.as_dict() for a in attempts],
             "bonded_devices": [d.as_dict() for d in devices if d.paired or d.bonded],
+            "passkey": passkey,
         }
 
 
@@ -278,7 +249,8 @@ class PairingAgent(ExportedObject):
 
     def __init__(self, conn: Connection, path: str, policy: PairingPolicy, *,
                  log_: PairingLog | None = None, allowed_caller: str | None = BLUEZ,
-                 on_release: Callable[[], None] | None = None) -> None:
+                 on_release: Callable[[], None] | None = None,
+                 on_passkey: PasskeyShown | None = None) -> None:
         if policy.capability not in CAPABILITIES:
             raise ValueError(f"capability {policy.capability!r} is not one of {CAPABILITIES}")
         super().__init__(conn, path)
@@ -286,6 +258,7 @@ class PairingAgent(ExportedObject):
         self.log = log_ if log_ is not None else PairingLog()
         self._allowed_caller = allowed_caller
         self._on_release = on_release
+        self.on_passkey = on_passkey
         self.registered_with: str | None = None
         self._asked = False  # RegisterAgent sent to the current bluetoothd, answer or not
         self.releases = 0
@@ -341,10 +314,26 @@ class PairingAgent(ExportedObject):
         self._answer(PairingRequest(AUTHORIZE_SERVICE, device, uuid=uuid))
 
     def _display_passkey(self, _ctx: CallContext, device: str, passkey: int,
-                         _entered: int) -> None:
-        # no reply expected; a refusing policy only records it
+                         entered: int) -> None:
+        # bluetoothd expects no reply: a refusal withholds the passkey (and records it)
         request = PairingRequest(DISPLAY_PASSKEY, device, passkey=passkey)
-        self.log.request(request, self.policy.decide(request))
+        adapter = self.adapter_path
+        if adapter is not None and not device.startswith(adapter + "/"):
+            decision = Decision.no(f"{device} is not a device of {adapter}")
+        else:
+            decision = self.policy.decide(request)
+        attempt = self.log.request(request, decision)
+        if not decision.accept:
+            log.info("pairing passkey withheld device=%s address=%s reason=%s", device,
+                     attempt.address or "-", decision.reason)
+            return
+        if entered:  # the phone reports keystrokes: the same passkey again
+            return
+        self.log.shown(attempt.address, passkey)
+        log.info("pairing passkey device=%s address=%s passkey=%06d", device,
+                 attempt.address or "-", passkey)
+        if self.on_passkey is not None:
+            self.on_passkey(attempt.address, passkey)
 
     def _request_passkey(self, _ctx: CallContext, device: str) -> int:
         self._answer(PairingRequest(REQUEST_PASSKEY, device))
@@ -472,12 +461,15 @@ class Pairing:
     """
 
     def __init__(self, conn: Connection, path: str, mode: str, *,
-                 history: int = HISTORY, allowed_caller: str | None = BLUEZ) -> None:
+                 history: int = HISTORY, allowed_caller: str | None = BLUEZ,
+                 window: PairingWindow | None = None,
+                 on_passkey: PasskeyShown | None = None) -> None:
         self.mode = mode
+        self.window = window if window is not None else PairingWindow()
         self.log = PairingLog(history)
-        policy = policy_for_mode(mode)
+        policy = policy_for_mode(mode, self.window)
         self.agent = (PairingAgent(conn, path, policy, log_=self.log,
-                                   allowed_caller=allowed_caller)
+                                   allowed_caller=allowed_caller, on_passkey=on_passkey)
                       if policy is not None else None)
         self._conn = conn
         self.last_error: str | None = None
@@ -519,10 +511,11 @@ class Pairing:
                            task_status=task_status)
 
     @staticmethod
-    def idle_snapshot(mode: str) -> dict[str, Any]:
+    def idle_snapshot(mode: str, window: PairingWindow | None = None) -> dict[str, Any]:
         """The snapshot before the peripheral runs: nothing registered, nothing seen."""
         return {"mode": mode, "agent_registered": False, "capability": None,
-                "agent_error": None, **PairingLog().snapshot()}
+                "agent_error": None, "window": (window or PairingWindow()).snapshot(),
+                **PairingLog().snapshot()}
 
     def snapshot(self) -> dict[str, Any]:
         """``get_status()["pairing"]``."""
@@ -531,5 +524,16 @@ class Pairing:
             "agent_registered": self.registered,
             "capability": self.agent.policy.capability if self.agent is not None else None,
             "agent_error": self.last_error,
+            "window": self.window.snapshot(),
             **self.log.snapshot(),
         }
+
+
+__all__ = [
+    "AUTHORIZE_SERVICE", "CAPABILITIES", "DISPLAY_PASSKEY", "DISPLAY_PIN_CODE", "MAX_WINDOW_S",
+    "PAIRING_MODES", "REQUEST_AUTHORIZATION", "REQUEST_CONFIRMATION", "REQUEST_PASSKEY",
+    "REQUEST_PIN_CODE", "WINDOW_CLOSED", "BondedDevice", "Decision", "JustWorksPolicy",
+    "Pairing", "PairingAgent", "PairingLog", "PairingPolicy", "PairingRequest", "PairingWindow",
+    "PasskeyPolicy", "WindowPolicy", "address_of", "agent_path", "follow_bonds",
+    "policy_for_mode",
+]

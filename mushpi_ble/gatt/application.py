@@ -27,6 +27,7 @@ import trio
 
 from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Method, Property
 
+from .access import READ, WRITE, AccessGate
 from .errors import (
     FAILED,
     INVALID_VALUE_LENGTH,
@@ -125,8 +126,11 @@ class GattApplication:
         allowed_caller: str | None = BLUEZ,
         on_device_seen: DeviceSeen | None = None,
         long_write_timeout: float = 30.0,
+        access: AccessGate | None = None,
         close_grace: float = CLOSE_GRACE_S,
     ) -> None:
+        """``access``: who may read and write (flags for bluetoothd and our own check);
+        None is open access."""
         validate_services(services)
         self._conn = conn
         self.root = root
@@ -136,6 +140,7 @@ class GattApplication:
         self._allowed_caller = allowed_caller
         self._on_device_seen = on_device_seen
         self._long_write_timeout = long_write_timeout
+        self.access = access
         self._close_grace = close_grace
         self._states: dict[str, CharacteristicState] = {}
         self._paths: list[str] = []
@@ -206,7 +211,7 @@ class GattApplication:
         properties = [
             Property("UUID", "s", get=lambda: spec.uuid),
             Property("Service", "o", get=lambda: s_path),
-            Property("Flags", "as", get=lambda: list(spec.flags)),
+            Property("Flags", "as", get=lambda: list(self.flags_of(spec))),
             Property("Notifying", "b", get=lambda: state.notifying),
             Property("Value", "ay", get=lambda: state.value, restricted=True),
         ]
@@ -261,6 +266,10 @@ class GattApplication:
             ],
         )
 
+    def flags_of(self, spec: Characteristic) -> tuple[str, ...]:
+        """The flags bluetoothd sees: the description's, secured by the access rules."""
+        return spec.flags if self.access is None else self.access.rules.flags(spec.flags)
+
     # -- handlers ------------------------------------------------------------
     def _saw_device(self, device: str, mtu: int) -> None:
         if device and self._on_device_seen is not None:
@@ -272,6 +281,8 @@ class GattApplication:
         self._saw_device(request.device, request.mtu)
         if state.spec.read is None:
             raise GattError(NOT_PERMITTED, f"{state.spec.label} is not readable")
+        if self.access is not None:
+            await self.access.check(READ, request.device, state.spec.label)
         value = await state.spec.read(request)
         return slice_for_offset(value, request.offset)
 
@@ -281,6 +292,8 @@ class GattApplication:
         self._saw_device(piece.device, piece.mtu)
         if state.spec.write is None:
             raise GattError(NOT_PERMITTED, f"{state.spec.label} is not writable")
+        if self.access is not None:
+            await self.access.check(WRITE, piece.device, state.spec.label)
         whole = self._assemble(state, piece)
         try:
             await state.spec.write(attrs.evolve(piece, value=whole, offset=0))

@@ -22,12 +22,7 @@ CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configurat
   <type>session</type>
   <listen>unix:path={socket}</listen>
   <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_destination="*" eavesdrop="true"/>
-    <allow receive_sender="*"/>
-  </policy>
+{policy}
   <limit name="max_incoming_bytes">1000000000</limit>
   <limit name="max_outgoing_bytes">1000000000</limit>
   <limit name="max_message_size">33554432</limit>
@@ -39,13 +34,45 @@ CONFIG = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configurat
 """
 
 
+PERMISSIVE = """  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_destination="*" eavesdrop="true"/>
+    <allow receive_sender="*"/>
+  </policy>"""
+
+SYSTEM_LIKE = """  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus"
+           send_interface="org.freedesktop.DBus.Introspectable"/>
+  </policy>"""
+"""The default policy of Debian's system.conf: nobody owns names or calls methods
+unless a policy file allows it."""
+
+
 class DBusDaemonMissing(RuntimeError):
     """dbus-daemon is not installed (Debian package ``dbus-daemon``)."""
 
 
 @contextmanager
-def private_bus(startup_timeout: float = 10.0) -> Iterator[str]:
-    """Start a private dbus-daemon; yields its address, stops it on exit."""
+def private_bus(startup_timeout: float = 10.0, *,
+                system_policy: str | None = None) -> Iterator[str]:
+    """Start a private dbus-daemon; yields its address, stops it on exit.
+
+    ``system_policy``: the system bus's default policy instead of the permissive
+    one, with this policy file (the text of a ``system.d`` file) added; "" adds none.
+    """
     daemon = shutil.which("dbus-daemon")
     if daemon is None:
         raise DBusDaemonMissing(
@@ -54,7 +81,14 @@ def private_bus(startup_timeout: float = 10.0) -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="mushpi-bus-") as tmp:
         socket_path = Path(tmp) / "bus"
         config = Path(tmp) / "bus.conf"
-        config.write_text(CONFIG.format(socket=socket_path))
+        policy = PERMISSIVE
+        if system_policy is not None:
+            policy = SYSTEM_LIKE
+            if system_policy:
+                extra = Path(tmp) / "policy.conf"
+                extra.write_text(system_policy)
+                policy += f"\n  <include>{extra}</include>"
+        config.write_text(CONFIG.format(socket=socket_path, policy=policy))
         proc = subprocess.Popen(
             [daemon, f"--config-file={config}", "--nofork", "--print-address"],
             stdout=subprocess.PIPE,

@@ -51,7 +51,7 @@ from .att import AttError, att_code_for_dbus_error, check_permissions
 from .gatt_db import Characteristic, Descriptor
 from .gatt_manager import MAX_VALUE_LEN, Application
 from .names import FAILED, GATT_CHARACTERISTIC, GATT_DESCRIPTOR
-from .pairing import Pairing, PairingResult
+from .pairing import Pairing, PairingResult, TypedPasskey
 from .runtime import Runtime
 from .uuids import normalize_uuid
 
@@ -579,12 +579,13 @@ class FakeCentral:
     # -- pairing ------------------------------------------------------------------
     async def pair(self, *, io_capability: str = "NoInputNoOutput", mitm: bool = False,
                    secure_connections: bool = True, bonding: bool = True,
-                   passkey: int | None = None) -> PairingResult:
+                   passkey: int | TypedPasskey | None = None) -> PairingResult:
         """The phone sends an SMP Pairing Request; bluetoothd asks its default agent.
 
         Defaults are a phone's Just Works request (NoInputNoOutput, no MITM,
         Secure Connections, bonding). ``passkey`` is what the user types or
-        compares (None: the right one). A failed pairing drops the link.
+        compares (None: the right one; an async function: what the user types once
+        they have read it). A failed pairing drops the link.
         """
         if not self.connected:
             raise NotConnected(f"{self.address} is not connected")

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import attrs
+import trio
 
 from mushpi_ble.dbus import CallTimeout, DBusError
 
@@ -94,12 +96,16 @@ def association_model(local_io: str, remote_io: str, *, mitm: bool, secure: bool
     return method
 
 
+TypedPasskey = Callable[[], Awaitable[int]]
+"""What the phone's user types, once they have read it somewhere (an LCD, a log)."""
+
+
 class Pairing:
     """One incoming pairing request from ``central``, played to the end."""
 
     def __init__(self, runtime: Runtime, agents: AgentManager, central: FakeCentral, *,
                  io_capability: str, mitm: bool, secure_connections: bool, bonding: bool,
-                 passkey: int | None) -> None:
+                 passkey: int | TypedPasskey | None) -> None:
         if io_capability not in IO_CAPABILITIES:
             raise ValueError(f"io_capability must be one of {IO_CAPABILITIES}")
         self._runtime = runtime
@@ -148,6 +154,12 @@ class Pairing:
                                     "agent timeout; Cancel sent")
         except DBusError as exc:
             return await self._fail(method, call, exc.name, exc.text)
+        if callable(self._typed):  # the phone's user types what the Pi showed
+            try:
+                with trio.fail_after(self._runtime.config.agent_timeout):
+                    self._typed = await self._typed()
+            except trio.TooSlowError:
+                return await self._fail(method, call, "passkey-timeout", "nothing typed")
         if not self._passkey_matches(method, args, reply):
             return await self._fail(method, call, "passkey-mismatch", "wrong passkey")
         return await self._succeed(method, call)

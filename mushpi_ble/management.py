@@ -1,0 +1,151 @@
+"""A small management interface on the peripheral's own D-Bus connection.
+
+``mushpi-ble pair`` and ``mushpi-ble bonds`` reach the running peripheral
+here: the connection owns the well-known name :data:`BUS_NAME` and exports
+:data:`INTERFACE` at :data:`PATH`. Anyone may see it exists (Introspect);
+every method asks the bus daemon who the caller is
+(``GetConnectionUnixUser``) and refuses everyone but root and the user the
+peripheral runs as with ``AccessDenied``. On the system bus, owning the name
+and calling it need a D-Bus policy file (``mushpi-ble dbus-policy``); without
+it the peripheral serves as always and says why the interface is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Protocol
+
+import attrs
+
+from .dbus import CallContext, Connection, DBusError, Interface, Method
+
+log = logging.getLogger(__name__)
+
+BUS_NAME = "org.mushpi.Ble"
+PATH = "/org/mushpi/Ble"
+INTERFACE = "org.mushpi.Ble1"
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+NAME_DO_NOT_QUEUE = 4
+PRIMARY_OWNER, ALREADY_OWNER = 1, 4
+
+
+class Controls(Protocol):
+    """What the interface drives: the peripheral's pairing window and bonds."""
+
+    def open_pairing_window(self, seconds: float) -> float: ...
+
+    def close_pairing_window(self) -> None: ...
+
+    def bonds(self) -> list[dict[str, Any]]: ...
+
+    async def remove_bond(self, address: str) -> None: ...
+
+
+@attrs.define
+class ManagementStatus:
+    """Whether the name is ours, and the callers refused."""
+
+    state: str = "not started"
+    refused_callers: int = 0
+    calls: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": BUS_NAME, "state": self.state, "calls": self.calls,
+                "refused_callers": self.refused_callers}
+
+
+class Management:
+    """The exported object; ``start`` exports it and asks for the name."""
+
+    def __init__(self, conn: Connection, controls: Controls, *,
+                 allowed_uids: frozenset[int] | None = None) -> None:
+        self._conn = conn
+        self._controls = controls
+        self.allowed_uids = (allowed_uids if allowed_uids is not None
+                             else frozenset({0, os.geteuid()}))
+        self.status = ManagementStatus()
+
+    def _interface(self) -> Interface:
+        return Interface(INTERFACE, methods=[
+            Method("OpenPairingWindow", "u", "d", handler=self._open,
+                   arg_names=["seconds"], out_names=["until"]),
+            Method("ClosePairingWindow", handler=self._close),
+            Method("ListBonds", "", "s", handler=self._bonds, out_names=["bonds_json"]),
+            Method("RemoveBond", "s", handler=self._remove, arg_names=["address"]),
+        ])
+
+    async def start(self) -> None:
+        """Export, then own :data:`BUS_NAME`; a refusal is kept in the status, never raised."""
+        self._conn.export(PATH, [self._interface()])
+        try:
+            result = await self._conn.request_name(BUS_NAME, NAME_DO_NOT_QUEUE)
+        except DBusError as exc:
+            self.status.state = (f"unavailable: the bus refused the name {BUS_NAME} "
+                                 f"({exc.name}); install the D-Bus policy "
+                                 "(mushpi-ble dbus-policy)")
+            log.warning("management interface unavailable name=%s error=%s: %s", BUS_NAME,
+                        exc.name, exc.text)
+            return
+        if result in (PRIMARY_OWNER, ALREADY_OWNER):
+            self.status.state = "serving"
+            log.info("management interface serving name=%s path=%s", BUS_NAME, PATH)
+        else:
+            self.status.state = f"unavailable: {BUS_NAME} is owned by another process"
+            log.warning("management interface unavailable: name %s has another owner",
+                        BUS_NAME)
+
+    def stop(self) -> None:
+        self._conn.unexport(PATH)
+
+    async def _authorize(self, ctx: CallContext) -> None:
+        self.status.calls += 1
+        uid = int(await self._conn.call_bus("GetConnectionUnixUser", "s", (ctx.sender,)))
+        if uid not in self.allowed_uids:
+            self.status.refused_callers += 1
+            log.warning("management call refused member=%s sender=%s uid=%d", ctx.member,
+                        ctx.sender, uid)
+            raise DBusError(ACCESS_DENIED, f"uid {uid} may not manage this peripheral "
+                                           "(root or the service's own user only)")
+
+    async def _open(self, ctx: CallContext, seconds: int) -> float:
+        await self._authorize(ctx)
+        try:
+            return self._controls.open_pairing_window(float(seconds))
+        except ValueError as exc:
+            raise DBusError(INVALID_ARGS, str(exc)) from None
+
+    async def _close(self, ctx: CallContext) -> None:
+        await self._authorize(ctx)
+        self._controls.close_pairing_window()
+
+    async def _bonds(self, ctx: CallContext) -> str:
+        await self._authorize(ctx)
+        return json.dumps(self._controls.bonds())
+
+    async def _remove(self, ctx: CallContext, address: str) -> None:
+        await self._authorize(ctx)
+        try:
+            await self._controls.remove_bond(address)
+        except ValueError as exc:
+            raise DBusError(INVALID_ARGS, str(exc)) from None
+
+
+def policy_file(user: str) -> str:
+    """The system bus policy that lets ``user`` own the name and root or ``user`` call it."""
+    users = ["root"] if user == "root" else ["root", user]
+    blocks = "\n".join(
+        f'  <policy user="{u}">\n'
+        f'    <allow own="{BUS_NAME}"/>\n'
+        f'    <allow send_destination="{BUS_NAME}" send_interface="{INTERFACE}"/>\n'
+        f'    <allow send_destination="{BUS_NAME}"\n'
+        '           send_interface="org.freedesktop.DBus.Introspectable"/>\n'
+        '  </policy>'
+        for u in users)
+    return ("<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN\"\n"
+            " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
+            "<!-- mushpi-ble: the management interface (mushpi-ble pair / bonds).\n"
+            f"     Install as /etc/dbus-1/system.d/{BUS_NAME}.conf -->\n"
+            f"<busconfig>\n{blocks}\n</busconfig>\n")

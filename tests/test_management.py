@@ -1,0 +1,215 @@
+"""The management interface and `mushpi-ble pair` / `bonds` / `dbus-policy`, against a
+running portal on the fake bluetoothd (a real dbus-daemon in between)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import struct
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from rig import NOW, Rig, eventually, make_settings, start_rig
+
+from mushpi_ble.cli import main
+from mushpi_ble.dbus import DBusError, open_connection
+from mushpi_ble.management import BUS_NAME, INTERFACE, PATH, Management, policy_file
+from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
+from mushpi_ble.testing import private_bus
+from mushpi_ble.testing.fakebluez import AttError, FakeBluez
+
+UUID = CHARACTERISTIC_UUIDS
+STAGE = struct.pack("<BBBIHB", 0, 2, 3, int(NOW - 10), 14, 0)
+PHONE = "11:22:33:44:55:66"
+
+
+@pytest.fixture
+async def locked(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Rig]:
+    """A room whose writes need a bond; the agent is registered."""
+    rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded"))
+    try:
+        await eventually(lambda: rig.portal.get_status()["pairing"]["agent_registered"])
+        yield rig
+    finally:
+        await trio.to_thread.run_sync(rig.portal.stop)
+
+
+async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    try:
+        code = await trio.to_thread.run_sync(main, list(argv))
+    except SystemExit as exc:
+        code, text = 1, str(exc.code)
+        return code, text
+    return code, capsys.readouterr().out
+
+
+async def test_pair_bonds_and_remove_from_the_command_line(
+        locked: Rig, bluez: FakeBluez, bus_address: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert locked.portal.get_status()["management"]["state"] == "serving"
+    phone = await bluez.connect_central(address=PHONE)
+    with pytest.raises(AttError):
+        await phone.write(UUID["stage_state"], STAGE)
+    assert not (await phone.pair()).success  # no window yet: rejected
+    code, out = await cli(capsys, "pair", "--bus", bus_address, "--seconds", "60")
+    assert code == 0 and "pairing window open for 60 s" in out
+    assert locked.portal.get_status()["access"]["window_open"]
+    phone = await bluez.connect_central(address=PHONE)
+    assert (await phone.pair()).success
+    await phone.write(UUID["stage_state"], STAGE)
+    assert [w[0] for w in locked.controller.writes] == ["stage_state"]
+    code, out = await cli(capsys, "pair", "--bus", bus_address, "--close")
+    assert code == 0 and not locked.portal.get_status()["access"]["window_open"]
+
+    await eventually(lambda: locked.portal.bonds())
+    code, out = await cli(capsys, "bonds", "--bus", bus_address)
+    assert code == 0 and PHONE in out and "connected" in out
+    code, out = await cli(capsys, "bonds", "--bus", bus_address, "--json")
+    (bond,) = json.loads(out)
+    assert bond["address"] == PHONE and bond["bonded"] and bond["last_seen"] is not None
+
+    code, out = await cli(capsys, "bonds", "--bus", bus_address, "--remove", PHONE.lower())
+    assert code == 0 and f"bond removed: {PHONE}" in out
+    assert not phone.connected  # bluetoothd drops a removed device's link
+    assert bluez.adapter().bonded_devices == []
+    await eventually(lambda: not locked.portal.bonds())
+    # the phone comes back: it is a stranger again, and the window is closed
+    phone = await bluez.connect_central(address=PHONE)
+    with pytest.raises(AttError):
+        await phone.write(UUID["stage_state"], STAGE)
+    assert not (await phone.pair()).success
+    assert len(locked.controller.writes) == 1
+
+    code, text = await cli(capsys, "bonds", "--bus", bus_address, "--remove", PHONE)
+    assert code == 1 and "no bonded phone" in text
+    code, text = await cli(capsys, "bonds", "--bus", bus_address, "--remove", "nonsense")
+    assert code == 1 and "not a Bluetooth address" in text
+    code, text = await cli(capsys, "pair", "--bus", bus_address, "--seconds", "0")
+    assert code == 2
+
+
+async def test_the_portal_api_does_the_same(locked: Rig, bluez: FakeBluez) -> None:
+    until = await trio.to_thread.run_sync(locked.portal.open_pairing_window, 30)
+    assert until == pytest.approx(locked.portal.get_status()["access"]["window_until"], abs=1)
+    phone = await bluez.connect_central(address=PHONE)
+    assert (await phone.pair()).success
+    await eventually(lambda: locked.portal.bonds())
+    assert [b["address"] for b in await trio.to_thread.run_sync(locked.portal.bonds)] == [PHONE]
+    await trio.to_thread.run_sync(locked.portal.remove_bond, PHONE)
+    assert await trio.to_thread.run_sync(locked.portal.bonds) == []
+    with pytest.raises(ValueError, match="no bonded phone"):
+        await trio.to_thread.run_sync(locked.portal.remove_bond, PHONE)
+
+
+async def test_no_running_peripheral_is_said_plainly(bus_address: str, bluez: FakeBluez,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code, text = await cli(capsys, "pair", "--bus", bus_address)
+    assert code == 1 and "no running mushpi-ble peripheral owns org.mushpi.Ble" in text
+
+
+async def test_a_window_is_refused_where_the_mode_has_none(
+        bus_address: str, bluez: FakeBluez, capsys: pytest.CaptureFixture[str]) -> None:
+    rig = await start_rig(bus_address, bluez, make_settings())  # open access, just-works
+    try:
+        code, text = await cli(capsys, "pair", "--bus", bus_address)
+        assert code == 1 and "MUSHPI_BLE_PAIRING=just-works" in text
+    finally:
+        await trio.to_thread.run_sync(rig.portal.stop)
+
+
+class _Controls:
+    def __init__(self) -> None:
+        self.opened: list[float] = []
+
+    def open_pairing_window(self, seconds: float) -> float:
+        self.opened.append(seconds)
+        return 1.0
+
+    def close_pairing_window(self) -> None: ...
+
+    def bonds(self) -> list[dict[str, object]]:
+        return []
+
+    async def remove_bond(self, address: str) -> None: ...
+
+
+async def test_callers_of_another_user_are_refused(bus_address: str) -> None:
+    controls = _Controls()
+    async with open_connection(bus_address) as server, open_connection(bus_address) as caller:
+        management = Management(server, controls, allowed_uids=frozenset({os.geteuid() + 1}))
+        await management.start()
+        with pytest.raises(DBusError) as err:
+            await caller.call(BUS_NAME, PATH, INTERFACE, "OpenPairingWindow", "u", (60,))
+        assert err.value.name == "org.freedesktop.DBus.Error.AccessDenied"
+        assert controls.opened == []
+        assert management.status.refused_callers == 1
+        # introspection shows the interface to anyone
+        (xml,) = await caller.call(BUS_NAME, PATH, "org.freedesktop.DBus.Introspectable",
+                                   "Introspect")
+        assert INTERFACE in xml
+        # a second peripheral on the bus cannot take the name; it says so
+        second = Management(caller, controls)
+        await second.start()
+        assert second.status.state == f"unavailable: {BUS_NAME} is owned by another process"
+
+
+def test_the_policy_file_lets_the_service_user_own_and_root_call() -> None:
+    text = policy_file("mushpi")
+    assert '<policy user="mushpi">' in text and '<policy user="root">' in text
+    assert f'<allow own="{BUS_NAME}"/>' in text
+    assert f'send_destination="{BUS_NAME}" send_interface="{INTERFACE}"' in text
+    assert policy_file("root").count("<policy ") == 1
+
+
+@pytest.mark.parametrize("installed", [False, True])
+async def test_on_a_system_like_bus_the_policy_file_is_what_makes_it_work(
+        installed: bool) -> None:
+    """Debian's system bus denies owning names and calling methods by default."""
+    user = pwd.getpwuid(os.geteuid()).pw_name
+    with private_bus(system_policy=policy_file(user) if installed else "") as address:
+        async with open_connection(address) as server, open_connection(address) as caller:
+            management = Management(server, _Controls())
+            await management.start()
+            if not installed:
+                assert management.status.state.startswith("unavailable: the bus refused")
+                assert "mushpi-ble dbus-policy" in management.status.state
+                return
+            assert management.status.state == "serving"
+            (until,) = await caller.call(BUS_NAME, PATH, INTERFACE, "OpenPairingWindow", "u",
+                                         (60,))
+            assert until == 1.0
+
+
+async def test_check_reports_access_and_the_management_interface(
+        locked: Rig, bus_address: str) -> None:
+    from mushpi_ble.cli import check
+
+    settings = make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded")
+    async with open_connection(bus_address) as conn:
+        finding = await check.access_finding(conn, settings)
+    assert finding.level == check.OK
+    assert "write=bonded read=open pairing=window" in finding.message
+    assert "serves org.mushpi.Ble" in finding.message
+
+
+async def test_check_without_a_peripheral_names_the_missing_policy(
+        bus_address: str, tmp_path: Path) -> None:
+    from mushpi_ble.cli import check
+
+    policy = tmp_path / "org.mushpi.Ble.conf"
+    settings = make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded")
+    async with open_connection(bus_address) as conn:
+        with trio.fail_after(5):  # a peripheral of an earlier test has left the bus
+            while (await conn.call_bus("NameHasOwner", "s", (BUS_NAME,))):
+                await trio.sleep(0.01)
+        missing = await check.access_finding(conn, settings, (policy,))
+        policy.write_text(policy_file("mushpi"))
+        present = await check.access_finding(conn, settings, (policy,))
+        open_room = await check.access_finding(conn, make_settings(), (tmp_path / "none",))
+    assert missing.level == check.WARN and "mushpi-ble dbus-policy" in missing.message
+    assert present.level == check.INFO and f"policy is installed ({policy})" in present.message
+    assert open_room.level == check.INFO and "write=open" in open_room.message

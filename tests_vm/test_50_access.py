@@ -1,0 +1,251 @@
+"""Who may steer the room, on the real bluetoothd: bonded-only writes and pairing windows.
+
+The lab's portal is replaced, for these tests, by one with
+``MUSHPI_BLE_WRITE_ACCESS=bonded``; its management interface is reached
+with ``mushpi-ble pair`` / ``bonds`` over the guest's system bus, with the
+policy file ``mushpi-ble dbus-policy`` prints installed as a grower would.
+
+- A central that is not bonded writes: bluetoothd answers with an ATT
+  security error (the characteristics carry ``encrypt-write``), the central
+  tries to pair, the window is closed, our agent refuses: the write fails
+  and the controller never sees it.
+- ``mushpi-ble pair`` opens a window: the central writes again, meets the
+  same error, pairs by itself (Just Works, as a phone's OS does) and its
+  retried write reaches the controller.
+- ``mushpi-ble bonds`` lists it; ``bonds --remove`` forgets it: bluetoothd
+  drops the link, and the central's next write fails again.
+- Passkey mode: the peripheral shows a passkey (``on_pairing_passkey``),
+  the central's user types it (its agent answers ``RequestPasskey`` with
+  it; the central pairs explicitly, as a phone's settings page does), and
+  the authenticated bond may write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from central_agent import PairingFailed
+from conftest import (
+    CENTRAL_ADAPTER,
+    PERIPHERAL_ADAPTER,
+    LoopThread,
+    Metrics,
+    PortalLab,
+    SystemBus,
+    btmon_offset,
+    btmon_since,
+    connect_device,
+    forget_bond,
+    pair_as_central,
+    wait_for,
+)
+from hub import Hub, device_at
+
+from mushpi_ble.protocol import ControlTargets
+
+POLICY = Path("/etc/dbus-1/system.d/org.mushpi.Ble.conf")
+# The peripheral's bluetoothd refusing the write on the air, and the central pairing next.
+REFUSED_ON_AIR = re.compile(
+    r"ACL Data TX[^\n]*\[hci0\][^\n]*\n\s+ATT: Error Response[^\n]*\n\s+Write Request"
+    r"[^\n]*\n[^\n]*\n\s+Error: Insufficient Encryption \(0x0f\)")
+TARGETS = ControlTargets(190, 270, 710, 1400, light_mode=2, on_minutes=600,
+                         off_minutes=840).pack()
+
+
+def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mushpi_ble.cli", *argv], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def policy_installed(system_bus: SystemBus) -> Iterator[None]:
+    """The install step of the README, in the guest's throw-away root."""
+    done = cli("dbus-policy", "--user", "root")
+    assert done.returncode == 0, done.stderr
+    POLICY.write_text(done.stdout)
+    system_bus.call("/org/freedesktop/DBus", "org.freedesktop.DBus", "ReloadConfig",
+                    dest="org.freedesktop.DBus")
+    try:
+        yield
+    finally:
+        POLICY.unlink(missing_ok=True)
+
+
+class Locked:
+    def __init__(self, portal: Any, shown: list[tuple[str, int]]) -> None:
+        self.portal = portal
+        self.shown = shown
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.portal.get_status())
+
+
+@pytest.fixture(autouse=True)
+def classic_pass_only(bluez: str) -> None:
+    """Bonds and windows do not depend on the bearer: once per generation is enough."""
+    if bluez != "att":
+        pytest.skip("access tests run in the att pass of each generation")
+
+
+@contextlib.contextmanager
+def locked_portal(portal_lab: PortalLab, pairing: str) -> Iterator[Locked]:
+    """The lab's portal stopped; one whose writes need a bond in its place."""
+    from mushpi_ble.config import load_settings
+    from mushpi_ble.portal import BlePortal
+
+    portal_lab.portal.stop()
+    settings = load_settings(environ={"MUSHPI_BLE_ADAPTER": PERIPHERAL_ADAPTER,
+                                      "MUSHPI_BLE_WRITE_ACCESS": "bonded",
+                                      "MUSHPI_BLE_PAIRING": pairing}, env_file=None)
+    portal = BlePortal(settings)
+    shown: list[tuple[str, int]] = []
+    portal.set_callbacks(portal_lab.controller.callbacks(),
+                         on_pairing_passkey=lambda address, key: shown.append((address, key)))
+    try:
+        portal.start()
+        wait_for(lambda: portal.get_status()["pairing"]["agent_registered"], 15,
+                 "our agent registered")
+        yield Locked(portal, shown)
+    finally:
+        portal.stop()
+        portal_lab.portal.start()
+
+
+def _part(bus: SystemBus, lab_address: str, central: str) -> None:
+    forget_bond(bus, CENTRAL_ADAPTER, lab_address)
+    forget_bond(bus, PERIPHERAL_ADAPTER, central)
+
+
+def _writes(portal_lab: PortalLab) -> int:
+    return sum(1 for name, _ in portal_lab.controller.writes if name == "control_targets")
+
+
+def _hub_write(path: str, address: str) -> None:
+    """Connect bleak, write control targets, disconnect; raises what the write raised."""
+    with LoopThread("access-hub") as loop:
+        hub = Hub(device_at(path, address))
+        loop.run(hub.connect(), 60)
+        try:
+            loop.run(hub.write("control_targets", TARGETS), 40)
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run(hub.disconnect(), 30)
+
+
+def _refused_write(bus: SystemBus, portal_lab: PortalLab, locked: Locked) -> str:
+    """A central that is not bonded writes: it fails, and the controller sees nothing."""
+    before = _writes(portal_lab)
+    trace_from = btmon_offset()
+    path = connect_device(bus, portal_lab.address)
+    wait_for(lambda: bool(bus.get(path, "org.bluez.Device1", "ServicesResolved")), 40,
+             "ServicesResolved")
+    with pytest.raises(Exception) as failed:  # bleak's error type varies by version
+        _hub_write(path, portal_lab.address)
+    assert _writes(portal_lab) == before
+    # bluetoothd refused it on the air (the central then asked to pair, as a phone does);
+    # our own gate never saw it
+    trace = btmon_since(trace_from, "Insufficient Encryption", "SMP: Pairing Request")
+    assert REFUSED_ON_AIR.search(trace), trace[-3000:]
+    assert locked.status()["access"]["refused_writes"] == 0
+    return f"{type(failed.value).__name__}: {failed.value}"
+
+
+@pytest.mark.pairing
+def test_bonded_writes_need_a_pairing_window(
+        bluez: str, portal_lab: PortalLab, system_bus: SystemBus, policy_installed: None,
+        metrics: Metrics) -> None:
+    central = system_bus.adapter_address(CENTRAL_ADAPTER)
+    _part(system_bus, portal_lab.address, central)
+    with locked_portal(portal_lab, "window") as locked:
+        try:
+            # 1. a stranger outside the window: its write fails, and it cannot pair
+            metrics.set(f"{bluez}.access_refused_write_error",
+                        _refused_write(system_bus, portal_lab, locked))
+            path = connect_device(system_bus, portal_lab.address)
+            with pytest.raises(PairingFailed) as refused:
+                pair_as_central(path)
+            metrics.set(f"{bluez}.access_refused_pairing", refused.value.name)
+            rejected = [a for a in locked.status()["pairing"]["recent"]
+                        if a["address"] == central and a["outcome"] == "rejected"]
+            assert rejected and rejected[-1]["reason"] == "pairing window closed", rejected
+            _part(system_bus, portal_lab.address, central)
+
+            # 2. the grower opens a window from the command line; the phone pairs, writes
+            opened = cli("pair", "--seconds", "60")
+            assert opened.returncode == 0, opened.stderr
+            assert "pairing window open for 60 s" in opened.stdout
+            assert locked.status()["access"]["window_open"]
+            # as a phone does: write, meet the security error, pair, write again (bluetoothd
+            # on the central side pairs and retries by itself; our agent accepts in a window)
+            before = _writes(portal_lab)
+            path = connect_device(system_bus, portal_lab.address)
+            wait_for(lambda: bool(system_bus.get(path, "org.bluez.Device1",
+                                                 "ServicesResolved")), 40, "ServicesResolved")
+            started = time.monotonic()
+            _hub_write(path, portal_lab.address)
+            metrics.set(f"{bluez}.access_pair_and_write_s", round(time.monotonic() - started, 2))
+            assert _writes(portal_lab) == before + 1
+            assert bool(system_bus.get(path, "org.bluez.Device1", "Paired"))
+            accepted = [a for a in locked.status()["pairing"]["recent"]
+                        if a["address"] == central and a["outcome"] in ("accepted", "paired")]
+            assert accepted, locked.status()["pairing"]["recent"]
+            closed = cli("pair", "--close")
+            assert closed.returncode == 0, closed.stderr
+
+            # 3. the bond is listed, then removed: the phone's writes fail again
+            wait_for(lambda: locked.status()["access"]["bonded_count"] == 1, 10, "the bond")
+            listed = cli("bonds", "--json")
+            assert listed.returncode == 0, listed.stderr
+            assert [b["address"] for b in json.loads(listed.stdout)] == [central]
+            removed = cli("bonds", "--remove", central)
+            assert removed.returncode == 0, removed.stderr
+            wait_for(lambda: locked.status()["access"]["bonded_count"] == 0, 10,
+                     "the bond gone")
+            forget_bond(system_bus, CENTRAL_ADAPTER, portal_lab.address)  # the phone's side
+            metrics.set(f"{bluez}.access_write_after_removal_error",
+                        _refused_write(system_bus, portal_lab, locked))
+        finally:
+            _part(system_bus, portal_lab.address, central)
+
+
+@pytest.mark.pairing
+def test_passkey_entry_with_the_passkey_the_controller_showed(
+        bluez: str, portal_lab: PortalLab, system_bus: SystemBus, metrics: Metrics) -> None:
+    central = system_bus.adapter_address(CENTRAL_ADAPTER)
+    _part(system_bus, portal_lab.address, central)
+    with locked_portal(portal_lab, "passkey") as locked:
+        try:
+            assert locked.status()["pairing"]["capability"] == "DisplayOnly"
+            locked.portal.open_pairing_window(60)
+            before = _writes(portal_lab)
+            # One bluetoothd serves both controllers here, and 5.82 pairs a connected LE
+            # device with the adapter's IO capability, which it sets from the default
+            # agent (ours, DisplayOnly). A phone has a keyboard: say so for hci1.
+            central_io = subprocess.run(["btmgmt", "--index", CENTRAL_ADAPTER[3:], "io-cap",
+                                         "4"], capture_output=True, text=True, timeout=20,
+                                        check=False)
+            assert central_io.returncode == 0, central_io.stdout + central_io.stderr
+            path = connect_device(system_bus, portal_lab.address)
+            calls = pair_as_central(
+                path, capability="KeyboardDisplay",
+                passkey=lambda: locked.shown[-1][1] if locked.shown else None)
+            assert [c[0] for c in calls if c[0] == "RequestPasskey"] == ["RequestPasskey"]
+            assert locked.shown and locked.shown[-1][0] == central, locked.shown
+            metrics.set(f"{bluez}.access_passkey_shown", True)
+            assert bool(system_bus.get(path, "org.bluez.Device1", "Paired"))
+            wait_for(lambda: bool(system_bus.get(path, "org.bluez.Device1",
+                                                 "ServicesResolved")), 40, "ServicesResolved")
+            _hub_write(path, portal_lab.address)
+            assert _writes(portal_lab) == before + 1
+        finally:
+            _part(system_bus, portal_lab.address, central)
+
