@@ -389,6 +389,7 @@ async def test_getter_answers_serve_reads_for_the_cache_age(bus_address: str,
 
     rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_READ_CACHE_MS="60000"),
                           controller)
+    rig.portal.update_advertising_name("MushPi-Cache")  # the advert asks for no stage data
     rig.portal.set_callbacks(get_stage_data=get_stage_data)
     try:
         central = await phone(rig)
