@@ -147,3 +147,19 @@ async def test_the_value_pushed_on_subscribing_goes_to_the_new_phone_only(
     rig.portal.publish_env(20.0, 80.0, 1112, 10)
     await eventually(lambda: co2s(one)[-1:] == [1112] and co2s(two)[-1:] == [1112])
     assert co2s(one) == [1111, 1112]  # no second copy of 1111 when the other subscribed
+
+
+async def test_a_phone_that_reconnects_at_once_has_not_lost_its_socket(auto_rig: Rig) -> None:
+    rig = auto_rig
+    phone = await rig.bluez.connect_central(address=A)
+    await phone.subscribe(ENV)
+    await eventually(lambda: rig.portal.get_status()["notify"]["phones"])
+    await phone.disconnect()  # its socket ends with its link ...
+    again = await rig.bluez.connect_central(address=A)  # ... and it is back at once
+    await eventually(lambda: rig.portal.get_status()["connection_count"] == 1)
+    await trio.sleep(1.5)  # past the grace after which a lost socket is suspected
+    chars = rig.portal.get_status()["notify"]["characteristics"]
+    assert chars["env_measurements"]["socket_losses"] == 0
+    assert env_path(rig) == "idle"
+    await again.subscribe(ENV)
+    await eventually(lambda: env_path(rig) == "socket")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -66,6 +67,7 @@ CLOSE_GRACE_S = 1.0
 """How long after a notify socket's end we ask whether its phone is still connected:
 bluetoothd closes the socket of a leaving phone before it says Connected=false."""
 SENT_END_HOLD_S = 2.0
+MAX_DEPARTURES = 64
 
 
 @attrs.define
@@ -142,6 +144,7 @@ class GattApplication:
         self._long_write_timeout = long_write_timeout
         self.access = access
         self._close_grace = close_grace
+        self._departures: dict[str, float] = {}  # device -> when it last disconnected
         self._states: dict[str, CharacteristicState] = {}
         self._paths: list[str] = []
         self.exported = False
@@ -439,13 +442,20 @@ class GattApplication:
                  "dropped=%d", state.spec.label, pipe.device or "-", reason, pipe.stats.sent,
                  pipe.stats.dropped)
         if reason == PEER_CLOSED and pipe.device and self.registered_on:
-            self._nursery.start_soon(self._check_loss, state, pipe.device)
+            self._nursery.start_soon(self._check_loss, state, pipe.device, trio.current_time())
 
-    async def _check_loss(self, state: CharacteristicState, device: str) -> None:
-        """A socket ended: did its phone leave, or is it still there (bluez#1452)?"""
+    async def _check_loss(self, state: CharacteristicState, device: str,
+                          ended_at: float) -> None:
+        """A socket ended: did its phone leave, or is it still there (bluez#1452)?
+
+        A phone that left around the end and is connected again (a quick reconnect)
+        left: its socket ended with its link.
+        """
         await trio.sleep(self._close_grace)
         if device in state.sockets or not self.registered_on:
             return  # acquired again meanwhile
+        if self._departures.get(device, -math.inf) >= ended_at - self._close_grace:
+            return
         try:
             connected = bool(_unwrap(await self._conn.call(
                 BLUEZ, device, PROPERTIES, "Get", "ss", (DEVICE_IFACE, "Connected"),
@@ -466,6 +476,10 @@ class GattApplication:
 
     def device_left(self, device: str) -> None:
         """A phone disconnected: it is no longer a reason to stay on signals."""
+        self._departures.pop(device, None)
+        self._departures[device] = trio.current_time()
+        while len(self._departures) > MAX_DEPARTURES:
+            del self._departures[next(iter(self._departures))]
         for state in self._states.values():
             state.suspects.discard(device)
 
