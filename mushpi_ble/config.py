@@ -57,6 +57,7 @@ POLICY_PREFIX = "MUSHPI_BLE_POLICY_"
 Backend = Literal["bluez-dbus", "bluezero"]
 TxPower = Literal["low", "med", "high"]
 BackpressurePolicy = Literal["drop_oldest", "drop_newest", "coalesce"]
+NotifyMode = Literal["auto", "signal", "socket"]
 InvalidWriteMode = Literal["reject", "ignore"]
 PairingMode = Literal["just-works", "window", "passkey", "off"]
 AccessMode = Literal["open", "bonded"]
@@ -336,6 +337,13 @@ VARIABLES: tuple[VarSpec, ...] = (
         legacy=(("priority", "drop_oldest", _PRIORITY_WHY),),
     ),
     *(_policy_override_var(name) for name in NOTIFYING_CHARACTERISTICS),
+    _choice_var(
+        "MUSHPI_BLE_NOTIFY_MODE", "ble_notify_mode", get_args(NotifyMode), "signal",
+        "How notifications reach phones: signal = PropertiesChanged (the default while "
+        "bluetoothd 5.82 can exit at our unregistration after serving a paired phone's "
+        "socket); auto = a notify socket per phone when bluetoothd acquires one, signals "
+        "otherwise; socket = sockets without the signal fallback.",
+    ),
     _int_var(
         "MUSHPI_BLE_LOG_SLOW_PUBLISH_MS", "ble_log_slow_publish_ms", "250", 1, 60000,
         "Log a publish that takes longer than this, in milliseconds.",
@@ -453,6 +461,7 @@ class Settings:
     policy_overrides: Mapping[str, BackpressurePolicy] = attrs.field(
         factory=dict, converter=_freeze_policies, hash=False
     )
+    ble_notify_mode: NotifyMode = attrs.field(default=_default("MUSHPI_BLE_NOTIFY_MODE"))
     ble_log_slow_publish_ms: int = attrs.field(default=_default("MUSHPI_BLE_LOG_SLOW_PUBLISH_MS"))
     ble_shutdown_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS"))
     ble_handler_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_HANDLER_TIMEOUT_MS"))

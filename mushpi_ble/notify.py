@@ -25,11 +25,13 @@ from time import perf_counter
 import attrs
 import trio
 
+from .gatt.queue_policy import POLICIES, Admission, admit, check_policy
 from .metrics import LatencyHistogram
 
 log = logging.getLogger(__name__)
 
-POLICIES = ("drop_oldest", "drop_newest", "coalesce")
+__all__ = ["POLICIES", "Counters", "Mailbox", "Outcome", "run_notifier"]
+
 
 
 class Outcome(enum.Enum):
@@ -60,8 +62,7 @@ class Mailbox:
     """A fixed-capacity channel: thread-safe sends, trio-side receive."""
 
     def __init__(self, name: str, *, capacity: int, policy: str, put_timeout: float) -> None:
-        if policy not in POLICIES:
-            raise ValueError(f"unknown policy {policy!r}; allowed: {', '.join(POLICIES)}")
+        check_policy(policy)
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.name = name
@@ -102,20 +103,16 @@ class Mailbox:
             if token is None:
                 return Outcome.NOT_RUNNING
             self._offered += 1
-            queue = self._queue
-            item = (payload, perf_counter())
-            if queue and self.policy == "coalesce":
-                queue[-1] = item
-                self._coalesced += 1
-                return Outcome.COALESCED
-            outcome = Outcome.QUEUED
-            if len(queue) >= self.capacity:
-                if self.policy == "drop_newest":
-                    self._dropped += 1
-                    return Outcome.DROPPED
-                queue.popleft()
+            admission = admit(self._queue, (payload, perf_counter()), self.capacity,
+                              self.policy)
+            if admission is not Admission.QUEUED:
+                if admission is Admission.COALESCED:
+                    self._coalesced += 1
+                    return Outcome.COALESCED
                 self._dropped += 1
-            queue.append(item)
+                if admission is Admission.REFUSED:
+                    return Outcome.DROPPED
+            outcome = Outcome.QUEUED
             wake = self._parked
             self._parked = False
         finally:

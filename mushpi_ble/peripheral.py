@@ -817,6 +817,8 @@ class Peripheral:
                            "advertising")
         else:
             self.status.disconnects += 1
+            if self.app is not None:
+                self.app.device_left(central.path)  # no longer a reason to stay on signals
         if self._advert_monitor is not None:
             self._advert_monitor.poke()  # some controllers stop advertising on either
         self.service.set_connected(bool(self.tracker and self.tracker.connected))

@@ -328,6 +328,7 @@ class BlePortal:
             "connection_count": sum(1 for d in devices if d["connected"]),
             "subscriptions": subscriptions,
             "characteristics": self.service.counters(),
+            "notify": self.service.notify_status(),
             "callbacks": self.service.runner.status(),
             "connects": status.connects,
             "disconnects": status.disconnects,

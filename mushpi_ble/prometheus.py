@@ -86,6 +86,40 @@ class StatusCollector:
             latency.add_metric([char], buckets, total)
         yield latency
         yield from _callback_metrics(status.get("callbacks", {}))
+        yield from _notify_metrics(status.get("notify", {}))
+
+
+def _notify_metrics(notify: Mapping[str, Any]) -> Iterator[Metric]:
+    """Notify sockets: per phone its queue and counters; per characteristic the losses."""
+    phones = notify.get("phones", {})
+    counters = {
+        key: CounterMetricFamily(f"{PREFIX}_phone_notifications_{key}",
+                                 f"notifications {key}, per phone's notify sockets",
+                                 labels=["device"])
+        for key in ("sent", "dropped", "coalesced", "refused", "confirmations")
+    }
+    depth = GaugeMetricFamily(f"{PREFIX}_phone_queue_depth",
+                              "values waiting for a phone's notify sockets", labels=["device"])
+    mtu = GaugeMetricFamily(f"{PREFIX}_phone_mtu", "a phone's ATT MTU", labels=["device"])
+    for device, entry in sorted(phones.items()):
+        for key, family in counters.items():
+            family.add_metric([device], entry[key])
+        depth.add_metric([device], entry["queue_depth"])
+        mtu.add_metric([device], entry["mtu"])
+    yield from counters.values()
+    yield depth
+    yield mtu
+    losses = CounterMetricFamily(f"{PREFIX}_notify_socket_losses",
+                                 "notify sockets closed under a still-connected phone",
+                                 labels=["characteristic"])
+    on_signals = GaugeMetricFamily(f"{PREFIX}_notify_on_signals",
+                                   "1 while a characteristic notifies by signals",
+                                   labels=["characteristic"])
+    for name, entry in sorted(notify.get("characteristics", {}).items()):
+        losses.add_metric([name], entry["socket_losses"])
+        on_signals.add_metric([name], int(entry["path"] == "signal"))
+    yield losses
+    yield on_signals
 
 
 def _callback_metrics(callbacks: Mapping[str, Mapping[str, Any]]) -> Iterator[Metric]:

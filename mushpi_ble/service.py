@@ -105,13 +105,20 @@ class MushPiService:
     def definition(self) -> Service:
         """The service as data: one generic characteristic per row of the core's table."""
         chars = []
+        mode = self.settings.ble_notify_mode
         for row in self.core.characteristics:
+            notifies = row.notify is not None
             chars.append(Characteristic(
                 row.uuid, row.flags, name=row.name,
                 read=self._reader(row.name) if row.read is not None else None,
                 write=self._writer(row.name) if row.write is not None else None,
-                on_subscribe=self._subscriber(row.name) if row.notify is not None else None,
+                on_subscribe=self._subscriber(row.name) if notifies else None,
                 max_write_length=row.write.max_length if row.write is not None else 512,
+                # notify sockets: one per phone, when bluetoothd acquires (see notify_status)
+                acquire_notify=notifies and mode != "signal",
+                notify_queue=self.settings.ble_queue_max_size,
+                notify_policy=self.settings.policy_for(row.name) if notifies else "drop_oldest",
+                signal_fallback=mode == "auto",
             ))
         return Service(self.settings.ble_service_uuid, tuple(chars), name="mushpi")
 
@@ -270,6 +277,34 @@ class MushPiService:
     async def passkey_shown(self, address: str, passkey: int) -> None:
         """Hand a passkey to the controller's ``on_pairing_passkey`` (e.g. an LCD)."""
         await self._call("on_pairing_passkey", (address, passkey))
+
+    # -- status --------------------------------------------------------------------------
+    def notify_status(self) -> dict[str, Any]:
+        """How notifications leave: the mode, per characteristic the path taken now and
+        the notify sockets' totals, and per phone its sockets (``get_status()["notify"]``)."""
+        app = self.app
+        out: dict[str, Any] = {"mode": self.settings.ble_notify_mode, "characteristics": {},
+                               "phones": app.phones() if app is not None else {}}
+        if app is None:
+            return out
+        for state in app.characteristics:
+            if not state.spec.notifies:
+                continue
+            path = ("signal" if state.on_signals else "socket" if state.sockets else "idle")
+            totals = {key: getattr(state.departed, key) + sum(
+                getattr(p.stats, key) for p in state.sockets.values())
+                for key in ("sent", "dropped", "coalesced", "refused")}
+            out["characteristics"][state.spec.label] = {
+                **totals,
+                "path": path, "sockets": len(state.sockets),
+                "sockets_acquired": state.sockets_acquired,
+                "sockets_closed": state.sockets_closed,
+                "socket_losses": state.socket_losses,
+                "signal_fallback_devices": sorted(state.suspects),
+                "confirmations": state.confirmations + state.departed.confirmations + sum(
+                    p.stats.confirmations for p in state.sockets.values()),
+            }
+        return out
 
     # -- status --------------------------------------------------------------------------
     def counters(self) -> dict[str, dict[str, Any]]:

@@ -206,6 +206,8 @@ def test_bluetoothd_version_meaning(tmp_path: Path) -> None:
     assert any("need bluetoothd -E" in n for n in notes)
     assert check.version_notes((5, 82)) == []
     assert any("0x80" in n for n in check.version_notes((5, 64)))
+    assert any("one notify socket shared" in n for n in check.version_notes((5, 66)))
+    assert not any("notify socket" in n for n in notes)  # 5.72: one per phone
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["check", "--help"]])

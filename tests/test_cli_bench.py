@@ -262,3 +262,25 @@ def test_the_peer_answers_reads_and_writes_through_the_table() -> None:
     assert (answer["species"], answer["stage"]) == ("Shiitake", "Pinning")
     with pytest.raises(InvalidPayload):
         state.write("control_targets", b"\x00")
+
+
+def test_notify_paths_runs_both_paths_side_by_side(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "paths.json"
+    assert main(["bench", "--notify-paths", "--quick", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[1].startswith("signal") and text.splitlines()[2].startswith("socket")
+    report = json.loads(out.read_text())
+    results.check_report(report)
+    assert report["benchmark"] == "notify-paths"
+    rows = report["results"]["paths"]
+    assert rows["signal"]["path_taken"] == "signal" and rows["socket"]["path_taken"] == "socket"
+    for row in rows.values():
+        assert set(row["latency_us"]) == set(stats.SUMMARY_KEYS)
+        assert row["cpu_us_per_notification"]["process"] > 0
+        slow = row["slow_phone"]
+        assert slow["fast_phone_received"] == slow["published"]  # the other phone: every one
+    # the slow phone's backlog: unbounded in bluetoothd on signals, bounded by us on sockets
+    assert rows["socket"]["slow_phone"]["slow_phone_peak_waiting_in_bluetoothd"] == 0
+    assert rows["socket"]["slow_phone"]["slow_phone_peak_waiting_in_our_queue"] <= 64
+    assert rows["socket"]["slow_phone"]["slow_phone_dropped_by_policy"] > 0

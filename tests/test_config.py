@@ -149,6 +149,11 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
          ("Coalesce", "coalesce")],
         ["", "drop", "latest", "priority_high"],
     ),
+    (
+        "MUSHPI_BLE_NOTIFY_MODE", "ble_notify_mode",
+        [("auto", "auto"), ("Signal", "signal"), ("socket", "socket")],
+        ["", "sockets", "signals", "both"],
+    ),
     ("MUSHPI_BLE_LOG_SLOW_PUBLISH_MS", "ble_log_slow_publish_ms", [("1", 1), ("60000", 60000)],
      ["0", "60001"]),
     ("MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS", "ble_shutdown_timeout_ms", [("50", 50), ("30000", 30000)],

@@ -94,7 +94,9 @@ def run_mushpi(address: str) -> int:
     from mushpi_ble.portal import BlePortal
 
     started = time.perf_counter()
-    settings = load_settings(environ={"MUSHPI_BLE_NAME_PREFIX": ADVERT_NAME}, env_file=None)
+    settings = load_settings(environ={"MUSHPI_BLE_NAME_PREFIX": ADVERT_NAME,
+                                     # like for like with the peer, which only signals
+                                     "MUSHPI_BLE_NOTIFY_MODE": "signal"}, env_file=None)
     controller = SimulatedController(seed=CONTROLLER_SEED)
     portal = BlePortal(settings, bus=address)
     portal.set_callbacks(controller.callbacks())

@@ -57,7 +57,9 @@ QUICK = Counts(reads=20, latency_samples=20, seconds=0.5, stalled_publishes=1000
 
 
 async def measure(address: str, counts: Counts) -> dict[str, Any]:
-    settings = load_settings(environ={"MUSHPI_BLE_QUEUE_MAX_SIZE": "64"}, env_file=None)
+    settings = load_settings(environ={"MUSHPI_BLE_QUEUE_MAX_SIZE": "64",
+                                     # the figures kept over time are of the signal path
+                                     "MUSHPI_BLE_NOTIFY_MODE": "signal"}, env_file=None)
     controller = SimulatedController(seed=3)
     portal = BlePortal(settings, bus=address)
     portal.set_callbacks(controller.callbacks())

@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import trio
 
-from mushpi_ble.bench import hostile, procfs, results, wire
+from mushpi_ble.bench import hostile, notify_paths, procfs, results, wire
 from mushpi_ble.bench.central import timed_reads
 from mushpi_ble.bench.children import Child, ChildFailed
 from mushpi_ble.bench.peer import MARK_TEMPERATURE, OURS, READABLE
@@ -83,6 +83,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead: bluetoothd's reads while other clients flood the "
                              "peripheral and the controller publishes flat out "
                              "(bench-results/hostile.json unless --json)")
+    parser.add_argument("--notify-paths", action="store_true",
+                        help="instead: notify sockets against signals side by side, with a "
+                             "phone ten times slower than the publisher "
+                             "(bench-results/notify-paths.json unless --json)")
 
 
 # ----------------------------------------------------------------------
@@ -376,6 +380,8 @@ def render(report: Mapping[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "hostile", False):
         return hostile.run(args)
+    if getattr(args, "notify_paths", False):
+        return notify_paths.run(args)
     counts = QUICK if args.quick else FULL
     libraries = (OURS,) if args.no_peer else (OURS, *PEERS)
     try:

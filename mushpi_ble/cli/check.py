@@ -77,6 +77,9 @@ def version_notes(version: tuple[int, int]) -> list[str]:
     if version < (5, 66):
         notes.append("older than 5.66: application error codes (0x80-0x9F) all arrive as "
                      "0x80 on the phone")
+    if version < (5, 69):
+        notes.append("older than 5.69: one notify socket shared by every subscribed phone "
+                     "(per-phone notify sockets need 5.69+)")
     if version < (5, 76):
         notes.append("older than 5.76: notifications go to every subscribed device "
                      "(per-device notify needs 5.76+)")

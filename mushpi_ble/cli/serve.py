@@ -100,6 +100,9 @@ def render_view(portal: BlePortal, controller: SimulatedController) -> str:
             f"{c['sent']:5} {c['dropped']:8} {c['coalesced']:9} {c['pending']:7} "
             f"{c['latency']['p50_s'] * 1000:5.2f}  {_decode(name, value)}"
         )
+    if "notify" in status:
+        lines.append("")
+        lines.extend(notify_lines(status["notify"]))
     lines.append("")
     lines.append("recent writes:")
     for event in list(portal.service.recent_writes)[-8:]:
@@ -137,6 +140,21 @@ def health_lines(status: dict[str, Any]) -> list[str]:
                      f"{last['detail']}")
     if status.get("advert_problem"):
         lines.append(f"  ALIAS-ONLY: {status['advert_problem']}")
+    return lines
+
+
+def notify_lines(notify: dict[str, Any]) -> list[str]:
+    """How notifications leave: the path per characteristic, then each phone's sockets."""
+    paths = "  ".join(f"{name}={c['path']}" + (f" (losses {c['socket_losses']})"
+                                                if c["socket_losses"] else "")
+                      for name, c in notify["characteristics"].items())
+    lines = [f"notify: mode={notify['mode']}  {paths}"]
+    for device, p in notify["phones"].items():
+        lines.append(
+            f"  {device.rsplit('/', 1)[-1]}  mtu={p['mtu']} queue={p['queue_depth']} "
+            f"sent={p['sent']} dropped={p['dropped']} coalesced={p['coalesced']} "
+            f"refused={p['refused']}  {','.join(p['characteristics'])}"
+            + (f"  last error: {p['last_error']}" if p["last_error"] else ""))
     return lines
 
 

@@ -3,13 +3,23 @@
 Turns :class:`~.model.Service` descriptions into ``GattService1`` /
 ``GattCharacteristic1`` / ``GattDescriptor1`` objects under one root with
 an ObjectManager, answers bluetoothd's calls (offset reads, long writes,
-StartNotify/StopNotify), and emits notifications as PropertiesChanged on
-``Value`` — on the same connection that registered, as bluetoothd requires.
+StartNotify/StopNotify, AcquireNotify), and sends notifications either as
+PropertiesChanged on ``Value`` — on the same connection that registered, as
+bluetoothd requires — or into each phone's notify socket.
+
+Which path a characteristic's notifications take: its sockets while every
+subscriber acquired one; one PropertiesChanged while anyone subscribed by
+StartNotify or a socket was lost under a connected phone (bluetoothd sends
+that signal to every subscribed phone, so the sockets pause meanwhile — no
+phone gets a value twice).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import math
+import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -38,11 +48,14 @@ from .model import (
 )
 from .names import (
     BLUEZ,
+    DEVICE_IFACE,
     GATT_CHARACTERISTIC_IFACE,
     GATT_DESCRIPTOR_IFACE,
     GATT_MANAGER_IFACE,
     GATT_SERVICE_IFACE,
+    PROPERTIES,
 )
+from .notify_socket import PEER_CLOSED, NotifySocket, SocketStats
 from .requests import ReadRequest, WriteRequest
 
 log = logging.getLogger(__name__)
@@ -50,6 +63,11 @@ log = logging.getLogger(__name__)
 OPTIONS = "a{sv}"
 # A handler's own deadline should fire first; the D-Bus layer's is the backstop.
 DEADLINE_MARGIN_S = 0.25
+CLOSE_GRACE_S = 1.0
+"""How long after a notify socket's end we ask whether its phone is still connected:
+bluetoothd closes the socket of a leaving phone before it says Connected=false."""
+SENT_END_HOLD_S = 2.0
+MAX_DEPARTURES = 64
 
 
 @attrs.define
@@ -71,9 +89,29 @@ class CharacteristicState:
     start_notify_calls: int = 0
     notifications_sent: int = 0
     pending_writes: dict[str, PendingWrite] = attrs.Factory(dict)
+    sockets: dict[str, NotifySocket] = attrs.Factory(dict)
+    """Acquired notify sockets by device path."""
+    suspects: set[str] = attrs.Factory(set)
+    """Devices whose socket closed while they stayed connected (bluez/bluez#1452)."""
+    sockets_acquired: int = 0
+    sockets_closed: int = 0
+    socket_losses: int = 0
+    """Sockets closed under a still-connected phone: counted, answered by signals."""
+    confirmations: int = 0
+    """Indication confirmations: Confirm() calls and 0x01 bytes on the sockets."""
+    departed: SocketStats = attrs.Factory(SocketStats)
+    """The counters of sockets already closed, so the totals never go back."""
+
+    @property
+    def on_signals(self) -> bool:
+        """Notifications go out as one PropertiesChanged (not into the sockets)."""
+        return self.notifying or bool(self.suspects)
 
 
 DeviceSeen = Callable[[str, int], None]
+_PUSH_TO: contextvars.ContextVar[str | None] = contextvars.ContextVar("push_to", default=None)
+"""Set in the task of a subscribe hook started by AcquireNotify: notify() inside it
+writes to that phone's socket only."""
 
 
 class GattApplication:
@@ -91,6 +129,7 @@ class GattApplication:
         on_device_seen: DeviceSeen | None = None,
         long_write_timeout: float = 30.0,
         access: AccessGate | None = None,
+        close_grace: float = CLOSE_GRACE_S,
     ) -> None:
         """``access``: who may read and write (flags for bluetoothd and our own check);
         None is open access."""
@@ -104,6 +143,8 @@ class GattApplication:
         self._on_device_seen = on_device_seen
         self._long_write_timeout = long_write_timeout
         self.access = access
+        self._close_grace = close_grace
+        self._departures: dict[str, float] = {}  # device -> when it last disconnected
         self._states: dict[str, CharacteristicState] = {}
         self._paths: list[str] = []
         self.exported = False
@@ -170,6 +211,19 @@ class GattApplication:
     def _characteristic_interface(self, state: CharacteristicState, s_path: str) -> Interface:
         spec = state.spec
         deadline = self._handler_timeout + DEADLINE_MARGIN_S
+        properties = [
+            Property("UUID", "s", get=lambda: spec.uuid),
+            Property("Service", "o", get=lambda: s_path),
+            Property("Flags", "as", get=lambda: list(self.flags_of(spec))),
+            Property("Notifying", "b", get=lambda: state.notifying),
+            Property("Value", "ay", get=lambda: state.value, restricted=True),
+        ]
+        acquire: Callable[[CallContext, dict[str, Any]], Any] = _not_supported
+        if spec.acquire_notify:
+            properties.append(Property("NotifyAcquired", "b", get=lambda: bool(state.sockets)))
+
+            def acquire(ctx: CallContext, opts: dict[str, Any]) -> tuple[socket.socket, int]:
+                return self._acquire_notify(ctx, state, opts)
         return Interface(
             GATT_CHARACTERISTIC_IFACE,
             allowed_caller=self._allowed_caller,
@@ -182,17 +236,11 @@ class GattApplication:
                        timeout=deadline),
                 Method("StartNotify", handler=lambda ctx: self._start_notify(ctx, state)),
                 Method("StopNotify", handler=lambda ctx: self._stop_notify(ctx, state)),
-                Method("AcquireNotify", OPTIONS, "hq", handler=_not_supported),
+                Method("AcquireNotify", OPTIONS, "hq", handler=acquire),
                 Method("AcquireWrite", OPTIONS, "hq", handler=_not_supported),
-                Method("Confirm", handler=lambda ctx: None),
+                Method("Confirm", handler=lambda ctx: self._confirmed(state)),
             ],
-            properties=[
-                Property("UUID", "s", get=lambda: spec.uuid),
-                Property("Service", "o", get=lambda: s_path),
-                Property("Flags", "as", get=lambda: list(self.flags_of(spec))),
-                Property("Notifying", "b", get=lambda: state.notifying),
-                Property("Value", "ay", get=lambda: state.value, restricted=True),
-            ],
+            properties=properties,
         )
 
     def _descriptor_interface(self, desc: Descriptor, c_path: str) -> Interface:
@@ -321,17 +369,163 @@ class GattApplication:
                                                       {"Notifying": False})
             log.info("notifications off characteristic=%s", state.spec.label)
 
+    def _confirmed(self, state: CharacteristicState) -> None:
+        """Confirm(): a phone confirmed an indication (bluetoothd before 5.80)."""
+        state.confirmations += 1
+
+    # -- notify sockets ------------------------------------------------------------
+    def _acquire_notify(self, _ctx: CallContext, state: CharacteristicState,
+                        options: dict[str, Any]) -> tuple[socket.socket, int]:
+        """One SOCK_SEQPACKET pair per phone: the far end to bluetoothd, ours kept."""
+        spec = state.spec
+        device = _option(options, "device", "")
+        mtu = int(_option(options, "mtu", 23))
+        link = _option(options, "link", "")
+        self._saw_device(device, mtu)
+        try:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        except OSError as exc:
+            log.warning("notify socket not created characteristic=%s device=%s error=%s",
+                        spec.label, device or "-", exc)
+            # NotSupported makes bluetoothd fall back to StartNotify; Failed does not
+            raise GattError(NOT_SUPPORTED if spec.signal_fallback else FAILED,
+                            f"no socket: {exc}") from None
+        old = state.sockets.pop(device, None)
+        if old is not None:
+            old.close("replaced by a new AcquireNotify")
+        first = not state.sockets
+        pipe = NotifySocket(ours, device=device, characteristic=spec.label, mtu=mtu, link=link,
+                            capacity=spec.notify_queue, policy=spec.notify_policy,
+                            on_closed=lambda s, why: self._socket_closed(state, s, why))
+        state.sockets[device] = pipe
+        state.sockets_acquired += 1
+        if device in state.suspects:
+            state.suspects.discard(device)
+            log.info("notify socket acquired again characteristic=%s device=%s", spec.label,
+                     device)
+        self._nursery.start_soon(pipe.run)
+        self._nursery.start_soon(self._close_sent_end, theirs)
+        if first:
+            self._conn.emit_properties_changed_nowait(state.path, GATT_CHARACTERISTIC_IFACE,
+                                                      {"NotifyAcquired": True})
+        log.info("notify socket acquired characteristic=%s device=%s mtu=%d link=%s",
+                 spec.label, device or "-", mtu, link or "-")
+        if spec.on_subscribe is not None:
+            # the hook's push goes to the new phone only: the others have that value
+            token = _PUSH_TO.set(device)
+            try:
+                self._nursery.start_soon(self._run_subscribe_hook, state)
+            finally:
+                _PUSH_TO.reset(token)
+        return theirs, mtu
+
+    async def _close_sent_end(self, theirs: socket.socket) -> None:
+        """Close our copy of bluetoothd's end once the reply carrying it has left, so
+        bluetoothd's close reaches us as EOF."""
+        writer = self._conn.writer
+        with trio.move_on_after(SENT_END_HOLD_S):
+            await trio.sleep(0)
+            while writer.queued_bytes > 0:
+                await trio.sleep(0.005)
+        theirs.close()
+
+    def _socket_closed(self, state: CharacteristicState, pipe: NotifySocket,
+                       reason: str) -> None:
+        state.sockets_closed += 1
+        _add_stats(state.departed, pipe.stats)
+        if state.sockets.get(pipe.device) is pipe:
+            del state.sockets[pipe.device]
+            if not state.sockets and self.exported:
+                self._conn.emit_properties_changed_nowait(state.path, GATT_CHARACTERISTIC_IFACE,
+                                                          {"NotifyAcquired": False})
+        log.info("notify socket ended characteristic=%s device=%s reason=%s sent=%d "
+                 "dropped=%d", state.spec.label, pipe.device or "-", reason, pipe.stats.sent,
+                 pipe.stats.dropped)
+        if reason == PEER_CLOSED and pipe.device and self.registered_on:
+            self._nursery.start_soon(self._check_loss, state, pipe.device, trio.current_time())
+
+    async def _check_loss(self, state: CharacteristicState, device: str,
+                          ended_at: float) -> None:
+        """A socket ended: did its phone leave, or is it still there (bluez#1452)?
+
+        A phone that left around the end and is connected again (a quick reconnect)
+        left: its socket ended with its link.
+        """
+        await trio.sleep(self._close_grace)
+        if device in state.sockets or not self.registered_on:
+            return  # acquired again meanwhile
+        if self._departures.get(device, -math.inf) >= ended_at - self._close_grace:
+            return
+        try:
+            connected = bool(_unwrap(await self._conn.call(
+                BLUEZ, device, PROPERTIES, "Get", "ss", (DEVICE_IFACE, "Connected"),
+                timeout=self._handler_timeout)))
+        except DBusError:
+            connected = False
+        if not connected or device in state.sockets:
+            return
+        state.socket_losses += 1
+        if state.spec.signal_fallback:
+            state.suspects.add(device)
+            log.warning("notify socket lost under a connected phone characteristic=%s "
+                        "device=%s: serving it by signals until the phone leaves or "
+                        "acquires again", state.spec.label, device)
+        else:
+            log.warning("notify socket lost under a connected phone characteristic=%s "
+                        "device=%s: no fallback (notify mode socket)", state.spec.label, device)
+
+    def device_left(self, device: str) -> None:
+        """A phone disconnected: it is no longer a reason to stay on signals."""
+        self._departures.pop(device, None)
+        self._departures[device] = trio.current_time()
+        while len(self._departures) > MAX_DEPARTURES:
+            del self._departures[next(iter(self._departures))]
+        for state in self._states.values():
+            state.suspects.discard(device)
+
+    def phones(self) -> dict[str, dict[str, Any]]:
+        """Per device: its acquired sockets, MTU, queues and counters."""
+        out: dict[str, dict[str, Any]] = {}
+        for state in self._states.values():
+            for device, pipe in state.sockets.items():
+                entry = out.setdefault(device, {
+                    "characteristics": [], "mtu": pipe.mtu, "queue_depth": 0, "sent": 0,
+                    "dropped": 0, "coalesced": 0, "refused": 0, "confirmations": 0,
+                    "last_error": ""})
+                entry["characteristics"].append(state.spec.label)
+                entry["mtu"] = pipe.mtu
+                entry["queue_depth"] += pipe.depth
+                for key in ("sent", "dropped", "coalesced", "refused", "confirmations"):
+                    entry[key] += getattr(pipe.stats, key)
+                entry["last_error"] = pipe.last_error or entry["last_error"]
+        return out
+
     # -- notifications -------------------------------------------------------
     async def notify(self, state: CharacteristicState, value: bytes) -> bool:
         """Store ``value`` and, while someone subscribes, send it; True if sent.
 
-        Waits only for the connection's outgoing buffer (back-pressure).
+        Into the sockets without waiting (each applies its own queue policy);
+        as a signal, waits only for the connection's outgoing buffer.
         """
         state.value = value
-        if not (state.notifying and self.registered_on):
+        if not self.registered_on:
             return False
-        await self._conn.emit_properties_changed(state.path, GATT_CHARACTERISTIC_IFACE,
-                                                 {"Value": value})
+        if state.on_signals:
+            await self._conn.emit_properties_changed(state.path, GATT_CHARACTERISTIC_IFACE,
+                                                     {"Value": value})
+            state.notifications_sent += 1
+            return True
+        if not state.sockets:
+            return False
+        only = _PUSH_TO.get()
+        if only is not None:
+            pipe = state.sockets.get(only)
+            if pipe is None:
+                return False
+            pipe.offer(value)
+            return True
+        for pipe in list(state.sockets.values()):
+            pipe.offer(value)
         state.notifications_sent += 1
         return True
 
@@ -340,6 +534,9 @@ class GattApplication:
         for state in self._states.values():
             state.notifying = False
             state.pending_writes.clear()
+            state.suspects.clear()
+            for pipe in list(state.sockets.values()):
+                pipe.close("bluetoothd gone")
 
     # -- registration ----------------------------------------------------------
     async def register(self, adapter_path: str, *, timeout: float) -> None:
@@ -366,6 +563,25 @@ class GattApplication:
 
 def _not_supported(_ctx: CallContext, _options: dict[str, Any]) -> tuple[int, int]:
     raise GattError(NOT_SUPPORTED, "use StartNotify / WriteValue")
+
+
+def _unwrap(reply: Any) -> Any:
+    """The value of a Properties.Get reply: ((signature, value),)."""
+    (variant,) = reply
+    return variant[1]
+
+
+def _option(options: dict[str, Any], key: str, default: Any) -> Any:
+    item = options.get(key)
+    return default if item is None else item[1]
+
+
+def _add_stats(total: SocketStats, one: SocketStats) -> None:
+    for field in attrs.fields(SocketStats):
+        if field.name == "peak_depth":
+            total.peak_depth = max(total.peak_depth, one.peak_depth)
+        else:
+            setattr(total, field.name, getattr(total, field.name) + getattr(one, field.name))
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 import attrs
 
 from .flags import CHARACTERISTIC_FLAGS, DESCRIPTOR_FLAGS, NOTIFY_FLAGS, READ_FLAGS, WRITE_FLAGS
+from .queue_policy import POLICIES
 from .requests import ReadRequest, WriteRequest
 
 ReadHandler = Callable[[ReadRequest], Awaitable[bytes]]
@@ -62,6 +63,13 @@ class Characteristic:
     subscribing device) — the place to push the current value at once.
     ``rejects_writes`` says the write handler may refuse a value; such a
     characteristic must not carry ``write-without-response``.
+
+    ``acquire_notify`` exposes ``NotifyAcquired``, so bluetoothd hands us one
+    notify socket per subscribing phone (``AcquireNotify``) instead of calling
+    StartNotify; each socket queues at most ``notify_queue`` values, by
+    ``notify_policy``. ``signal_fallback``: when a socket closes while its
+    phone is still connected (bluez/bluez#1452), serve the characteristic by
+    ``PropertiesChanged`` until that phone leaves or acquires again.
     """
 
     uuid: str = attrs.field(converter=normalise_uuid)
@@ -73,6 +81,10 @@ class Characteristic:
     descriptors: tuple[Descriptor, ...] = ()
     name: str = ""
     max_write_length: int = 512
+    acquire_notify: bool = False
+    notify_queue: int = 8
+    notify_policy: str = "drop_oldest"
+    signal_fallback: bool = True
 
     @property
     def label(self) -> str:
@@ -126,6 +138,12 @@ def _validate_characteristic(char: Characteristic) -> None:
         raise GattDefinitionError(f"characteristic {char.label}: readable but no read handler")
     if char.writable and char.write is None:
         raise GattDefinitionError(f"characteristic {char.label}: writable but no write handler")
+    if char.acquire_notify and not char.notifies:
+        raise GattDefinitionError(f"characteristic {char.label}: acquire_notify needs a "
+                                  "notify or indicate flag")
+    if char.notify_policy not in POLICIES or char.notify_queue < 1:
+        raise GattDefinitionError(f"characteristic {char.label}: notify_policy must be one of "
+                                  f"{', '.join(POLICIES)} and notify_queue at least 1")
     if "write-without-response" in char.flags and char.rejects_writes:
         raise GattDefinitionError(
             f"characteristic {char.label}: its write handler can reject values, but "

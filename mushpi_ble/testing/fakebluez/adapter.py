@@ -8,6 +8,7 @@ here (not through ``Properties.Set``) emit ``PropertiesChanged`` themselves.
 from __future__ import annotations
 
 import logging
+import socket
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -274,13 +275,19 @@ class FakeAdapter:
             if chrc.write_socket is not None:
                 chrc.write_socket.close()
                 chrc.write_socket = None
+            if chrc.shared_notify is not None:
+                chrc.shared_notify.scope.cancel()
+                chrc.shared_notify.sock.close()
+                chrc.shared_notify = None
 
     def notify(self, app: Application, chrc: Characteristic, value: bytes,
-               only: FakeCentral | None = None) -> None:
+               only: FakeCentral | None = None, via: socket.socket | None = None) -> None:
         """Send a value to every subscribed central (or to ``only``), cut to its MTU - 3.
 
         On a characteristic that can indicate, bluetoothd sends to devices
-        that enabled indications only, and calls ``Confirm()`` per device.
+        that enabled indications only, and tells the application of each
+        confirmation: ``Confirm()``, or (5.80+) a byte 0x01 into the notify
+        socket ``via`` the value came from.
         """
         targets = [only] if only is not None else list(self.centrals.values())
         indication = chrc.can_indicate
@@ -288,8 +295,18 @@ class FakeAdapter:
             ccc = central.ccc_value(chrc)
             if not ccc or (indication and not ccc & 0x0002):
                 continue
-            central.receive(chrc, value[: central.mtu - 3], indication=indication)
-            if indication:
+            if via is None:
+                central.over_the_air(chrc, value[: central.mtu - 3], indication=indication)
+            else:
+                central.receive(chrc, value[: central.mtu - 3], indication=indication)
+            if not indication:
+                continue
+            if via is not None and self._runtime.config.notify_confirm_on_socket:
+                try:
+                    via.send(b"\x01", socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+                except OSError as exc:
+                    log.info("confirmation not written path=%s error=%s", chrc.path, exc)
+            else:
                 self._runtime.spawn(self._confirm, app.sender, chrc.path)
 
     async def _confirm(self, sender: str, path: str) -> None:

@@ -19,7 +19,16 @@ into calls on the application (``src/gatt-database.c``,
 * enabling the CCC calls ``StartNotify()`` (no reply expected) per
   enabling device, or ``AcquireNotify`` when the characteristic has a
   ``NotifyAcquired`` property; disabling it (or disconnecting) calls
-  ``StopNotify()`` when the last subscriber goes.
+  ``StopNotify()`` when the last subscriber goes, or closes that phone's
+  notify socket;
+* a notify socket is read as fast as the phone's link allows
+  (``notify_read_delay``, ``pause_notifications``); an indication read from
+  it is confirmed with a byte 0x01 written back (5.80+) or ``Confirm()``
+  (``Config.notify_confirm_on_socket``); with
+  ``Config.close_wrong_notify_socket`` a disconnecting phone also closes the
+  first other phone's socket (bluez/bluez#1452);
+* a notification that came as a signal waits for a slow phone in an
+  unbounded queue, as in bluetoothd (``air_peak``).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -105,6 +115,15 @@ class FakeCentral:
         self._received: dict[str, list[Notification]] = {}
         self._taken: dict[str, int] = {}
         self._arrived = trio.Event()
+        self._reads_open = trio.Event()
+        self._reads_open.set()
+        self.notify_read_delay = 0.0
+        self._air: deque[tuple[Characteristic, bytes, bool]] = deque()
+        self._air_draining = False
+        self.air_peak = 0
+        """Most notifications queued in bluetoothd for this phone at once (signal path)."""
+        """Seconds this phone's link takes per notification from a notify socket: a
+        slow phone (the socket backs up towards the application)."""
 
     def __repr__(self) -> str:
         return f"<FakeCentral {self.address} on {self.adapter.id} mtu={self.mtu}>"
@@ -396,6 +415,11 @@ class FakeCentral:
         await self._enable(app, chrc)
 
     async def _enable(self, app: Application, chrc: Characteristic) -> None:
+        per_device = self._runtime.config.notify_socket_per_device
+        if chrc.notify_acquired and not chrc.removed and not per_device \
+                and chrc.shared_notify is not None:
+            chrc.notify_count += 1  # before 5.69: the socket already acquired serves us too
+            return
         if chrc.notify_acquired and not chrc.removed:
             body = (self._options(),)
             try:
@@ -411,7 +435,10 @@ class FakeCentral:
                 sock = reply[0].to_socket()
                 sock.setblocking(False)
                 scope = trio.CancelScope()
-                self._acquired[chrc] = _Acquired(sock, scope)
+                if per_device:
+                    self._acquired[chrc] = _Acquired(sock, scope)
+                else:
+                    chrc.shared_notify = _Acquired(sock, scope)
                 chrc.notify_count += 1
                 self._runtime.spawn(self._read_acquired, app, chrc, sock, scope)
                 log.info("notify acquired central=%s path=%s mtu=%s", self.address, chrc.path,
@@ -425,17 +452,48 @@ class FakeCentral:
         chrc.notify_count += 1
         await self._call_no_reply(app, chrc, "StartNotify")
 
-    async def _disable(self, app: Application, chrc: Characteristic) -> None:
+    async def _disable(self, app: Application, chrc: Characteristic, *,
+                       leaving: bool = False) -> None:
         if not chrc.notify_count:
             return
         chrc.notify_count -= 1
+        shared = chrc.shared_notify
+        if shared is not None:
+            if chrc.notify_count == 0:
+                chrc.shared_notify = None
+                shared.scope.cancel()
+                shared.sock.close()
+            return
         acquired = self._acquired.pop(chrc, None)
         if acquired is not None:
+            if leaving and self._runtime.config.close_wrong_notify_socket:
+                self._close_first_socket(chrc)
             acquired.scope.cancel()
             acquired.sock.close()
             return
         if chrc.notify_count == 0:
             await self._call_no_reply(app, chrc, "StopNotify")
+
+    def _close_first_socket(self, chrc: Characteristic) -> None:
+        """bluez/bluez#1452: close the first other phone's socket; its CCC stays on."""
+        for other in self.adapter.centrals.values():
+            if other is self:
+                continue
+            acquired = other._acquired.pop(chrc, None)
+            if acquired is not None:
+                log.info("notify socket of another central closed (bluez#1452) central=%s "
+                         "path=%s", other.address, chrc.path)
+                acquired.scope.cancel()
+                acquired.sock.close()
+                return
+
+    def pause_notifications(self) -> None:
+        """Stop reading notify sockets: the phone's link is stalled."""
+        if self._reads_open.is_set():
+            self._reads_open = trio.Event()
+
+    def resume_notifications(self) -> None:
+        self._reads_open.set()
 
     async def _call_no_reply(self, app: Application, chrc: Characteristic, member: str) -> None:
         if chrc.removed:
@@ -453,6 +511,9 @@ class FakeCentral:
         """Read the application's notifications for this device from its socket."""
         with scope:
             while True:
+                await self._reads_open.wait()
+                if self.notify_read_delay:
+                    await trio.sleep(self.notify_read_delay)
                 await trio.lowlevel.wait_readable(sock)
                 try:
                     data = sock.recv(MAX_VALUE_LEN)
@@ -460,13 +521,37 @@ class FakeCentral:
                     continue
                 except OSError:
                     data = b""
+                shared = chrc.shared_notify is not None and chrc.shared_notify.sock is sock
                 if not data:
                     log.info("notify socket closed central=%s path=%s", self.address, chrc.path)
                     if self._acquired.get(chrc) is not None and self._acquired[chrc].sock is sock:
                         del self._acquired[chrc]
+                    if shared:
+                        chrc.shared_notify = None
                     sock.close()
                     return
-                self.adapter.notify(app, chrc, data, only=self)
+                self.adapter.notify(app, chrc, data, only=None if shared else self, via=sock)
+
+    def over_the_air(self, chrc: Characteristic, value: bytes, *, indication: bool) -> None:
+        """A notification bluetoothd got as a signal: on a slow phone (``notify_read_delay``)
+        it waits in bluetoothd's queue towards that phone, which has no bound."""
+        if not self.notify_read_delay:
+            self.receive(chrc, value, indication=indication)
+            return
+        self._air.append((chrc, value, indication))
+        self.air_peak = max(self.air_peak, len(self._air))
+        if not self._air_draining:
+            self._air_draining = True
+            self._runtime.spawn(self._drain_air)
+
+    async def _drain_air(self) -> None:
+        try:
+            while self._air and self.connected:
+                await trio.sleep(self.notify_read_delay)
+                chrc, value, indication = self._air.popleft()
+                self.receive(chrc, value, indication=indication)
+        finally:
+            self._air_draining = False
 
     def receive(self, chrc: Characteristic, value: bytes, *, indication: bool) -> None:
         self._received.setdefault(chrc.uuid, []).append(
@@ -542,6 +627,6 @@ class FakeCentral:
             for chrc in app.characteristics():
                 if chrc in self._ccc:
                     self._ccc.pop(chrc)
-                    await self._disable(app, chrc)
+                    await self._disable(app, chrc, leaving=True)
         self.drop_link(reason)
         self.adapter.device_disconnected(self.address)

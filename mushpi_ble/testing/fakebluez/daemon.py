@@ -85,6 +85,9 @@ class FakeBluez:
         rfkill_dir: Path | None = None,
         agent_timeout: float = 60.0,
         just_works_repairing: str = "never",
+        notify_confirm_on_socket: bool = True,
+        close_wrong_notify_socket: bool = False,
+        notify_socket_per_device: bool = True,
     ) -> AsyncIterator[FakeBluez]:
         """Own ``org.bluez`` on ``bus_address`` for the duration of the block.
 
@@ -102,6 +105,9 @@ class FakeBluez:
             halt_advertising_on_connect=halt_advertising_on_connect,
             lose_adverts_on_power_off=lose_adverts_on_power_off,
             agent_timeout=agent_timeout, just_works_repairing=just_works_repairing,
+            notify_confirm_on_socket=notify_confirm_on_socket,
+            close_wrong_notify_socket=close_wrong_notify_socket,
+            notify_socket_per_device=notify_socket_per_device,
         )
         bluez = cls(bus_address, adapters, config)
         async with trio.open_nursery() as nursery:

@@ -166,6 +166,7 @@ class Characteristic:
     prep_authorized: bool = False
     removed: bool = False
     write_socket: socket.socket | None = None  # from AcquireWrite, shared by all devices
+    shared_notify: Any = None  # before 5.69: the one notify socket of every subscriber
 
     @property
     def can_notify(self) -> bool:

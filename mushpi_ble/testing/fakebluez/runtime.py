@@ -53,6 +53,16 @@ class Config:
     sets and the kernel does not set them up again, yet bluetoothd keeps the advert."""
     agent_timeout: float = 60.0
     just_works_repairing: str = "never"
+    notify_confirm_on_socket: bool = True
+    """bluetoothd 5.80+: an indication sent from a notify socket is confirmed by one byte
+    0x01 written back into that socket; before, by ``Confirm()`` over D-Bus."""
+    notify_socket_per_device: bool = True
+    """bluetoothd 5.69+: AcquireNotify per subscribing phone, each socket feeding that phone;
+    before, one AcquireNotify (for the first phone) whose socket feeds every subscriber
+    and closes when the last one goes."""
+    close_wrong_notify_socket: bool = False
+    """bluez/bluez#1452 (up to 5.87): when a phone disconnects, bluetoothd closes the
+    first notify socket in its list, which may be another, still-connected phone's."""
 
 
 @attrs.define(eq=False)
