@@ -1,7 +1,7 @@
 """Fixtures of the real-bluetoothd suite (runs inside the VM of scripts/vm-test).
 
-The VM has its own system bus, btvirt with two linked controllers (hci0 for
-our peripheral, hci1 for the central) and a live btmon. This suite starts
+The VM has its own system bus, btvirt with three linked controllers (hci0 for
+our peripheral, hci1 for the central, hci2 for a second phone) and a live btmon. This suite starts
 bluetoothd itself, once per configuration ("att": one classic bearer,
 ``[GATT] Channels=1``; "eatt": bluetoothd's default, enhanced ATT), and
 restarts it while the peripheral runs.
@@ -39,6 +39,7 @@ BLUETOOTHD = "/usr/libexec/bluetooth/bluetoothd"
 JOB = Path(os.environ.get("MUSHPI_VM_JOB", "."))
 PERIPHERAL_ADAPTER = "hci0"
 CENTRAL_ADAPTER = "hci1"
+SECOND_CENTRAL_ADAPTER = "hci2"  # a second phone (tests_vm/test_50_unattended.py)
 
 # bluetoothd configurations, one per pass. The classic pass also keeps the
 # ATT MTU at its minimum (23) so that long values need several reads.
@@ -278,7 +279,7 @@ class Bluetoothd:
         self.btmon_start = 0
 
     def start(self, mode: str) -> float:
-        """Start with configuration ``mode``; returns seconds until both adapters are up."""
+        """Start with configuration ``mode``; returns seconds until all adapters are up."""
         assert self.proc is None, "bluetoothd is already running"
         conf = JOB / f"main-{mode}.conf"
         conf.write_text(CONFIGS[mode])
@@ -299,9 +300,10 @@ class Bluetoothd:
                             f"(see bluetoothd-{self.starts:02d}-{mode}.log)")
             return (self.bus.bluez_owner() is not None
                     and self.bus.adapter_powered(PERIPHERAL_ADAPTER)
-                    and self.bus.adapter_powered(CENTRAL_ADAPTER))
+                    and self.bus.adapter_powered(CENTRAL_ADAPTER)
+                    and self.bus.adapter_powered(SECOND_CENTRAL_ADAPTER))
 
-        wait_for(ready, 30, f"bluetoothd ({mode}) with hci0 and hci1 powered", 0.1)
+        wait_for(ready, 30, f"bluetoothd ({mode}) with hci0, hci1 and hci2 powered", 0.1)
         return time.monotonic() - self.started_at
 
     @property

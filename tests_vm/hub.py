@@ -50,9 +50,10 @@ class Sighting:
 
 
 class HubScanner:
-    """Scan on hci1 like the app: the MushPi service UUID or the name prefix."""
+    """Scan on hci1 (or ``adapter``) like the app: the MushPi service UUID or the name prefix."""
 
-    def __init__(self) -> None:
+    def __init__(self, adapter: str = CENTRAL_ADAPTER) -> None:
+        self.adapter = adapter
         self.sightings: dict[str, Sighting] = {}
         self.found = asyncio.Event()
         self.scanner: BleakScanner | None = None
@@ -80,7 +81,7 @@ class HubScanner:
         self.sightings.clear()
         self.scanner = BleakScanner(detection_callback=self._on_advert,
                                     service_uuids=[SERVICE_UUID],
-                                    bluez={"adapter": CENTRAL_ADAPTER})
+                                    bluez={"adapter": self.adapter})
         self.started_at = time.monotonic()
         await self.scanner.start()
 
@@ -131,10 +132,11 @@ class HubScanner:
 class Hub:
     """One connection, as the app makes it: connect, discover, then subscribe."""
 
-    def __init__(self, device: BLEDevice, *, on_disconnect: Any = None) -> None:
+    def __init__(self, device: BLEDevice, *, on_disconnect: Any = None,
+                 adapter: str = CENTRAL_ADAPTER) -> None:
         self.device = device
         self.disconnected = asyncio.Event()
-        self.client = BleakClient(device, bluez={"adapter": CENTRAL_ADAPTER}, timeout=40,
+        self.client = BleakClient(device, bluez={"adapter": adapter}, timeout=40,
                                   disconnected_callback=self._on_disconnect)
         self.chars: dict[str, BleakGATTCharacteristic] = {}
         self.queues: dict[str, asyncio.Queue[tuple[float, bytes]]] = {}

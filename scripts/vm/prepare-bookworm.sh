@@ -8,6 +8,7 @@ prepare_generation() {
     [ -x /usr/libexec/bluetooth/bluetoothd ] || need+=(bluez)
     command -v btvirt >/dev/null 2>&1 || need+=(bluez-test-tools)
     command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
+    command -v rfkill >/dev/null 2>&1 || need+=(rfkill)  # the suite blocks adapters with it
     host_packages "${need[@]}"
 
     # Python: the project venv with pytest and bleak.

@@ -6,7 +6,8 @@
 # fetched with an apt configuration of its own. All cached in $CACHE/trixie.
 # Sets KDIR, KVER, GUEST_ROOT, GUEST_VENV, GUEST_SHARES, GUEST_LINK_PROJECT.
 
-TRIXIE_INCLUDE=bluez,bluez-test-tools,dbus,dbus-daemon,python3,python3-venv,kmod,busybox-static
+# rfkill: the suite blocks the adapters the way a user does (`rfkill block bluetooth`).
+TRIXIE_INCLUDE=bluez,bluez-test-tools,dbus,dbus-daemon,python3,python3-venv,kmod,busybox-static,rfkill
 
 prepare_generation() {
     local mirror tdir aptdir apt_opts kpkg kver kdir d rhash root tmp reqs vhash venv
@@ -55,7 +56,9 @@ prepare_generation() {
     KDIR=$kdir
     KVER=$(cat "$kdir/.complete")
 
-    # -- root filesystem: debootstrap, cached by its package list
+    # -- root filesystem: debootstrap, cached by its package list (a changed list
+    # is a new root). Roots of other lists stay while in use: another checkout
+    # may run with one; each use marks its root, one unused for a day is removed.
     rhash=$(echo "trixie minbase $TRIXIE_INCLUDE" | sha256sum | cut -c1-12)
     root=$tdir/root-$rhash
     if [ ! -f "$root/.complete" ]; then
@@ -68,10 +71,13 @@ prepare_generation() {
         rm -rf "$tmp"/var/cache/apt/archives/*.deb "$tmp"/var/lib/apt/lists/*_Packages
         echo "$rhash" >"$tmp/.complete"
         mv "$tmp" "$root"
-        for d in "$tdir"/root-*/; do
-            [ "${d%/}" = "$root" ] || rm -rf "${d%/}"
-        done
     fi
+    touch "$root/.complete"
+    for d in "$tdir"/root-*/; do
+        [ "${d%/}" = "$root" ] && continue
+        [ -n "$(find "${d%/}/.complete" -mmin +1440 2>/dev/null)" ] \
+            || [ ! -f "${d%/}/.complete" ] && rm -rf "${d%/}"
+    done
     GUEST_ROOT=$root
 
     # -- venv inside the root: the project's dependencies, pytest and bleak on 3.13

@@ -1,0 +1,243 @@
+"""Running unattended, against the real bluetoothd: a second phone, many
+connections, an rfkill block.
+
+The field failures these guard against: the Pi stops being discoverable once
+a phone is connected, or after some connect/disconnect cycles, or after
+``rfkill block bluetooth``. BlePortal (``portal_lab``) serves on hci0; hci1
+and hci2 are two phones. They run once per generation, in the classic pass
+(the single ATT bearer most phones use): the EATT pass adds nothing to
+advertising or rfkill and would cost another minute of emulation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import (
+    CENTRAL_ADAPTER,
+    PERIPHERAL_ADAPTER,
+    SECOND_CENTRAL_ADAPTER,
+    LoopThread,
+    Metrics,
+    PortalLab,
+    SystemBus,
+    central_connect,
+    wait_for,
+)
+from hub import Hub, HubScanner, device_at
+from jeepney.wrappers import DBusErrorResponse
+
+from mushpi_ble.protocol import SERVICE_UUID, EnvMeasurement, StatusFlags
+
+CYCLES = 10
+RFKILL_SYSFS = Path("/sys/class/rfkill")
+
+
+@pytest.fixture(autouse=True)
+def classic_pass_only(bluez: str) -> None:
+    if bluez != "att":
+        pytest.skip("runs once per generation, in the classic (att) pass")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def active_instances(bus: SystemBus, adapter: str = PERIPHERAL_ADAPTER) -> int:
+    """bluetoothd's count of adverts on the air on ``adapter``."""
+    try:
+        return int(bus.get(f"/org/bluez/{adapter}", "org.bluez.LEAdvertisingManager1",
+                           "ActiveInstances"))
+    except (DBusErrorResponse, TimeoutError):
+        return -1
+
+
+def forget(bus: SystemBus, adapter: str, address: str) -> None:
+    """Drop ``adapter``'s device object for ``address`` (disconnecting it), so the next
+    scan sees the Pi as a new device, as a phone that never met it would."""
+    path = f"/org/bluez/{adapter}/dev_{address.replace(':', '_')}"
+    with contextlib.suppress(DBusErrorResponse, TimeoutError):
+        bus.call(f"/org/bluez/{adapter}", "org.bluez.Adapter1", "RemoveDevice", "o", (path,),
+                 timeout=15)
+
+
+def disconnect(bus: SystemBus, path: str) -> None:
+    with contextlib.suppress(DBusErrorResponse):
+        bus.call(path, "org.bluez.Device1", "Disconnect", timeout=15)
+
+
+def no_phones(bus: SystemBus, lab: PortalLab) -> None:
+    """Start from a Pi nobody is connected to, unknown to both phones."""
+    for adapter in (CENTRAL_ADAPTER, SECOND_CENTRAL_ADAPTER):
+        forget(bus, adapter, lab.address)
+    wait_for(lambda: lab.status()["connection_count"] == 0, 15, "no central connected")
+
+
+def discover_by_uuid(bus: SystemBus, lab: PortalLab, adapter: str) -> float:
+    """Scan on ``adapter`` for the MushPi service UUID until the Pi shows; seconds taken."""
+    forget(bus, adapter, lab.address)
+    with LoopThread(f"scan-{adapter}") as loop:
+        scanner = HubScanner(adapter)
+        started = time.monotonic()
+        loop.run(scanner.start(), 20)
+        try:
+            sighting = loop.run(scanner.discover(lab.address), 70)
+        finally:
+            loop.run(scanner.stop(), 20)
+    assert SERVICE_UUID in sighting.uuids, sighting.uuids
+    return sighting.at - started
+
+
+def wait_advertising(bus: SystemBus, lab: PortalLab, what: str) -> None:
+    wait_for(lambda: active_instances(bus) >= 1 and lab.status()["advert_state"] == "advertising",
+             15, f"the advert on the air ({what})")
+
+
+def switches() -> dict[str, tuple[str, bool]]:
+    """rfkill switches of type bluetooth by name (hciN): (index, soft-blocked)."""
+    found: dict[str, tuple[str, bool]] = {}
+    for entry in RFKILL_SYSFS.iterdir():
+        if (entry / "type").read_text().strip() == "bluetooth":
+            found[(entry / "name").read_text().strip()] = (
+                entry.name.removeprefix("rfkill"), (entry / "soft").read_text().strip() == "1")
+    return found
+
+
+def rfkill(*args: str) -> None:
+    """The util-linux rfkill a user runs (the lane installs it in both roots)."""
+    subprocess.run(["rfkill", *args], check=True, timeout=15, capture_output=True)
+
+
+def new_steps(status: dict[str, Any], before: int) -> list[dict[str, Any]]:
+    steps: list[dict[str, Any]] = status["recoveries"]
+    return steps[before:]
+
+
+# -- a second phone while the first is connected ------------------------------------------------
+def test_second_central_discovers_and_reads_while_first_connected(
+        bluez: str, portal_lab: PortalLab, system_bus: SystemBus, metrics: Metrics) -> None:
+    lab, bus = portal_lab, system_bus
+    no_phones(bus, lab)
+    first = central_connect(bus, lab.address)
+    second: str | None = None
+    try:
+        wait_for(lambda: lab.status()["connection_count"] == 1, 15, "the first phone")
+        wait_advertising(bus, lab, "one phone connected")
+        took = discover_by_uuid(bus, lab, SECOND_CENTRAL_ADAPTER)
+        metrics.set("second_phone_discovery_s", round(took, 2))
+        second = central_connect(bus, lab.address, SECOND_CENTRAL_ADAPTER)
+        wait_for(lambda: lab.status()["connection_count"] == 2, 15, "both phones connected")
+        with LoopThread("two-phones") as loop:
+            hubs = [Hub(device_at(first, lab.address)),
+                    Hub(device_at(second, lab.address), adapter=SECOND_CENTRAL_ADAPTER)]
+            for hub in hubs:
+                loop.run(hub.connect(), 60)
+            for hub in reversed(hubs):
+                env = EnvMeasurement.unpack(loop.run(hub.read("env_measurements"), 20))
+                assert env.uptime_ms > 0 and 300 < env.co2 < 5000
+                flags = StatusFlags.unpack(loop.run(hub.read("status_flags"), 20))
+                assert flags.flags & (1 << 4)  # connectivity
+    finally:
+        for path in (second, first):
+            if path is not None:
+                disconnect(bus, path)
+    wait_for(lambda: lab.status()["connection_count"] == 0, 15, "both phones gone")
+
+
+# -- many connections ---------------------------------------------------------------------------
+def test_still_discoverable_after_connect_disconnect_cycles(
+        bluez: str, portal_lab: PortalLab, system_bus: SystemBus, metrics: Metrics) -> None:
+    lab, bus = portal_lab, system_bus
+    no_phones(bus, lab)
+    before = lab.status()
+    started = time.monotonic()
+    for cycle in range(CYCLES):
+        path = central_connect(bus, lab.address)
+        wait_for(lambda: lab.status()["connection_count"] == 1, 15,
+                 f"the portal to see connection {cycle + 1}")
+        disconnect(bus, path)
+        wait_for(lambda: lab.status()["connection_count"] == 0, 15,
+                 f"the portal to see disconnection {cycle + 1}")
+    metrics.set("cycles_s", round(time.monotonic() - started, 2))
+    status = lab.status()
+    assert status["connects"] - before["connects"] >= CYCLES, (before["connects"],
+                                                                status["connects"])
+    wait_advertising(bus, lab, f"after {CYCLES} connections")
+    assert active_instances(bus) >= 1
+    metrics.set("advert_drops_after_cycles", status["advert_drops"] - before["advert_drops"])
+    took = discover_by_uuid(bus, lab, SECOND_CENTRAL_ADAPTER)
+    metrics.set("discovery_after_cycles_s", round(took, 2))
+
+
+# -- rfkill block bluetooth -----------------------------------------------------------------------
+@pytest.fixture
+def report_only_portal(portal_lab: PortalLab, system_bus: SystemBus) -> Iterator[Any]:
+    """A second peripheral, on hci2, with MUSHPI_BLE_ADAPTER_RECOVERY=false."""
+    from mushpi_ble.config import load_settings
+    from mushpi_ble.portal import BlePortal
+
+    forget(system_bus, SECOND_CENTRAL_ADAPTER, portal_lab.address)
+    settings = load_settings(environ={
+        "MUSHPI_BLE_ADAPTER": SECOND_CENTRAL_ADAPTER, "MUSHPI_BLE_ADAPTER_RECOVERY": "false",
+        "MUSHPI_BLE_PAIRING": "off", "MUSHPI_BLE_NAME_PREFIX": "Watch"}, env_file=None)
+    portal = BlePortal(settings)
+    portal.start()
+    try:
+        yield portal
+    finally:
+        portal.stop()
+
+
+def test_rfkill_block_is_recovered_or_reported(
+        bluez: str, portal_lab: PortalLab, system_bus: SystemBus, report_only_portal: Any,
+        metrics: Metrics) -> None:
+    lab, bus = portal_lab, system_bus
+    watcher = report_only_portal
+    wait_for(lambda: watcher.get_status()["adapter_state"] == "on", 15,
+             "the report-only peripheral on hci2 to see its adapter on")
+    pi_steps = len(lab.status()["recoveries"])
+    watcher_steps = len(watcher.get_status()["recoveries"])
+    assert not any(soft for _, soft in switches().values()), switches()
+    try:
+        blocked = time.monotonic()
+        rfkill("block", "bluetooth")
+
+        # Recovery on (the Pi, hci0): the soft block lifted, the adapter back on.
+        def recovered() -> bool:
+            status = lab.status()
+            return (any(s["action"] == "rfkill-unblock" and s["result"] == "ok"
+                        for s in new_steps(status, pi_steps))
+                    and status["adapter_state"] == "on" and status["rfkill"] == "unblocked"
+                    and bus.adapter_powered(PERIPHERAL_ADAPTER))
+
+        wait_for(recovered, 30, "hci0 unblocked and powered on by the portal")
+        metrics.set("rfkill_block_to_powered_s", round(time.monotonic() - blocked, 2))
+        assert not switches()[PERIPHERAL_ADAPTER][1]
+
+        # Recovery off (hci2): reported, the block left in place.
+        def reported() -> bool:
+            status = watcher.get_status()
+            return (status["adapter_state"] == "off-blocked"
+                    and status["rfkill"] == "soft-blocked"
+                    and any(s["action"] == "report" and s["result"] == "not-allowed"
+                            for s in new_steps(status, watcher_steps)))
+
+        wait_for(reported, 30, "hci2's block reported by the report-only peripheral")
+        status = watcher.get_status()
+        assert not any(s["action"] in ("rfkill-unblock", "power-on")
+                       for s in new_steps(status, watcher_steps)), status["recoveries"]
+        assert switches()[SECOND_CENTRAL_ADAPTER][1], "hci2's soft block was lifted"
+        assert switches()[CENTRAL_ADAPTER][1], "hci1's soft block was lifted"
+        assert not bus.adapter_powered(SECOND_CENTRAL_ADAPTER)
+    finally:
+        rfkill("unblock", "bluetooth")  # by hand, as its owner would
+    for adapter in (CENTRAL_ADAPTER, SECOND_CENTRAL_ADAPTER):
+        wait_for(lambda a=adapter: bus.adapter_powered(a), 15, f"{adapter} powered again")
+
+    # And the Pi is discoverable again.
+    wait_advertising(bus, lab, "after the rfkill block")
+    took = discover_by_uuid(bus, lab, CENTRAL_ADAPTER)
+    metrics.set("discovery_after_rfkill_s", round(took, 2))
