@@ -1,10 +1,10 @@
 """Fixtures of the real-bluetoothd suite (runs inside the VM of scripts/vm-test).
 
-The VM has its own system bus, btvirt with three linked controllers (hci0 for
-our peripheral, hci1 for the central, hci2 for a second phone) and a live btmon. This suite starts
-bluetoothd itself, once per configuration ("att": one classic bearer,
-``[GATT] Channels=1``; "eatt": bluetoothd's default, enhanced ATT), and
-restarts it while the peripheral runs.
+The VM has its own system bus, btvirt with four linked controllers (hci0 for
+our peripheral, hci1 for the central, hci2 for a second phone, hci3 its peer)
+and a live btmon. This suite starts bluetoothd itself, once per
+configuration ("att": one classic bearer, ``[GATT] Channels=1``; "eatt":
+bluetoothd's default, enhanced ATT), and restarts it while the peripheral runs.
 
 The central is bleak, driven on an asyncio loop in a thread of its own so
 that one connection can span several tests and the in-process BlePortal
@@ -40,6 +40,7 @@ JOB = Path(os.environ.get("MUSHPI_VM_JOB", "."))
 PERIPHERAL_ADAPTER = "hci0"
 CENTRAL_ADAPTER = "hci1"
 SECOND_CENTRAL_ADAPTER = "hci2"  # a second phone (tests_vm/test_50_unattended.py)
+HELPER_ADAPTER = "hci3"  # a peer of the second phone (tests_vm/test_50_unattended.py)
 
 # bluetoothd configurations, one per pass. The classic pass also keeps the
 # ATT MTU at its minimum (23) so that long values need several reads.
@@ -301,9 +302,10 @@ class Bluetoothd:
             return (self.bus.bluez_owner() is not None
                     and self.bus.adapter_powered(PERIPHERAL_ADAPTER)
                     and self.bus.adapter_powered(CENTRAL_ADAPTER)
-                    and self.bus.adapter_powered(SECOND_CENTRAL_ADAPTER))
+                    and self.bus.adapter_powered(SECOND_CENTRAL_ADAPTER)
+                    and self.bus.adapter_powered(HELPER_ADAPTER))
 
-        wait_for(ready, 30, f"bluetoothd ({mode}) with hci0, hci1 and hci2 powered", 0.1)
+        wait_for(ready, 30, f"bluetoothd ({mode}) with hci0 to hci3 powered", 0.1)
         return time.monotonic() - self.started_at
 
     @property

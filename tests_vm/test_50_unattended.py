@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from conftest import (
     CENTRAL_ADAPTER,
+    HELPER_ADAPTER,
     PERIPHERAL_ADAPTER,
     SECOND_CENTRAL_ADAPTER,
     LoopThread,
@@ -117,10 +118,60 @@ def new_steps(status: dict[str, Any], before: int) -> list[dict[str, Any]]:
 
 
 # -- a second phone while the first is connected ------------------------------------------------
+@contextlib.contextmanager
+def handles_kept_apart(bus: SystemBus) -> Iterator[None]:
+    """Let the second phone (hci2) hold a link to hci3 (a peripheral too) while it
+    joins the Pi.
+
+    btvirt (BlueZ 5.66 and 5.82 alike) gives each end of a new link the
+    lowest handle free on that end, but tells the peripheral the central's
+    handle: a second central joining hci0 over handle 42 while hci0's first
+    link already is 42 (its own is 43) makes hci0 send the second phone's
+    traffic down the first link. With hci2's 42 taken by a link to hci3, both
+    ends of hci2's link to the Pi are 43.
+    """
+    peer = peripheral_on(HELPER_ADAPTER, MUSHPI_BLE_NAME_PREFIX="Peer")
+    try:
+        helper = bus.adapter_address(HELPER_ADAPTER)
+        path = central_connect(bus, helper, SECOND_CENTRAL_ADAPTER)
+        try:
+            yield
+        finally:
+            forget(bus, SECOND_CENTRAL_ADAPTER, helper)
+            wait_for(lambda: not _connected(bus, path), 15, "hci2's link to hci3 gone")
+    finally:
+        peer.stop()
+
+
+def peripheral_on(adapter: str, **env: str) -> Any:
+    """Another BlePortal (no pairing agent: the Pi's stays the default) on ``adapter``."""
+    from mushpi_ble.config import load_settings
+    from mushpi_ble.portal import BlePortal
+
+    portal = BlePortal(load_settings(environ={"MUSHPI_BLE_ADAPTER": adapter,
+                                              "MUSHPI_BLE_PAIRING": "off", **env},
+                                     env_file=None))
+    portal.start()
+    return portal
+
+
+def _connected(bus: SystemBus, path: str) -> bool:
+    try:
+        return bool(bus.get(path, "org.bluez.Device1", "Connected"))
+    except (DBusErrorResponse, TimeoutError):
+        return False
+
+
 def test_second_central_discovers_and_reads_while_first_connected(
         bluez: str, portal_lab: PortalLab, system_bus: SystemBus, metrics: Metrics) -> None:
     lab, bus = portal_lab, system_bus
     no_phones(bus, lab)
+    with handles_kept_apart(bus):
+        two_phones(bus, lab, metrics)
+    wait_for(lambda: lab.status()["connection_count"] == 0, 15, "both phones gone")
+
+
+def two_phones(bus: SystemBus, lab: PortalLab, metrics: Metrics) -> None:
     first = central_connect(bus, lab.address)
     second: str | None = None
     try:
@@ -144,7 +195,6 @@ def test_second_central_discovers_and_reads_while_first_connected(
         for path in (second, first):
             if path is not None:
                 disconnect(bus, path)
-    wait_for(lambda: lab.status()["connection_count"] == 0, 15, "both phones gone")
 
 
 # -- many connections ---------------------------------------------------------------------------
@@ -176,15 +226,9 @@ def test_still_discoverable_after_connect_disconnect_cycles(
 @pytest.fixture
 def report_only_portal(portal_lab: PortalLab, system_bus: SystemBus) -> Iterator[Any]:
     """A second peripheral, on hci2, with MUSHPI_BLE_ADAPTER_RECOVERY=false."""
-    from mushpi_ble.config import load_settings
-    from mushpi_ble.portal import BlePortal
-
     forget(system_bus, SECOND_CENTRAL_ADAPTER, portal_lab.address)
-    settings = load_settings(environ={
-        "MUSHPI_BLE_ADAPTER": SECOND_CENTRAL_ADAPTER, "MUSHPI_BLE_ADAPTER_RECOVERY": "false",
-        "MUSHPI_BLE_PAIRING": "off", "MUSHPI_BLE_NAME_PREFIX": "Watch"}, env_file=None)
-    portal = BlePortal(settings)
-    portal.start()
+    portal = peripheral_on(SECOND_CENTRAL_ADAPTER, MUSHPI_BLE_ADAPTER_RECOVERY="false",
+                           MUSHPI_BLE_NAME_PREFIX="Watch")
     try:
         yield portal
     finally:
