@@ -71,9 +71,11 @@ def disconnect(bus: SystemBus, path: str) -> None:
 
 
 def no_phones(bus: SystemBus, lab: PortalLab) -> None:
-    """Start from a Pi nobody is connected to, unknown to both phones."""
+    """Start from a Pi nobody is connected to, unknown to both phones (bonds of earlier
+    tests forgotten on both sides)."""
     for adapter in (CENTRAL_ADAPTER, SECOND_CENTRAL_ADAPTER):
         forget(bus, adapter, lab.address)
+        forget(bus, PERIPHERAL_ADAPTER, bus.adapter_address(adapter))
     wait_for(lambda: lab.status()["connection_count"] == 0, 15, "no central connected")
 
 
