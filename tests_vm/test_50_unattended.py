@@ -46,7 +46,7 @@ from jeepney.wrappers import DBusErrorResponse
 from mushpi_ble.protocol import SERVICE_UUID, EnvMeasurement, StatusFlags
 
 CYCLES = 10
-SCAN_ROUND_S = 2.0  # one scan edge: its report comes within milliseconds
+SCAN_ROUND_S = 1.5  # one scan edge: its report comes within milliseconds
 RFKILL_SYSFS = Path("/sys/class/rfkill")
 
 
