@@ -39,8 +39,8 @@ BLUETOOTHD = "/usr/libexec/bluetooth/bluetoothd"
 JOB = Path(os.environ.get("MUSHPI_VM_JOB", "."))
 PERIPHERAL_ADAPTER = "hci0"
 CENTRAL_ADAPTER = "hci1"
-SECOND_CENTRAL_ADAPTER = "hci2"  # a second phone (tests_vm/test_50_unattended.py)
-HELPER_ADAPTER = "hci3"  # a peer of the second phone (tests_vm/test_50_unattended.py)
+SECOND_CENTRAL_ADAPTER = "hci2"  # a second phone (tests_vm/test_60_unattended.py)
+HELPER_ADAPTER = "hci3"  # a peer of the second phone (tests_vm/test_60_unattended.py)
 
 # bluetoothd configurations, one per pass. The classic pass also keeps the
 # ATT MTU at its minimum (23) so that long values need several reads.
