@@ -275,12 +275,15 @@ def test_still_discoverable_after_connect_disconnect_cycles(
     status = lab.status()
     assert status["connects"] - before["connects"] >= CYCLES, (before["connects"],
                                                                 status["connects"])
+    # bluetoothd may drop the advert (ActiveInstances 0, no Release) after one of the
+    # last cycles; the Pi registers it again (its advert monitor): on the air, found
+    # by a scanner, and still registered afterwards.
     wait_advertising(bus, lab, f"after {CYCLES} connections")
-    assert active_instances(bus) >= 1
-    metrics.set("advert_drops_after_cycles", status["advert_drops"] - before["advert_drops"])
     took, rounds = discover_by_uuid(bus, lab, SECOND_CENTRAL_ADAPTER)
     metrics.set("discovery_after_cycles_s", round(took, 2))
     metrics.set("discovery_after_cycles_scans", rounds)
+    wait_advertising(bus, lab, f"after {CYCLES} connections and a scan")
+    metrics.set("advert_drops_in_cycles", lab.status()["advert_drops"] - before["advert_drops"])
 
 
 # -- rfkill block bluetooth -----------------------------------------------------------------------
