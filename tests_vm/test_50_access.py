@@ -5,15 +5,15 @@ The lab's portal is replaced, for these tests, by one with
 with ``mushpi-ble pair`` / ``bonds`` over the guest's system bus, with the
 policy file ``mushpi-ble dbus-policy`` prints installed as a grower would.
 
-- A central that is not bonded writes: bluetoothd answers with an ATT
-  security error (the characteristics carry ``encrypt-write``), the central
-  tries to pair, the window is closed, our agent refuses: the write fails
-  and the controller never sees it.
-- ``mushpi-ble pair`` opens a window: the central writes again, meets the
-  same error, pairs by itself (Just Works, as a phone's OS does) and its
+- ``mushpi-ble pair`` opens a window. A central writes; bluetoothd answers
+  with an ATT security error (the characteristics carry ``encrypt-write``);
+  the central pairs by itself (Just Works, as a phone's OS does) and its
   retried write reaches the controller.
-- ``mushpi-ble bonds`` lists it; ``bonds --remove`` forgets it: bluetoothd
-  drops the link, and the central's next write fails again.
+- With the window closed, a second central (hci2) writes: refused on the
+  air, its pairing is rejected by our agent ("pairing window closed"), the
+  controller never sees it.
+- ``mushpi-ble bonds`` lists the first central; ``bonds --remove`` forgets
+  it: bluetoothd drops the link, and its next write fails again.
 - Passkey mode: the peripheral shows a passkey (``on_pairing_passkey``),
   the central's user types it (its agent answers ``RequestPasskey`` with
   it; the central pairs explicitly, as a phone's settings page does), and
@@ -23,12 +23,8 @@ policy file ``mushpi-ble dbus-policy`` prints installed as a grower would.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
-import os
 import re
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -36,11 +32,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mgmt
 import pytest
 from central_agent import PairingFailed
 from conftest import (
     CENTRAL_ADAPTER,
     PERIPHERAL_ADAPTER,
+    SECOND_CENTRAL_ADAPTER,
     LoopThread,
     Metrics,
     PortalLab,
@@ -65,36 +63,6 @@ REFUSED_ON_AIR = re.compile(
     r"[^\n]*\n[^\n]*\n\s+Error: Insufficient Encryption \(0x0f\)")
 TARGETS = ControlTargets(190, 270, 710, 1400, light_mode=2, on_minutes=600,
                          off_minutes=840).pack()
-
-
-KEYBOARD_DISPLAY = 0x04
-
-
-def set_io_capability(index: int, capability: int) -> None:
-    """MGMT Set IO Capability on one controller, over the kernel's management socket
-    (what ``btmgmt io-cap`` sends; its output and exit differ between 5.66 and 5.82)."""
-    af_bluetooth, btproto_hci, hci_channel_control, hci_dev_none = 31, 1, 3, 0xFFFF
-
-    class SockaddrHci(ctypes.Structure):
-        _fields_ = [("family", ctypes.c_ushort), ("dev", ctypes.c_ushort),
-                    ("channel", ctypes.c_ushort)]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    with socket.socket(af_bluetooth, socket.SOCK_RAW, btproto_hci) as sock:
-        addr = SockaddrHci(af_bluetooth, hci_dev_none, hci_channel_control)
-        if libc.bind(sock.fileno(), ctypes.byref(addr), ctypes.sizeof(addr)) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"binding the management socket: {os.strerror(errno)}")
-        opcode = 0x0018  # MGMT_OP_SET_IO_CAPABILITY
-        sock.send(struct.pack("<HHHB", opcode, index, 1, capability))
-        sock.settimeout(5)
-        while True:  # other management events are broadcast to us too
-            event, event_index, _length = struct.unpack_from("<HHH", data := sock.recv(512))
-            if event in (0x0001, 0x0002) and event_index == index:  # complete / status
-                answered, status = struct.unpack_from("<HB", data, 6)
-                if answered == opcode:
-                    assert status == 0, f"Set IO Capability on hci{index}: status {status}"
-                    return
 
 
 def cli(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -156,8 +124,9 @@ def locked_portal(portal_lab: PortalLab, pairing: str) -> Iterator[Locked]:
         portal_lab.portal.start()
 
 
-def _part(bus: SystemBus, lab_address: str, central: str) -> None:
-    forget_bond(bus, CENTRAL_ADAPTER, lab_address)
+def _part(bus: SystemBus, lab_address: str, central: str,
+          adapter: str = CENTRAL_ADAPTER) -> None:
+    forget_bond(bus, adapter, lab_address)
     forget_bond(bus, PERIPHERAL_ADAPTER, central)
 
 
@@ -165,10 +134,11 @@ def _writes(portal_lab: PortalLab) -> int:
     return sum(1 for name, _ in portal_lab.controller.writes if name == "control_targets")
 
 
-def _hub_write(path: str, address: str, timeout: float = 40) -> None:
+def _hub_write(path: str, address: str, timeout: float = 40,
+               adapter: str = CENTRAL_ADAPTER) -> None:
     """Connect bleak, write control targets, disconnect; raises what the write raised."""
     with LoopThread("access-hub") as loop:
-        hub = Hub(device_at(path, address))
+        hub = Hub(device_at(path, address), adapter=adapter)
         loop.run(hub.connect(), 60)
         try:
             loop.run(hub.write("control_targets", TARGETS), timeout)
@@ -177,17 +147,18 @@ def _hub_write(path: str, address: str, timeout: float = 40) -> None:
                 loop.run(hub.disconnect(), 30)
 
 
-def _refused_write(bus: SystemBus, portal_lab: PortalLab, locked: Locked) -> str:
+def _refused_write(bus: SystemBus, portal_lab: PortalLab, locked: Locked,
+                   adapter: str = CENTRAL_ADAPTER) -> str:
     """A central that is not bonded writes: it fails, and the controller sees nothing."""
     before = _writes(portal_lab)
     trace_from = btmon_offset()
-    path = connect_device(bus, portal_lab.address)
+    path = connect_device(bus, portal_lab.address, adapter)
     wait_for(lambda: bool(bus.get(path, "org.bluez.Device1", "ServicesResolved")), 40,
              "ServicesResolved")
     # bleak's error varies: 5.66's central reports the failed retry as ATT 0x0e; 5.82's
     # never answers the write once its pairing was refused (the link is gone)
     with pytest.raises(Exception) as failed:
-        _hub_write(path, portal_lab.address, timeout=8)
+        _hub_write(path, portal_lab.address, timeout=8, adapter=adapter)
     assert _writes(portal_lab) == before
     # bluetoothd refused it on the air (the central then asked to pair, as a phone does);
     # our own gate never saw it
@@ -202,29 +173,20 @@ def test_bonded_writes_need_a_pairing_window(
         bluez: str, portal_lab: PortalLab, system_bus: SystemBus, policy_installed: None,
         metrics: Metrics) -> None:
     central = system_bus.adapter_address(CENTRAL_ADAPTER)
+    second = system_bus.adapter_address(SECOND_CENTRAL_ADAPTER)
     _part(system_bus, portal_lab.address, central)
+    _part(system_bus, portal_lab.address, second, SECOND_CENTRAL_ADAPTER)
     with locked_portal(portal_lab, "window") as locked:
         try:
-            # 1. a stranger outside the window: its write fails, and it cannot pair
-            metrics.set(f"{bluez}.access_refused_write_error",
-                        _refused_write(system_bus, portal_lab, locked))
-            path = connect_device(system_bus, portal_lab.address)
-            with pytest.raises(PairingFailed) as refused:
-                pair_as_central(path)
-            metrics.set(f"{bluez}.access_refused_pairing", refused.value.name)
-            rejected = [a for a in locked.status()["pairing"]["recent"]
-                        if a["address"] == central and a["outcome"] == "rejected"]
-            assert rejected and rejected[-1]["reason"] == "pairing window closed", rejected
-            _part(system_bus, portal_lab.address, central)
-
-            # 2. the grower opens a window from the command line; the phone pairs, writes
+            # 1. the grower opens a window from the command line; the phone writes, meets
+            # the security error, pairs by itself (as a phone's OS does: bluetoothd on the
+            # central side pairs and retries) and its write reaches the controller
             opened = cli("pair", "--seconds", "60")
             assert opened.returncode == 0, opened.stderr
             assert "pairing window open for 60 s" in opened.stdout
             assert locked.status()["access"]["window_open"]
-            # as a phone does: write, meet the security error, pair, write again (bluetoothd
-            # on the central side pairs and retries by itself; our agent accepts in a window)
             before = _writes(portal_lab)
+            trace_from = btmon_offset()
             path = connect_device(system_bus, portal_lab.address)
             wait_for(lambda: bool(system_bus.get(path, "org.bluez.Device1",
                                                  "ServicesResolved")), 40, "ServicesResolved")
@@ -233,14 +195,29 @@ def test_bonded_writes_need_a_pairing_window(
             metrics.set(f"{bluez}.access_pair_and_write_s", round(time.monotonic() - started, 2))
             assert _writes(portal_lab) == before + 1
             assert bool(system_bus.get(path, "org.bluez.Device1", "Paired"))
+            trace = btmon_since(trace_from, "Insufficient Encryption")
+            assert REFUSED_ON_AIR.search(trace), "the first write was not refused on the air"
             accepted = [a for a in locked.status()["pairing"]["recent"]
                         if a["address"] == central and a["outcome"] in ("accepted", "paired")]
             assert accepted, locked.status()["pairing"]["recent"]
             closed = cli("pair", "--close")
             assert closed.returncode == 0, closed.stderr
-
-            # 3. the bond is listed, then removed: the phone's writes fail again
             wait_for(lambda: locked.status()["access"]["bonded_count"] == 1, 10, "the bond")
+
+            # 2. a second central, outside the window: its write fails and it cannot pair
+            metrics.set(f"{bluez}.access_refused_write_error",
+                        _refused_write(system_bus, portal_lab, locked, SECOND_CENTRAL_ADAPTER))
+            path2 = connect_device(system_bus, portal_lab.address, SECOND_CENTRAL_ADAPTER)
+            with pytest.raises(PairingFailed) as refused:
+                pair_as_central(path2, adapter=SECOND_CENTRAL_ADAPTER)
+            metrics.set(f"{bluez}.access_refused_pairing", refused.value.name)
+            rejected = [a for a in locked.status()["pairing"]["recent"]
+                        if a["address"] == second and a["outcome"] == "rejected"]
+            assert rejected and rejected[-1]["reason"] == "pairing window closed", rejected
+            assert locked.status()["access"]["bonded_count"] == 1
+            _part(system_bus, portal_lab.address, second, SECOND_CENTRAL_ADAPTER)
+
+            # 3. the first phone's bond is listed, then removed: its writes fail again
             listed = cli("bonds", "--json")
             assert listed.returncode == 0, listed.stderr
             assert [b["address"] for b in json.loads(listed.stdout)] == [central]
@@ -253,6 +230,7 @@ def test_bonded_writes_need_a_pairing_window(
                         _refused_write(system_bus, portal_lab, locked))
         finally:
             _part(system_bus, portal_lab.address, central)
+            _part(system_bus, portal_lab.address, second, SECOND_CENTRAL_ADAPTER)
 
 
 @pytest.mark.pairing
@@ -268,7 +246,7 @@ def test_passkey_entry_with_the_passkey_the_controller_showed(
             # One bluetoothd serves both controllers here, and 5.82 pairs a connected LE
             # device with the adapter's IO capability, which it sets from the default
             # agent (ours, DisplayOnly). A phone has a keyboard: say so for hci1.
-            set_io_capability(int(CENTRAL_ADAPTER[3:]), KEYBOARD_DISPLAY)
+            mgmt.set_io_capability(int(CENTRAL_ADAPTER[3:]), mgmt.KEYBOARD_DISPLAY)
             path = connect_device(system_bus, portal_lab.address)
             calls = pair_as_central(
                 path, capability="KeyboardDisplay",

@@ -17,17 +17,14 @@ does, at once (``drop_link``), so ten cycles take seconds, not half a minute.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import os
 import re
-import socket
-import struct
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import mgmt
 import pytest
 from conftest import (
     CENTRAL_ADAPTER,
@@ -83,38 +80,10 @@ def drop_link(bus: SystemBus, adapter: str, address: str) -> None:
     """The central on ``adapter`` tears its link to ``address`` down at once, with the
     MGMT Disconnect bluetoothd itself sends: ``Device1.Disconnect`` first gives the
     device's profiles 2 s (bluetoothd's DISCONNECT_TIMER), a phone app does not."""
-    status = mgmt_disconnect(int(adapter.removeprefix("hci")), address)
+    status = mgmt.disconnect(int(adapter.removeprefix("hci")), address)
     path = device_path(address, adapter)
     wait_for(lambda: not _connected(bus, path), 15,
              f"{adapter}'s link to {address} down (MGMT Disconnect status {status})")
-
-
-def mgmt_disconnect(index: int, address: str) -> int:
-    """MGMT Disconnect (LE public ``address``) on controller ``index`` over the kernel's
-    management socket, as ``btmgmt disconnect`` sends it (whose exit and output differ
-    between 5.66 and 5.82); the command's status (0 done, 2 not connected)."""
-    af_bluetooth, btproto_hci, hci_channel_control, hci_dev_none = 31, 1, 3, 0xFFFF
-    opcode = 0x0014  # MGMT_OP_DISCONNECT
-
-    class SockaddrHci(ctypes.Structure):
-        _fields_ = [("family", ctypes.c_ushort), ("dev", ctypes.c_ushort),
-                    ("channel", ctypes.c_ushort)]
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    with socket.socket(af_bluetooth, socket.SOCK_RAW, btproto_hci) as sock:
-        addr = SockaddrHci(af_bluetooth, hci_dev_none, hci_channel_control)
-        if libc.bind(sock.fileno(), ctypes.byref(addr), ctypes.sizeof(addr)) != 0:
-            errno = ctypes.get_errno()
-            raise OSError(errno, f"binding the management socket: {os.strerror(errno)}")
-        bdaddr = bytes.fromhex(address.replace(":", ""))[::-1]
-        sock.send(struct.pack("<HHH6sB", opcode, index, 7, bdaddr, 1))
-        sock.settimeout(10)
-        while True:  # other management events are broadcast to this socket too
-            event, event_index, _length = struct.unpack_from("<HHH", data := sock.recv(512))
-            if event in (0x0001, 0x0002) and event_index == index:  # complete / status
-                answered, status = struct.unpack_from("<HB", data, 6)
-                if answered == opcode:
-                    return int(status)
 
 
 def no_phones(bus: SystemBus, lab: PortalLab) -> None:
