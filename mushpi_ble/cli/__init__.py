@@ -4,6 +4,7 @@ command line."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
@@ -11,47 +12,51 @@ from mushpi_ble import __version__
 
 Run = Callable[[argparse.Namespace], int]
 
-
-def _commands() -> list[tuple[str, str, Callable[[argparse.ArgumentParser], None], Run]]:
-    """Every command once: its name, help, arguments and what runs it."""
-    from mushpi_ble.cli import bench, check, demo, manage, serve, unit
-
-    return [
-        ("serve", "serve the MushPi service on bluetoothd with a simulated controller",
-         serve.add_arguments, serve.run),
-        ("demo", "everything simulated on a private bus: fake bluetoothd, peripheral, "
-                 "phone app", demo.add_arguments, demo.run),
-        ("check", "diagnose whether the peripheral can work on this machine",
-         check.add_arguments, check.run),
-        ("bench", "benchmarks: the peripheral's figures and a peer library side by side",
-         bench.add_arguments, bench.run),
-        ("systemd-unit", "print the systemd unit for this install", unit.add_arguments,
-         unit.run),
-        ("pair", "open a pairing window on the running peripheral",
-         manage.add_pair_arguments, manage.run_pair),
-        ("bonds", "list the bonded phones, or forget one", manage.add_bonds_arguments,
-         manage.run_bonds),
-        ("dbus-policy", "print the system bus policy of `pair` and `bonds`",
-         manage.add_policy_arguments, manage.run_policy),
-    ]
+# name, help, module of mushpi_ble.cli, its add-arguments function, its runner
+COMMANDS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("serve", "serve the MushPi service on bluetoothd with a simulated controller",
+     "serve", "add_arguments", "run"),
+    ("demo", "everything simulated on a private bus: fake bluetoothd, peripheral, phone app",
+     "demo", "add_arguments", "run"),
+    ("check", "diagnose whether the peripheral can work on this machine",
+     "check", "add_arguments", "run"),
+    ("bench", "benchmarks: the peripheral's figures and a peer library side by side",
+     "bench", "add_arguments", "run"),
+    ("systemd-unit", "print the systemd unit for this install", "unit", "add_arguments", "run"),
+    ("pair", "open a pairing window on the running peripheral",
+     "manage", "add_pair_arguments", "run_pair"),
+    ("bonds", "list the bonded phones, or forget one",
+     "manage", "add_bonds_arguments", "run_bonds"),
+    ("dbus-policy", "print the system bus policy of `pair` and `bonds`",
+     "manage", "add_policy_arguments", "run_policy"),
+)
+"""Every command once. Only the chosen command's module is imported: on a Pi, importing
+the benchmarks to open a pairing window would cost seconds."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, just that command's arguments are loaded."""
     parser = argparse.ArgumentParser(prog="mushpi-ble", description=__doc__)
     parser.add_argument("--version", action="version", version=f"mushpi-ble {__version__}")
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text, add_arguments, run in _commands():
+    for name, help_text, module_name, add_name, run_name in COMMANDS:
         command = sub.add_parser(name, help=help_text)
-        add_arguments(command)
-        command.set_defaults(run=run)
+        if only is not None and name != only:
+            continue
+        module = importlib.import_module(f"mushpi_ble.cli.{module_name}")
+        getattr(module, add_name)(command)
+        command.set_defaults(run=getattr(module, run_name))
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    names = {name for name, *_ in COMMANDS}
+    chosen = next((word for word in words if word in names), None)
+    args = build_parser(chosen).parse_args(words)
     run: Run = args.run
     return run(args)
 
