@@ -586,6 +586,26 @@ def portal_lab(bluez: str, system_bus: SystemBus, metrics: Metrics) -> Iterator[
         portal.stop()
 
 
+@contextlib.contextmanager
+def portal_in_place_of_the_lab(portal_lab: PortalLab, **env: str) -> Iterator[Any]:
+    """The lab's portal stopped; one with these ``MUSHPI_*`` settings (on hci0, with the
+    lab's controller) in its place, and the lab's started again afterwards."""
+    from mushpi_ble.config import load_settings
+    from mushpi_ble.portal import BlePortal
+
+    portal_lab.portal.stop()
+    settings = load_settings(environ={"MUSHPI_BLE_ADAPTER": PERIPHERAL_ADAPTER, **env},
+                             env_file=None)
+    portal = BlePortal(settings)
+    portal.set_callbacks(portal_lab.controller.callbacks())
+    try:
+        portal.start()
+        yield portal
+    finally:
+        portal.stop()
+        portal_lab.portal.start()
+
+
 class HubLink:
     """A bleak connection from hci1 to the portal, shared by the tests of one pass."""
 

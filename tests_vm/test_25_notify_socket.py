@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from conftest import (
-    PERIPHERAL_ADAPTER,
     PORTAL_NAME,
     HubLink,
     LoopThread,
@@ -25,6 +24,7 @@ from conftest import (
     SystemBus,
     central_connect,
     pairs_first,
+    portal_in_place_of_the_lab,
     wait_for,
 )
 
@@ -45,22 +45,10 @@ class SocketLab:
 
 @pytest.fixture
 def socket_lab(bluez: str, portal_lab: PortalLab) -> Iterator[SocketLab]:
-    from mushpi_ble.config import load_settings
-    from mushpi_ble.portal import BlePortal
-
     if bluez != "att":
         pytest.skip("the socket path is tested in the att pass of each generation")
-    portal_lab.portal.stop()
-    settings = load_settings(environ={"MUSHPI_BLE_ADAPTER": PERIPHERAL_ADAPTER,
-                                      "MUSHPI_BLE_NOTIFY_MODE": "auto"}, env_file=None)
-    portal = BlePortal(settings)
-    portal.set_callbacks(portal_lab.controller.callbacks())
-    try:
-        portal.start()
+    with portal_in_place_of_the_lab(portal_lab, MUSHPI_BLE_NOTIFY_MODE="auto") as portal:
         yield SocketLab(portal)
-    finally:
-        portal.stop()
-        portal_lab.portal.start()
 
 
 @pytest.fixture

@@ -43,6 +43,7 @@ from conftest import (
     device_path,
     forget_bond,
     pair_as_central,
+    portal_in_place_of_the_lab,
     wait_for,
 )
 from hub import Hub, device_at
@@ -170,20 +171,8 @@ def test_just_works_pairing_then_gatt_over_the_encrypted_link(
 @pytest.fixture
 def portal_without_agent(portal_lab: PortalLab) -> Iterator[Any]:
     """The lab's portal stopped; one with ``MUSHPI_BLE_PAIRING=off`` in its place."""
-    from mushpi_ble.config import load_settings
-    from mushpi_ble.portal import BlePortal
-
-    portal_lab.portal.stop()
-    settings = load_settings(environ={"MUSHPI_BLE_ADAPTER": PERIPHERAL_ADAPTER,
-                                      "MUSHPI_BLE_PAIRING": "off"}, env_file=None)
-    portal = BlePortal(settings)
-    portal.set_callbacks(portal_lab.controller.callbacks())
-    try:
-        portal.start()
+    with portal_in_place_of_the_lab(portal_lab, MUSHPI_BLE_PAIRING="off") as portal:
         yield portal
-    finally:
-        portal.stop()
-        portal_lab.portal.start()
 
 
 @pytest.mark.pairing

@@ -48,6 +48,7 @@ from conftest import (
     connect_device,
     forget_bond,
     pair_as_central,
+    portal_in_place_of_the_lab,
     wait_for,
 )
 from hub import Hub, device_at
@@ -103,25 +104,14 @@ def classic_pass_only(bluez: str) -> None:
 @contextlib.contextmanager
 def locked_portal(portal_lab: PortalLab, pairing: str) -> Iterator[Locked]:
     """The lab's portal stopped; one whose writes need a bond in its place."""
-    from mushpi_ble.config import load_settings
-    from mushpi_ble.portal import BlePortal
-
-    portal_lab.portal.stop()
-    settings = load_settings(environ={"MUSHPI_BLE_ADAPTER": PERIPHERAL_ADAPTER,
-                                      "MUSHPI_BLE_WRITE_ACCESS": "bonded",
-                                      "MUSHPI_BLE_PAIRING": pairing}, env_file=None)
-    portal = BlePortal(settings)
     shown: list[tuple[str, int]] = []
-    portal.set_callbacks(portal_lab.controller.callbacks(),
-                         on_pairing_passkey=lambda address, key: shown.append((address, key)))
-    try:
-        portal.start()
+    with portal_in_place_of_the_lab(portal_lab, MUSHPI_BLE_WRITE_ACCESS="bonded",
+                                    MUSHPI_BLE_PAIRING=pairing) as portal:
+        portal.set_callbacks(
+            on_pairing_passkey=lambda address, key: shown.append((address, key)))
         wait_for(lambda: portal.get_status()["pairing"]["agent_registered"], 15,
                  "our agent registered")
         yield Locked(portal, shown)
-    finally:
-        portal.stop()
-        portal_lab.portal.start()
 
 
 def _part(bus: SystemBus, lab_address: str, central: str,
