@@ -621,12 +621,22 @@ class HubLink:
 @pytest.fixture(scope="session")
 def hub_link(bluez: str, portal_lab: PortalLab, system_bus: SystemBus,
              metrics: Metrics) -> Iterator[HubLink]:
+    with hub_connection(bluez, portal_lab, system_bus, metrics=metrics) as link:
+        yield link
+
+
+@contextlib.contextmanager
+def hub_connection(bluez: str, portal_lab: PortalLab, system_bus: SystemBus, *,
+                   name: str = "hub", metrics: Metrics | None = None) -> Iterator[HubLink]:
+    """The central connects (pairing first where the pass needs it) and bleak connects
+    over it, as the app does; disconnected when the block ends."""
     from hub import Hub, device_at
 
     started = time.monotonic()
     path = central_connect(system_bus, portal_lab.address, pair=pairs_first(bluez))
-    metrics.add("connect_s", time.monotonic() - started)
-    loop = LoopThread("hub")
+    if metrics is not None:
+        metrics.add("connect_s", time.monotonic() - started)
+    loop = LoopThread(name)
     hub = Hub(device_at(path, portal_lab.address, PORTAL_NAME))
     try:
         loop.run(hub.connect(), 60)

@@ -9,21 +9,17 @@ README's open problem of 5.82 with a paired phone's socket)."""
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from conftest import (
-    PORTAL_NAME,
     HubLink,
-    LoopThread,
     Metrics,
     PortalLab,
     SystemBus,
-    central_connect,
-    pairs_first,
+    hub_connection,
     portal_in_place_of_the_lab,
     wait_for,
 )
@@ -55,18 +51,8 @@ def socket_lab(bluez: str, portal_lab: PortalLab) -> Iterator[SocketLab]:
 def own_link(bluez: str, portal_lab: PortalLab, socket_lab: SocketLab,
              system_bus: SystemBus) -> Iterator[HubLink]:
     """A bleak connection of this test's own, to the auto-mode portal."""
-    from hub import Hub, device_at
-
-    path = central_connect(system_bus, portal_lab.address, pair=pairs_first(bluez))
-    loop = LoopThread("hub-socket")
-    hub = Hub(device_at(path, portal_lab.address, PORTAL_NAME))
-    try:
-        loop.run(hub.connect(), 60)
-        yield HubLink(loop, hub, path)
-    finally:
-        with contextlib.suppress(Exception):
-            loop.run(hub.disconnect(), 30)
-        loop.close()
+    with hub_connection(bluez, portal_lab, system_bus, name="hub-socket") as link:
+        yield link
 
 
 def test_bleak_receives_notifications_through_the_notify_socket(
