@@ -9,6 +9,14 @@ thread-safe and never waits for the loop: the policy is applied under a
 short lock in the producer's thread, which learns the outcome at once, and
 the loop is woken with ``TrioToken.run_sync_soon`` only when the notifier
 is parked.
+
+The loop never takes that lock. Producers publishing flat out re-take a
+``threading.Lock`` faster than a blocked waiter can wake, so a loop that
+waited on it was starved for seconds (the publish storm of
+``mushpi-ble bench --hostile``). The consumer side uses only operations the
+interpreter makes atomic (``deque.popleft``, single attribute stores), and
+the policy tolerates a consumer popping concurrently
+(:func:`~mushpi_ble.gatt.queue_policy.admit`).
 """
 
 from __future__ import annotations
@@ -33,7 +41,6 @@ log = logging.getLogger(__name__)
 __all__ = ["POLICIES", "Counters", "Mailbox", "Outcome", "run_notifier"]
 
 
-
 class Outcome(enum.Enum):
     """What happened to one offered payload, told to the producer at once."""
 
@@ -45,7 +52,8 @@ class Outcome(enum.Enum):
 
 @attrs.frozen
 class Counters:
-    """A consistent snapshot: offered = sent + dropped + coalesced + pending."""
+    """A snapshot: offered = sent + dropped + coalesced + pending whenever no offer
+    is running at the same moment (the counters are read without a lock)."""
 
     offered: int
     sent: int
@@ -69,19 +77,23 @@ class Mailbox:
         self.capacity = 1 if policy == "coalesce" else capacity
         self.policy = policy
         self.put_timeout = put_timeout
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # producers only, never the loop
         self._queue: deque[tuple[bytes, float]] = deque()
         self._token: trio.lowlevel.TrioToken | None = None
         self._parked = False
         self._event: trio.Event | None = None
-        self._in_flight = 0
+        # producer side, changed under the lock
         self._offered = 0
-        self._sent = 0
         self._dropped = 0
         self._coalesced = 0
-        self._notified = 0
         self._lock_timeouts = 0
         self._timeout_lock = threading.Lock()
+        # consumer side, changed only in the loop's thread
+        self._in_flight = 0
+        self._sent = 0
+        self._failed = 0
+        self._discarded = 0
+        self._notified = 0
         self.latency = LatencyHistogram()
 
     # -- producer side (any thread) ------------------------------------------
@@ -112,15 +124,18 @@ class Mailbox:
                 self._dropped += 1
                 if admission is Admission.REFUSED:
                     return Outcome.DROPPED
-            outcome = Outcome.QUEUED
+            # the consumer marks itself parked before it looks at the queue a last
+            # time, and the payload is in the queue before this looks at the mark:
+            # one of the two always sees the other
             wake = self._parked
-            self._parked = False
+            if wake:
+                self._parked = False
         finally:
             lock.release()
         if wake:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(self._wake)
-        return outcome
+        return Outcome.QUEUED
 
     # -- consumer side (the trio thread) --------------------------------------
     def attach(self, token: trio.lowlevel.TrioToken) -> None:
@@ -131,9 +146,16 @@ class Mailbox:
         """Stop accepting; what is still queued counts as dropped."""
         with self._lock:
             self._token = None
-            self._dropped += len(self._queue)
-            self._queue.clear()
             self._parked = False
+        self._discard_queued()
+
+    def _discard_queued(self) -> None:
+        while True:
+            try:
+                self._queue.popleft()
+            except IndexError:
+                return
+            self._discarded += 1
 
     def _wake(self) -> None:
         if self._event is not None:
@@ -141,43 +163,44 @@ class Mailbox:
 
     async def get(self) -> tuple[bytes, float]:
         """Next payload and the perf_counter time it was offered."""
+        queue = self._queue
         while True:
-            with self._lock:
-                if self._queue:
-                    self._in_flight += 1
-                    return self._queue.popleft()
-                self._event = trio.Event()
-                self._parked = True
-                event = self._event
+            self._in_flight += 1  # before the pop: a reader never sees the item in neither
+            try:
+                return queue.popleft()
+            except IndexError:
+                self._in_flight -= 1
+            event = self._event = trio.Event()
+            self._parked = True
+            if queue:  # offered between the pop and the mark
+                self._parked = False
+                continue
             await event.wait()
 
     def done(self, *, notified: bool, failed: bool = False) -> None:
-        with self._lock:
-            self._in_flight -= 1
-            if failed:
-                self._dropped += 1
-            else:
-                self._sent += 1
-                if notified:
-                    self._notified += 1
+        self._in_flight -= 1
+        if failed:
+            self._failed += 1
+        else:
+            self._sent += 1
+            if notified:
+                self._notified += 1
 
     # -- reading --------------------------------------------------------------
     @property
     def depth(self) -> int:
-        with self._lock:
-            return len(self._queue)
+        return len(self._queue)
 
     def counters(self) -> Counters:
-        with self._lock:
-            timeouts = self._lock_timeouts
-            return Counters(
-                offered=self._offered + timeouts,
-                sent=self._sent,
-                dropped=self._dropped + timeouts,
-                coalesced=self._coalesced,
-                pending=len(self._queue) + self._in_flight,
-                notified=self._notified,
-            )
+        timeouts = self._lock_timeouts
+        return Counters(
+            offered=self._offered + timeouts,
+            sent=self._sent,
+            dropped=self._dropped + self._failed + self._discarded + timeouts,
+            coalesced=self._coalesced,
+            pending=len(self._queue) + self._in_flight,
+            notified=self._notified,
+        )
 
 
 Emit = Callable[[bytes], Awaitable[bool]]

@@ -130,7 +130,7 @@ async def test_detach_drops_what_is_queued_and_refuses_more() -> None:
 def test_contended_lock_returns_dropped_within_put_timeout() -> None:
     box = Mailbox("env", capacity=5, policy="drop_oldest", put_timeout=0.02)
     box._token = object()  # type: ignore[assignment]  # attached without a loop
-    box._lock.acquire()
+    box._lock.acquire()  # a producer holding it
     try:
         result: list[Outcome] = []
         t = threading.Thread(target=lambda: result.append(box.offer(b"x")))
@@ -146,3 +146,67 @@ def test_contended_lock_returns_dropped_within_put_timeout() -> None:
 def test_unknown_policy_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown policy"):
         Mailbox("env", capacity=1, policy="priority", put_timeout=0.01)
+
+
+async def test_the_notifier_never_waits_for_the_producers_lock() -> None:
+    """Producers publishing flat out re-take their lock faster than a blocked waiter
+    wakes; a loop that waited on it starved for seconds. Here a producer holds the
+    lock the whole time, and the notifier still takes, emits and counts."""
+    box = Mailbox("env", capacity=8, policy="drop_oldest", put_timeout=0.01)
+    box.attach(trio.lowlevel.current_trio_token())
+    for n in range(3):
+        box.offer(payload(n))
+    emitted: list[bytes] = []
+
+    async def emit(value: bytes) -> bool:
+        emitted.append(value)
+        return True
+
+    box._lock.acquire()  # a producer in the middle of an offer
+    try:
+        with trio.fail_after(2):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(lambda: run_notifier(box, emit, slow_publish_s=1.0))
+                while len(emitted) < 3:
+                    await trio.sleep(0.001)
+                assert box.depth == 0
+                c = box.counters()
+                assert (c.sent, c.pending) == (3, 0)
+                nursery.cancel_scope.cancel()
+    finally:
+        box._lock.release()
+    assert emitted == [payload(n) for n in range(3)]
+    check_sum(box)
+
+
+def test_a_consumer_popping_meanwhile_loses_nothing_and_counts_exactly() -> None:
+    """The policy runs while the loop may pop the same deque: every item is either
+    taken by the consumer or counted by the producer, never both, never neither."""
+    for policy in ("drop_oldest", "drop_newest", "coalesce"):
+        box = Mailbox("env", capacity=4, policy=policy, put_timeout=1.0)
+        box._token = object()  # type: ignore[assignment]  # attached without a loop
+        stop = threading.Event()
+        taken: list[bytes] = []
+
+        def consume() -> None:
+            while not stop.is_set() or box.depth:
+                try:
+                    taken.append(box._queue.popleft()[0])
+                except IndexError:
+                    pass
+
+        consumer = threading.Thread(target=consume)
+        consumer.start()
+        producers = [threading.Thread(target=lambda k=k: [box.offer(payload(k * 10_000 + n))
+                                                          for n in range(5_000)])
+                     for k in range(3)]
+        for t in producers:
+            t.start()
+        for t in producers:
+            t.join()
+        stop.set()
+        consumer.join()
+        c = box.counters()
+        assert c.offered == 15_000, policy
+        assert len(taken) + c.dropped + c.coalesced == c.offered, (policy, len(taken), c)
+        assert len(set(taken)) == len(taken), policy

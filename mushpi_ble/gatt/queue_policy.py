@@ -36,14 +36,27 @@ def admit(queue: deque[T], item: T, capacity: int, policy: str) -> Admission:
 
     ``coalesce`` replaces the newest queued item, so a coalescing queue holds
     at most one item however large ``capacity`` is.
+
+    One consumer may pop from the left in another thread meanwhile (the
+    mailbox's loop takes no lock): every step is a single atomic deque
+    operation, and an item the consumer took first is simply not there to
+    replace or drop.
     """
-    if queue and policy == "coalesce":
-        queue[-1] = item
-        return Admission.COALESCED
+    if policy == "coalesce" and queue:
+        try:
+            queue[-1] = item
+        except IndexError:  # the consumer took it
+            pass
+        else:
+            return Admission.COALESCED
     if len(queue) >= capacity:
         if policy == "drop_newest":
             return Admission.REFUSED
-        queue.popleft()
+        try:
+            queue.popleft()
+        except IndexError:  # the consumer took it
+            queue.append(item)
+            return Admission.QUEUED
         queue.append(item)
         return Admission.QUEUED_DROPPING_OLDEST
     queue.append(item)
