@@ -345,6 +345,13 @@ VARIABLES: tuple[VarSpec, ...] = (
         "otherwise; socket = sockets without the signal fallback.",
     ),
     _int_var(
+        "MUSHPI_BLE_NOTIFY_INTERVAL_MS", "ble_notify_interval_ms", "5", 0, 1000,
+        "Shortest time between two notifications of one characteristic, in ms (0 = as fast "
+        "as the loop can): a burst waits in the characteristic's queue under its policy "
+        "instead of flooding bluetoothd, whose own queue has no limit; a lone value goes "
+        "out at once.",
+    ),
+    _int_var(
         "MUSHPI_BLE_LOG_SLOW_PUBLISH_MS", "ble_log_slow_publish_ms", "250", 1, 60000,
         "Log a publish that takes longer than this, in milliseconds.",
     ),
@@ -462,6 +469,7 @@ class Settings:
         factory=dict, converter=_freeze_policies, hash=False
     )
     ble_notify_mode: NotifyMode = attrs.field(default=_default("MUSHPI_BLE_NOTIFY_MODE"))
+    ble_notify_interval_ms: int = attrs.field(default=_default("MUSHPI_BLE_NOTIFY_INTERVAL_MS"))
     ble_log_slow_publish_ms: int = attrs.field(default=_default("MUSHPI_BLE_LOG_SLOW_PUBLISH_MS"))
     ble_shutdown_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS"))
     ble_handler_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_HANDLER_TIMEOUT_MS"))
@@ -537,6 +545,11 @@ class Settings:
     def queue_put_timeout_s(self) -> float:
         """Producer hand-over deadline in seconds."""
         return self.ble_queue_put_timeout_ms / 1000
+
+    @property
+    def notify_interval_s(self) -> float:
+        """Shortest gap between two notifications of one characteristic, in seconds."""
+        return self.ble_notify_interval_ms / 1000
 
     @property
     def log_slow_publish_s(self) -> float:

@@ -206,11 +206,21 @@ class Mailbox:
 Emit = Callable[[bytes], Awaitable[bool]]
 
 
-async def run_notifier(mailbox: Mailbox, emit: Emit, *, slow_publish_s: float) -> None:
-    """The one task behind one characteristic: take, emit, count, time."""
+async def run_notifier(mailbox: Mailbox, emit: Emit, *, slow_publish_s: float,
+                       min_interval_s: float = 0.0) -> None:
+    """The one task behind one characteristic: take, emit, count, time.
+
+    ``min_interval_s`` paces a burst: the next value goes out no sooner than that
+    after the previous one started, and meanwhile waits in the mailbox under its
+    policy. bluetoothd queues every signal it cannot put on the air yet, without
+    limit, and a loop emitting flat out keeps bluetoothd's own calls waiting
+    (``mushpi-ble bench --hostile``, the publish storm). A value after a quiet
+    spell is not delayed.
+    """
     while True:
         payload, offered_at = await mailbox.get()
         started = time.perf_counter()
+        started_loop = trio.current_time()
         try:
             notified = await emit(payload)
         except BaseException:
@@ -222,3 +232,5 @@ async def run_notifier(mailbox: Mailbox, emit: Emit, *, slow_publish_s: float) -
         if finished - started > slow_publish_s:
             log.warning("slow publish characteristic=%s took_ms=%.1f threshold_ms=%.0f",
                         mailbox.name, (finished - started) * 1000, slow_publish_s * 1000)
+        if min_interval_s > 0:
+            await trio.sleep_until(started_loop + min_interval_s)

@@ -157,7 +157,8 @@ class MushPiService:
             self.core.set_published(name, payload)
             return await app.notify(state, payload)
 
-        await run_notifier(mailbox, emit, slow_publish_s=self.settings.log_slow_publish_s)
+        await run_notifier(mailbox, emit, slow_publish_s=self.settings.log_slow_publish_s,
+                           min_interval_s=self.settings.notify_interval_s)
 
     # -- publishing (any thread; never waits for the loop) ----------------------
     @property

@@ -160,6 +160,8 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
      ["49", "30001"]),
     ("MUSHPI_BLE_HANDLER_TIMEOUT_MS", "ble_handler_timeout_ms", [("10", 10), ("25000", 25000)],
      ["9", "25001", "30000"]),
+    ("MUSHPI_BLE_NOTIFY_INTERVAL_MS", "ble_notify_interval_ms",
+     [("0", 0), ("5", 5), ("1000", 1000)], ["-1", "1001", "", "2.5"]),
     ("MUSHPI_BLE_READ_CACHE_MS", "ble_read_cache_ms", [("0", 0), ("500", 500), ("60000", 60000)],
      ["-1", "60001", ""]),
     (
@@ -207,7 +209,7 @@ OTHERS = ["MUSHPI_BLE_METRICS_FILE"]  # needs a real directory: tested with tmp_
 def test_every_variable_is_covered() -> None:
     covered = {name for name, *_ in EDGES} | set(BOOLS) | set(POLICY_OVERRIDES) | set(OTHERS)
     assert covered == set(SPECS)
-    assert len(INT_VARIABLES) == 9
+    assert len(INT_VARIABLES) == 10
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -179,34 +180,92 @@ async def test_the_notifier_never_waits_for_the_producers_lock() -> None:
     check_sum(box)
 
 
-def test_a_consumer_popping_meanwhile_loses_nothing_and_counts_exactly() -> None:
+def offer_with_a_consumer_popping(policy: str) -> tuple[Mailbox, list[bytes]]:
+    """Three producers offer 5,000 payloads each while a thread pops the deque as the
+    loop does; what that consumer took, and the mailbox."""
+    box = Mailbox("env", capacity=4, policy=policy, put_timeout=1.0)
+    box._token = object()  # type: ignore[assignment]  # attached without a loop
+    stop = threading.Event()
+    taken: list[bytes] = []
+
+    def consume() -> None:
+        while not stop.is_set() or box.depth:
+            with contextlib.suppress(IndexError):
+                taken.append(box._queue.popleft()[0])
+
+    def produce(k: int) -> None:
+        for n in range(5_000):
+            box.offer(payload(k * 10_000 + n))
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    producers = [threading.Thread(target=produce, args=(k,)) for k in range(3)]
+    for t in producers:
+        t.start()
+    for t in producers:
+        t.join()
+    stop.set()
+    consumer.join()
+    return box, taken
+
+
+@pytest.mark.parametrize("policy", ["drop_oldest", "drop_newest", "coalesce"])
+def test_a_consumer_popping_meanwhile_loses_nothing_and_counts_exactly(policy: str) -> None:
     """The policy runs while the loop may pop the same deque: every item is either
     taken by the consumer or counted by the producer, never both, never neither."""
-    for policy in ("drop_oldest", "drop_newest", "coalesce"):
-        box = Mailbox("env", capacity=4, policy=policy, put_timeout=1.0)
-        box._token = object()  # type: ignore[assignment]  # attached without a loop
-        stop = threading.Event()
-        taken: list[bytes] = []
+    box, taken = offer_with_a_consumer_popping(policy)
+    c = box.counters()
+    assert c.offered == 15_000
+    assert len(taken) + c.dropped + c.coalesced == c.offered, (len(taken), c)
+    assert len(set(taken)) == len(taken)
 
-        def consume() -> None:
-            while not stop.is_set() or box.depth:
-                try:
-                    taken.append(box._queue.popleft()[0])
-                except IndexError:
-                    pass
 
-        consumer = threading.Thread(target=consume)
-        consumer.start()
-        producers = [threading.Thread(target=lambda k=k: [box.offer(payload(k * 10_000 + n))
-                                                          for n in range(5_000)])
-                     for k in range(3)]
-        for t in producers:
-            t.start()
-        for t in producers:
-            t.join()
-        stop.set()
-        consumer.join()
-        c = box.counters()
-        assert c.offered == 15_000, policy
-        assert len(taken) + c.dropped + c.coalesced == c.offered, (policy, len(taken), c)
-        assert len(set(taken)) == len(taken), policy
+async def test_a_burst_is_paced_and_a_lone_value_is_not(autojump_clock: trio.abc.Clock) -> None:
+    """MUSHPI_BLE_NOTIFY_INTERVAL_MS: a burst goes out one value per interval (bluetoothd
+    would queue it without limit); a value after a quiet spell goes out at once."""
+    box = Mailbox("env", capacity=8, policy="drop_oldest", put_timeout=0.01)
+    box.attach(trio.lowlevel.current_trio_token())
+    sent_at: list[tuple[bytes, float]] = []
+
+    async def emit(value: bytes) -> bool:
+        sent_at.append((value, trio.current_time()))
+        return True
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_notifier(box, emit, slow_publish_s=1.0,
+                                                min_interval_s=0.05))
+        start = trio.current_time()
+        for n in range(3):
+            box.offer(payload(n))
+        await trio.sleep(1.0)
+        quiet_offer = trio.current_time()
+        box.offer(payload(9))
+        await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert [v for v, _ in sent_at] == [payload(n) for n in (0, 1, 2, 9)]
+    gaps = [round(t - start, 6) for _, t in sent_at[:3]]
+    assert gaps == [0.0, 0.05, 0.1]
+    assert sent_at[3][1] == quiet_offer
+
+
+async def test_while_paced_a_burst_obeys_the_policy(autojump_clock: trio.abc.Clock) -> None:
+    box = Mailbox("env", capacity=8, policy="coalesce", put_timeout=0.01)
+    box.attach(trio.lowlevel.current_trio_token())
+    sent: list[bytes] = []
+
+    async def emit(value: bytes) -> bool:
+        sent.append(value)
+        return True
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: run_notifier(box, emit, slow_publish_s=1.0,
+                                                min_interval_s=0.05))
+        box.offer(payload(0))
+        await trio.sleep(0.01)  # the first is out; the next may go at 0.05
+        for n in range(1, 10):
+            box.offer(payload(n))
+        await trio.sleep(0.2)
+        nursery.cancel_scope.cancel()
+    assert sent == [payload(0), payload(9)]
+    c = box.counters()
+    assert (c.offered, c.sent, c.coalesced, c.pending) == (10, 2, 8, 0)

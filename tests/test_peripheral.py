@@ -402,3 +402,26 @@ async def test_getter_answers_serve_reads_for_the_cache_age(bus_address: str,
         assert calls == ["get_control_targets", "get_control_targets"]
     finally:
         await trio.to_thread.run_sync(rig.portal.stop)
+
+
+async def test_a_published_burst_reaches_the_phone_paced(bus_address: str,
+                                                        bluez: FakeBluez) -> None:
+    """MUSHPI_BLE_NOTIFY_INTERVAL_MS reaches the notifier: a burst of four arrives in
+    order, spread over at least three intervals (a lower bound, so a slow machine
+    cannot fail it; the slack is for the fake stamping on arrival)."""
+    controller = SimulatedController(seed=1, now=lambda: NOW)
+    rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_NOTIFY_INTERVAL_MS="200"),
+                          controller)
+    try:
+        central = await phone(rig)
+        await central.subscribe(UUID["env_measurements"])
+        await central.next_notification(UUID["env_measurements"])  # the current value
+        await trio.sleep(0.2)  # a quiet spell: the burst's first value is not held back
+        for co2 in range(1001, 1005):
+            assert rig.portal.publish_env(20.0, 80.0, co2, 10) is Outcome.QUEUED
+        got = [await central.next_notification(UUID["env_measurements"], timeout=5.0)
+               for _ in range(4)]
+        assert [struct.unpack_from("<H", n.value)[0] for n in got] == [1001, 1002, 1003, 1004]
+        assert got[-1].timestamp - got[0].timestamp >= 3 * 0.200 - 0.1
+    finally:
+        await trio.to_thread.run_sync(rig.portal.stop)

@@ -1,6 +1,7 @@
 """``mushpi-ble bench --hostile``: bluetoothd's reads while others misbehave.
 
-The peripheral (server ``peer mushpi_ble``, its own process) serves the
+The peripheral (server ``peer mushpi_ble:defaults``: its own process, every
+setting at its default) serves the
 fake bluetoothd, which runs here with a measuring central. For each
 situation the central reads env_measurements back to back, from the moment
 the trouble starts until the peripheral has caught up with it (the flooder
@@ -33,7 +34,7 @@ import trio
 
 from mushpi_ble.bench import procfs, results, wire
 from mushpi_ble.bench.children import Child, ChildFailed
-from mushpi_ble.bench.peer import OURS
+from mushpi_ble.bench.peer import OURS_AS_SHIPPED
 from mushpi_ble.bench.stats import fmt, summary
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
 from mushpi_ble.testing.bus import DBusDaemonMissing, private_bus
@@ -155,7 +156,7 @@ async def make_trouble(name: str, address: str, peripheral: Child, destination: 
 async def measure(address: str, counts: Counts) -> dict[str, Any]:
     async with FakeBluez.serve(address) as bluez:
         try:
-            async with Child(wire.server_argv("peer", OURS, address)) as peripheral:
+            async with Child(wire.server_argv("peer", OURS_AS_SHIPPED, address)) as peripheral:
                 await peripheral.ready(STARTUP_TIMEOUT)
                 app = await bluez.wait_for_application(timeout=5.0)
                 central = await bluez.connect_central(mtu=512)

@@ -89,7 +89,9 @@ async def _next_with(phone: Any, co2: int) -> Any:
 
 async def measure_path(address: str, path: str, counts: Counts) -> dict[str, Any]:
     """Runs in the child: every figure of one notify path."""
-    settings = load_settings(environ={"MUSHPI_BLE_NOTIFY_MODE": path}, env_file=None)
+    settings = load_settings(environ={"MUSHPI_BLE_NOTIFY_MODE": path,
+                                     # the cost of each path, not the pacing's
+                                     "MUSHPI_BLE_NOTIFY_INTERVAL_MS": "0"}, env_file=None)
     portal = BlePortal(settings, bus=address)
     portal.set_callbacks(SimulatedController(seed=5).callbacks())
     daemon = bus_daemon_pid(address)

@@ -64,6 +64,9 @@ from mushpi_ble.protocol import (
 from mushpi_ble.sim import SimulatedController
 
 OURS = "mushpi_ble"
+#: ours with every setting at its default (notifications paced), where the
+#: question is how the shipped configuration behaves, not like for like
+OURS_AS_SHIPPED = "mushpi_ble:defaults"
 BLUEZ_PERIPHERAL = "bluez_peripheral"
 LIBRARIES = (OURS, BLUEZ_PERIPHERAL)
 ADAPTER_PATH = "/org/bluez/hci0"
@@ -88,7 +91,7 @@ def notify_args(command: wire.Event) -> tuple[int, int]:
 # ----------------------------------------------------------------------
 # mushpi_ble
 # ----------------------------------------------------------------------
-def run_mushpi(address: str) -> int:
+def run_mushpi(address: str, *, as_shipped: bool = False) -> int:
     from mushpi_ble.config import load_settings
     from mushpi_ble.errors import StartError
     from mushpi_ble.portal import BlePortal
@@ -96,7 +99,11 @@ def run_mushpi(address: str) -> int:
     started = time.perf_counter()
     settings = load_settings(environ={"MUSHPI_BLE_NAME_PREFIX": ADVERT_NAME,
                                      # like for like with the peer, which only signals
-                                     "MUSHPI_BLE_NOTIFY_MODE": "signal"}, env_file=None)
+                                     "MUSHPI_BLE_NOTIFY_MODE": "signal",
+                                     # and does not pace
+                                     **({} if as_shipped else
+                                        {"MUSHPI_BLE_NOTIFY_INTERVAL_MS": "0"})},
+                             env_file=None)
     controller = SimulatedController(seed=CONTROLLER_SEED)
     portal = BlePortal(settings, bus=address)
     portal.set_callbacks(controller.callbacks())
@@ -344,8 +351,8 @@ async def serve_peer(address: str) -> int:
 
 def serve(variant: str, address: str) -> int:
     """Serve the MushPi service with library ``variant`` on ``address``."""
-    if variant == OURS:
-        return run_mushpi(address)
+    if variant in (OURS, OURS_AS_SHIPPED):
+        return run_mushpi(address, as_shipped=variant == OURS_AS_SHIPPED)
     if variant == BLUEZ_PERIPHERAL:
         return asyncio.run(serve_peer(address))
     return wire.fail("not installed", f"no benchmark server for {variant!r}", library=variant)
