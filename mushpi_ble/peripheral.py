@@ -256,6 +256,7 @@ class Peripheral:
         self._done: set[str] = set()
         self._session_scopes: list[trio.CancelScope] = []
         self._advert_monitor: AdvertMonitor | None = None
+        self._advert_registrations = 0
         self._adapter_recovery: AdapterRecovery | None = None
 
     # -- lifetime ---------------------------------------------------------------------
@@ -640,6 +641,7 @@ class Peripheral:
                                         on_release=self._advert_released)
         elif self.advert.plan != plan:
             await self.advert.update(plan)
+        self.status.advertising = False  # until bluetoothd takes it again
         if self.advert.registered_on is not None:
             # dropped without a Release: bluetoothd may still hold it
             await self.advert.unregister(timeout=timeout, quiet=True)
@@ -657,6 +659,7 @@ class Peripheral:
             monitor.poke()
 
     def _advert_registered(self) -> None:
+        self._advert_registrations += 1
         self.status.advertising = True
         if self.status.advert_problem is not None:
             log.info("advertising again after %d refusals; no longer alias-only",
@@ -697,7 +700,7 @@ class Peripheral:
     async def _watch_advert(self, conn: Connection, adapter: str) -> AdvertMonitor:
         """Once per session: the monitor that confirms the advert is on the air."""
         if self._advert_monitor is None:
-            monitor = AdvertMonitor(conn, adapter, expected=self._advert_expected,
+            monitor = AdvertMonitor(conn, adapter, registration=self._advert_registration,
                                     on_gone=self._advert_gone, on_instances=self._instances,
                                     timeout=self.settings.bus_timeout_s)
             self._advert_monitor = monitor
@@ -708,6 +711,10 @@ class Peripheral:
     def _advert_expected(self) -> bool:
         return (self.status.advertising and "advertisement" in self._done
                 and not self._stopping)
+
+    def _advert_registration(self) -> int | None:
+        """Which of our registrations bluetoothd should have on the air, if any."""
+        return self._advert_registrations if self._advert_expected() else None
 
     def _advert_gone(self, caps: AdvertisingCapabilities) -> None:
         self.status.advertising = False

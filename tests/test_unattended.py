@@ -12,6 +12,8 @@ import trio
 from rig import Rig, eventually, make_settings, phone
 
 from mushpi_ble.cli.serve import render_view
+from mushpi_ble.dbus import Connection
+from mushpi_ble.gatt.advertising import AdvertisingCapabilities, AdvertMonitor
 from mushpi_ble.gatt.rfkill import Rfkill
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.prometheus import StatusCollector
@@ -121,8 +123,8 @@ async def test_a_connect_puts_an_advert_bluetoothd_still_counts_back_on_the_air(
         assert len(await second.read(UUID["control_targets"])) == 15
         assert len(await first.read(UUID["control_targets"])) == 15
         await bluez.wait_until(lambda: bluez.on_air(), timeout=5.0)
-        now = status(rig)
-        assert now["advert_drops"] == 0 and now["advert_state"] == "advertising"
+        await eventually(lambda: status(rig)["advert_state"] == "advertising")
+        assert status(rig)["advert_drops"] == 0
         assert advertising.registrations == 3
         await trio.to_thread.run_sync(stopper.pop().stop)
 
@@ -336,3 +338,40 @@ async def test_bluetoothd_leaving_mid_registration_is_not_a_refusal(
     await eventually(lambda: status(rig)["advert_state"] == "advertising", timeout=10.0)
     assert status(rig)["advert_refusals"] == 0
     assert status(rig)["advert_problem"] is None
+
+
+async def test_while_registering_again_after_a_connect_the_state_says_so(
+    bus_address: str, stopper: list[BlePortal]
+) -> None:
+    """After a connect the controller has stopped advertising; until bluetoothd takes
+    the advert again the status says "not-advertising", and the monitor's looks in
+    that window count no drop."""
+    async with FakeBluez.serve(bus_address, halt_advertising_on_connect=True) as bluez:
+        rig = await serve(bus_address, bluez, stopper)
+        await eventually(lambda: status(rig)["advert_state"] == "advertising")
+        bluez.delay_next_call("RegisterAdvertisement", 1.5)
+        await bluez.connect_central(address="11:22:33:44:55:01", discover=True)
+        await eventually(lambda: status(rig)["advert_state"] == "not-advertising")
+        monitor = rig.portal.peripheral._advert_monitor
+        assert monitor is not None
+        looks = monitor.looks
+        await eventually(lambda: monitor.looks > looks, timeout=3.0)  # a look in the window
+        await eventually(lambda: status(rig)["advert_state"] == "advertising", timeout=5.0)
+        assert status(rig)["advert_drops"] == 0
+        await trio.to_thread.run_sync(stopper.pop().stop)
+
+
+@pytest.mark.parametrize(("before", "after", "gone"), [(1, 1, True), (None, 2, False),
+                                                      (1, 2, False), (1, None, False)])
+async def test_a_look_counts_a_drop_only_for_the_registration_it_began_with(
+    bluez: FakeBluez, client: Connection, before: int | None, after: int | None, gone: bool
+) -> None:
+    """An ActiveInstances answer read while we registered again is about the advert we
+    had just unregistered: not a drop."""
+    answers = iter([before, after])
+    dropped: list[AdvertisingCapabilities] = []
+    monitor = AdvertMonitor(client, "/org/bluez/hci0", registration=lambda: next(answers),
+                            on_gone=dropped.append, on_instances=lambda _caps: None,
+                            timeout=2.0)
+    assert await monitor.check() is not gone  # nothing is on the air in the fake
+    assert bool(dropped) is gone

@@ -311,18 +311,23 @@ class AdvertMonitor:
     Looks at ``LEAdvertisingManager1.ActiveInstances`` a moment (``settle``)
     after every :meth:`poke` (registration, a central connecting or leaving),
     on each change of the manager's properties, and every ``period`` seconds.
-    While ``expected()`` says ours is registered, no active instance means
-    bluetoothd dropped it without a Release (bluez/bluez #1015): ``on_gone``
-    is called. ``on_instances(active, available)`` reports every look.
+    ``registration()`` names which registration of ours should be on the air
+    (None while none should: not yet, being registered again, stopping). No
+    active instance means bluetoothd dropped it without a Release
+    (bluez/bluez #1015) and ``on_gone`` is called, but only when the same
+    registration was expected before and after the look: an answer read while
+    we were registering again is about the advert we had just unregistered.
+    ``on_instances(active, available)`` reports every look.
     """
 
-    def __init__(self, conn: Connection, adapter_path: str, *, expected: Callable[[], bool],
+    def __init__(self, conn: Connection, adapter_path: str, *,
+                 registration: Callable[[], int | None],
                  on_gone: Callable[[AdvertisingCapabilities], None],
                  on_instances: Callable[[AdvertisingCapabilities], None],
                  timeout: float, settle: float = 0.3, period: float = 30.0) -> None:
         self._conn = conn
         self.adapter_path = adapter_path
-        self._expected = expected
+        self._registration = registration
         self._on_gone = on_gone
         self._on_instances = on_instances
         self._timeout = timeout
@@ -336,10 +341,12 @@ class AdvertMonitor:
 
     async def check(self) -> bool:
         """One look; False when ours should be there and is not."""
+        expected = self._registration()
         caps = await read_capabilities(self._conn, self.adapter_path, timeout=self._timeout)
         self.looks += 1
         self._on_instances(caps)
-        if self._expected() and caps.active_instances == 0:
+        if (expected is not None and self._registration() == expected
+                and caps.active_instances == 0):
             self._on_gone(caps)
             return False
         return True
