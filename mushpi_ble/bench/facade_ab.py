@@ -10,7 +10,11 @@ so its RSS and CPU are its own. Per backend:
   → phone), with the backend otherwise idle;
 * notify latency, publish → phone receives, at 100 packets/s (paced);
 * busy bus: the producer publishes flat out while a second phone reads
-  control_targets in a loop: producer call time p50/p99/max, notifications/s;
+  control_targets in a loop: producer call time p50/p99/max, notifications/s
+  (each backend as shipped: bluez-dbus paces a characteristic's notifications,
+  ``MUSHPI_BLE_NOTIFY_INTERVAL_MS``, and thins a flat-out burst by its policy;
+  the legacy backend hands every value to bluetoothd, which queues what the air
+  cannot carry);
 * stalled bus: bluetoothd stops reading its socket while the producer
   publishes flat out: producer call time p50/p99/max;
 * stop time with a subscribed phone, and again with bluetoothd stalled;
@@ -315,6 +319,9 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
     value_row("CPU per notification busy (us)",
               lambda r: ratio(r["cpu_s"]["busy"] * 1e6, r["busy"]["received"]), 0)
     value_row("CPU total (s)", lambda r: r["cpu_total_s"], 2)
+    print("busy: bluez-dbus paces each characteristic's notifications (MUSHPI_BLE_NOTIFY_"
+          "INTERVAL_MS, default 5 ms) and thins a flat-out burst by its queue policy; "
+          "bluezero hands bluetoothd every value")
     print()
     for name in names:
         checks = acceptance(results[name])
