@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from .config import Settings
@@ -59,19 +59,14 @@ class StatusCollector:
                                ("restarts", "bluetoothd restarts survived")):
             yield CounterMetricFamily(f"{PREFIX}_{key}", help_text, value=status[key])
         yield from _unattended(status)
-        counters = {
-            name: CounterMetricFamily(f"{PREFIX}_notifications_{name}",
-                                      f"payloads {name}, per characteristic",
-                                      labels=["characteristic"])
-            for name in ("offered", "sent", "dropped", "coalesced", "notified")
-        }
+        characteristics = status["characteristics"].items()
+        yield from _labelled_counters(
+            "notifications_{}", "payloads {}, per characteristic", "characteristic",
+            ("offered", "sent", "dropped", "coalesced", "notified"), characteristics)
         pending = GaugeMetricFamily(f"{PREFIX}_notifications_pending",
                                     "payloads queued or being sent", labels=["characteristic"])
-        for char, c in status["characteristics"].items():
-            for name, family in counters.items():
-                family.add_metric([char], c[name])
+        for char, c in characteristics:
             pending.add_metric([char], c["pending"])
-        yield from counters.values()
         yield pending
         if "pairing" in status:
             yield from _pairing_metrics(status["pairing"])
@@ -89,24 +84,30 @@ class StatusCollector:
         yield from _notify_metrics(status.get("notify", {}))
 
 
+def _labelled_counters(name: str, help_text: str, label: str, keys: Sequence[str],
+                       rows: Iterable[tuple[str, Mapping[str, Any]]]) -> Sequence[Metric]:
+    """A counter family per key (``name``/``help_text`` formatted with it), one sample
+    per row labelled with the row's name."""
+    families = [CounterMetricFamily(f"{PREFIX}_{name.format(key)}", help_text.format(key),
+                                    labels=[label]) for key in keys]
+    for value, row in rows:
+        for key, family in zip(keys, families, strict=True):
+            family.add_metric([value], row[key])
+    return families
+
+
 def _notify_metrics(notify: Mapping[str, Any]) -> Iterator[Metric]:
     """Notify sockets: per phone its queue and counters; per characteristic the losses."""
-    phones = notify.get("phones", {})
-    counters = {
-        key: CounterMetricFamily(f"{PREFIX}_phone_notifications_{key}",
-                                 f"notifications {key}, per phone's notify sockets",
-                                 labels=["device"])
-        for key in ("sent", "dropped", "coalesced", "refused", "confirmations")
-    }
+    phones = sorted(notify.get("phones", {}).items())
+    yield from _labelled_counters(
+        "phone_notifications_{}", "notifications {}, per phone's notify sockets", "device",
+        ("sent", "dropped", "coalesced", "refused", "confirmations"), phones)
     depth = GaugeMetricFamily(f"{PREFIX}_phone_queue_depth",
                               "values waiting for a phone's notify sockets", labels=["device"])
     mtu = GaugeMetricFamily(f"{PREFIX}_phone_mtu", "a phone's ATT MTU", labels=["device"])
-    for device, entry in sorted(phones.items()):
-        for key, family in counters.items():
-            family.add_metric([device], entry[key])
+    for device, entry in phones:
         depth.add_metric([device], entry["queue_depth"])
         mtu.add_metric([device], entry["mtu"])
-    yield from counters.values()
     yield depth
     yield mtu
     losses = CounterMetricFamily(f"{PREFIX}_notify_socket_losses",
