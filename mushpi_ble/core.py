@@ -325,10 +325,15 @@ class MushPiCore:
         return Answer(value)
 
     def _snapshot(self, key: str, device: str, value: bytes, now: float) -> None:
-        for stale in [k for k, (_v, at) in self._snapshots.items()
-                      if now - at > READ_SNAPSHOT_TTL_S]:
-            del self._snapshots[stale]
-        _remember(self._snapshots, (key, device), (value, now))
+        # each entry is (re)inserted at the end with the time then, so the oldest
+        # come first: expiry stops at the first one still young (a read's hot path)
+        snapshots = self._snapshots
+        while snapshots:
+            oldest = next(iter(snapshots))
+            if now - snapshots[oldest][1] <= READ_SNAPSHOT_TTL_S:
+                break
+            del snapshots[oldest]
+        _remember(snapshots, (key, device), (value, now))
 
     @staticmethod
     def _encode(row: Characteristic, need: NeedGetter, result: object) -> bytes:
