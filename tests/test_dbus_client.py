@@ -222,3 +222,31 @@ async def test_writer_waits_on_eagain_and_applies_back_pressure() -> None:
     assert seqs == list(range(count))
     ours.close()
     peer.close()
+
+
+async def test_a_message_cut_short_inline_finishes_before_any_other() -> None:
+    """What the kernel does not take of an inline send leaves next, ahead even of an
+    urgent message, and nothing is lost or reordered."""
+    ours, peer = socket.socketpair()
+    ours.setblocking(False)
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    writer = MessageWriter(ours, max_buffer=1 << 20)
+    big = b"a" * 200_000
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        writer.write_nowait(big)
+        assert 0 < writer.queued_bytes < len(big)  # partly sent at once, the rest queued
+        writer.write_nowait(b"n" * 10)
+        writer.write_nowait(b"u" * 10, urgent=True)
+        data = bytearray()
+        peer.setblocking(False)
+        with trio.fail_after(10):
+            while len(data) < len(big) + 20:
+                try:
+                    data += peer.recv(65536)
+                except BlockingIOError:
+                    await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert bytes(data) == big + b"u" * 10 + b"n" * 10
+    ours.close()
+    peer.close()

@@ -119,3 +119,24 @@ async def test_object_manager_contents_and_changes(
     with pytest.raises(DBusError) as info:
         await client.call(dest, "/app/thing", OM, "GetManagedObjects")
     assert info.value.name == UNKNOWN_INTERFACE
+
+
+async def test_a_property_exported_anew_is_announced_with_its_new_type(
+    server: Connection, client: Connection, thing: Thing
+) -> None:
+    rule = MatchRule(sender=server.unique_name, path="/app/thing", interface=PROPS,
+                     member="PropertiesChanged")
+    async with client.subscribe(rule) as signals:
+        await server.emit_properties_changed("/app/thing", IFACE, {"Level": 5})
+        with trio.fail_after(2):
+            assert (await signals.receive()).body == (IFACE, {"Level": ("u", 5)}, [])
+        server.unexport("/app/thing")
+        server.export("/app/thing", [Interface(IFACE, properties=[
+            Property("Level", "s", get=lambda: "high")])])
+        await server.emit_properties_changed("/app/thing", IFACE, {"Level": "low"})
+        with trio.fail_after(2):
+            assert (await signals.receive()).body == (IFACE, {"Level": ("s", "low")}, [])
+        server.unexport("/app/thing")
+        with pytest.raises(DBusError) as gone:
+            await server.emit_properties_changed("/app/thing", IFACE, {"Level": "low"})
+        assert gone.value.name == UNKNOWN_OBJECT

@@ -700,3 +700,4 @@ def test_refusals_reuse_one_error_template_with_jeepneys_bytes() -> None:
             error, _fds = wire.error(parent, "org.example.Error.E", "no", reply_serial)
             assert error == bytes(new_error(parent, "org.example.Error.E", "s",
                                             ("no",)).serialise(reply_serial))
+    assert len(wire._templates._errors) == 3  # one per destination, none refused

@@ -126,13 +126,15 @@ class Answerer:
                      if self._enable_fds else ()),
             )
         else:
-            ctx = self._context(fields.get(_SENDER, ""), fields.get(_PATH, "/"),
-                                fields.get(_INTERFACE, ""), fields.get(_MEMBER, ""))
-        signature = str(fields.get(_SIGNATURE, ""))
+            get = fields.get
+            key = (get(_SENDER, ""), get(_PATH, "/"), get(_INTERFACE, ""), get(_MEMBER, ""))
+            ctx = self._contexts.get(key) or self._context(*key)
+        signature = fields.get(_SIGNATURE, "")
         try:
-            method = self._dispatcher.resolve(ctx, signature)
-            assert method.handler is not None
-            result = method.handler(ctx, *msg.body)
+            method = self._dispatcher.resolve(ctx, str(signature))
+            handler = method.handler
+            assert handler is not None
+            result = handler(ctx, *msg.body)
             if type(result) not in _PLAIN_RESULTS and inspect.isawaitable(result):
                 if self._nursery is None:
                     _close_awaitable(result)

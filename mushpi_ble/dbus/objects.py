@@ -46,11 +46,15 @@ class ObjectTree:
     def __init__(self) -> None:
         self._objects: dict[str, dict[str, Interface]] = {}
         self._managers: set[str] = set()
+        # Properties found, kept until the next add or remove: every notification
+        # looks its property up, and an exported declaration does not change.
+        self._properties: dict[tuple[str, str, str], Property] = {}
 
     # -- changes ---------------------------------------------------------
     def add(self, path: str, interfaces: Sequence[Interface]) -> list[Interface]:
         """Add interfaces at ``path``; returns the ones that are new."""
         validate_object_path(path)
+        self._properties.clear()
         current = self._objects.setdefault(path, {})
         added = []
         for iface in interfaces:
@@ -67,6 +71,7 @@ class ObjectTree:
         current = self._objects.get(path)
         if current is None:
             return []
+        self._properties.clear()
         wanted = list(current) if names is None else [n for n in names if n in current]
         for name in wanted:
             del current[name]
@@ -110,10 +115,15 @@ class ObjectTree:
         return names
 
     def lookup_property(self, path: str, interface: str, name: str) -> Property:
+        key = (path, interface, name)
+        prop = self._properties.get(key)
+        if prop is not None:
+            return prop
         iface = self.lookup_interface(path, interface)
         prop = iface.property(name)
         if prop is None:
             raise DBusError(UNKNOWN_PROPERTY, f"no property {name} on {interface} at {path}")
+        self._properties[key] = prop
         return prop
 
     def lookup_interface(self, path: str, interface: str) -> Interface:

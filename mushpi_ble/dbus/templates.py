@@ -81,7 +81,7 @@ class Templates:
         self._returns: dict[tuple[str | None, str], _ReturnTemplate] = {}
         self._signals: dict[tuple[str, str, str, str], _Template] = {}
         self._calls: dict[tuple[str, str, str, str, str], _Template] = {}
-        self._errors: dict[tuple[str | None, str, str], bytes] = {}
+        self._errors: dict[tuple[str | None, str, str], tuple[bytes, int]] = {}
         self._properties_changed: dict[tuple[str, str, str, str],
                                        PropertiesChangedTemplate] = {}
 
@@ -122,27 +122,39 @@ class Templates:
         ))
 
     # -- errors -------------------------------------------------------------------
-    def _error_template(self, destination: str | None, name: str, text: str) -> bytes:
+    def _error_template(self, destination: str | None, name: str,
+                        text: str) -> tuple[bytes, int]:
         fields = {HeaderFields.sender: destination} if destination is not None else {}
-        parent = Message(Header(Endianness.little, MessageType.method_call, 0, 1, 0, 1, fields),
-                         ())
-        template = bytes(new_error(parent, name, "s", (text,)).serialise(0))
-        if template[16:20] != _REPLY_SERIAL_FIELD:
+
+        def serialised(reply_serial: int) -> bytes:
+            parent = Message(Header(Endianness.little, MessageType.method_call, 0, 1, 0,
+                                    reply_serial, fields), ())
+            return bytes(new_error(parent, name, "s", (text,)).serialise(0))
+
+        # jeepney orders header fields by code, so where the reply serial sits depends
+        # on the error name before it: found as the only bytes two serials change.
+        template, other = serialised(0), serialised(0xFFFFFFFF)
+        changed = [i for i, (a, b) in enumerate(zip(template, other, strict=True)) if a != b]
+        at = changed[0] if changed else -1
+        if len(changed) != 4 or changed[-1] != at + 3 or template[at - 4 : at] != \
+                _REPLY_SERIAL_FIELD:
             raise Unsupported("unexpected error header layout")
-        _remember(self._errors, (destination, name, text), template)
-        return template
+        entry = (template, at)
+        _remember(self._errors, (destination, name, text), entry)
+        return entry
 
     def error(self, call: Message, name: str, text: str, serial: int) -> bytes:
         """``new_error(call, name, "s", (text,)).serialise(serial)``: refusals repeat,
         so each (destination, name, text) is serialised once."""
         call_header = call.header
         destination = call_header.fields.get(_SENDER)
-        template = self._errors.get((destination, name, text))
-        if template is None:
-            template = self._error_template(destination, name, text)
+        entry = self._errors.get((destination, name, text))
+        if entry is None:
+            entry = self._error_template(destination, name, text)
+        template, reply_serial_at = entry
         out = bytearray(template)
         _U32.pack_into(out, 8, serial)
-        _U32.pack_into(out, 20, call_header.serial)
+        _U32.pack_into(out, reply_serial_at, call_header.serial)
         return bytes(out)
 
     # -- signals and method calls ---------------------------------------------------

@@ -218,29 +218,30 @@ class MessageWriter:
         if self._closed:
             raise ConnectionLost()
         self.messages_sent += 1
-        view = memoryview(data)
         if urgent:
             self.urgent_sent += 1
             inline = self._partial is None and not self._urgent
         else:
-            inline = self._idle()
+            inline = self._partial is None and not self._queue and not self._urgent
         if inline:
             try:
-                sent = self._send_first(view, fds)
+                sent = (self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                        if fds else self._sock.send(data))
             except BlockingIOError:
                 self.eagain_count += 1
                 sent = 0
             except OSError as exc:
                 self._closed = True
                 raise ConnectionLost(f"bus connection failed: {exc}") from exc
-            if sent == len(view):
-                return
+            if sent == len(data):
+                return  # the usual case: no view, no queue
             if sent:  # the rest must leave before any other message's bytes
-                self._partial = (view[sent:], None)
-                self._queued_bytes += len(view) - sent
+                rest = memoryview(data)[sent:]
+                self._partial = (rest, None)
+                self._queued_bytes += len(rest)
                 self._request_flush()
                 return
-        self._enqueue(self._urgent if urgent else self._queue, view, fds)
+        self._enqueue(self._urgent if urgent else self._queue, memoryview(data), fds)
 
     def queue(self, data: bytes) -> None:
         """Queue for the next batch flush (signals), never sending inline."""
@@ -259,19 +260,17 @@ class MessageWriter:
     def _enqueue(self, lane: deque[_Item], view: memoryview,
                  fds: array.array[int] | None) -> None:
         lane.append((view, fds))
-        self._queued_bytes += len(view)
-        self.peak_queued_bytes = max(self.peak_queued_bytes, self._queued_bytes)
-        self._request_flush()
+        queued = self._queued_bytes = self._queued_bytes + len(view)
+        if queued > self.peak_queued_bytes:
+            self.peak_queued_bytes = queued
+        if not self._flush_requested:
+            self._flush_requested = True
+            self._writer_lot.unpark()
 
     def _request_flush(self) -> None:
         if not self._flush_requested:
             self._flush_requested = True
             self._writer_lot.unpark()
-
-    def _send_first(self, view: memoryview, fds: array.array[int] | None) -> int:
-        if fds:
-            return self._sock.sendmsg([view], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        return self._sock.send(view)
 
     async def run(self) -> None:
         """The writer task: flush the queue, waiting only on EAGAIN."""
