@@ -257,6 +257,7 @@ class Peripheral:
         self._session_scopes: list[trio.CancelScope] = []
         self._advert_monitor: AdvertMonitor | None = None
         self._advert_registrations = 0
+        self._advert_registering = False
         self._adapter_recovery: AdapterRecovery | None = None
 
     # -- lifetime ---------------------------------------------------------------------
@@ -513,7 +514,7 @@ class Peripheral:
         was = self.status.adapter_state
         self.status.adapter_state = condition.state
         if (condition.powered and was not in ("on", "unknown", "removed")
-                and self._advert_expected()):
+                and self._advert_on_duty()):
             # Powered on again: the reset controller may have lost its advertising sets
             # while bluetoothd still counts ours active (kernel 6.1 with an
             # extended-advertising controller): register it again.
@@ -642,11 +643,12 @@ class Peripheral:
         elif self.advert.plan != plan:
             await self.advert.update(plan)
         self.status.advertising = False  # until bluetoothd takes it again
-        if self.advert.registered_on is not None:
-            # dropped without a Release: bluetoothd may still hold it
-            await self.advert.unregister(timeout=timeout, quiet=True)
-        monitor = await self._watch_advert(conn, adapter)
+        self._advert_registering = True
         try:
+            if self.advert.registered_on is not None:
+                # dropped without a Release: bluetoothd may still hold it
+                await self.advert.unregister(timeout=timeout, quiet=True)
+            monitor = await self._watch_advert(conn, adapter)
             await self.advert.register(adapter, timeout=timeout)
         except ConnectionLost:
             raise
@@ -657,6 +659,8 @@ class Peripheral:
         else:
             self._advert_registered()
             monitor.poke()
+        finally:
+            self._advert_registering = False
 
     def _advert_registered(self) -> None:
         self._advert_registrations += 1
@@ -711,6 +715,12 @@ class Peripheral:
     def _advert_expected(self) -> bool:
         return (self.status.advertising and "advertisement" in self._done
                 and not self._stopping)
+
+    def _advert_on_duty(self) -> bool:
+        """Registered, or being registered: a connect or a power-on (which can stop the
+        controller advertising behind bluetoothd's back) calls for registering again."""
+        return ((self.status.advertising or self._advert_registering)
+                and "advertisement" in self._done and not self._stopping)
 
     def _advert_registration(self) -> int | None:
         """Which of our registrations bluetoothd should have on the air, if any."""
@@ -818,7 +828,7 @@ class Peripheral:
     def _connection_changed(self, central: Central, connected: bool) -> None:
         if connected:
             self.status.connects += 1
-            if self._advert_expected():
+            if self._advert_on_duty():
                 # on the air again for a second phone (see the module's docstring)
                 self._lose("advertisement", "a central connected; the controller stopped "
                            "advertising")
