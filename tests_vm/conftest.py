@@ -80,6 +80,11 @@ CONFIGS: dict[str, str] = {
     "att": GENERAL + "\n[GATT]\nChannels = 1\nExchangeMTU = 48\n",
     "eatt": GENERAL + f"\n[GATT]\nChannels = {eatt_channels(GENERATION)}\n",
 }
+# glibc fills memory bluetoothd frees (and allocates) with this byte: a use of freed
+# memory then reads garbage at once and bluetoothd crashes where, unperturbed, it
+# may go on by luck (5.82 clearing a gone bonded phone's subscriptions on our freed
+# characteristics at UnregisterApplication: see GattApplication.unregister).
+BLUETOOTHD_ENV = {"MALLOC_PERTURB_": "165"}
 # bluetoothd's debug lines of its agent code, always: the tests read from them
 # which agent was asked ("Calling Agent.Request...") and which one is the
 # default ("Default agent set to ..."). MUSHPI_VM_BLUETOOTHD_DEBUG=1: all of them.
@@ -291,7 +296,8 @@ class Bluetoothd:
         args.append("-d" if os.environ.get("MUSHPI_VM_BLUETOOTHD_DEBUG") else AGENT_DEBUG)
         args += pass_arguments(mode) + os.environ.get("MUSHPI_VM_BLUETOOTHD_ARGS", "").split()
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **BLUETOOTHD_ENV})
         log.close()
         self.mode = mode
 
