@@ -595,7 +595,8 @@ def portal_lab(bluez: str, system_bus: SystemBus, metrics: Metrics) -> Iterator[
 @contextlib.contextmanager
 def portal_in_place_of_the_lab(portal_lab: PortalLab, **env: str) -> Iterator[Any]:
     """The lab's portal stopped; one with these ``MUSHPI_*`` settings (on hci0, with the
-    lab's controller) in its place, and the lab's started again afterwards."""
+    lab's controller) in its place, and the lab's started again afterwards (and waited
+    for until it registered its application and agent: the next test may pair)."""
     from mushpi_ble.config import load_settings
     from mushpi_ble.portal import BlePortal
 
@@ -610,6 +611,12 @@ def portal_in_place_of_the_lab(portal_lab: PortalLab, **env: str) -> Iterator[An
     finally:
         portal.stop()
         portal_lab.portal.start()
+
+        def ready() -> bool:
+            status = portal_lab.status()
+            return bool(status["registered"] and status["pairing"]["agent_registered"])
+
+        wait_for(ready, 20, "the lab's portal to register again")
 
 
 class HubLink:
