@@ -338,11 +338,10 @@ VARIABLES: tuple[VarSpec, ...] = (
     ),
     *(_policy_override_var(name) for name in NOTIFYING_CHARACTERISTICS),
     _choice_var(
-        "MUSHPI_BLE_NOTIFY_MODE", "ble_notify_mode", get_args(NotifyMode), "signal",
-        "How notifications reach phones: signal = PropertiesChanged (the default while "
-        "bluetoothd 5.82 can exit at our unregistration after serving a paired phone's "
-        "socket); auto = a notify socket per phone when bluetoothd acquires one, signals "
-        "otherwise; socket = sockets without the signal fallback.",
+        "MUSHPI_BLE_NOTIFY_MODE", "ble_notify_mode", get_args(NotifyMode), "auto",
+        "How notifications reach phones: auto = a notify socket per phone when bluetoothd "
+        "acquires one, signals otherwise; signal = PropertiesChanged only; socket = "
+        "sockets without the signal fallback.",
     ),
     _int_var(
         "MUSHPI_BLE_NOTIFY_INTERVAL_MS", "ble_notify_interval_ms", "5", 0, 1000,

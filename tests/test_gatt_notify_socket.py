@@ -326,3 +326,47 @@ async def test_counters_add_up_when_a_send_finds_the_socket_closed(app_conn: Con
         await eventually(lambda: pipe.closed)  # still open; or the reader saw EOF first)
         d = state.departed
         assert d.offered >= 1 and d.offered == d.sent + d.dropped + d.coalesced + d.refused
+
+
+async def test_after_a_socket_phone_left_unregister_sends_the_value_first(
+        app_conn: Connection, bluez: FakeBluez, caplog: pytest.LogCaptureFixture) -> None:
+    """bluetoothd 5.82 clears a gone bonded phone's subscriptions on the next notification,
+    or else inside UnregisterApplication on freed characteristics (and dies): so after a
+    phone with a socket left, unregister sends each socket characteristic's value as a
+    signal first. It must reach bluetoothd before the application is gone: the fake
+    turns it into a notification only for a registered application (and reads signals
+    beside calls, so its UnregisterApplication waits a moment to let the signal land)."""
+    caplog.set_level(logging.INFO, logger="mushpi_ble.gatt.application")
+    async with served(app_conn, service()) as app:
+        state = app.state("note")
+        stays = await bluez.connect_central(address=A)
+        leaves = await bluez.connect_central(address=B)
+        await stays.subscribe(NOTE)
+        await leaves.subscribe(NOTE)
+        await eventually(lambda: len(state.sockets) == 2)
+        await app.notify(state, b"last")
+        assert (await stays.next_notification(NOTE)).value == b"last"
+        await leaves.disconnect()
+        app.device_left(leaves.device_path)
+        await eventually(lambda: leaves.device_path not in state.sockets)
+        bluez.runtime.faults.delay_next_call("UnregisterApplication", 0.2)
+        await app.unregister(timeout=2.0)
+        assert (await stays.next_notification(NOTE)).value == b"last"  # by the signal
+        assert not bluez.adapter().gatt.registered()
+        assert "value sent before unregistering characteristic=note" in caplog.text
+        assert "characteristic=ind" not in caplog.text  # no socket there
+
+
+async def test_unregister_sends_nothing_when_no_socket_phone_left(
+        app_conn: Connection, bluez: FakeBluez) -> None:
+    async with served(app_conn, service()) as app:
+        state = app.state("note")
+        phone = await bluez.connect_central(address=A)
+        await phone.subscribe(NOTE)
+        await eventually(lambda: len(state.sockets) == 1)
+        await app.notify(state, b"only")
+        assert (await phone.next_notification(NOTE)).value == b"only"
+        bluez.runtime.faults.delay_next_call("UnregisterApplication", 0.2)
+        await app.unregister(timeout=2.0)
+        await trio.sleep(0.1)
+        assert values(phone, NOTE) == [b"only"]

@@ -165,7 +165,7 @@ async def test_a_phone_that_reconnects_at_once_has_not_lost_its_socket(auto_rig:
     await eventually(lambda: env_path(rig) == "socket")
 
 
-def test_signals_are_the_default_until_sockets_are_safe_on_5_82() -> None:
-    """README "Notify sockets": bluetoothd 5.82 died at our unregistration after serving a
-    paired phone's socket; sockets are opt-in (auto or socket) until that is understood."""
-    assert make_settings().ble_notify_mode == "signal"
+def test_notify_sockets_are_the_default() -> None:
+    """README "Notify sockets": auto, now that the 5.82 unregistration crash is avoided
+    (GattApplication.unregister)."""
+    assert make_settings().ble_notify_mode == "auto"

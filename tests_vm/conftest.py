@@ -80,6 +80,11 @@ CONFIGS: dict[str, str] = {
     "att": GENERAL + "\n[GATT]\nChannels = 1\nExchangeMTU = 48\n",
     "eatt": GENERAL + f"\n[GATT]\nChannels = {eatt_channels(GENERATION)}\n",
 }
+# glibc fills memory bluetoothd frees (and allocates) with this byte: a use of freed
+# memory then reads garbage at once and bluetoothd crashes where, unperturbed, it
+# may go on by luck (5.82 clearing a gone bonded phone's subscriptions on our freed
+# characteristics at UnregisterApplication: see GattApplication.unregister).
+BLUETOOTHD_ENV = {"MALLOC_PERTURB_": "165"}
 # bluetoothd's debug lines of its agent code, always: the tests read from them
 # which agent was asked ("Calling Agent.Request...") and which one is the
 # default ("Default agent set to ..."). MUSHPI_VM_BLUETOOTHD_DEBUG=1: all of them.
@@ -291,7 +296,8 @@ class Bluetoothd:
         args.append("-d" if os.environ.get("MUSHPI_VM_BLUETOOTHD_DEBUG") else AGENT_DEBUG)
         args += pass_arguments(mode) + os.environ.get("MUSHPI_VM_BLUETOOTHD_ARGS", "").split()
         self.started_at = time.monotonic()
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **BLUETOOTHD_ENV})
         log.close()
         self.mode = mode
 
@@ -589,7 +595,8 @@ def portal_lab(bluez: str, system_bus: SystemBus, metrics: Metrics) -> Iterator[
 @contextlib.contextmanager
 def portal_in_place_of_the_lab(portal_lab: PortalLab, **env: str) -> Iterator[Any]:
     """The lab's portal stopped; one with these ``MUSHPI_*`` settings (on hci0, with the
-    lab's controller) in its place, and the lab's started again afterwards."""
+    lab's controller) in its place, and the lab's started again afterwards (and waited
+    for until it registered its application and agent: the next test may pair)."""
     from mushpi_ble.config import load_settings
     from mushpi_ble.portal import BlePortal
 
@@ -604,6 +611,12 @@ def portal_in_place_of_the_lab(portal_lab: PortalLab, **env: str) -> Iterator[An
     finally:
         portal.stop()
         portal_lab.portal.start()
+
+        def ready() -> bool:
+            status = portal_lab.status()
+            return bool(status["registered"] and status["pairing"]["agent_registered"])
+
+        wait_for(ready, 20, "the lab's portal to register again")
 
 
 class HubLink:

@@ -3,9 +3,8 @@ socket bluetoothd offers through AcquireNotify, and bleak receives what the cont
 publishes through it — on both generations (5.66 shares one socket among
 subscribers, 5.82 gives one per phone; with one phone both look the same).
 
-The lab's portal uses the default (signals); this test runs a portal of its own
-in auto mode, in the att pass, with a central that does not pair (see the
-README's open problem of 5.82 with a paired phone's socket)."""
+This test runs a portal of its own in auto mode (whatever the default), in the
+att pass; test_26_two_centrals covers two phones and a paired one."""
 
 from __future__ import annotations
 

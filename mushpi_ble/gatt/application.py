@@ -16,6 +16,7 @@ phone gets a value twice).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import math
@@ -99,6 +100,8 @@ class CharacteristicState:
     """Sockets closed under a still-connected phone: counted, answered by signals."""
     confirmations: int = 0
     """Indication confirmations: Confirm() calls and 0x01 bytes on the sockets."""
+    acquired_since_register: bool = False
+    """A socket was acquired since RegisterApplication (see ``GattApplication.unregister``)."""
     departed: SocketStats = attrs.Factory(SocketStats)
     """The counters of sockets already closed, so the totals never go back."""
 
@@ -145,6 +148,8 @@ class GattApplication:
         self.access = access
         self._close_grace = close_grace
         self._departures: dict[str, float] = {}  # device -> when it last disconnected
+        self._socket_devices: set[str] = set()  # devices that acquired a socket (this registration)
+        self._socket_device_left = False
         self._states: dict[str, CharacteristicState] = {}
         self._paths: list[str] = []
         self.exported = False
@@ -399,6 +404,9 @@ class GattApplication:
                             on_closed=lambda s, why: self._socket_closed(state, s, why))
         state.sockets[device] = pipe
         state.sockets_acquired += 1
+        state.acquired_since_register = True
+        if device:
+            self._socket_devices.add(device)
         if device in state.suspects:
             state.suspects.discard(device)
             log.info("notify socket acquired again characteristic=%s device=%s", spec.label,
@@ -478,6 +486,8 @@ class GattApplication:
         """A phone disconnected: it is no longer a reason to stay on signals."""
         self._departures.pop(device, None)
         self._departures[device] = trio.current_time()
+        if device in self._socket_devices:
+            self._socket_device_left = True
         while len(self._departures) > MAX_DEPARTURES:
             del self._departures[next(iter(self._departures))]
         for state in self._states.values():
@@ -542,14 +552,24 @@ class GattApplication:
     async def register(self, adapter_path: str, *, timeout: float) -> None:
         """RegisterApplication under a deadline; raises DBusError on refusal."""
         self.export()
+        self._socket_devices.clear()
+        self._socket_device_left = False
+        for state in self._states.values():
+            state.acquired_since_register = False
         await self._conn.call(BLUEZ, adapter_path, GATT_MANAGER_IFACE, "RegisterApplication",
                               "oa{sv}", (self.root, {}), timeout=timeout)
         self.registered_on = adapter_path
         log.info("application registered root=%s adapter=%s", self.root, adapter_path)
 
     async def unregister(self, *, timeout: float) -> None:
-        """UnregisterApplication if registered; errors are logged, not raised."""
+        """UnregisterApplication if registered; errors are logged, not raised.
+
+        First, when a phone that had a notify socket left meanwhile, one signal per
+        characteristic that had sockets (see ``_flush_left_subscriptions``).
+        """
         adapter_path, self.registered_on = self.registered_on, None
+        if adapter_path is not None:
+            await self._flush_left_subscriptions()
         self.reset_subscriptions()
         if adapter_path is None:
             return
@@ -559,6 +579,30 @@ class GattApplication:
             log.info("application unregistered root=%s", self.root)
         except DBusError as exc:
             log.warning("unregister failed root=%s error=%s", self.root, exc)
+
+    async def _flush_left_subscriptions(self) -> None:
+        """Let bluetoothd drop a gone bonded phone's subscription while our
+        characteristics still exist.
+
+        bluetoothd (seen with 5.82) keeps a bonded phone's subscriptions after it
+        disconnects; once its bond is removed they wait for the next notification
+        to be cleared. UnregisterApplication frees our characteristics first and
+        then sends Service Changed, which clears them: the clearing runs on a freed
+        characteristic, and where that one had notify sockets it walks a freed
+        list and bluetoothd dies. A ``Value`` signal on each characteristic that
+        had sockets, sent first (bluetoothd reads our messages in order), has the
+        clearing run while everything is alive. Phones still subscribed get the
+        current value once more.
+        """
+        if not self._socket_device_left:
+            return
+        for state in self._states.values():
+            if state.acquired_since_register and state.value:
+                with contextlib.suppress(DBusError, OSError):
+                    await self._conn.emit_properties_changed(
+                        state.path, GATT_CHARACTERISTIC_IFACE, {"Value": state.value})
+                log.info("value sent before unregistering characteristic=%s reason=a phone "
+                         "with a notify socket left", state.spec.label)
 
 
 def _not_supported(_ctx: CallContext, _options: dict[str, Any]) -> tuple[int, int]:
