@@ -97,12 +97,10 @@ def run_mushpi(address: str, *, as_shipped: bool = False) -> int:
     from mushpi_ble.portal import BlePortal
 
     started = time.perf_counter()
+    # like for like with the peer, which only signals and does not pace
+    like_the_peer = {"MUSHPI_BLE_NOTIFY_MODE": "signal", "MUSHPI_BLE_NOTIFY_INTERVAL_MS": "0"}
     settings = load_settings(environ={"MUSHPI_BLE_NAME_PREFIX": ADVERT_NAME,
-                                     # like for like with the peer, which only signals
-                                     "MUSHPI_BLE_NOTIFY_MODE": "signal",
-                                     # and does not pace
-                                     **({} if as_shipped else
-                                        {"MUSHPI_BLE_NOTIFY_INTERVAL_MS": "0"})},
+                                     **({} if as_shipped else like_the_peer)},
                              env_file=None)
     controller = SimulatedController(seed=CONTROLLER_SEED)
     portal = BlePortal(settings, bus=address)
