@@ -74,11 +74,16 @@ async def test_property_errors(server: Connection, client: Connection, thing: Th
     assert thing.level == 3
 
 
+
+def thing_changes(server: Connection) -> MatchRule:
+    """The rule for the thing's PropertiesChanged signals."""
+    return MatchRule(sender=server.unique_name, path="/app/thing", interface=PROPS,
+                     member="PropertiesChanged")
+
 async def test_properties_changed_reaches_subscriber(
     server: Connection, client: Connection, thing: Thing
 ) -> None:
-    rule = MatchRule(sender=server.unique_name, path="/app/thing", interface=PROPS,
-                     member="PropertiesChanged")
+    rule = thing_changes(server)
     async with client.subscribe(rule) as signals:
         await server.emit_properties_changed("/app/thing", IFACE, {"Level": 5}, ["Name"])
         with trio.fail_after(2):
@@ -124,8 +129,7 @@ async def test_object_manager_contents_and_changes(
 async def test_a_property_exported_anew_is_announced_with_its_new_type(
     server: Connection, client: Connection, thing: Thing
 ) -> None:
-    rule = MatchRule(sender=server.unique_name, path="/app/thing", interface=PROPS,
-                     member="PropertiesChanged")
+    rule = thing_changes(server)
     async with client.subscribe(rule) as signals:
         await server.emit_properties_changed("/app/thing", IFACE, {"Level": 5})
         with trio.fail_after(2):

@@ -18,6 +18,7 @@ from rig import eventually
 from mushpi_ble.dbus import Connection
 from mushpi_ble.gatt import (
     Characteristic,
+    CharacteristicState,
     GattApplication,
     GattDefinitionError,
     Service,
@@ -25,7 +26,7 @@ from mushpi_ble.gatt import (
 )
 from mushpi_ble.gatt.notify_socket import PEER_CLOSED, NotifySocket
 from mushpi_ble.gatt.queue_policy import Admission, admit
-from mushpi_ble.testing.fakebluez import FakeBluez
+from mushpi_ble.testing.fakebluez import FakeBluez, FakeCentral
 
 SVC = "0000bbbb-0000-1000-8000-00805f9b34fb"
 NOTE = "0000bbb1-0000-1000-8000-00805f9b34fb"
@@ -90,6 +91,25 @@ async def _never(_request: object) -> bytes:
     return b""
 
 
+
+async def one_phone_on_a_socket(bluez: FakeBluez, state: CharacteristicState,
+                                uuid: str = NOTE) -> FakeCentral:
+    """Phone A subscribed to ``uuid``, its socket held."""
+    phone = await bluez.connect_central(address=A)
+    await phone.subscribe(uuid)
+    await eventually(lambda: len(state.sockets) == 1)
+    return phone
+
+async def two_phones_on_sockets(bluez: FakeBluez, state: CharacteristicState
+                                ) -> tuple[FakeCentral, FakeCentral]:
+    """Phones A and B subscribed to NOTE, each with its own socket (bluetoothd 5.69+)."""
+    first = await bluez.connect_central(address=A)
+    second = await bluez.connect_central(address=B)
+    await first.subscribe(NOTE)
+    await second.subscribe(NOTE)
+    await eventually(lambda: len(state.sockets) == 2)
+    return first, second
+
 async def test_one_socket_per_phone_each_gets_its_own(app_conn: Connection,
                                                        bluez: FakeBluez) -> None:
     async with served(app_conn, service()) as app:
@@ -123,11 +143,7 @@ async def test_a_stalled_phone_never_delays_another_and_its_queue_stays_bounded(
         app_conn: Connection, bluez: FakeBluez) -> None:
     async with served(app_conn, service(queue=4)) as app:
         state = app.state("note")
-        slow = await bluez.connect_central(address=A)
-        fast = await bluez.connect_central(address=B)
-        await slow.subscribe(NOTE)
-        await fast.subscribe(NOTE)
-        await eventually(lambda: len(state.sockets) == 2)
+        slow, fast = await two_phones_on_sockets(bluez, state)
         slow.pause_notifications()
         pipe = state.sockets[slow.device_path]
         sent = [b"%04d" % i for i in range(200)]
@@ -153,9 +169,7 @@ async def test_coalesce_keeps_only_the_newest_for_a_stalled_phone(app_conn: Conn
                                                                   bluez: FakeBluez) -> None:
     async with served(app_conn, service(policy="coalesce")) as app:
         state = app.state("note")
-        slow = await bluez.connect_central(address=A)
-        await slow.subscribe(NOTE)
-        await eventually(lambda: len(state.sockets) == 1)
+        slow = await one_phone_on_a_socket(bluez, state)
         slow.pause_notifications()
         pipe = state.sockets[slow.device_path]
         for i in range(300):
@@ -189,9 +203,7 @@ async def test_indication_confirmations_are_not_a_close(app_conn: Connection, bu
     async with FakeBluez.serve(bus_address, notify_confirm_on_socket=on_socket) as bluez, \
             served(app_conn, service()) as app:
         state = app.state("ind")
-        phone = await bluez.connect_central(address=A)
-        await phone.subscribe(IND)
-        await eventually(lambda: len(state.sockets) == 1)
+        phone = await one_phone_on_a_socket(bluez, state, IND)
         pipe = state.sockets[phone.device_path]
         for i in range(3):
             await app.notify(state, b"i%d" % i)
@@ -212,11 +224,7 @@ async def test_a_socket_lost_under_a_connected_phone_falls_back_to_signals(
     async with FakeBluez.serve(bus_address, close_wrong_notify_socket=True) as bluez, \
             served(app_conn, service()) as app:
         state = app.state("note")
-        stays = await bluez.connect_central(address=A)
-        leaves = await bluez.connect_central(address=B)
-        await stays.subscribe(NOTE)
-        await leaves.subscribe(NOTE)
-        await eventually(lambda: len(state.sockets) == 2)
+        stays, leaves = await two_phones_on_sockets(bluez, state)
         await leaves.disconnect()  # bluetoothd also closes the first socket: stays's
         await eventually(lambda: state.socket_losses == 1)
         assert state.suspects == {stays.device_path} and state.on_signals
@@ -236,11 +244,7 @@ async def test_without_fallback_a_lost_socket_is_only_counted(app_conn: Connecti
     async with FakeBluez.serve(bus_address, close_wrong_notify_socket=True) as bluez, \
             served(app_conn, service(fallback=False)) as app:
         state = app.state("note")
-        stays = await bluez.connect_central(address=A)
-        leaves = await bluez.connect_central(address=B)
-        await stays.subscribe(NOTE)
-        await leaves.subscribe(NOTE)
-        await eventually(lambda: len(state.sockets) == 2)
+        _stays, leaves = await two_phones_on_sockets(bluez, state)
         await leaves.disconnect()
         await eventually(lambda: state.socket_losses == 1)
         assert not state.suspects and not state.on_signals
@@ -269,11 +273,7 @@ async def test_a_phone_ten_times_slower_than_the_publisher(app_conn: Connection,
     interval = 0.002
     async with served(app_conn, service(queue=4)) as app:
         state = app.state("note")
-        slow = await bluez.connect_central(address=A)
-        fast = await bluez.connect_central(address=B)
-        await slow.subscribe(NOTE)
-        await fast.subscribe(NOTE)
-        await eventually(lambda: len(state.sockets) == 2)
+        slow, fast = await two_phones_on_sockets(bluez, state)
         slow.notify_read_delay = interval * 10
         pipe = state.sockets[slow.device_path]
         sent = [b"%04d" % i for i in range(150)]
@@ -315,9 +315,7 @@ async def test_counters_add_up_when_a_send_finds_the_socket_closed(app_conn: Con
                                                                   bluez: FakeBluez) -> None:
     async with served(app_conn, service()) as app:
         state = app.state("note")
-        phone = await bluez.connect_central(address=A)
-        await phone.subscribe(NOTE)
-        await eventually(lambda: len(state.sockets) == 1)
+        phone = await one_phone_on_a_socket(bluez, state)
         await app.notify(state, b"one")
         pipe = state.sockets[phone.device_path]
         phone.pause_notifications()
@@ -339,11 +337,7 @@ async def test_after_a_socket_phone_left_unregister_sends_the_value_first(
     caplog.set_level(logging.INFO, logger="mushpi_ble.gatt.application")
     async with served(app_conn, service()) as app:
         state = app.state("note")
-        stays = await bluez.connect_central(address=A)
-        leaves = await bluez.connect_central(address=B)
-        await stays.subscribe(NOTE)
-        await leaves.subscribe(NOTE)
-        await eventually(lambda: len(state.sockets) == 2)
+        stays, leaves = await two_phones_on_sockets(bluez, state)
         await app.notify(state, b"last")
         assert (await stays.next_notification(NOTE)).value == b"last"
         await leaves.disconnect()
@@ -361,9 +355,7 @@ async def test_unregister_sends_nothing_when_no_socket_phone_left(
         app_conn: Connection, bluez: FakeBluez) -> None:
     async with served(app_conn, service()) as app:
         state = app.state("note")
-        phone = await bluez.connect_central(address=A)
-        await phone.subscribe(NOTE)
-        await eventually(lambda: len(state.sockets) == 1)
+        phone = await one_phone_on_a_socket(bluez, state)
         await app.notify(state, b"only")
         assert (await phone.next_notification(NOTE)).value == b"only"
         bluez.runtime.faults.delay_next_call("UnregisterApplication", 0.2)
