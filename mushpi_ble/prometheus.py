@@ -61,8 +61,10 @@ class StatusCollector:
         yield from _unattended(status)
         characteristics = status["characteristics"].items()
         yield from _labelled_counters(
-            "notifications_{}", "payloads {}, per characteristic", "characteristic",
-            ("offered", "sent", "dropped", "coalesced", "notified"), characteristics)
+            "notifications_{}",
+            {key: f"payloads {key}, per characteristic"
+             for key in ("offered", "sent", "dropped", "coalesced", "notified")},
+            "characteristic", characteristics)
         pending = GaugeMetricFamily(f"{PREFIX}_notifications_pending",
                                     "payloads queued or being sent", labels=["characteristic"])
         for char, c in characteristics:
@@ -84,14 +86,14 @@ class StatusCollector:
         yield from _notify_metrics(status.get("notify", {}))
 
 
-def _labelled_counters(name: str, help_text: str, label: str, keys: Sequence[str],
+def _labelled_counters(name: str, helps: Mapping[str, str], label: str,
                        rows: Iterable[tuple[str, Mapping[str, Any]]]) -> Sequence[Metric]:
-    """A counter family per key (``name``/``help_text`` formatted with it), one sample
-    per row labelled with the row's name."""
-    families = [CounterMetricFamily(f"{PREFIX}_{name.format(key)}", help_text.format(key),
-                                    labels=[label]) for key in keys]
+    """A counter family per key of ``helps`` (``name`` formatted with the key, its help
+    text the value), one sample per row labelled with the row's name."""
+    families = [CounterMetricFamily(f"{PREFIX}_{name.format(key)}", help_text, labels=[label])
+                for key, help_text in helps.items()]
     for value, row in rows:
-        for key, family in zip(keys, families, strict=True):
+        for key, family in zip(helps, families, strict=True):
             family.add_metric([value], row[key])
     return families
 
@@ -100,8 +102,10 @@ def _notify_metrics(notify: Mapping[str, Any]) -> Iterator[Metric]:
     """Notify sockets: per phone its queue and counters; per characteristic the losses."""
     phones = sorted(notify.get("phones", {}).items())
     yield from _labelled_counters(
-        "phone_notifications_{}", "notifications {}, per phone's notify sockets", "device",
-        ("sent", "dropped", "coalesced", "refused", "confirmations"), phones)
+        "phone_notifications_{}",
+        {key: f"notifications {key}, per phone's notify sockets"
+         for key in ("sent", "dropped", "coalesced", "refused", "confirmations")},
+        "device", phones)
     depth = GaugeMetricFamily(f"{PREFIX}_phone_queue_depth",
                               "values waiting for a phone's notify sockets", labels=["device"])
     mtu = GaugeMetricFamily(f"{PREFIX}_phone_mtu", "a phone's ATT MTU", labels=["device"])
@@ -131,21 +135,18 @@ def _callback_metrics(callbacks: Mapping[str, Mapping[str, Any]]) -> Iterator[Me
     hung = GaugeMetricFamily(f"{PREFIX}_callback_hung",
                              "1 while a call runs past the handler deadline",
                              labels=["callback"])
-    counters = {
-        key: CounterMetricFamily(f"{PREFIX}_callback_{key}", help_text, labels=["callback"])
-        for key, help_text in (("calls", "calls of the controller callback started"),
-                               ("joined", "requests answered by a call already running"),
-                               ("timeouts", "requests not answered within the deadline"),
-                               ("hangs", "calls that ran past the handler deadline"))
-    }
     for name, entry in callbacks.items():
         in_flight.add_metric([name], int(bool(entry["in_flight"])))
         hung.add_metric([name], int(entry["hung_since"] is not None))
-        for key, family in counters.items():
-            family.add_metric([name], entry[key])
     yield in_flight
     yield hung
-    yield from counters.values()
+    yield from _labelled_counters(
+        "callback_{}",
+        {"calls": "calls of the controller callback started",
+         "joined": "requests answered by a call already running",
+         "timeouts": "requests not answered within the deadline",
+         "hangs": "calls that ran past the handler deadline"},
+        "callback", callbacks.items())
 
 
 ADAPTER_STATES = ("on", "off", "off-enabling", "on-disabling", "off-blocked", "removed",

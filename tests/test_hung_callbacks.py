@@ -293,6 +293,9 @@ async def test_a_hundred_hung_reads_leave_every_other_callback_working(
         metrics = _metrics(portal)
         assert 'mushpi_ble_callback_hung{callback="get_control_targets"} 1.0' in metrics
         assert 'mushpi_ble_callback_hung{callback="set_stage_state"} 0.0' in metrics
+        assert 'mushpi_ble_callback_hangs_total{callback="get_control_targets"} 1.0' in metrics
+        assert ('mushpi_ble_callback_joined_total{callback="get_control_targets"} '
+                f'{float(HUNG_READS - 1)}') in metrics
 
         # ... and recovers on its own when the call returns
         hung.answer = controller.get_control_targets()
