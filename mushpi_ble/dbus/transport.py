@@ -222,7 +222,7 @@ class MessageWriter:
             self.urgent_sent += 1
             inline = self._partial is None and not self._urgent
         else:
-            inline = self._partial is None and not self._queue and not self._urgent
+            inline = self._idle()
         if inline:
             try:
                 sent = (self._sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
@@ -263,9 +263,7 @@ class MessageWriter:
         queued = self._queued_bytes = self._queued_bytes + len(view)
         if queued > self.peak_queued_bytes:
             self.peak_queued_bytes = queued
-        if not self._flush_requested:
-            self._flush_requested = True
-            self._writer_lot.unpark()
+        self._request_flush()
 
     def _request_flush(self) -> None:
         if not self._flush_requested:
