@@ -712,10 +712,6 @@ class Peripheral:
             await self._nursery.start(self._in_session, monitor.run)
         return self._advert_monitor
 
-    def _advert_expected(self) -> bool:
-        return (self.status.advertising and "advertisement" in self._done
-                and not self._stopping)
-
     def _advert_on_duty(self) -> bool:
         """Registered, or being registered: a connect or a power-on (which can stop the
         controller advertising behind bluetoothd's back) calls for registering again."""
@@ -723,8 +719,10 @@ class Peripheral:
                 and "advertisement" in self._done and not self._stopping)
 
     def _advert_registration(self) -> int | None:
-        """Which of our registrations bluetoothd should have on the air, if any."""
-        return self._advert_registrations if self._advert_expected() else None
+        """Which of our registrations bluetoothd should have on the air, if any (none
+        while one is being made)."""
+        return (self._advert_registrations
+                if self.status.advertising and self._advert_on_duty() else None)
 
     def _advert_gone(self, caps: AdvertisingCapabilities) -> None:
         self.status.advertising = False
