@@ -9,3 +9,7 @@ themselves: ``peripheral``, ``suite`` (``mushpi-ble bench``), ``peer``,
 ``mushpi-ble bench`` needs no source checkout. Benchmarks may import
 ``mushpi_ble.testing`` (the fakes); nothing else in the product does.
 """
+
+UNPACED = {"MUSHPI_BLE_NOTIFY_INTERVAL_MS": "0"}
+"""The setting of every benchmark that measures what a notification path can carry,
+not the pacing the product applies by default (``--hostile`` runs as shipped)."""

@@ -32,7 +32,7 @@ from typing import Any
 import attrs
 import trio
 
-from mushpi_ble.bench import procfs, results
+from mushpi_ble.bench import UNPACED, procfs, results
 from mushpi_ble.bench.stats import summary
 from mushpi_ble.config import load_settings
 from mushpi_ble.portal import BlePortal
@@ -89,9 +89,8 @@ async def _next_with(phone: Any, co2: int) -> Any:
 
 async def measure_path(address: str, path: str, counts: Counts) -> dict[str, Any]:
     """Runs in the child: every figure of one notify path."""
-    settings = load_settings(environ={"MUSHPI_BLE_NOTIFY_MODE": path,
-                                     # the cost of each path, not the pacing's
-                                     "MUSHPI_BLE_NOTIFY_INTERVAL_MS": "0"}, env_file=None)
+    settings = load_settings(environ={"MUSHPI_BLE_NOTIFY_MODE": path, **UNPACED},
+                             env_file=None)
     portal = BlePortal(settings, bus=address)
     portal.set_callbacks(SimulatedController(seed=5).callbacks())
     daemon = bus_daemon_pid(address)

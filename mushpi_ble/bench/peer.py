@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mushpi_ble.bench import wire
+from mushpi_ble.bench import UNPACED, wire
 from mushpi_ble.bench.results import package_version
 from mushpi_ble.gatt import refusal
 from mushpi_ble.protocol import (
@@ -98,7 +98,7 @@ def run_mushpi(address: str, *, as_shipped: bool = False) -> int:
 
     started = time.perf_counter()
     # like for like with the peer, which only signals and does not pace
-    like_the_peer = {"MUSHPI_BLE_NOTIFY_MODE": "signal", "MUSHPI_BLE_NOTIFY_INTERVAL_MS": "0"}
+    like_the_peer = {"MUSHPI_BLE_NOTIFY_MODE": "signal", **UNPACED}
     settings = load_settings(environ={"MUSHPI_BLE_NAME_PREFIX": ADVERT_NAME,
                                      **({} if as_shipped else like_the_peer)},
                              env_file=None)

@@ -27,7 +27,7 @@ from typing import Any
 import attrs
 import trio
 
-from mushpi_ble.bench import procfs, results, wire
+from mushpi_ble.bench import UNPACED, procfs, results, wire
 from mushpi_ble.bench.central import timed_reads
 from mushpi_ble.bench.stats import fmt, summary
 from mushpi_ble.config import load_settings
@@ -59,9 +59,8 @@ QUICK = Counts(reads=20, latency_samples=20, seconds=0.5, stalled_publishes=1000
 async def measure(address: str, counts: Counts) -> dict[str, Any]:
     settings = load_settings(environ={"MUSHPI_BLE_QUEUE_MAX_SIZE": "64",
                                      # the figures kept over time are of the signal path
-                                     "MUSHPI_BLE_NOTIFY_MODE": "signal",
-                                     # the capacity of the path, not the pacing's
-                                     "MUSHPI_BLE_NOTIFY_INTERVAL_MS": "0"}, env_file=None)
+                                     "MUSHPI_BLE_NOTIFY_MODE": "signal", **UNPACED},
+                             env_file=None)
     controller = SimulatedController(seed=3)
     portal = BlePortal(settings, bus=address)
     portal.set_callbacks(controller.callbacks())
