@@ -14,8 +14,8 @@ fi
 if [ "${#mushpi_need_apt[@]}" -gt 0 ]; then
     echo "installing Debian packages: ${mushpi_need_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${mushpi_need_apt[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=300 update -qq
+    apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${mushpi_need_apt[@]}" >/dev/null
 fi
 
 MUSHPI_VENV="${MUSHPI_VENV:-.venv}"
