@@ -109,6 +109,10 @@ class RoomAccess:
             if exc.name == DOES_NOT_EXIST:
                 raise ValueError(f"bluetoothd knows no device {address.upper()}") from None
             raise
+        # bluetoothd has forgotten it; its InterfacesRemoved may come later (gdbus sends
+        # object-manager signals from its idle loop), so the list says so now
+        if self.pairing is not None:
+            self.pairing.log.remove_device(path)
         log.info("bond removed address=%s adapter=%s", address.upper(), adapter)
 
     # -- status --------------------------------------------------------------------------

@@ -3,6 +3,7 @@ running portal on the fake bluetoothd (a real dbus-daemon in between)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -26,8 +27,8 @@ STAGE = struct.pack("<BBBIHB", 0, 2, 3, int(NOW - 10), 14, 0)
 PHONE = "11:22:33:44:55:66"
 
 
-@pytest.fixture
-async def locked(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Rig]:
+@contextlib.asynccontextmanager
+async def locked_room(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Rig]:
     """A room whose writes need a bond; the agent is registered."""
     rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded"))
     try:
@@ -35,6 +36,12 @@ async def locked(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Rig]:
         yield rig
     finally:
         await trio.to_thread.run_sync(rig.portal.stop)
+
+
+@pytest.fixture
+async def locked(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Rig]:
+    async with locked_room(bus_address, bluez) as rig:
+        yield rig
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -103,6 +110,24 @@ async def test_the_portal_api_does_the_same(locked: Rig, bluez: FakeBluez) -> No
     assert await trio.to_thread.run_sync(locked.portal.bonds) == []
     with pytest.raises(ValueError, match="no bonded phone"):
         await trio.to_thread.run_sync(locked.portal.remove_bond, PHONE)
+
+
+async def test_a_removed_bond_is_gone_before_bluetoothd_announces_it(bus_address: str) -> None:
+    """bluetoothd answers RemoveDevice before its InterfacesRemoved leaves: the list, the
+    count and the write gate follow the answer, not the later signal."""
+    async with FakeBluez.serve(bus_address, removed_signal_delay=2.0) as bluez, \
+            locked_room(bus_address, bluez) as locked:
+        await trio.to_thread.run_sync(locked.portal.open_pairing_window, 30)
+        phone = await bluez.connect_central(address=PHONE)
+        assert (await phone.pair()).success
+        await eventually(lambda: locked.portal.bonds())
+        await trio.to_thread.run_sync(locked.portal.close_pairing_window)
+        await trio.to_thread.run_sync(locked.portal.remove_bond, PHONE)
+        assert await trio.to_thread.run_sync(locked.portal.bonds) == []
+        assert locked.portal.get_status()["access"]["bonded_count"] == 0
+        assert bluez.adapter().bonded_devices == [PHONE]  # not announced yet
+        with pytest.raises(ValueError, match="no bonded phone"):
+            await trio.to_thread.run_sync(locked.portal.remove_bond, PHONE)
 
 
 async def test_no_running_peripheral_is_said_plainly(bus_address: str, bluez: FakeBluez,

@@ -208,9 +208,10 @@ class PairingLog:
         self._device_changed(device, props)
 
     def remove_device(self, path: str) -> None:
+        """bluetoothd forgot ``path`` (its InterfacesRemoved, or our RemoveDevice's reply)."""
         device = self.devices.pop(path, None)
         if device is not None and device.paired:
-            log.info("bond removed device=%s address=%s", path, device.address or "-")
+            log.info("device forgotten device=%s address=%s", path, device.address or "-")
 
     def clear_devices(self) -> None:
         self.devices.clear()

@@ -438,7 +438,13 @@ class FakeAdapter:
         central = self.centrals.get(address)
         if central is not None:
             await central.disconnect(reason="local-host")
-        self._remove_device(address)
+        delay = self._runtime.config.removed_signal_delay
+        if delay <= 0:
+            self._remove_device(address)
+        else:  # the reply leaves now, the object (and its InterfacesRemoved) later
+            scope = trio.CancelScope()
+            self._devices[address].removal = scope
+            self._runtime.spawn(self._remove_later, address, delay, scope)
 
     async def disconnect_all(self, reason: str) -> None:
         for central in list(self.centrals.values()):

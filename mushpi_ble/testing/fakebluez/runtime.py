@@ -40,6 +40,9 @@ class Config:
     server_mtu: int = 517
     call_timeout: float = 25.0
     device_remove_delay: float = 0.0
+    removed_signal_delay: float = 0.0
+    """How long after its reply to ``RemoveDevice`` the device's InterfacesRemoved leaves:
+    bluetoothd's gdbus emits object-manager signals from its idle loop, after the reply."""
     merge_prepared_writes: bool = True
     drop_adverts_on_connect: bool = False
     """A controller that stops advertising when a central connects (and bluetoothd forgets)."""
