@@ -417,12 +417,14 @@ def btmon_offset() -> int:
         return 0
 
 
-def btmon_since(offset: int, *needles: str, timeout: float = 10.0) -> str:
+def btmon_since(offset: int, *needles: str, timeout: float = 40.0) -> str:
     """The btmon text written since ``offset``, once it holds every one of ``needles``.
 
-    btmon writes line-buffered through 9p and lags the air a little, more so
-    under load; without needles, give it a moment. Returns what is there at
-    the deadline (the caller's assertions then say what is missing).
+    btmon writes line-buffered through 9p and lags the air, more so under load:
+    after trixie's EATT notification tests it was seen 14 s behind. It returns
+    as soon as every needle is there, so the long deadline costs a passing test
+    nothing; without needles, give it a moment. Returns what is there at the
+    deadline (the caller's assertions then say what is missing).
     """
     deadline = time.monotonic() + (timeout if needles else 0.5)
     while True:
