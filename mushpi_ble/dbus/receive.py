@@ -56,11 +56,19 @@ class Receiver:
         """Route messages until the bus goes away; then fail the waiting calls."""
         on_call, on_signal, on_reply = self._on_call, self._on_signal, self._on_reply
         order = self._order
+        reader = self._reader
+        parsed, read_available, sock = reader.parsed, reader.read_available, reader.sock
+        wait_readable = trio.lowlevel.wait_readable
         try:
             while True:
                 if self._resume is not None:
                     await self._resume.wait()
-                for msg in order(await self._reader.receive_batch()):
+                batch = parsed()
+                if not batch:  # the wait is here, not in a helper: one frame less to resume
+                    await wait_readable(sock)
+                    read_available()
+                    continue
+                for msg in order(batch):
                     if self._resume is not None:
                         await self._resume.wait()
                     kind = msg.header.message_type
