@@ -19,6 +19,12 @@ authentication and encodes the call templates): its own cost is a few
 microseconds per message, so it neither dilutes the latency ratio nor caps
 the notification rate, and it is the same code for both servers.
 
+Two more servers, ``trio-floor`` and ``asyncio-floor``
+(:mod:`mushpi_ble.bench.loop_floor`), answer ReadValue with a canned reply on
+each event loop: what is left of a server's CPU per call above its loop's
+floor is what its D-Bus layer costs. And dbus-daemon's CPU per notification
+gives the rate the bus itself can carry, beside the rate each server reached.
+
 Server CPU comes from ``/proc/<pid>/stat`` (utime + stime, clock-tick
 resolution) read before and after each phase, peak RSS from ``VmHWM``.
 
@@ -35,6 +41,7 @@ is told what to do over D-Bus, and its ready event carries its unique name.
 
 import argparse
 import contextlib
+import functools
 import json
 import math
 import signal
@@ -78,7 +85,8 @@ READ_OPTIONS: dict[str, tuple[str, Any]] = {
     "link": ("s", "LE"),
 }
 
-SERVERS = ("ours", "dbus-fast")
+SERVERS = ("ours", "dbus-fast", "trio-floor", "asyncio-floor")
+FLOOR_OF = {"ours": "trio-floor", "dbus-fast": "asyncio-floor"}  # each one's event loop
 MSG_METHOD_RETURN = 2
 MSG_ERROR = 3
 MSG_SIGNAL = 4
@@ -259,8 +267,13 @@ def serve_dbus_fast(address: str) -> None:
 
 def serve(variant: str, address: str) -> int:
     """Run server ``variant`` (ours or dbus-fast) on ``address`` until stopped."""
-    servers: dict[str, Callable[[str], None]] = {"ours": serve_ours,
-                                                 "dbus-fast": serve_dbus_fast}
+    from mushpi_ble.bench.loop_floor import serve_floor
+
+    servers: dict[str, Callable[[str], None]] = {
+        "ours": serve_ours, "dbus-fast": serve_dbus_fast,
+        **{floor: functools.partial(serve_floor, floor, value=make_value(0))
+           for floor in FLOOR_OF.values()},
+    }
     if variant not in servers:
         return wire.fail("not installed", f"no D-Bus benchmark server {variant!r}")
     servers[variant](address)
@@ -674,6 +687,8 @@ def bench_server(kind: str, address: str, client: BusClient, daemon_pid: int | N
         result["rt"] = measure_round_trips(client, read, args.warmup, args.calls,
                                            (server.pid, daemon_pid), check_read_value)
         result["rss_after_rt_mib"] = procfs.peak_rss_mib(server.pid)
+        if kind not in FLOOR_OF:  # a floor server only answers ReadValue
+            return result
 
         rule = (f"type='signal',sender='{name}',path='{CHAR_PATH}',"
                 f"interface='{PROPERTIES}',member='PropertiesChanged'")
@@ -751,6 +766,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     row("ours", "ours", "notify", True)
     row(f"dbus-fast paced/{PACE_EVERY}", "dbus-fast", "notify_paced", True)
     row("dbus-fast unpaced", "dbus-fast", "notify", False)
+    row("trio floor", "trio-floor", None, True)
+    row("asyncio floor", "asyncio-floor", None, True)
     return rows
 
 
@@ -776,7 +793,35 @@ def ratios(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         out[f"{key}_target_{'max' if at_most else 'min'}"] = bound
         met = None if value is None else (value <= bound if at_most else value >= bound)
         out[f"{key}_target"] = None if met is None else ("met" if met else "missed")
+    out.update(decomposition(rows))
     return out
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 1)
+
+
+def decomposition(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """CPU per call split into the event loop's floor and the D-Bus layer above it, and
+    the bus daemon's own ceiling on notifications at what one costs it."""
+    ours = rows.get("ours", {})
+    fast = rows.get(f"dbus-fast paced/{PACE_EVERY}", {})
+    trio_floor = rows.get("trio floor", {}).get("server_cpu_us_per_call")
+    asyncio_floor = rows.get("asyncio floor", {}).get("server_cpu_us_per_call")
+    layer_ours = _minus(ours.get("server_cpu_us_per_call"), trio_floor)
+    layer_fast = _minus(fast.get("server_cpu_us_per_call"), asyncio_floor)
+    bus_notif = ours.get("daemon_cpu_us_per_notif")
+    ceiling = 1e6 / bus_notif if bus_notif else None
+    return {
+        "loop_floor_cpu_us_trio": trio_floor,
+        "loop_floor_cpu_us_asyncio": asyncio_floor,
+        "loop_floor_trio_minus_asyncio_us": _minus(trio_floor, asyncio_floor),
+        "layer_cpu_us_ours": layer_ours,
+        "layer_cpu_us_dbus_fast": layer_fast,
+        "layer_cpu_ours_over_dbus_fast": ratio(layer_ours, layer_fast),
+        "bus_notif_ceiling_per_s": None if ceiling is None else round(ceiling),
+        "ours_notif_share_of_bus_ceiling": ratio(ours.get("notif_per_s"), ceiling),
+    }
 
 
 def print_report(rows: dict[str, dict[str, Any]], ratio_info: dict[str, Any],
@@ -816,6 +861,19 @@ def print_report(rows: dict[str, dict[str, Any]], ratio_info: dict[str, Any],
         label, field = labels[key]
         print(f"{label:<32} = {f(ratio_info[field], 2):>6}  (target {'<=' if at_most else '>='} "
               f"{bound:g}: {ratio_info[f'{key}_target'] or '-'})")
+    d = ratio_info
+    if d.get("loop_floor_cpu_us_trio") is not None:
+        print("\nCPU per call, split (a floor server answers with a canned reply on the same loop)")
+        print(f"  event loop floor: trio {f(d['loop_floor_cpu_us_trio'], 1)} µs, asyncio "
+              f"{f(d['loop_floor_cpu_us_asyncio'], 1)} µs (trio costs "
+              f"{f(d['loop_floor_trio_minus_asyncio_us'], 1)} µs more per call)")
+        print(f"  D-Bus layer above its loop: ours {f(d['layer_cpu_us_ours'], 1)} µs, dbus-fast "
+              f"{f(d['layer_cpu_us_dbus_fast'], 1)} µs (ours / dbus-fast = "
+              f"{f(d['layer_cpu_ours_over_dbus_fast'], 2)})")
+    if d.get("bus_notif_ceiling_per_s") is not None:
+        print(f"  dbus-daemon's ceiling at its CPU per notification of ours: "
+              f"{f(d['bus_notif_ceiling_per_s'])}/s; ours reached "
+              f"{f(d['ours_notif_share_of_bus_ceiling'], 2)} of it")
 
 
 # ======================================================================
