@@ -284,3 +284,23 @@ def test_notify_paths_runs_both_paths_side_by_side(tmp_path: Path,
     assert rows["socket"]["slow_phone"]["slow_phone_peak_waiting_in_bluetoothd"] == 0
     assert rows["socket"]["slow_phone"]["slow_phone_peak_waiting_in_our_queue"] <= 64
     assert rows["socket"]["slow_phone"]["slow_phone_dropped_by_policy"] > 0
+
+
+def test_hostile_runs_every_flood_twice_and_the_flooder_gets_its_errors(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mushpi_ble.bench import hostile
+
+    out = tmp_path / "hostile.json"
+    assert main(["bench", "--hostile", "--quick", "--json", str(out)]) == 0
+    figures = json.loads(out.read_text())["results"]
+    expected = [*hostile.SITUATIONS, *(name + hostile.AGAIN for name in hostile.REPEATED)]
+    assert [name for name in expected if "read_us" in figures[name]] == expected
+    # every read answered, the huge calls refused as too large, each flood drained
+    assert all(figures[name]["reads_failed"] == 0 for name in expected)
+    for name in ("huge", "huge" + hostile.AGAIN):
+        assert figures[name]["trouble"]["errors"] == {
+            "org.freedesktop.DBus.Error.LimitsExceeded": hostile.QUICK.huge_calls}
+    assert all(figures[name]["trouble"]["drained_s"] is not None for name in hostile.REPEATED)
+    growth = hostile.rss_growth(figures)
+    assert set(growth) == set(hostile.REPEATED)
+    assert "RSS growth, first run → second run of each flood" in capsys.readouterr().out

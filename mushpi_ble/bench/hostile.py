@@ -14,7 +14,10 @@ after:
 * ``huge``: another client sends multi-megabyte calls;
 * ``signals``: another client sends unicast junk signals;
 * ``storm``: the controller publishes flat out from four threads while the
-  central is subscribed.
+  central is subscribed;
+
+then the three floods once more, to tell memory a flood leaves behind (it
+grows again) from the allocator's high-water mark (it does not).
 
 Each flooder is a server of kind ``flood`` (:mod:`mushpi_ble.bench.flood`)
 in its own process.
@@ -66,6 +69,10 @@ FULL = Counts()
 QUICK = Counts(pipeline_calls=1000, huge_calls=2, huge_bytes=1 * MIB, junk_signals=2000,
                storm_seconds=0.5, quiet_reads=30, tail_s=0.1, settle_s=0.2)
 SITUATIONS = ("quiet", "pipeline", "huge", "signals", "storm")
+REPEATED = ("pipeline", "huge", "signals")
+"""Run a second time at the end: RSS that grew in the first run and not in the second
+is the allocator's high-water mark, not memory the flood left behind."""
+AGAIN = " again"
 LABELS = {
     "quiet": "nothing else happens",
     "pipeline": "{pipeline_calls:,} pipelined calls, replies never read",
@@ -168,6 +175,9 @@ async def measure(address: str, counts: Counts) -> dict[str, Any]:
                         await central.subscribe(ENV)
                     out[name] = await situation(name, address, central, peripheral,
                                                 app.sender, path, counts)
+                for name in REPEATED:
+                    out[name + AGAIN] = await situation(name, address, central, peripheral,
+                                                        app.sender, path, counts)
                 await central.disconnect()
                 return out
         except ChildFailed as exc:
@@ -179,7 +189,10 @@ HEADER = (f"{'situation':44} {'p50 µs':>8} {'p95':>8} {'p99':>8} {'max':>9} {'r
 
 
 def row(name: str, figures: Mapping[str, Any], counts: Mapping[str, Any]) -> str:
-    label = LABELS[name].format(huge_mib=counts["huge_bytes"] // MIB, **counts)
+    base = name.removesuffix(AGAIN)
+    label = LABELS[base].format(huge_mib=counts["huge_bytes"] // MIB, **counts)
+    if base != name:
+        label = f"  the same again ({base})"
     if "read_us" not in figures:
         return f"{label:44} {figures.get('error', 'not measured')}"
     r = figures["read_us"]
@@ -197,6 +210,15 @@ def row(name: str, figures: Mapping[str, Any], counts: Mapping[str, Any]) -> str
             f"{fmt(r['max']):>9} {int(r['n']):>6} {rss:>21}  {note}")
 
 
+def rss_growth(figures: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """Per repeated flood: how much RSS grew across its first run and across its second."""
+    def grew(f: Mapping[str, Any]) -> float:
+        return float(f["rss_after_mib"]) - float(f["rss_before_mib"])
+
+    return {name: (grew(figures[name]), grew(figures[name + AGAIN])) for name in REPEATED
+            if "read_us" in figures.get(name, {}) and "read_us" in figures.get(name + AGAIN, {})}
+
+
 def render(report: Mapping[str, Any]) -> str:
     env = report["environment"]
     figures = report["results"]
@@ -207,7 +229,13 @@ def render(report: Mapping[str, Any]) -> str:
     if figures.get("status") != "ok":
         out.append(f"  {figures.get('status')}: {figures.get('error')}")
         return "\n".join(out)
-    out.extend(row(name, figures[name], counts) for name in SITUATIONS if name in figures)
+    order = (*SITUATIONS, *(name + AGAIN for name in REPEATED))
+    out.extend(row(name, figures[name], counts) for name in order if name in figures)
+    growth = rss_growth(figures)
+    if growth:
+        out.append("  RSS growth, first run → second run of each flood (MiB): " + ", ".join(
+            f"{name} {fmt(first, 1)} → {fmt(second, 1)}" for name, (first, second)
+            in growth.items()))
     out.append("  reads from the start of the trouble until the peripheral answered the "
                "flooder's ping, plus a short tail; drained s = that ping's answer")
     return "\n".join(out)
