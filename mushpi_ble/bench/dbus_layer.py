@@ -810,6 +810,8 @@ def decomposition(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     asyncio_floor = rows.get("asyncio floor", {}).get("server_cpu_us_per_call")
     layer_ours = _minus(ours.get("server_cpu_us_per_call"), trio_floor)
     layer_fast = _minus(fast.get("server_cpu_us_per_call"), asyncio_floor)
+    trio_rt = rows.get("trio floor", {}).get("rt_p50_us")
+    asyncio_rt = rows.get("asyncio floor", {}).get("rt_p50_us")
     bus_notif = ours.get("daemon_cpu_us_per_notif")
     ceiling = 1e6 / bus_notif if bus_notif else None
     return {
@@ -819,6 +821,10 @@ def decomposition(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "layer_cpu_us_ours": layer_ours,
         "layer_cpu_us_dbus_fast": layer_fast,
         "layer_cpu_ours_over_dbus_fast": ratio(layer_ours, layer_fast),
+        "loop_floor_rt_p50_us_trio": trio_rt,
+        "loop_floor_rt_p50_us_asyncio": asyncio_rt,
+        "layer_rt_p50_us_ours": _minus(ours.get("rt_p50_us"), trio_rt),
+        "layer_rt_p50_us_dbus_fast": _minus(fast.get("rt_p50_us"), asyncio_rt),
         "bus_notif_ceiling_per_s": None if ceiling is None else round(ceiling),
         "ours_notif_share_of_bus_ceiling": ratio(ours.get("notif_per_s"), ceiling),
     }
@@ -870,6 +876,9 @@ def print_report(rows: dict[str, dict[str, Any]], ratio_info: dict[str, Any],
         print(f"  D-Bus layer above its loop: ours {f(d['layer_cpu_us_ours'], 1)} µs, dbus-fast "
               f"{f(d['layer_cpu_us_dbus_fast'], 1)} µs (ours / dbus-fast = "
               f"{f(d['layer_cpu_ours_over_dbus_fast'], 2)})")
+        print(f"  round trip p50 of the floors: trio {f(d['loop_floor_rt_p50_us_trio'])} µs, "
+              f"asyncio {f(d['loop_floor_rt_p50_us_asyncio'])} µs; above them: ours "
+              f"{f(d['layer_rt_p50_us_ours'])} µs, dbus-fast {f(d['layer_rt_p50_us_dbus_fast'])} µs")
     if d.get("bus_notif_ceiling_per_s") is not None:
         print(f"  dbus-daemon's ceiling at its CPU per notification of ours: "
               f"{f(d['bus_notif_ceiling_per_s'])}/s; ours reached "
