@@ -878,7 +878,8 @@ def print_report(rows: dict[str, dict[str, Any]], ratio_info: dict[str, Any],
               f"{f(d['layer_cpu_ours_over_dbus_fast'], 2)})")
         print(f"  round trip p50 of the floors: trio {f(d['loop_floor_rt_p50_us_trio'])} µs, "
               f"asyncio {f(d['loop_floor_rt_p50_us_asyncio'])} µs; above them: ours "
-              f"{f(d['layer_rt_p50_us_ours'])} µs, dbus-fast {f(d['layer_rt_p50_us_dbus_fast'])} µs")
+              f"{f(d['layer_rt_p50_us_ours'])} µs, dbus-fast "
+              f"{f(d['layer_rt_p50_us_dbus_fast'])} µs")
     if d.get("bus_notif_ceiling_per_s") is not None:
         print(f"  dbus-daemon's ceiling at its CPU per notification of ours: "
               f"{f(d['bus_notif_ceiling_per_s'])}/s; ours reached "
