@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
@@ -28,7 +28,6 @@ from .controller import (
 )
 from .core import (
     Ack,
-    Answer,
     CallSetter,
     Failure,
     NeedGetter,
@@ -218,15 +217,18 @@ class MushPiService:
             return None, Failure.FAILED
 
     def _reader(self, name: str) -> Callable[[ReadRequest], Any]:
-        async def read(request: ReadRequest) -> bytes:
+        def read(request: ReadRequest) -> bytes | Awaitable[bytes]:
+            """What the core knows now is answered at once; a getter is awaited."""
             decision = self.core.read(name, request.device, request.offset)
             if isinstance(decision, NeedGetter):
-                result, failure = await self._call(decision.callback, decision.args)
-                decision = self.core.read_done(decision, result, failure)
-            assert isinstance(decision, Answer)
+                return self._read_from_getter(decision)
             return decision.value
 
         return read
+
+    async def _read_from_getter(self, need: NeedGetter) -> bytes:
+        result, failure = await self._call(need.callback, need.args)
+        return self.core.read_done(need, result, failure).value
 
     def _writer(self, name: str) -> Callable[[WriteRequest], Any]:
         async def write(request: WriteRequest) -> None:

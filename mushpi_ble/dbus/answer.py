@@ -139,6 +139,7 @@ class Answerer:
                 if self._nursery is None:
                     _close_awaitable(result)
                     raise DBusError(FAILED, "connection is shutting down")
+                self._stats.calls_deferred += 1
                 self._nursery.start_soon(self._run_async, msg, method, ctx, result, no_reply)
                 return
             body = body_from_result(method.out_signature, result)

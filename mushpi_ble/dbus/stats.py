@@ -11,6 +11,7 @@ class ConnectionStats:
 
     calls_received: int = 0
     calls_answered: int = 0
+    calls_deferred: int = 0  # answered by a task (an awaitable handler), not inline
     errors_sent: int = 0
     answers_lost: int = 0  # answers to calls whose connection was gone by then
     handler_timeouts: int = 0

@@ -21,7 +21,7 @@ import contextvars
 import logging
 import math
 import socket
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -43,6 +43,7 @@ from .model import (
     Characteristic,
     Descriptor,
     IncompleteValue,
+    ReadHandler,
     Service,
     slice_for_offset,
     validate_services,
@@ -253,7 +254,9 @@ class GattApplication:
             if desc.read is None:
                 raise not_permitted("descriptor is not readable")
             request = ReadRequest.from_options(opts)
-            return slice_for_offset(await desc.read(request), request.offset)
+            value = desc.read(request)
+            return slice_for_offset(value if isinstance(value, bytes) else await value,
+                                    request.offset)
 
         async def write(_ctx: CallContext, value: bytes, opts: dict[str, Any]) -> None:
             if desc.write is None:
@@ -283,16 +286,33 @@ class GattApplication:
         if device and self._on_device_seen is not None:
             self._on_device_seen(device, mtu)
 
-    async def _read_value(self, _ctx: CallContext, state: CharacteristicState,
-                          options: dict[str, Any]) -> bytes:
+    def _read_value(self, _ctx: CallContext, state: CharacteristicState,
+                    options: dict[str, Any]) -> bytes | Awaitable[bytes]:
+        """The value now when the characteristic has it and no access check must wait
+        (bluetoothd's read is answered inline, no task started), else an awaitable."""
         request = ReadRequest.from_options(options)
         self._saw_device(request.device, request.mtu)
-        if state.spec.read is None:
+        read = state.spec.read
+        if read is None:
             raise GattError(NOT_PERMITTED, f"{state.spec.label} is not readable")
         if self.access is not None and self.access.guards(READ):  # open: no await
-            await self.access.check(READ, request.device, state.spec.label)
-        value = await state.spec.read(request)
-        return slice_for_offset(value, request.offset)
+            return self._read_checked(state, read, request)
+        value = read(request)
+        if isinstance(value, bytes):
+            return slice_for_offset(value, request.offset)
+        return self._read_later(value, request.offset)
+
+    async def _read_checked(self, state: CharacteristicState, read: ReadHandler,
+                            request: ReadRequest) -> bytes:
+        assert self.access is not None
+        await self.access.check(READ, request.device, state.spec.label)
+        value = read(request)
+        return await self._read_later(value, request.offset) if not isinstance(value, bytes) \
+            else slice_for_offset(value, request.offset)
+
+    @staticmethod
+    async def _read_later(pending: Awaitable[bytes], offset: int) -> bytes:
+        return slice_for_offset(await pending, offset)
 
     async def _write_value(self, _ctx: CallContext, state: CharacteristicState, value: bytes,
                            options: dict[str, Any]) -> None:

@@ -19,7 +19,9 @@ from .flags import CHARACTERISTIC_FLAGS, DESCRIPTOR_FLAGS, NOTIFY_FLAGS, READ_FL
 from .queue_policy import POLICIES
 from .requests import ReadRequest, WriteRequest
 
-ReadHandler = Callable[[ReadRequest], Awaitable[bytes]]
+ReadHandler = Callable[[ReadRequest], "bytes | Awaitable[bytes]"]
+"""The value at once when the handler has it (the read is answered inline, with no task
+started), else an awaitable of it (run under the method's deadline)."""
 WriteHandler = Callable[[WriteRequest], Awaitable[None]]
 SubscribeHandler = Callable[[], Awaitable[None]]
 
