@@ -52,3 +52,15 @@ def test_the_benchmark_splits_cpu_into_loop_and_layer(tmp_path: Path) -> None:
     assert ratios["layer_cpu_us_ours"] == round(
         rows["ours"]["server_cpu_us_per_call"] - rows["trio floor"]["server_cpu_us_per_call"], 1)
     assert ratios["bus_notif_ceiling_per_s"] == round(1e6 / rows["ours"]["daemon_cpu_us_per_notif"])
+
+
+def test_a_target_is_judged_on_the_ratio_as_printed() -> None:
+    rows = {"ours": {"rt_p50_us": 100.0, "server_cpu_us_per_call": 92.0, "notif_per_s": 2.0},
+            f"dbus-fast paced/{dbus_layer.PACE_EVERY}": {
+                "rt_p50_us": 100.4, "server_cpu_us_per_call": 91.99999999999999,
+                "notif_per_s": 1.0}}
+    judged = dbus_layer.ratios(rows)
+    assert judged["cpu_target"] == "met"  # 1.0000000000000002 is shown, and taken, as 1.00
+    assert judged["p50_target"] == "met" and judged["notif_target"] == "met"
+    rows["ours"]["server_cpu_us_per_call"] = 93.0
+    assert dbus_layer.ratios(rows)["cpu_target"] == "missed"
