@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from mushpi_ble.bench import procfs, results, wire
+from mushpi_ble.bench.loop_floor import ASYNCIO_FLOOR, TRIO_FLOOR, serve_floor
 from mushpi_ble.bench.stats import fmt, median, ratio, summary
 
 BENCHMARK = "dbus_layer"
@@ -85,8 +86,8 @@ READ_OPTIONS: dict[str, tuple[str, Any]] = {
     "link": ("s", "LE"),
 }
 
-SERVERS = ("ours", "dbus-fast", "trio-floor", "asyncio-floor")
-FLOOR_OF = {"ours": "trio-floor", "dbus-fast": "asyncio-floor"}  # each one's event loop
+SERVERS = ("ours", "dbus-fast", TRIO_FLOOR, ASYNCIO_FLOOR)
+FLOOR_OF = {"ours": TRIO_FLOOR, "dbus-fast": ASYNCIO_FLOOR}  # each one's event loop
 MSG_METHOD_RETURN = 2
 MSG_ERROR = 3
 MSG_SIGNAL = 4
@@ -267,8 +268,6 @@ def serve_dbus_fast(address: str) -> None:
 
 def serve(variant: str, address: str) -> int:
     """Run server ``variant`` (ours or dbus-fast) on ``address`` until stopped."""
-    from mushpi_ble.bench.loop_floor import serve_floor
-
     servers: dict[str, Callable[[str], None]] = {
         "ours": serve_ours, "dbus-fast": serve_dbus_fast,
         **{floor: functools.partial(serve_floor, floor, value=make_value(0))
@@ -766,8 +765,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     row("ours", "ours", "notify", True)
     row(f"dbus-fast paced/{PACE_EVERY}", "dbus-fast", "notify_paced", True)
     row("dbus-fast unpaced", "dbus-fast", "notify", False)
-    row("trio floor", "trio-floor", None, True)
-    row("asyncio floor", "asyncio-floor", None, True)
+    row("trio floor", TRIO_FLOOR, None, True)
+    row("asyncio floor", ASYNCIO_FLOOR, None, True)
     return rows
 
 
@@ -808,12 +807,12 @@ def decomposition(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     the bus daemon's own ceiling on notifications at what one costs it."""
     ours = rows.get("ours", {})
     fast = rows.get(f"dbus-fast paced/{PACE_EVERY}", {})
-    trio_floor = rows.get("trio floor", {}).get("server_cpu_us_per_call")
-    asyncio_floor = rows.get("asyncio floor", {}).get("server_cpu_us_per_call")
+    trio_row, asyncio_row = rows.get("trio floor", {}), rows.get("asyncio floor", {})
+    trio_floor = trio_row.get("server_cpu_us_per_call")
+    asyncio_floor = asyncio_row.get("server_cpu_us_per_call")
     layer_ours = _minus(ours.get("server_cpu_us_per_call"), trio_floor)
     layer_fast = _minus(fast.get("server_cpu_us_per_call"), asyncio_floor)
-    trio_rt = rows.get("trio floor", {}).get("rt_p50_us")
-    asyncio_rt = rows.get("asyncio floor", {}).get("rt_p50_us")
+    trio_rt, asyncio_rt = trio_row.get("rt_p50_us"), asyncio_row.get("rt_p50_us")
     bus_notif = ours.get("daemon_cpu_us_per_notif")
     ceiling = 1e6 / bus_notif if bus_notif else None
     return {

@@ -190,9 +190,8 @@ HEADER = (f"{'situation':44} {'p50 µs':>8} {'p95':>8} {'p99':>8} {'max':>9} {'r
 
 def row(name: str, figures: Mapping[str, Any], counts: Mapping[str, Any]) -> str:
     base = name.removesuffix(AGAIN)
-    label = LABELS[base].format(huge_mib=counts["huge_bytes"] // MIB, **counts)
-    if base != name:
-        label = f"  the same again ({base})"
+    label = (f"  the same again ({base})" if base != name
+             else LABELS[name].format(huge_mib=counts["huge_bytes"] // MIB, **counts))
     if "read_us" not in figures:
         return f"{label:44} {figures.get('error', 'not measured')}"
     r = figures["read_us"]

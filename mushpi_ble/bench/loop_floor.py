@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from mushpi_ble.bench import wire
 
-FLOORS = ("trio-floor", "asyncio-floor")
+TRIO_FLOOR, ASYNCIO_FLOOR = "trio-floor", "asyncio-floor"
 _U32 = struct.Struct("<I")
 _LENGTHS = struct.Struct("<III")  # body length, serial, header-fields length
 _METHOD_CALL = 1
@@ -130,8 +130,10 @@ def _serve_asyncio(sock: socket.socket, feed: Callable[[bytes], None]) -> None:
 
 
 def serve_floor(variant: str, address: str, *, value: bytes) -> None:
-    """Run floor server ``variant`` (one of :data:`FLOORS`) until the bus closes."""
+    """Run floor server ``variant`` (:data:`TRIO_FLOOR` or :data:`ASYNCIO_FLOOR`) until
+    the bus closes."""
+    serve = {TRIO_FLOOR: _serve_trio, ASYNCIO_FLOOR: _serve_asyncio}[variant]
     sock, name = _connect(address)
     replies = CannedReplies(sock, value)
     wire.emit("ready", name=name)
-    (_serve_trio if variant == "trio-floor" else _serve_asyncio)(sock, replies.feed)
+    serve(sock, replies.feed)

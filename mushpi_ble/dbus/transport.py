@@ -109,7 +109,7 @@ async def open_authenticated_socket(address: str, *, enable_fds: bool) -> socket
 
 
 class MessageReader:
-    """Reads messages, draining the socket before it waits again.
+    """Reads and parses what the socket holds, draining it in one pass.
 
     It never waits itself: the receive loop awaits readability and then calls
     :meth:`read_available` and :meth:`parsed` (one coroutine frame less to resume

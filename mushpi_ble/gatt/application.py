@@ -118,6 +118,11 @@ _PUSH_TO: contextvars.ContextVar[str | None] = contextvars.ContextVar("push_to",
 writes to that phone's socket only."""
 
 
+async def _read_later(value: bytes | Awaitable[bytes], offset: int) -> bytes:
+    """A read handler's answer, given now or awaited, sliced at ``offset``."""
+    return slice_for_offset(value if isinstance(value, bytes) else await value, offset)
+
+
 class GattApplication:
     """One registered (or registrable) set of services on a connection."""
 
@@ -254,9 +259,7 @@ class GattApplication:
             if desc.read is None:
                 raise not_permitted("descriptor is not readable")
             request = ReadRequest.from_options(opts)
-            value = desc.read(request)
-            return slice_for_offset(value if isinstance(value, bytes) else await value,
-                                    request.offset)
+            return await _read_later(desc.read(request), request.offset)
 
         async def write(_ctx: CallContext, value: bytes, opts: dict[str, Any]) -> None:
             if desc.write is None:
@@ -300,19 +303,13 @@ class GattApplication:
         value = read(request)
         if isinstance(value, bytes):
             return slice_for_offset(value, request.offset)
-        return self._read_later(value, request.offset)
+        return _read_later(value, request.offset)
 
     async def _read_checked(self, state: CharacteristicState, read: ReadHandler,
                             request: ReadRequest) -> bytes:
         assert self.access is not None
         await self.access.check(READ, request.device, state.spec.label)
-        value = read(request)
-        return await self._read_later(value, request.offset) if not isinstance(value, bytes) \
-            else slice_for_offset(value, request.offset)
-
-    @staticmethod
-    async def _read_later(pending: Awaitable[bytes], offset: int) -> bytes:
-        return slice_for_offset(await pending, offset)
+        return await _read_later(read(request), request.offset)
 
     async def _write_value(self, _ctx: CallContext, state: CharacteristicState, value: bytes,
                            options: dict[str, Any]) -> None:

@@ -398,13 +398,16 @@ class FakeAdapter:
         if device.paired:  # paired without bonding: the keys go with the link
             device.paired = False
             self._emit(DEVICE, {"Paired": False}, device.path)
-        delay = self._runtime.config.device_remove_delay
+        self._remove_device_after(address, self._runtime.config.device_remove_delay)
+
+    def _remove_device_after(self, address: str, delay: float) -> None:
+        """Remove the device object now, or after ``delay`` (cancelled if it comes back)."""
         if delay <= 0:
             self._remove_device(address)
-        else:
-            scope = trio.CancelScope()
-            device.removal = scope
-            self._runtime.spawn(self._remove_later, address, delay, scope)
+            return
+        scope = trio.CancelScope()
+        self._devices[address].removal = scope
+        self._runtime.spawn(self._remove_later, address, delay, scope)
 
     async def _remove_later(self, address: str, delay: float, scope: trio.CancelScope) -> None:
         with scope:
@@ -438,13 +441,8 @@ class FakeAdapter:
         central = self.centrals.get(address)
         if central is not None:
             await central.disconnect(reason="local-host")
-        delay = self._runtime.config.removed_signal_delay
-        if delay <= 0:
-            self._remove_device(address)
-        else:  # the reply leaves now, the object (and its InterfacesRemoved) later
-            scope = trio.CancelScope()
-            self._devices[address].removal = scope
-            self._runtime.spawn(self._remove_later, address, delay, scope)
+        # with a delay, the reply leaves now and the object (its InterfacesRemoved) later
+        self._remove_device_after(address, self._runtime.config.removed_signal_delay)
 
     async def disconnect_all(self, reason: str) -> None:
         for central in list(self.centrals.values()):
