@@ -22,7 +22,7 @@ KINDS = {
     "peripheral": "mushpi_ble.bench.peripheral",
     "peer": "mushpi_ble.bench.peer",
     "facade": "mushpi_ble.bench.facade_ab",
-    "dbus": "mushpi_ble.bench.dbus_layer",
+    "dbus": "mushpi_ble.bench.dbus_servers",
     "flood": "mushpi_ble.bench.flood",
 }
 
