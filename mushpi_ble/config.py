@@ -43,6 +43,7 @@ __all__ = [
     "Settings",
     "TxPower",
     "VarSpec",
+    "env_file_in_use",
     "load_settings",
     "render_env_example",
     "render_markdown_table",
@@ -402,6 +403,12 @@ VARIABLES: tuple[VarSpec, ...] = (
         parse=_file_in_existing_dir, allowed="a file path whose directory exists, or empty (off)",
         comment="File the metrics snapshot is written to.",
     ),
+    _bool_var(
+        "MUSHPI_BLE_SYSTEMD_NOTIFY", "ble_systemd_notify", "false",
+        "Under a Type=notify unit, the BLE layer tells systemd READY once it serves, keeps "
+        "STATUS current and pings the watchdog (the controller's unit: mushpi-ble setup "
+        "--notify).",
+    ),
     _int_var(
         "MUSHPI_SIM_INTERVAL_S", "sim_interval_s", "30", 5, 300,
         "Publish interval of the simulated controller, in seconds.",
@@ -480,6 +487,7 @@ class Settings:
     ble_metrics_port: int | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_PORT"))
     ble_metrics_bind: str = attrs.field(default=_default("MUSHPI_BLE_METRICS_BIND"))
     ble_metrics_file: Path | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_FILE"))
+    ble_systemd_notify: bool = attrs.field(default=_default("MUSHPI_BLE_SYSTEMD_NOTIFY"))
     sim_interval_s: int = attrs.field(default=_default("MUSHPI_SIM_INTERVAL_S"))
 
     def __attrs_post_init__(self) -> None:
@@ -627,6 +635,17 @@ def load_settings(
         elif value is not None:
             overrides[spec.key] = value
     return Settings(policy_overrides=overrides, **fields)
+
+
+def env_file_in_use(
+    environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = ".env",
+) -> Path | None:
+    """The settings file :func:`load_settings` reads with these arguments, if one exists:
+    the logs and ``mushpi-ble check`` say which file that was."""
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    path, _ = _choose_env_file(env, env_file)
+    return path.absolute() if path is not None and path.is_file() else None
 
 
 def _choose_env_file(

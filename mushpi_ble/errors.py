@@ -28,3 +28,7 @@ class RegistrationRefused(StartError):
 
 class StartTimeout(StartError):
     """Start-up did not finish within the bus timeout."""
+
+
+class AlreadyServing(StartError):
+    """Another peripheral already serves this adapter (it owns ``org.mushpi.Ble``)."""

@@ -15,11 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from pathlib import Path
 from typing import Any, Protocol
 
 import attrs
 
 from .dbus import CallContext, Connection, DBusError, Interface, Method
+from .errors import AlreadyServing
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,7 @@ INTERFACE = "org.mushpi.Ble1"
 ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
 INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 NAME_DO_NOT_QUEUE = 4
-PRIMARY_OWNER, ALREADY_OWNER = 1, 4
+PRIMARY_OWNER, EXISTS, ALREADY_OWNER = 1, 3, 4
 
 
 class Controls(Protocol):
@@ -60,9 +62,10 @@ class ManagementStatus:
 class Management:
     """The exported object; ``start`` exports it and asks for the name."""
 
-    def __init__(self, conn: Connection, controls: Controls, *,
+    def __init__(self, conn: Connection, controls: Controls, *, adapter: str = "",
                  allowed_uids: frozenset[int] | None = None) -> None:
         self._conn = conn
+        self.adapter = adapter
         self._controls = controls
         self.allowed_uids = (allowed_uids if allowed_uids is not None
                              else frozenset({0, os.geteuid()}))
@@ -75,6 +78,7 @@ class Management:
             Method("ClosePairingWindow", handler=self._close),
             Method("ListBonds", "", "s", handler=self._bonds, out_names=["bonds_json"]),
             Method("RemoveBond", "s", handler=self._remove, arg_names=["address"]),
+            Method("Adapter", "", "s", handler=self._adapter, out_names=["adapter"]),
         ])
 
     async def start(self) -> None:
@@ -93,9 +97,35 @@ class Management:
             self.status.state = "serving"
             log.info("management interface serving name=%s path=%s", BUS_NAME, PATH)
         else:
-            self.status.state = f"unavailable: {BUS_NAME} is owned by another process"
-            log.warning("management interface unavailable: name %s has another owner",
-                        BUS_NAME)
+            other = await self._other_owner()
+            if other.adapter in ("", self.adapter):
+                raise AlreadyServing(
+                    f"another mushpi-ble peripheral already serves adapter "
+                    f"{other.adapter or self.adapter} ({BUS_NAME} is owned by "
+                    f"{other.describe()}): stop it first; two would register two GATT "
+                    "applications and adverts on one adapter")
+            self.status.state = (f"unavailable: {BUS_NAME} is owned by the peripheral of "
+                                 f"adapter {other.adapter} ({other.describe()})")
+            log.warning("management interface unavailable: name %s belongs to the "
+                        "peripheral of adapter %s (%s)", BUS_NAME, other.adapter,
+                        other.describe())
+
+    async def _other_owner(self) -> _Owner:
+        """Who owns :data:`BUS_NAME`: its process and the adapter it serves ("" when it
+        does not say, which counts as ours)."""
+        owner = _Owner(await self._conn.get_name_owner(BUS_NAME) or "?")
+        try:
+            owner.pid = int(await self._conn.call_bus("GetConnectionUnixProcessID", "s",
+                                                      (owner.name,)))
+            owner.command = _command_line(owner.pid)
+        except DBusError:
+            pass
+        try:
+            reply = await self._conn.call(BUS_NAME, PATH, INTERFACE, "Adapter")
+            owner.adapter = str(reply[0])
+        except DBusError:
+            pass
+        return owner
 
     def stop(self) -> None:
         self._conn.unexport(PATH)
@@ -125,12 +155,39 @@ class Management:
         await self._authorize(ctx)
         return json.dumps(self._controls.bonds())
 
+    async def _adapter(self, ctx: CallContext) -> str:
+        """Which adapter this peripheral serves: a second one asks before it refuses."""
+        return self.adapter
+
     async def _remove(self, ctx: CallContext, address: str) -> None:
         await self._authorize(ctx)
         try:
             await self._controls.remove_bond(address)
         except ValueError as exc:
             raise DBusError(INVALID_ARGS, str(exc)) from None
+
+
+@attrs.define
+class _Owner:
+    name: str
+    pid: int | None = None
+    command: str = ""
+    adapter: str = ""
+
+    def describe(self) -> str:
+        if self.pid is None:
+            return f"connection {self.name}"
+        return f"process {self.pid}" + (f" `{self.command}`" if self.command else "")
+
+
+def _command_line(pid: int) -> str:
+    """The process's command line, when /proc shows it (not across users under
+    ProtectProc=invisible)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    return " ".join(part.decode(errors="replace") for part in raw.split(b"\0") if part)
 
 
 def policy_file(user: str) -> str:

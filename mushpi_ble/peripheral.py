@@ -161,7 +161,7 @@ class Peripheral:
         self.steps.application.serve(app)
         for step in self.steps:
             step.attach(self.host)
-        self.management = Management(conn, self.access)
+        self.management = Management(conn, self.access, adapter=self.settings.ble_adapter)
         await self.management.start()
         self.service.attach(app, nursery)
         self.running, self.started_at = True, time.time()

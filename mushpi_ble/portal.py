@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from .config import Settings, load_settings
+from .config import Settings, env_file_in_use, load_settings
 from .controller import ControllerCallbacks
 from .dbus import unwrap_group
 from .errors import StartError, StartTimeout
@@ -58,9 +58,13 @@ class BlePortal:
         """``characteristics`` is the MushPi table (``mushpi_ble.protocol.CHARACTERISTICS``);
         a controller with an extra characteristic passes the table with its row added.
         ``systemd``: tell systemd when the service is ready, how it is, and ping its
-        watchdog from the loop (for a standalone service; an embedding controller
-        normally reports its own readiness)."""
+        watchdog from the loop (for a standalone service, or a controller whose unit
+        lets the BLE layer report readiness); ``MUSHPI_BLE_SYSTEMD_NOTIFY=true`` does the
+        same when none is passed and systemd asked for notifications."""
         self.settings = settings if settings is not None else load_settings()
+        if systemd is None and self.settings.ble_systemd_notify:
+            notifier = SystemdNotifier()  # MUSHPI_BLE_SYSTEMD_NOTIFY: the facade's way in
+            systemd = notifier if notifier.enabled else None
         self._systemd = systemd
         self._callbacks = callbacks or ControllerCallbacks()
         self.service = MushPiService(self.settings, lambda: self._callbacks, clock=clock,
@@ -99,6 +103,7 @@ class BlePortal:
             with self._lock:
                 if self.is_running():
                     return
+                self._log_start()
                 self._ready.clear()
                 self._stopped.clear()
                 self._started = False
@@ -165,6 +170,17 @@ class BlePortal:
             self._cancel = None
             self._stopped.set()
             self._ready.set()
+
+    def _log_start(self) -> None:
+        """Who may steer the room and from which file that was read: the first thing
+        to know when a phone is refused, or is not."""
+        settings = self.settings
+        source = env_file_in_use()
+        log.info("starting adapter=%s write_access=%s read_access=%s pairing=%s "
+                 "settings_file=%s systemd=%s", settings.ble_adapter, settings.ble_write_access,
+                 settings.ble_read_access, settings.pairing_mode,
+                 source if source is not None else "none (environment only)",
+                 "notify" if self._systemd is not None else "off")
 
     async def _trio_main(self) -> None:
         token = trio.lowlevel.current_trio_token()

@@ -201,6 +201,7 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
 
 BOOLS = [
     "MUSHPI_BLE_ADV_ENABLE", "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "MUSHPI_BLE_ADAPTER_RECOVERY",
+    "MUSHPI_BLE_SYSTEMD_NOTIFY",
 ]
 POLICY_OVERRIDES = [f"MUSHPI_BLE_POLICY_{name}" for name in NOTIFYING_CHARACTERISTICS]
 OTHERS = ["MUSHPI_BLE_METRICS_FILE"]  # needs a real directory: tested with tmp_path

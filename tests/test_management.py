@@ -17,6 +17,7 @@ from rig import NOW, Rig, eventually, make_settings, start_rig
 
 from mushpi_ble.cli import main
 from mushpi_ble.dbus import DBusError, open_connection
+from mushpi_ble.errors import AlreadyServing
 from mushpi_ble.management import BUS_NAME, INTERFACE, PATH, Management, policy_file
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
 from mushpi_ble.testing import private_bus
@@ -165,7 +166,8 @@ class _Controls:
 async def test_callers_of_another_user_are_refused(bus_address: str) -> None:
     controls = _Controls()
     async with open_connection(bus_address) as server, open_connection(bus_address) as caller:
-        management = Management(server, controls, allowed_uids=frozenset({os.geteuid() + 1}))
+        management = Management(server, controls, adapter="hci0",
+                                allowed_uids=frozenset({os.geteuid() + 1}))
         await management.start()
         with pytest.raises(DBusError) as err:
             await caller.call(BUS_NAME, PATH, INTERFACE, "OpenPairingWindow", "u", (60,))
@@ -176,10 +178,24 @@ async def test_callers_of_another_user_are_refused(bus_address: str) -> None:
         (xml,) = await caller.call(BUS_NAME, PATH, "org.freedesktop.DBus.Introspectable",
                                    "Introspect")
         assert INTERFACE in xml
-        # a second peripheral on the bus cannot take the name; it says so
-        second = Management(caller, controls)
-        await second.start()
-        assert second.status.state == f"unavailable: {BUS_NAME} is owned by another process"
+
+
+async def test_a_second_peripheral_on_the_same_adapter_refuses_to_start(
+        bus_address: str) -> None:
+    """The first owns the name; a second on its adapter names that process and stops,
+    one on another adapter serves without the interface and says whose it is."""
+    controls = _Controls()
+    async with open_connection(bus_address) as server, open_connection(bus_address) as same, \
+            open_connection(bus_address) as other:
+        await Management(server, controls, adapter="hci0").start()
+        with pytest.raises(AlreadyServing) as refused:
+            await Management(same, controls, adapter="hci0").start()
+        assert f"process {os.getpid()}" in str(refused.value)
+        assert "adapter hci0" in str(refused.value)
+        beside = Management(other, controls, adapter="hci1")
+        await beside.start()
+        assert beside.status.state.startswith(
+            f"unavailable: {BUS_NAME} is owned by the peripheral of adapter hci0 (process ")
 
 
 def test_the_policy_file_lets_the_service_user_own_and_root_call() -> None:

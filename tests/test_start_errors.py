@@ -12,6 +12,7 @@ from mushpi_ble.backends import select_backend
 from mushpi_ble.backends.bluez_dbus import BluezDbusBackend
 from mushpi_ble.errors import (
     AdapterNotFound,
+    AlreadyServing,
     BluezUnavailable,
     BusUnavailable,
     RegistrationRefused,
@@ -89,3 +90,23 @@ def test_select_backend_falls_back_when_import_fails(monkeypatch: pytest.MonkeyP
     assert isinstance(backend, BluezDbusBackend)
     assert "backend bluezero cannot be imported" in caplog.text
     assert "falling back to bluez-dbus" in caplog.text
+
+
+async def test_a_second_peripheral_on_the_adapter_refuses_to_start(
+        bus_address: str, bluez: FakeBluez, caplog: pytest.LogCaptureFixture) -> None:
+    """Two would register two applications and adverts; the second names the first."""
+    caplog.set_level(logging.INFO, logger="mushpi_ble.portal")
+    first = BlePortal(make_settings(), bus=bus_address)
+    await start(first)
+    try:
+        second = BlePortal(make_settings(), bus=bus_address)
+        with pytest.raises(AlreadyServing, match=r"already serves adapter hci0 .*process \d+"):
+            await start(second)
+        assert not second.is_running()
+        assert first.get_status()["registered"]
+    finally:
+        await trio.to_thread.run_sync(first.stop)
+    # the log says at start which access is in force and where the settings came from
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("starting")]
+    assert "write_access=open read_access=open pairing=just-works" in started[0]
+    assert "settings_file=" in started[0]

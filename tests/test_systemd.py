@@ -165,3 +165,22 @@ def test_the_unit_ships_in_the_package(capsys: pytest.CaptureFixture[str]) -> No
     assert Path(program).exists()
     assert " serve " in exec_start
     assert main(["systemd-unit", "--watchdog-s", "1"]) == 2
+
+
+async def test_the_facade_setting_reports_readiness(
+        bus_address: str, bluez: FakeBluez, notify_socket: NotifySocket,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """MUSHPI_BLE_SYSTEMD_NOTIFY: a controller on the facade, whose unit is Type=notify,
+    lets the BLE layer say READY; without the setting nothing is sent."""
+    monkeypatch.setenv("NOTIFY_SOCKET", str(notify_socket.path))
+    quiet = BlePortal(make_settings(), bus=bus_address)
+    await trio.to_thread.run_sync(quiet.start)
+    await trio.to_thread.run_sync(quiet.stop)
+    assert notify_socket.drain() == []
+    portal = BlePortal(make_settings(MUSHPI_BLE_SYSTEMD_NOTIFY="true"), bus=bus_address)
+    await trio.to_thread.run_sync(portal.start)
+    try:
+        ready = notify_socket.with_key("READY")
+        assert ready and ready[0][1]["STATUS"].startswith("serving as ")
+    finally:
+        await trio.to_thread.run_sync(portal.stop)

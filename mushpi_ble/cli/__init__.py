@@ -1,5 +1,5 @@
-"""``mushpi-ble``: serve, demo, bench, check, pair, bonds and the install files from the
-command line."""
+"""``mushpi-ble``: serve, demo, bench, check, setup, pair, bonds and the install files from
+the command line."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ COMMANDS: tuple[tuple[str, str, str, str, str], ...] = (
      "check", "add_arguments", "run"),
     ("bench", "benchmarks: the peripheral's figures and a peer library side by side",
      "bench", "add_arguments", "run"),
-    ("systemd-unit", "print the systemd unit for this install", "unit", "add_arguments", "run"),
+    ("setup", "install the system pieces BLE needs (run once as root): user, groups, udev "
+     "rule, D-Bus policy, a drop-in for the controller's unit or the serve unit",
+     "system_setup", "add_arguments", "run"),
+    ("systemd-unit", "print the serve unit `setup --standalone` installs", "unit",
+     "add_arguments", "run"),
     ("pair", "open a pairing window on the running peripheral",
      "manage", "add_pair_arguments", "run_pair"),
     ("bonds", "list the bonded phones, or forget one",

@@ -20,8 +20,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from mushpi_ble import journal
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.errors import StartError
+from mushpi_ble.journal import JournalPrefix, is_journal
 from mushpi_ble.naming import advertised_name
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import ActuatorStatus, EnvMeasurement, StatusFlags
@@ -65,11 +67,11 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(fmt: str, level: str, stream: TextIO) -> None:
+    """Lines on ``stream``; under systemd each starts with its journald priority."""
     handler = logging.StreamHandler(stream)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    formatter = (JsonFormatter() if fmt == "json" else
+                 logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(JournalPrefix(formatter) if is_journal(stream) else formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -80,9 +82,9 @@ def render_view(portal: BlePortal, controller: SimulatedController) -> str:
     status = portal.get_status()
     app = portal.peripheral.steps.application.app
     lines = [
-        f"MushPi BLE  {status['advertised_name'] or '-'}  adapter={status['adapter']}  "
-        f"registered={status['registered']}  advertising={status['advertising']}  "
-        f"restarts={status['restarts']}",
+        f"MushPi BLE (SIMULATED controller)  {status['advertised_name'] or '-'}  "
+        f"adapter={status['adapter']}  registered={status['registered']}  "
+        f"advertising={status['advertising']}  restarts={status['restarts']}",
         *health_lines(status),
         "",
         f"centrals ({status['connection_count']}):",
@@ -227,15 +229,21 @@ def _start_metrics(portal: BlePortal) -> Any:
     return exporter
 
 
+SIMULATED = ("mushpi-ble serve: a SIMULATED controller behind the real BLE service; "
+             "phones see made-up sensor values and writes reach no relay")
+
+
 def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
+    live = sys.stdout.isatty() and args.log_format != "json"
+    configure_logging(args.log_format, args.log_level, sys.stderr if live else sys.stdout)
+    log.warning(SIMULATED)
     try:
         settings = settings or load_settings()
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(journal.line(f"configuration error: {exc}", logging.ERROR, sys.stderr),
+              file=sys.stderr, flush=True)
         return EXIT_CONFIG
     interval = args.interval or settings.sim_interval_s
-    live = sys.stdout.isatty() and args.log_format != "json"
-    configure_logging(args.log_format, args.log_level, sys.stderr if live else sys.stdout)
     controller = SimulatedController(seed=args.seed)
     if args.state is not None and args.state.exists():
         controller.load(args.state)
@@ -255,7 +263,8 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
         try:
             portal.start()
         except StartError as exc:
-            print(f"cannot start: {exc}", file=sys.stderr)
+            print(journal.line(f"cannot start: {exc}", logging.ERROR, sys.stderr),
+                  file=sys.stderr, flush=True)
             return EXIT_START
         # the peripheral derives the same name from get_stage_data when it starts
         name = advertised_name(settings.ble_name_prefix, controller.get_stage_data())
