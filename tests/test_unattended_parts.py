@@ -86,7 +86,8 @@ def test_refusals_are_explained(name: str, text: str, expected: str) -> None:
 
 
 def test_the_kernel_mismatch_advice_names_the_versions_and_the_fix() -> None:
-    for part in ("6.12.93", "6.18.34", "5.87", "0x0d", "#2268", "#7473", "Update BlueZ"):
+    for part in ("6.12.93", "6.18.34", "5.87", "0x0d", "#2268", "#7473", "Update the kernel",
+                 "full-upgrade", "6.18.36"):
         assert part in KERNEL_MISMATCH_ADVICE
 
 

@@ -21,10 +21,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import attrs
 import trio
 
-from mushpi_ble.config import ConfigError, Settings, load_settings
+from mushpi_ble.config import ConfigError, Settings, env_file_in_use, load_settings
 from mushpi_ble.dbus import BusUnreachable, Connection, DBusError, open_connection
 from mushpi_ble.gatt import (
     ADAPTER_IFACE,
@@ -35,6 +34,7 @@ from mushpi_ble.gatt import (
     BLUEZ,
     DOES_NOT_EXIST,
     GATT_MANAGER_IFACE,
+    KERNEL_MISMATCH_ADVICE,
     Advertisement,
     AdvertPlan,
     Rfkill,
@@ -45,7 +45,15 @@ from mushpi_ble.gatt import (
 )
 from mushpi_ble.management import BUS_NAME as MANAGEMENT_NAME
 
-OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
+from . import check_system as system
+from . import system_files as files
+from .check_system import FAIL as FAIL
+from .check_system import INFO as INFO
+from .check_system import OK as OK
+from .check_system import WARN as WARN
+from .check_system import Finding as Finding
+from .check_system import Platform
+
 BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd",
                     "/usr/sbin/bluetoothd")
 PROBE_PATH = "/com/mushpi/check_probe"
@@ -60,19 +68,16 @@ POLICY_FILES = (Path("/etc/dbus-1/system.d/org.mushpi.Ble.conf"),
 SYSTEMD = "org.freedesktop.systemd1"
 
 
-@attrs.frozen
-class Finding:
-    level: str
-    topic: str
-    message: str
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bus", default="SYSTEM",
                         help="bus to check: SYSTEM (honours DBUS_SYSTEM_BUS_ADDRESS), or an "
                              "address")
     parser.add_argument("--bluetoothd", default=None,
                         help="path of the bluetoothd binary to ask for its version")
+    parser.add_argument("--env-file", type=Path, default=None,
+                        help="the settings file to check (default: the service's, "
+                             f"{files.SETTINGS}, when setup installed it, else ./.env; "
+                             "MUSHPI_ENV_FILE wins)")
 
 
 def version_notes(version: tuple[int, int]) -> list[str]:
@@ -110,10 +115,12 @@ def bluetoothd_version(explicit: str | None) -> tuple[str | None, str]:
     return None, "no bluetoothd binary found on this machine"
 
 
-async def run_checks(settings: Settings, bus: str, bluetoothd: str | None) -> list[Finding]:
+async def run_checks(settings: Settings, bus: str, bluetoothd: str | None,
+                     platform: Platform | None = None) -> list[Finding]:
     findings: list[Finding] = [connection_interval_finding()]
     timeout = settings.bus_timeout_s
     version, where = bluetoothd_version(bluetoothd)
+    parsed: tuple[int, int] | None = None
     if version is None:
         findings.append(Finding(WARN, "bluetoothd version", f"unknown ({where})"))
     else:
@@ -128,7 +135,7 @@ async def run_checks(settings: Settings, bus: str, bluetoothd: str | None) -> li
     try:
         async with open_connection(bus, call_timeout=timeout) as conn:
             findings.append(Finding(OK, "D-Bus", f"bus reachable as {conn.unique_name}"))
-            await _check_bluez(conn, settings, findings)
+            await _check_bluez(conn, settings, findings, platform=platform or Platform.here(parsed))
             findings.append(await systemd_finding(conn, timeout))
             findings.append(await access_finding(conn, settings))
     except BusUnreachable as exc:
@@ -138,7 +145,7 @@ async def run_checks(settings: Settings, bus: str, bluetoothd: str | None) -> li
 
 
 async def _check_bluez(conn: Connection, settings: Settings, findings: list[Finding],
-                       rfkill: Rfkill | None = None) -> None:
+                       rfkill: Rfkill | None = None, platform: Platform | None = None) -> None:
     timeout = settings.bus_timeout_s
     owner = await conn.get_name_owner(BLUEZ)
     if not owner:
@@ -164,7 +171,7 @@ async def _check_bluez(conn: Connection, settings: Settings, findings: list[Find
     findings.append(rfkill_finding(rfkill or Rfkill(), path.rsplit("/", 1)[-1], settings))
     await _check_advertising(conn, settings, path, objects, findings)
     if objects[path].get(ADVERTISING_MANAGER_IFACE) is not None:
-        findings.append(await advert_probe_finding(conn, settings, path))
+        findings.append(await advert_probe_finding(conn, settings, path, platform))
     await _check_permission(conn, settings, path, findings)
     await _check_pairing(conn, settings, owner, bool(props.get("Pairable", True)), findings)
 
@@ -208,8 +215,10 @@ def rfkill_finding(rfkill: Rfkill, adapter_id: str, settings: Settings) -> Findi
     return Finding(OK, "rfkill", f"{adapter_id} is unblocked")
 
 
-async def advert_probe_finding(conn: Connection, settings: Settings, path: str) -> Finding:
-    """Register a minimal advert (the service UUID only) and unregister it at once."""
+async def advert_probe_finding(conn: Connection, settings: Settings, path: str,
+                               platform: Platform | None = None) -> Finding:
+    """Register a minimal advert (the service UUID only) and unregister it at once; a
+    refusal is explained with the cure that fits this OS."""
     timeout = settings.bus_timeout_s
     plan = AdvertPlan(service_uuids=(settings.ble_service_uuid,), local_name=None, includes=(),
                       tx_power=None, size=21)
@@ -217,8 +226,10 @@ async def advert_probe_finding(conn: Connection, settings: Settings, path: str) 
     try:
         await advert.register(path, timeout=timeout)
     except DBusError as exc:
-        return Finding(FAIL if settings.ble_adv_enable else WARN, "advertising probe",
-                       explain_refusal(exc))
+        advice = explain_refusal(exc)
+        if advice == KERNEL_MISMATCH_ADVICE and platform is not None:
+            advice = f"{advice} {system.mismatch_cure(platform)}"
+        return Finding(FAIL if settings.ble_adv_enable else WARN, "advertising probe", advice)
     finally:
         if advert.registered_on is None:
             advert.unexport()
@@ -416,13 +427,32 @@ def report(findings: list[Finding]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
+def system_findings(settings: Settings, env_file: Path) -> list[Finding]:
+    """The settings file read, the pieces of setup, who runs this, where bonds live."""
+    source = env_file_in_use(env_file=env_file)
     try:
-        settings = load_settings()
+        mounts = Path("/proc/mounts").read_text()
+    except OSError:
+        mounts = ""
+    return [system.settings_finding(source, env_file),
+            *system.inline_comment_findings(source),
+            *filter(None, [system.root_finding(os.geteuid()),
+                           system.bond_storage_finding(settings, mounts)]),
+            *system.setup_findings()]
+
+
+def run(args: argparse.Namespace) -> int:
+    env_file = args.env_file or system.default_env_file()
+    if args.env_file is not None and not args.env_file.is_file():
+        print(f"[FAIL] settings  --env-file {args.env_file} does not exist")
+        return 1
+    try:
+        settings = load_settings(env_file=env_file)
     except ConfigError as exc:
         print(f"[FAIL] configuration  {exc}")
         return 1
-    findings = trio.run(run_checks, settings, args.bus, args.bluetoothd)
+    findings = [*system_findings(settings, env_file),
+                *trio.run(run_checks, settings, args.bus, args.bluetoothd)]
     print(report(findings))
     sys.stdout.flush()
     return 1 if any(f.level == FAIL for f in findings) else 0

@@ -206,8 +206,9 @@ def _indent(text: str) -> str:
 
 
 # -- the manifest ---------------------------------------------------------------------------
-EMPTY: dict[str, Any] = {"files": {}, "folders": [], "users": [], "groups": [], "members": [],
-                         "units": [], "enabled": [], "settings_file": None, "user": None}
+EMPTY: dict[str, Any] = {"files": {}, "folders": [], "trees": [], "users": [], "groups": [],
+                         "members": [], "units": [], "enabled": [], "settings_file": None,
+                         "user": None}
 
 
 def load_manifest(root: Path) -> dict[str, Any]:
@@ -258,6 +259,9 @@ def set_up(ctx: Context, args: argparse.Namespace) -> None:
         write_file(ctx, files.UNIT_DIR / files.STANDALONE_UNIT,
                    files.standalone_text(service))
         units.append(files.STANDALONE_UNIT)
+        state = f"/var/lib/{files.STATE_DIRECTORY}"  # systemd makes it (StateDirectory)
+        if state not in ctx.manifest["trees"] and not ctx.dry_run:
+            ctx.manifest["trees"].append(state)
     elif args.unit:
         write_file(ctx, files.dropin_path(args.unit), files.dropin_text(args.unit, service))
         units.append(args.unit)
@@ -292,6 +296,13 @@ def remove(ctx: Context) -> None:
             manifest["enabled"].remove(unit)
     for name, entry in list(manifest["files"].items()):
         remove_file(ctx, Path(name), entry)
+    for tree in list(manifest["trees"]):
+        if ctx.dry_run:
+            ctx.say(f"would remove {tree} (the simulated controller's state)")
+            continue
+        shutil.rmtree(ctx.at(Path(tree)), ignore_errors=True)
+        manifest["trees"].remove(tree)
+        ctx.say(f"removed {tree} (the simulated controller's state)")
     if manifest["units"]:
         ctx.run(["systemctl", "daemon-reload"], check=False)
     if not ctx.dry_run:

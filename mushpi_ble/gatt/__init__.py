@@ -13,6 +13,7 @@ from .adapter import (
     set_property,
 )
 from .advertising import (
+    KERNEL_MISMATCH_ADVICE,
     Advertisement,
     AdvertisingCapabilities,
     AdvertMonitor,
@@ -71,6 +72,7 @@ __all__ = [
     "DOES_NOT_EXIST",
     "ERROR_PREFIX",
     "GATT_MANAGER_IFACE",
+    "KERNEL_MISMATCH_ADVICE",
     "OBJECT_MANAGER",
     "POLICIES",
     "AccessGate",

@@ -282,9 +282,11 @@ KERNEL_MISMATCH_ADVICE = (
     'bluetoothd refused the advertisement ("Failed to register advertisement"; its log '
     'shows MGMT "Invalid Parameters" 0x0d). On a Raspberry Pi this is the kernel/BlueZ '
     "mismatch of 2026: kernels 6.12.93 and 6.18.34 refuse every D-Bus advertisement from "
-    "BlueZ older than 5.87 (bluez/bluez #2268, #2269; raspberrypi/linux #7473). Update BlueZ "
-    "to 5.87 or later, or the kernel. Until then phones cannot find the Pi by its service "
-    "UUID: it keeps serving under its adapter name (alias only) and keeps retrying."
+    "BlueZ older than 5.87 (bluez/bluez #2268, #2269; raspberrypi/linux #7473). Update the "
+    "kernel (Raspberry Pi OS: apt full-upgrade to 6.18.36 or later; its BlueZ 5.82 will not "
+    "get 5.87) or BlueZ to 5.87 or later; `mushpi-ble check` says which fits this system. "
+    "Until then phones cannot find the Pi by its service UUID: it keeps serving under its "
+    "adapter name (alias only) and keeps retrying."
 )
 
 
