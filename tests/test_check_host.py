@@ -71,7 +71,7 @@ async def test_the_unit_as_systemd_reports_it(server: Connection, client: Connec
     ])
     await server.request_name("org.freedesktop.systemd1")
     try:
-        finding = await check.systemd_finding(client, 0.5, {})
+        finding = await check.systemd_finding(client, 0.5, {}, "mushpi-ble.service")
     finally:
         await server.release_name("org.freedesktop.systemd1")
     assert finding.level == level

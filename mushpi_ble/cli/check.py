@@ -62,7 +62,6 @@ INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
 MAIN_CONF = Path("/etc/bluetooth/main.conf")
 KERNEL_DEFAULT_INTERVALS = (24, 40)
 """The kernel's LE connection interval defaults (units of 1.25 ms) when main.conf is silent."""
-UNIT_NAME = "mushpi-ble.service"
 POLICY_FILES = (Path("/etc/dbus-1/system.d/org.mushpi.Ble.conf"),
                 Path("/usr/share/dbus-1/system.d/org.mushpi.Ble.conf"))
 SYSTEMD = "org.freedesktop.systemd1"
@@ -366,9 +365,12 @@ def connection_interval_finding(main_conf: Path = MAIN_CONF) -> Finding:
 
 
 async def systemd_finding(conn: Connection, timeout: float,
-                          environ: dict[str, str] | None = None) -> Finding:
-    """Does the service run under systemd, as Type=notify with the watchdog?"""
+                          environ: dict[str, str] | None = None,
+                          unit: str | None = None) -> Finding:
+    """Does the service run under systemd, as Type=notify with the watchdog? (The unit
+    setup installed or gave a drop-in, else the standalone one.)"""
     env = os.environ if environ is None else environ
+    unit_name = unit or system.service_unit()
     if env.get("NOTIFY_SOCKET"):
         watchdog = env.get("WATCHDOG_USEC")
         return Finding(OK if watchdog else WARN, "systemd",
@@ -378,9 +380,9 @@ async def systemd_finding(conn: Connection, timeout: float,
     try:
         reply = await conn.call(SYSTEMD, "/org/freedesktop/systemd1",
                                 "org.freedesktop.systemd1.Manager", "GetUnit", "s",
-                                (UNIT_NAME,), timeout=timeout)
+                                (unit_name,), timeout=timeout)
     except DBusError as exc:
-        return Finding(INFO, "systemd", f"{UNIT_NAME} is not loaded ({exc.name}); "
+        return Finding(INFO, "systemd", f"{unit_name} is not loaded ({exc.name}); "
                        "`mushpi-ble systemd-unit` prints a unit with the watchdog")
     unit_path = reply[0]
     props: dict[str, Any] = {}
@@ -393,7 +395,7 @@ async def systemd_finding(conn: Connection, timeout: float,
     watchdog_s = int(props["WatchdogUSec"]) / 1e6
     good = props["Type"] == "notify" and watchdog_s > 0
     return Finding(OK if good else WARN, "systemd",
-                   f"{UNIT_NAME} is {props['ActiveState']}, Type={props['Type']}, watchdog "
+                   f"{unit_name} is {props['ActiveState']}, Type={props['Type']}, watchdog "
                    + (f"{watchdog_s:g} s" if watchdog_s else "off"))
 
 

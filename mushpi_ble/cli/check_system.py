@@ -133,6 +133,13 @@ def setup_findings(root: Path = Path("/")) -> list[Finding]:
     return found
 
 
+def service_unit(root: Path = Path("/")) -> str:
+    """The unit the service runs in: the one setup recorded, else the standalone one."""
+    manifest = root / files.MANIFEST.relative_to("/")
+    units = json.loads(manifest.read_text()).get("units", []) if manifest.exists() else []
+    return units[0] if units else files.STANDALONE_UNIT
+
+
 # -- who runs the check, and where bonds live ---------------------------------------------------
 def root_finding(euid: int) -> Finding | None:
     if euid != 0:

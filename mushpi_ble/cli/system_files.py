@@ -20,6 +20,7 @@ RFKILL_GROUP = "mushpi-rfkill"
 BLUETOOTH_GROUP = "bluetooth"
 """The group BlueZ's D-Bus policy lets talk to org.bluez (Debian, Raspberry Pi OS)."""
 UDEV_RULE = Path("/etc/udev/rules.d/70-mushpi-rfkill.rules")
+RFKILL_DEVICE = Path("/dev/rfkill")
 POLICY = Path("/etc/dbus-1/system.d/org.mushpi.Ble.conf")
 SETTINGS = Path("/etc/mushpi/ble.env")
 MANIFEST = Path("/var/lib/mushpi-ble/setup.json")
@@ -170,6 +171,7 @@ def standalone_text(service: Service, settings: Path = SETTINGS) -> str:
         "[Service]",
         *service_lines(attrs.evolve(service, notify=True)),
         f"EnvironmentFile={settings}",
+        f"Environment=MUSHPI_ENV_FILE={settings}",
         f"StateDirectory={STATE_DIRECTORY}",
         f"WorkingDirectory=/var/lib/{STATE_DIRECTORY}",
         f"ExecStart={service.exec_start} --log-format json serve --state {state} --save {state}",

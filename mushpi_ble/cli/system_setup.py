@@ -208,7 +208,7 @@ def _indent(text: str) -> str:
 # -- the manifest ---------------------------------------------------------------------------
 EMPTY: dict[str, Any] = {"files": {}, "folders": [], "trees": [], "users": [], "groups": [],
                          "members": [], "units": [], "enabled": [], "settings_file": None,
-                         "user": None}
+                         "user": None, "device": None}
 
 
 def load_manifest(root: Path) -> dict[str, Any]:
@@ -242,6 +242,7 @@ def set_up(ctx: Context, args: argparse.Namespace) -> None:
     for group in (files.BLUETOOTH_GROUP, files.RFKILL_GROUP):
         ensure_member(ctx, user, group)
     save_manifest(ctx)
+    remember_device(ctx)
     if write_file(ctx, files.UDEV_RULE, files.UDEV_TEXT) or ctx.dry_run:
         ctx.run(["udevadm", "control", "--reload"], check=False)
     # applied to the existing /dev/rfkill at once, not at the next boot
@@ -280,6 +281,37 @@ def set_up(ctx: Context, args: argparse.Namespace) -> None:
         ctx.say(f"restart {args.unit} to apply its drop-in (systemctl restart {args.unit})")
 
 
+def remember_device(ctx: Context) -> None:
+    """/dev/rfkill's owner and mode before our rule, restored by --remove (udev applies
+    the default rules on a change event, but leaves the group it no longer names)."""
+    if not ctx.live or ctx.dry_run or ctx.manifest["device"] is not None:
+        return
+    try:
+        info = os.stat(files.RFKILL_DEVICE)
+    except OSError:
+        return
+    ctx.manifest["device"] = {"uid": info.st_uid, "gid": info.st_gid,
+                              "mode": info.st_mode & 0o7777}
+
+
+def restore_device(ctx: Context) -> None:
+    before = ctx.manifest["device"]
+    if before is None or not ctx.live:
+        return
+    if ctx.dry_run:
+        ctx.say(f"would give {files.RFKILL_DEVICE} back its owner and mode")
+        return
+    try:
+        os.chown(files.RFKILL_DEVICE, before["uid"], before["gid"])
+        os.chmod(files.RFKILL_DEVICE, before["mode"])
+    except OSError as exc:
+        ctx.say(f"{files.RFKILL_DEVICE}: could not restore its owner and mode ({exc})")
+    else:
+        ctx.say(f"{files.RFKILL_DEVICE}: owner {before['uid']}:{before['gid']}, mode "
+                f"{before['mode']:o} again")
+    ctx.manifest["device"] = None
+
+
 def reload_bus_policy(ctx: Context) -> None:
     """dbus-daemon re-reads its policy on ReloadConfig (and on its own, a little later)."""
     ctx.run(["dbus-send", "--system", "--type=method_call", "--print-reply",
@@ -310,6 +342,8 @@ def remove(ctx: Context) -> None:
     ctx.run(["udevadm", "control", "--reload"], check=False)
     ctx.run(["udevadm", "trigger", "--action=change", "--subsystem-match=misc",
              "--sysname-match=rfkill"], check=False)
+    ctx.run(["udevadm", "settle", "--timeout=10"], check=False)
+    restore_device(ctx)
     reload_bus_policy(ctx)
     for user, group in list(manifest["members"]):
         if user in members(ctx, group):
