@@ -205,6 +205,9 @@ def test_drop_in_follows_the_install() -> None:
     metrics = rendered(files.Service(metrics_port=9477))
     assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in metrics
     assert "PrivateNetwork" not in metrics
+    network = rendered(files.Service(network=True))
+    assert "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6" in network
+    assert "PrivateNetwork" not in network and "IPAddressDeny" not in network
     notify = rendered(files.Service(notify=True, watchdog_s=12))
     assert "Type=notify" in notify and "WatchdogSec=12" in notify
     assert "Environment=MUSHPI_BLE_SYSTEMD_NOTIFY=true" in notify

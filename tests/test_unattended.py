@@ -174,7 +174,7 @@ async def test_refused_advert_serves_alias_only_retries_and_says_why(
     now = status(rig)
     assert now["registered"] and not now["advertising"]
     assert now["advert_state"] == "alias-only"
-    assert "update BlueZ to 5.87" in now["advert_problem"].replace("Update", "update")
+    assert "update the kernel" in now["advert_problem"].replace("Update", "update")
     assert "6.12.93" in now["advert_problem"]
     assert "Failed to register advertisement" in now["last_error"]
     assert "serving alias-only" in caplog.text and "5.87 or later" in caplog.text

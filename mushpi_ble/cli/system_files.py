@@ -64,6 +64,8 @@ class Service:
     notify: bool = False
     watchdog_s: int = DEFAULT_WATCHDOG_S
     metrics_port: int | None = None
+    network: bool = False
+    """The controller talks IP itself (a dashboard, MQTT): no PrivateNetwork, AF_INET."""
     writable: tuple[str, ...] = ()
     devices: tuple[str, ...] = ()
     tasks_max: int = 256
@@ -115,9 +117,9 @@ of the user), journald reads the ``<N>`` priority our log lines start with."""
 
 def _applies(when: str, service: Service) -> bool:
     home = under_home(service.exec_start)
-    return {"always": True, "no-network": service.metrics_port is None,
-            "network": service.metrics_port is not None, "home": home, "not-home": not home,
-            "notify": service.notify}[when]
+    network = service.network or service.metrics_port is not None
+    return {"always": True, "no-network": not network, "network": network, "home": home,
+            "not-home": not home, "notify": service.notify}[when]
 
 
 def service_lines(service: Service) -> list[str]:

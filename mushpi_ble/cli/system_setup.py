@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=None,
                         help="the port of MUSHPI_BLE_METRICS_PORT, if used: the unit may "
                              "then use AF_INET/AF_INET6")
+    parser.add_argument("--network", action="store_true",
+                        help="the controller uses IP itself (a dashboard, MQTT): AF_INET and "
+                             "AF_INET6, no PrivateNetwork")
     parser.add_argument("--writable", action="append", default=[], metavar="PATH",
                         help="a path the controller writes (ReadWritePaths); repeatable")
     parser.add_argument("--allow-device", action="append", default=[], metavar="DEVICE",
@@ -228,7 +231,8 @@ def save_manifest(ctx: Context) -> None:
 # -- set up ---------------------------------------------------------------------------------
 def service_for(args: argparse.Namespace) -> files.Service:
     return files.Service(user=args.user, notify=args.notify, watchdog_s=args.watchdog_s,
-                         metrics_port=args.metrics_port, writable=tuple(args.writable),
+                         metrics_port=args.metrics_port, network=args.network,
+                         writable=tuple(args.writable),
                          devices=tuple(args.allow_device))
 
 
