@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -53,7 +54,12 @@ OURS = (Path("/etc/udev/rules.d/70-mushpi-rfkill.rules"),
         Path("/etc/dbus-1/system.d/org.mushpi.Ble.conf"),
         Path(f"/etc/systemd/system/{UNIT}.d/50-mushpi-ble.conf"),
         Path("/var/lib/mushpi-ble/setup.json"))
-FIGURES: dict[str, Any] = {"generation": "systemd", "passes": []}
+FIGURES: dict[str, Any] = {
+    "generation": "systemd", "passes": [], "kernel": os.uname().release,
+    "python": platform.python_version(),
+    "bluetoothd": subprocess.run(["/usr/libexec/bluetooth/bluetoothd", "--version"],
+                                 capture_output=True, text=True, check=False).stdout.strip(),
+}
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
