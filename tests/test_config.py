@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import logging
 import os
 import pickle
@@ -12,6 +13,7 @@ import attrs
 import pytest
 from dotenv import dotenv_values
 
+from mushpi_ble import config
 from mushpi_ble.config import (
     ENV_FILE_VARIABLE,
     NOTIFYING_CHARACTERISTICS,
@@ -98,6 +100,45 @@ def test_table_matches_settings_fields() -> None:
     assert {spec.attribute for spec in VARIABLES} == fields
     assert all(spec.name.startswith("MUSHPI_") for spec in VARIABLES)
     assert len(SPECS) == len(VARIABLES)
+
+
+DECLARING = {"_var", "_int_var", "_choice_var", "_bool_var", "_policy_override_var"}
+
+
+def test_each_setting_is_declared_once() -> None:
+    """The fields of Settings are the one declaration: the table is read off them, and no
+    second list of variables can come back beside the class without failing here."""
+    derived = tuple(
+        attrs.evolve(spec, attribute=field.name)
+        for field in attrs.fields(Settings)
+        for spec in field.metadata[config._SPECS]
+    )
+    assert derived == VARIABLES
+    lists = [name for name, value in vars(config).items()
+             if isinstance(value, tuple | list) and value
+             and all(isinstance(item, config.VarSpec) for item in value)]
+    assert lists == ["VARIABLES"]
+    tree = ast.parse(Path(config.__file__).read_text(encoding="utf-8"))
+    (settings,) = [node for node in tree.body
+                   if isinstance(node, ast.ClassDef) and node.name == "Settings"]
+    helpers = [node for node in tree.body if isinstance(node, ast.FunctionDef)]
+    inside = {id(node) for scope in (settings, *helpers) for node in ast.walk(scope)}
+    declarations = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id in DECLARING | {"VarSpec"}]
+    assert declarations and all(id(node) in inside for node in declarations)
+    names = [str(node.args[0].value) for node in ast.walk(settings) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Name) and node.func.id in DECLARING - {
+                 "_policy_override_var"} and isinstance(node.args[0], ast.Constant)]
+    assert sorted(names) == sorted(spec.name for spec in VARIABLES if spec.key is None)
+
+
+def test_field_defaults_are_the_parsed_table_defaults() -> None:
+    defaults = {field.name: field.default for field in attrs.fields(Settings)}
+    for spec in VARIABLES:
+        if spec.key is None:
+            parsed = None if spec.default is None else spec.parse(spec.default)
+            assert defaults[spec.attribute] == parsed, spec.name
 
 
 # --- valid edges and just-outside values, per variable ---
