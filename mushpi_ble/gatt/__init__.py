@@ -3,7 +3,7 @@
 Knows BlueZ; knows nothing of mushrooms.
 """
 
-from .application import CharacteristicState, GattApplication
+from .application import GattApplication
 from .errors import (
     GattError,
     failed,
@@ -22,6 +22,7 @@ from .model import (
     validate_services,
 )
 from .requests import ReadRequest, WriteRequest
+from .state import CharacteristicState
 
 __all__ = [
     "Characteristic",
