@@ -9,12 +9,10 @@ from .errors import (
     failed,
     invalid_offset,
     invalid_value_length,
-    not_permitted,
     refusal,
 )
 from .model import (
     Characteristic,
-    Descriptor,
     GattDefinitionError,
     IncompleteValue,
     Service,
@@ -27,7 +25,6 @@ from .state import CharacteristicState
 __all__ = [
     "Characteristic",
     "CharacteristicState",
-    "Descriptor",
     "GattApplication",
     "GattDefinitionError",
     "GattError",
@@ -39,7 +36,6 @@ __all__ = [
     "invalid_offset",
     "invalid_value_length",
     "normalise_uuid",
-    "not_permitted",
     "refusal",
     "validate_services",
 ]

@@ -1,7 +1,7 @@
 """A GATT application exported to BlueZ: objects, handlers, notifications.
 
 Turns :class:`~.model.Service` descriptions into ``GattService1`` /
-``GattCharacteristic1`` / ``GattDescriptor1`` objects under one root with
+``GattCharacteristic1`` objects under one root with
 an ObjectManager, answers bluetoothd's calls (offset reads, writes,
 StartNotify/StopNotify) and sends notifications as PropertiesChanged on
 ``Value`` — on the same connection that registered, as bluetoothd requires.
@@ -12,8 +12,7 @@ pieces of a long write :mod:`.long_write`'s.
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -22,11 +21,10 @@ import trio
 from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Method, Property
 
 from .access import READ, WRITE, AccessGate
-from .errors import NOT_PERMITTED, NOT_SUPPORTED, GattError, not_permitted
+from .errors import NOT_PERMITTED, NOT_SUPPORTED, GattError
 from .long_write import LongWrites
 from .model import (
     Characteristic,
-    Descriptor,
     IncompleteValue,
     ReadHandler,
     Service,
@@ -36,7 +34,6 @@ from .model import (
 from .names import (
     BLUEZ,
     GATT_CHARACTERISTIC_IFACE,
-    GATT_DESCRIPTOR_IFACE,
     GATT_MANAGER_IFACE,
     GATT_SERVICE_IFACE,
 )
@@ -86,7 +83,6 @@ class GattApplication:
         self._long_writes = LongWrites(long_write_timeout)
         self.access = access
         self._states: dict[str, CharacteristicState] = {}
-        self._paths: list[str] = []
         self.exported = False
         self.registered_on: str | None = None
         self._layout()
@@ -123,25 +119,11 @@ class GattApplication:
         self._conn.add_object_manager(self.root)
         for s_index, service in enumerate(self.services):
             s_path = f"{self.root}/service{s_index}"
-            self._export(s_path, self._service_interface(service))
+            self._conn.export(s_path, [self._service_interface(service)])
             for char in service.characteristics:
                 state = self._states[char.uuid]
-                self._export(state.path, self._characteristic_interface(state, s_path))
-                for d_index, desc in enumerate(char.descriptors):
-                    self._export(f"{state.path}/desc{d_index}",
-                                 self._descriptor_interface(desc, state.path))
+                self._conn.export(state.path, [self._characteristic_interface(state, s_path)])
         self.exported = True
-
-    def _export(self, path: str, iface: Interface) -> None:
-        self._conn.export(path, [iface])
-        self._paths.append(path)
-
-    def unexport(self) -> None:
-        for path in reversed(self._paths):
-            self._conn.unexport(path)
-        self._paths.clear()
-        self._conn.remove_object_manager(self.root)
-        self.exported = False
 
     def _service_interface(self, service: Service) -> Interface:
         return Interface(
@@ -163,56 +145,24 @@ class GattApplication:
             Property("Notifying", "b", get=lambda: state.notifying),
             Property("Value", "ay", get=lambda: state.value, restricted=True),
         ]
-        acquire: Callable[[CallContext, dict[str, Any]], Any] = _not_supported
+        methods = [
+            Method("ReadValue", OPTIONS, "ay", arg_names=["options"], out_names=["value"],
+                   handler=lambda ctx, opts: self._read_value(ctx, state, opts),
+                   timeout=deadline),
+            Method("WriteValue", "ay" + OPTIONS, "", arg_names=["value", "options"],
+                   handler=lambda ctx, v, opts: self._write_value(ctx, state, v, opts),
+                   timeout=deadline),
+            Method("StartNotify", handler=lambda ctx: self._start_notify(ctx, state)),
+            Method("StopNotify", handler=lambda ctx: self._stop_notify(ctx, state)),
+            Method("Confirm", handler=lambda ctx: self._confirmed(state)),
+        ]
         if spec.acquire_notify:
+            # bluetoothd calls AcquireNotify only where it sees NotifyAcquired
             properties.append(Property("NotifyAcquired", "b", get=lambda: bool(state.sockets)))
-
-            def acquire(_ctx: CallContext, opts: dict[str, Any]) -> tuple[socket.socket, int]:
-                return self._sockets.acquire(state, opts)
-        return Interface(
-            GATT_CHARACTERISTIC_IFACE,
-            allowed_caller=self._allowed_caller,
-            methods=[
-                Method("ReadValue", OPTIONS, "ay", arg_names=["options"], out_names=["value"],
-                       handler=lambda ctx, opts: self._read_value(ctx, state, opts),
-                       timeout=deadline),
-                Method("WriteValue", "ay" + OPTIONS, "", arg_names=["value", "options"],
-                       handler=lambda ctx, v, opts: self._write_value(ctx, state, v, opts),
-                       timeout=deadline),
-                Method("StartNotify", handler=lambda ctx: self._start_notify(ctx, state)),
-                Method("StopNotify", handler=lambda ctx: self._stop_notify(ctx, state)),
-                Method("AcquireNotify", OPTIONS, "hq", handler=acquire),
-                Method("AcquireWrite", OPTIONS, "hq", handler=_not_supported),
-                Method("Confirm", handler=lambda ctx: self._confirmed(state)),
-            ],
-            properties=properties,
-        )
-
-    def _descriptor_interface(self, desc: Descriptor, c_path: str) -> Interface:
-        async def read(_ctx: CallContext, opts: dict[str, Any]) -> bytes:
-            if desc.read is None:
-                raise not_permitted("descriptor is not readable")
-            request = ReadRequest.from_options(opts)
-            return await _read_later(desc.read(request), request.offset)
-
-        async def write(_ctx: CallContext, value: bytes, opts: dict[str, Any]) -> None:
-            if desc.write is None:
-                raise not_permitted("descriptor is not writable")
-            await desc.write(WriteRequest.from_options(value, opts))
-
-        return Interface(
-            GATT_DESCRIPTOR_IFACE,
-            allowed_caller=self._allowed_caller,
-            methods=[
-                Method("ReadValue", OPTIONS, "ay", handler=read),
-                Method("WriteValue", "ay" + OPTIONS, "", handler=write),
-            ],
-            properties=[
-                Property("UUID", "s", get=lambda: desc.uuid),
-                Property("Characteristic", "o", get=lambda: c_path),
-                Property("Flags", "as", get=lambda: list(desc.flags)),
-            ],
-        )
+            methods.append(Method("AcquireNotify", OPTIONS, "hq",
+                                  handler=lambda _ctx, opts: self._sockets.acquire(state, opts)))
+        return Interface(GATT_CHARACTERISTIC_IFACE, allowed_caller=self._allowed_caller,
+                         methods=methods, properties=properties)
 
     def flags_of(self, spec: Characteristic) -> tuple[str, ...]:
         """The flags bluetoothd sees: the description's, secured by the access rules."""
@@ -359,10 +309,6 @@ class GattApplication:
             log.info("application unregistered root=%s", self.root)
         except DBusError as exc:
             log.warning("unregister failed root=%s error=%s", self.root, exc)
-
-
-def _not_supported(_ctx: CallContext, _options: dict[str, Any]) -> tuple[int, int]:
-    raise GattError(NOT_SUPPORTED, "use StartNotify / WriteValue")
 
 
 __all__ = [
