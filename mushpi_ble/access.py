@@ -15,11 +15,15 @@ from typing import Any
 
 from .config import Settings
 from .dbus import Connection, DBusError
-from .gatt.access import AccessGate, AccessRules
-from .gatt.agent import Pairing
-from .gatt.errors import DOES_NOT_EXIST
-from .gatt.names import ADAPTER_IFACE, BLUEZ
-from .gatt.pairing_policy import PairingWindow
+from .gatt import (
+    ADAPTER_IFACE,
+    BLUEZ,
+    DOES_NOT_EXIST,
+    AccessGate,
+    AccessRules,
+    Pairing,
+    PairingWindow,
+)
 
 log = logging.getLogger(__name__)
 

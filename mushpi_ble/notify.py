@@ -33,7 +33,7 @@ from time import perf_counter
 import attrs
 import trio
 
-from .gatt.queue_policy import POLICIES, Admission, admit, check_policy
+from .gatt import POLICIES, Admission, admit, check_policy
 from .metrics import LatencyHistogram
 
 log = logging.getLogger(__name__)

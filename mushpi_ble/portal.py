@@ -23,11 +23,10 @@ import trio
 
 from .config import Settings, load_settings
 from .controller import ControllerCallbacks
-from .dbus.groups import unwrap_group
+from .dbus import unwrap_group
 from .errors import StartError, StartTimeout
-from .gatt.agent import Pairing
 from .notify import Outcome
-from .peripheral import Peripheral, PeripheralStatus
+from .peripheral import Peripheral
 from .protocol import CHARACTERISTICS, Characteristic
 from .service import MushPiService
 from .systemd import SystemdNotifier, run_notifier
@@ -159,7 +158,7 @@ class BlePortal:
             if not self._started:
                 self._start_error = error
             else:
-                self.peripheral.status.last_error = f"{type(error).__name__}: {error}"
+                self.peripheral.host.note_error(f"{type(error).__name__}: {error}")
                 log.error("peripheral stopped with an error: %s", error)
         finally:
             self._token = None
@@ -211,7 +210,7 @@ class BlePortal:
         """
         if control_data is not None:
             return self.service.publish_actuator(control_data)
-        return self._to_loop(self.peripheral.spawn, self.service.refresh_actuator)
+        return self._to_loop(self.peripheral.host.spawn, self.service.refresh_actuator)
 
     def _to_loop(self, fn: Callable[..., object], *args: Any) -> Outcome:
         token = self._token
@@ -289,7 +288,7 @@ class BlePortal:
         self.run_in_loop(lambda: self.peripheral.access.remove_bond(address))
 
     def connection_count(self) -> int:
-        return sum(1 for c in self.peripheral.centrals if c.connected)
+        return sum(1 for c in self.peripheral.steps.centrals if c.connected)
 
     def update_advertising_name(self, name: str | None = None) -> None:
         """Recompute the name from ``get_stage_data`` (or pin ``name``) and apply it live.
@@ -298,68 +297,40 @@ class BlePortal:
         loop under the handler deadline. Before start, the name is computed when
         the peripheral starts.
         """
-        self.peripheral.fixed_name = name
+        self.peripheral.steps.naming.fixed = name
         if self.is_running():
             self._to_loop(self.peripheral.request_name_refresh, name)
 
     def get_status(self) -> dict[str, Any]:
-        """A snapshot for dashboards and logs (documented in the README)."""
-        status = self.peripheral.status
-        devices = [
-            {"path": c.path, "address": c.address, "mtu": c.mtu, "connected": c.connected,
-             "connected_at": c.connected_at}
-            for c in self.peripheral.centrals
-        ]
-        app = self.peripheral.app
-        subscriptions = (
-            {s.spec.name: s.notifying for s in app.characteristics if s.spec.notifies}
-            if app is not None else {}
-        )
+        """A snapshot for dashboards and logs (documented in the README): the
+        peripheral's parts each report their own facts, the service its counters."""
         return {
             "backend": "bluez-dbus",
             "running": self.is_running(),
-            "registered": status.registered,
-            "advertising": status.advertising,
-            "advertised_name": status.advertised_name,
-            "advert_left_out": list(status.advert_left_out),
-            "adapter": status.adapter,
-            "bluez_owner": status.bluez_owner,
-            "connected_devices": devices,
-            "connection_count": sum(1 for d in devices if d["connected"]),
-            "subscriptions": subscriptions,
+            **self.peripheral.snapshot(),
             "characteristics": self.service.counters(),
             "notify": self.service.notify_status(),
             "callbacks": self.service.runner.status(),
-            "connects": status.connects,
-            "disconnects": status.disconnects,
-            "restarts": status.restarts,
-            "last_recovery_s": status.last_recovery_s,
-            "last_error": status.last_error,
-            "started_at": status.started_at,
-            "advert_state": _advert_state(status, self.settings.ble_adv_enable),
-            "advert_problem": status.advert_problem,
-            "advert_refusals": status.advert_refusals,
-            "advert_drops": status.advert_drops,
-            "advert_instances": dict(status.advert_instances),
-            "adapter_state": status.adapter_state,
-            "rfkill": status.rfkill,
             "adapter_recovery": self.settings.ble_adapter_recovery,
-            "recoveries": list(status.recoveries),
-            "recovery_totals": dict(status.recovery_totals),
-            "pairing": (self.peripheral.pairing.snapshot() if self.peripheral.pairing is not None
-                        else Pairing.idle_snapshot(self.settings.pairing_mode,
-                                                   self.peripheral.access.window)),
-            "access": self.peripheral.access.snapshot(),
-            "management": (self.peripheral.management.status.as_dict()
-                           if self.peripheral.management is not None else None),
         }
 
+    def wait_for_status(self, predicate: Callable[[dict[str, Any]], object],
+                        timeout: float) -> dict[str, Any]:
+        """Block until ``predicate(get_status())`` holds; the status that made it true.
 
-def _advert_state(status: PeripheralStatus, wanted: bool) -> str:
-    """"advertising", "alias-only" (refused: see advert_problem), "disabled" or
-    "not-advertising" (being registered, or the adapter is off)."""
-    if not wanted:
-        return "disabled"
-    if status.advertising:
-        return "advertising"
-    return "alias-only" if status.advert_problem else "not-advertising"
+        Woken by every change the peripheral reports, never by polling; raises
+        TimeoutError after ``timeout`` seconds. Any thread but the loop's.
+        """
+        deadline = time.monotonic() + timeout
+        peripheral = self.peripheral
+        while True:
+            seen = peripheral.host.changes
+            status = self.get_status()
+            if predicate(status):
+                return status
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"status condition not met within {timeout:.3g} s")
+            with peripheral.host.state_changes:
+                if peripheral.host.changes == seen:
+                    peripheral.host.state_changes.wait(left)

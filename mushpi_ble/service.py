@@ -177,6 +177,11 @@ class MushPiService:
             self.core.set_status_flags(flags)
             return self.mailboxes[STATUS_FLAGS].offer(self.core.status_packet())
 
+    def republish_status(self) -> Outcome:
+        """Queue the status flags again: the core's last bits, our connectivity."""
+        with self._status_lock:
+            return self.mailboxes[STATUS_FLAGS].offer(self.core.status_packet())
+
     def set_connected(self, connected: bool) -> Outcome:
         with self._status_lock:
             packet = self.core.set_connected(connected)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import attrs
 import trio
@@ -60,8 +62,17 @@ async def phone(rig: Rig, mtu: int = 512, address: str = "11:22:33:44:55:66") ->
     return await rig.bluez.connect_central(address=address, mtu=mtu)
 
 
+async def status_until(portal: BlePortal, predicate: Callable[[dict[str, Any]], object],
+                       timeout: float = 3.0) -> dict[str, Any]:
+    """Wait until the portal's status satisfies ``predicate``: woken by each change the
+    peripheral's parts report (``BlePortal.wait_for_status``), never polled."""
+    return await trio.to_thread.run_sync(partial(portal.wait_for_status, predicate, timeout),
+                                         abandon_on_cancel=True)
+
+
 async def eventually(predicate: Callable[[], object], timeout: float = 3.0) -> None:
-    """Poll a condition on state this test does not get events for (the portal's)."""
+    """Poll a condition on state nothing reports changes of (what bluetoothd or the fake
+    decides, a phone's received values, socket internals)."""
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.01)

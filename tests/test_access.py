@@ -224,7 +224,7 @@ async def test_a_write_right_after_pairing_is_not_refused_while_the_signal_lags(
     """The gate asks bluetoothd when its own view (from signals) says not bonded."""
     async with running(bus_address, bluez, MUSHPI_BLE_WRITE_ACCESS="bonded") as rig:
         central = await bluez.connect_central(address=ADDRESS, security="medium")
-        pairing = rig.portal.peripheral.pairing
+        pairing = rig.portal.peripheral.steps.agent.pairing
         assert pairing is not None
         bluez.adapter().set_paired(ADDRESS, bonded=True)
         pairing.log.devices.clear()  # as if the Paired signal had not been handled yet

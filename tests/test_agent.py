@@ -381,7 +381,7 @@ async def portal_rig(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Portal
 
 
 async def portal_agent_owner(portal_rig: PortalRig) -> str:
-    conn = portal_rig.portal.peripheral.conn
+    conn = portal_rig.portal.peripheral.host.conn
     assert conn is not None
     return conn.unique_name
 
@@ -469,8 +469,8 @@ async def test_the_agent_decides_for_its_own_adapter_only(bus_address: str) -> N
         running = await start_rig(bus_address, bluez, make_settings())
         try:
             await bluez.wait_for_default_agent()
-            await eventually(lambda: running.portal.peripheral.pairing is not None
-                             and running.portal.peripheral.pairing.registered)
+            await eventually(lambda: running.portal.peripheral.steps.agent.pairing is not None
+                             and running.portal.peripheral.steps.agent.pairing.registered)
             stranger = await bluez.connect_central(adapter="hci1", address="aa:bb:cc:00:00:08")
             assert not (await stranger.pair()).success
             ours = await bluez.connect_central(adapter="hci0", address="aa:bb:cc:00:00:09")

@@ -10,7 +10,8 @@ from pathlib import Path
 from jeepney import DBusAddress, new_method_call
 from jeepney.low_level import HeaderFields, Parser
 
-from mushpi_ble.bench import dbus_layer
+from mushpi_ble.bench import dbus_layer, dbus_report
+from mushpi_ble.bench.dbus_objects import PACE_EVERY
 from mushpi_ble.bench.loop_floor import CannedReplies
 
 VALUE = bytes(range(12))
@@ -56,11 +57,11 @@ def test_the_benchmark_splits_cpu_into_loop_and_layer(tmp_path: Path) -> None:
 
 def test_a_target_is_judged_on_the_ratio_as_printed() -> None:
     rows = {"ours": {"rt_p50_us": 100.0, "server_cpu_us_per_call": 92.0, "notif_per_s": 2.0},
-            f"dbus-fast paced/{dbus_layer.PACE_EVERY}": {
+            f"dbus-fast paced/{PACE_EVERY}": {
                 "rt_p50_us": 100.4, "server_cpu_us_per_call": 91.99999999999999,
                 "notif_per_s": 1.0}}
-    judged = dbus_layer.ratios(rows)
+    judged = dbus_report.ratios(rows)
     assert judged["cpu_target"] == "met"  # 1.0000000000000002 is shown, and taken, as 1.00
     assert judged["p50_target"] == "met" and judged["notif_target"] == "met"
     rows["ours"]["server_cpu_us_per_call"] = 93.0
-    assert dbus_layer.ratios(rows)["cpu_target"] == "missed"
+    assert dbus_report.ratios(rows)["cpu_target"] == "missed"

@@ -20,7 +20,7 @@ ADAPTER = "/org/bluez/hci0"
 
 
 def tracker_of(rig: Rig) -> DeviceTracker:
-    tracker = rig.portal.peripheral.tracker
+    tracker = rig.portal.peripheral.steps.devices.tracker
     assert tracker is not None
     return tracker
 
@@ -96,7 +96,7 @@ async def test_a_device_known_from_device1_is_not_asked_about(rig: Rig) -> None:
 async def test_device_signals_from_another_sender_are_ignored(rig: Rig,
                                                               bus_address: str) -> None:
     forged = f"{ADAPTER}/dev_66_55_44_33_22_11"
-    peripheral_name = rig.portal.peripheral.conn.unique_name  # type: ignore[union-attr]
+    peripheral_name = rig.portal.peripheral.host.conn.unique_name
     props = {DEVICE_IFACE: {"Address": ("s", "66:55:44:33:22:11"), "Connected": ("b", True)}}
     async with open_connection(bus_address) as intruder:
         await intruder.emit_signal("/", OBJECT_MANAGER, "InterfacesAdded", "oa{sa{sv}}",

@@ -14,7 +14,7 @@ UUID = CHARACTERISTIC_UUIDS
 
 def _deferred(rig: Rig) -> int:
     """Calls the peripheral answered from a task rather than inline."""
-    conn = rig.portal.peripheral.conn
+    conn = rig.portal.peripheral.host.conn
     assert conn is not None
     return conn.stats.calls_deferred
 

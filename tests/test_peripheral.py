@@ -43,7 +43,7 @@ async def test_registration_serves_the_protocol_table(rig: Rig) -> None:
 async def test_handler_deadline_answers_bluez_failed(rig: Rig) -> None:
     """Past the D-Bus layer's backstop deadline bluetoothd hears BlueZ's own Failed."""
     await rig.bluez.wait_for_application()
-    conn = rig.portal.peripheral.conn
+    conn = rig.portal.peripheral.host.conn
     assert conn is not None
     assert conn.timeout_error == ("org.bluez.Error.Failed", "timeout")
 

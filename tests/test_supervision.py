@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
-from rig import Rig, eventually, make_settings, phone, start_rig
+from rig import Rig, eventually, make_settings, phone, start_rig, status_until
 
 from mushpi_ble.dbus import DBusError, open_connection
 from mushpi_ble.notify import Outcome
-from mushpi_ble.peripheral import State, Step
+from mushpi_ble.peripheral import State
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS, ControlTargets
+from mushpi_ble.session import Step
 from mushpi_ble.testing.controller import SimulatedController
 from mushpi_ble.testing.fakebluez import FakeBluez
 
@@ -44,7 +45,7 @@ async def test_advert_registered_with_expected_properties(rig: Rig) -> None:
     assert props["ServiceUUIDs"] == [SERVICE]
     assert props["Discoverable"] is True
     assert advert.payload_size <= 31
-    await eventually(lambda: rig.portal.get_status()["advertising"])
+    await status_until(rig.portal, lambda s: s["advertising"])
 
 
 async def test_long_name_is_left_out_of_the_advert_with_a_log_line(
@@ -113,8 +114,8 @@ async def test_release_leads_to_reregistration(rig: Rig) -> None:
     assert not rig.bluez.advertisements()
     advert = await rig.bluez.wait_for_advertisement(timeout=3.0)
     assert advert.properties["ServiceUUIDs"] == [SERVICE]
-    assert rig.portal.peripheral.advert is not None
-    assert rig.portal.peripheral.advert.releases == 1
+    assert rig.portal.peripheral.steps.advertiser.advert is not None
+    assert rig.portal.peripheral.steps.advertiser.advert.releases == 1
 
 
 async def test_live_rename_reaches_alias_and_advert(bus_address: str,
@@ -172,19 +173,19 @@ async def test_two_centrals_drive_the_connectivity_bit(rig: Rig) -> None:
     pushed = await first.next_notification(UUID["status_flags"])
     assert pushed.value == bytes.fromhex("1000 0000")
     second = await phone(rig, address="11:22:33:44:55:02")
-    await eventually(lambda: rig.portal.connection_count() == 2)
+    await status_until(rig.portal, lambda s: s["connection_count"] == 2)
     await second.disconnect()
-    await eventually(lambda: rig.portal.connection_count() == 1)
+    await status_until(rig.portal, lambda s: s["connection_count"] == 1)
     assert (await first.read(UUID["status_flags"])) == bytes.fromhex("1000 0000")
     await first.disconnect()
-    await eventually(lambda: rig.portal.connection_count() == 0)
+    await status_until(rig.portal, lambda s: s["connection_count"] == 0)
     third = await phone(rig, address="11:22:33:44:55:03")
-    await eventually(lambda: rig.portal.connection_count() == 1)
+    await status_until(rig.portal, lambda s: s["connection_count"] == 1)
     await third.subscribe(UUID["status_flags"])
     assert (await third.next_notification(UUID["status_flags"])).value == bytes.fromhex(
         "1000 0000")
     await third.disconnect()
-    await eventually(lambda: rig.portal.connection_count() == 0)
+    await status_until(rig.portal, lambda s: s["connection_count"] == 0)
     status = rig.portal.get_status()
     assert status["connects"] == 3
     assert status["disconnects"] == 3
@@ -221,7 +222,7 @@ async def test_twenty_restarts_reregister_without_blocking_or_leaking(
         assert outcome in (Outcome.QUEUED, Outcome.COALESCED)
         await rig.bluez.wait_for_application(timeout=3.0)
         await rig.bluez.wait_for_advertisement(timeout=3.0)
-        await eventually(lambda: rig.portal.get_status()["registered"], timeout=3.0)
+        await status_until(rig.portal, lambda s: s["registered"], timeout=3.0)
     status = rig.portal.get_status()
     assert status["restarts"] == 20
     assert status["last_recovery_s"] is not None
@@ -236,11 +237,11 @@ async def test_twenty_restarts_reregister_without_blocking_or_leaking(
 async def test_adapter_removed_and_returned(rig: Rig) -> None:
     await rig.bluez.wait_for_advertisement()
     await rig.bluez.remove_adapter("hci0")
-    await eventually(lambda: not rig.portal.get_status()["registered"])
+    await status_until(rig.portal, lambda s: not s["registered"])
     await rig.bluez.add_adapter("hci0")
     await rig.bluez.wait_for_application(timeout=5.0)
     await rig.bluez.wait_for_advertisement(timeout=5.0)
-    await eventually(lambda: rig.portal.get_status()["registered"], timeout=3.0)
+    await status_until(rig.portal, lambda s: s["registered"], timeout=3.0)
     central = await phone(rig)
     assert len(await central.read(UUID["control_targets"])) == 15
 
@@ -279,7 +280,7 @@ async def test_supervisor_states_and_their_transition_log(
     rig = await serve(bus_address, bluez, stopper)
     await bluez.wait_for_advertisement()
     peripheral = rig.portal.peripheral
-    await eventually(lambda: peripheral.state is State.SERVING)
+    await status_until(rig.portal, lambda s: s["state"] == "serving")
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("supervisor")]
     assert lines == [
         "supervisor stopped -> waiting-for-bluetoothd",
@@ -289,8 +290,7 @@ async def test_supervisor_states_and_their_transition_log(
     ]
     await bluez.restart(graceful=False)
     await bluez.wait_for_advertisement(timeout=3.0)
-    await eventually(lambda: peripheral.state is State.SERVING
-                     and rig.portal.get_status()["registered"])
+    await status_until(rig.portal, lambda s: s["state"] == "serving" and s["registered"])
     assert "supervisor serving -> waiting-for-bluetoothd" in caplog.text
     await trio.to_thread.run_sync(stopper.pop().stop)
     assert peripheral.state is State.STOPPED
@@ -303,25 +303,28 @@ async def test_a_new_session_step_is_one_list_entry(
     calls: list[str] = []
     failures = [DBusError("org.bluez.Error.Failed", "not yet")]
 
-    async def register(_conn: object, adapter: str) -> None:
-        calls.append(f"register {adapter}")
-        if failures:
-            raise failures.pop()
+    class Probe(Step):
+        name = "probe"
 
-    async def unregister(_timeout: float) -> None:
-        calls.append("unregister")
+        async def register(self, adapter: str) -> None:
+            calls.append(f"register {adapter}")
+            if failures:
+                raise failures.pop()
 
-    def forget() -> None:
-        calls.append("forget")
+        async def unregister(self, timeout: float) -> None:
+            calls.append("unregister")
+
+        def forget(self) -> None:
+            calls.append("forget")
 
     portal = BlePortal(make_settings(), bus=bus_address)
     portal.set_callbacks(SimulatedController(seed=1).callbacks())
-    portal.peripheral.steps.append(Step("probe", register, unregister, forget))
+    portal.peripheral.steps.ordered.append(Probe())
     await trio.to_thread.run_sync(portal.start)
     stopper.append(portal)
     # the first attempt failed; the application stayed registered and the step was retried
     await eventually(lambda: calls.count("register /org/bluez/hci0") == 2)
-    await eventually(lambda: portal.peripheral.state is State.SERVING)
+    await status_until(portal, lambda s: s["state"] == "serving")
     assert portal.get_status()["registered"]
     assert len(bluez.applications()) == 1
     await bluez.restart()

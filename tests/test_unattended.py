@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import trio
-from rig import Rig, eventually, make_settings, phone
+from rig import Rig, eventually, make_settings, phone, status_until
 
 from mushpi_ble.cli.serve import render_view
 from mushpi_ble.dbus import Connection
@@ -38,7 +38,7 @@ async def serve(bus_address: str, bluez: FakeBluez, stopper: list[BlePortal], *,
     portal = BlePortal(make_settings(**env), bus=bus_address)
     portal.set_callbacks(controller.callbacks())
     if rfkill is not None:
-        portal.peripheral.rfkill = rfkill
+        portal.peripheral.steps.adapter.rfkill = rfkill
     await trio.to_thread.run_sync(portal.start)
     stopper.append(portal)
     return Rig(portal, controller, bluez)
@@ -48,37 +48,37 @@ def status(rig: Rig) -> dict[str, Any]:
     return rig.portal.get_status()
 
 
-def steps(rig: Rig) -> list[tuple[str, str]]:
-    return [(s["action"], s["result"]) for s in status(rig)["recoveries"]]
+def steps(status: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(s["action"], s["result"]) for s in status["recoveries"]]
 
 
 # -- advertising that checks itself ------------------------------------------------------
 
 async def test_advert_dropped_without_release_is_registered_again(rig: Rig) -> None:
     await rig.bluez.wait_for_advertisement()
-    await eventually(lambda: status(rig)["advert_instances"]["active"] == 1)
+    await status_until(rig.portal, lambda s: s["advert_instances"]["active"] == 1)
     assert rig.bluez.adapter().advertising.drop_silently() == 1
     assert not rig.bluez.on_air()
     await rig.bluez.wait_for_advertisement(timeout=5.0)
-    await eventually(lambda: status(rig)["advert_state"] == "advertising")
+    await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
     assert status(rig)["advert_drops"] == 1
-    assert rig.portal.peripheral.advert is not None
-    assert rig.portal.peripheral.advert.releases == 0
+    assert rig.portal.peripheral.steps.advertiser.advert is not None
+    assert rig.portal.peripheral.steps.advertiser.advert.releases == 0
 
 
 async def test_unannounced_drop_is_noticed_after_a_disconnect(rig: Rig) -> None:
     """bluez #1015: nothing is signalled; the look after a disconnect finds it gone."""
     await rig.bluez.wait_for_advertisement()
-    await eventually(lambda: status(rig)["advert_state"] == "advertising")
+    await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
     central = await phone(rig)
-    await eventually(lambda: rig.portal.connection_count() == 1)
+    await status_until(rig.portal, lambda s: s["connection_count"] == 1)
     # the connect has it registered again (see the next tests); drop that one
     advertising = rig.bluez.adapter().advertising
     await rig.bluez.wait_until(lambda: advertising.registrations == 2 and rig.bluez.on_air())
     advertising.drop_silently(announce=False)
     await central.disconnect()
     await rig.bluez.wait_for_advertisement(timeout=5.0)
-    await eventually(lambda: status(rig)["advert_drops"] == 1)
+    await status_until(rig.portal, lambda s: s["advert_drops"] == 1)
 
 
 async def test_a_second_phone_finds_and_joins_while_the_first_is_connected(
@@ -91,7 +91,7 @@ async def test_a_second_phone_finds_and_joins_while_the_first_is_connected(
         assert not bluez.on_air()  # this controller stopped advertising on the connect
         await bluez.wait_until(lambda: bluez.on_air(), timeout=5.0)
         second = await bluez.connect_central(address="11:22:33:44:55:02", discover=True)
-        await eventually(lambda: rig.portal.connection_count() == 2)
+        await status_until(rig.portal, lambda s: s["connection_count"] == 2)
         assert len(await second.read(UUID["control_targets"])) == 15
         assert len(await first.read(UUID["control_targets"])) == 15
         # the second connect stopped it too; it is back for a third phone, connectable
@@ -112,18 +112,18 @@ async def test_a_connect_puts_an_advert_bluetoothd_still_counts_back_on_the_air(
         rig = await serve(bus_address, bluez, stopper)
         advertising = bluez.adapter().advertising
         await bluez.wait_until(lambda: bluez.on_air())
-        await eventually(lambda: status(rig)["advert_state"] == "advertising")
+        await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
         assert advertising.registrations == 1
         first = await bluez.connect_central(address="11:22:33:44:55:01", discover=True)
         assert not bluez.on_air() and len(advertising.adverts) == 1
         await bluez.wait_until(lambda: bluez.on_air(), timeout=5.0)
         assert advertising.registrations == 2
         second = await bluez.connect_central(address="11:22:33:44:55:02", discover=True)
-        await eventually(lambda: rig.portal.connection_count() == 2)
+        await status_until(rig.portal, lambda s: s["connection_count"] == 2)
         assert len(await second.read(UUID["control_targets"])) == 15
         assert len(await first.read(UUID["control_targets"])) == 15
         await bluez.wait_until(lambda: bluez.on_air(), timeout=5.0)
-        await eventually(lambda: status(rig)["advert_state"] == "advertising")
+        await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
         assert status(rig)["advert_drops"] == 0
         assert advertising.registrations == 3
         await trio.to_thread.run_sync(stopper.pop().stop)
@@ -136,10 +136,10 @@ async def test_an_advert_refused_while_a_phone_is_connected_is_explained_as_such
     async with FakeBluez.serve(bus_address, halt_advertising_on_connect=True) as bluez:
         rig = await serve(bus_address, bluez, stopper)
         await bluez.wait_until(lambda: bluez.on_air())
-        await eventually(lambda: status(rig)["advert_state"] == "advertising")
+        await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
         bluez.refuse_advertisements()
         central = await bluez.connect_central(discover=True)
-        await eventually(lambda: status(rig)["advert_refusals"] >= 2, timeout=5.0)
+        await status_until(rig.portal, lambda s: s["advert_refusals"] >= 2, timeout=5.0)
         now = status(rig)
         assert now["advert_state"] == "alias-only"
         assert "while a phone is connected" in now["advert_problem"]
@@ -148,7 +148,7 @@ async def test_an_advert_refused_while_a_phone_is_connected_is_explained_as_such
         bluez.accept_advertisements()
         await central.disconnect()
         await bluez.wait_for_advertisement(timeout=10.0)
-        await eventually(lambda: status(rig)["advert_state"] == "advertising", timeout=10.0)
+        await status_until(rig.portal, lambda s: s["advert_state"] == "advertising", timeout=10.0)
         await trio.to_thread.run_sync(stopper.pop().stop)
 
 
@@ -170,7 +170,7 @@ async def test_refused_advert_serves_alias_only_retries_and_says_why(
     caplog.set_level(logging.INFO)
     bluez.refuse_advertisements()
     rig = await serve(bus_address, bluez, stopper)
-    await eventually(lambda: status(rig)["advert_refusals"] >= 3, timeout=10.0)
+    await status_until(rig.portal, lambda s: s["advert_refusals"] >= 3, timeout=10.0)
     now = status(rig)
     assert now["registered"] and not now["advertising"]
     assert now["advert_state"] == "alias-only"
@@ -187,7 +187,7 @@ async def test_refused_advert_serves_alias_only_retries_and_says_why(
     assert "ALIAS-ONLY:" in view and "5.87" in view
     bluez.accept_advertisements()
     await bluez.wait_for_advertisement(timeout=10.0)
-    await eventually(lambda: status(rig)["advert_state"] == "advertising")
+    await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
     assert status(rig)["advert_problem"] is None
 
 
@@ -197,8 +197,8 @@ async def test_powered_off_adapter_is_powered_on_again(rig: Rig) -> None:
     await rig.bluez.wait_for_advertisement()
     await rig.bluez.adapter().set_powered(False)
     await rig.bluez.wait_until(lambda: rig.bluez.adapter().powered, timeout=5.0)
-    await eventually(lambda: ("power-on", "ok") in steps(rig))
-    await eventually(lambda: status(rig)["adapter_state"] == "on")
+    await status_until(rig.portal, lambda s: ("power-on", "ok") in steps(s))
+    await status_until(rig.portal, lambda s: s["adapter_state"] == "on")
     central = await phone(rig)
     assert len(await central.read(UUID["control_targets"])) == 15
 
@@ -212,7 +212,7 @@ async def test_an_adapter_on_again_advertises_again(
         rig = await serve(bus_address, bluez, stopper)
         advertising = bluez.adapter().advertising
         await bluez.wait_until(lambda: bluez.on_air())
-        await eventually(lambda: status(rig)["advert_state"] == "advertising")
+        await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
         await bluez.adapter().set_powered(False)
         await bluez.wait_until(lambda: bluez.adapter().powered, timeout=5.0)
         await bluez.wait_until(lambda: bluez.on_air(), timeout=5.0)
@@ -227,12 +227,12 @@ async def test_with_recovery_off_a_powered_off_adapter_is_reported_not_touched(
 ) -> None:
     rig = await serve(bus_address, bluez, stopper, MUSHPI_BLE_ADAPTER_RECOVERY="false")
     await bluez.adapter().set_powered(False)
-    await eventually(lambda: ("report", "not-allowed") in steps(rig))
+    await status_until(rig.portal, lambda s: ("report", "not-allowed") in steps(s))
     assert status(rig)["adapter_state"] == "off"
     assert "MUSHPI_BLE_ADAPTER_RECOVERY=false" in status(rig)["recoveries"][-1]["detail"]
     await trio.sleep(0.3)
     assert not bluez.adapter().powered
-    assert ("power-on", "ok") not in steps(rig)
+    assert ("power-on", "ok") not in steps(status(rig))
 
 
 async def test_soft_block_is_lifted_through_the_rfkill_switch(
@@ -243,12 +243,12 @@ async def test_soft_block_is_lifted_through_the_rfkill_switch(
         rig = await serve(bus_address, bluez, stopper, rfkill=Rfkill(root, device=None))
         assert status(rig)["rfkill"] == "unblocked"
         await bluez.block(soft=True)
-        await eventually(lambda: ("rfkill-unblock", "ok") in steps(rig), timeout=5.0)
+        await status_until(rig.portal, lambda s: ("rfkill-unblock", "ok") in steps(s), timeout=5.0)
         assert bluez.rfkill is not None
         assert bluez.rfkill.read("hci0") == (False, False)
         await bluez.wait_until(lambda: bluez.adapter().powered, timeout=5.0)
-        await eventually(lambda: status(rig)["adapter_state"] == "on"
-                         and status(rig)["rfkill"] == "unblocked")
+        await status_until(rig.portal, lambda s: s["adapter_state"] == "on"
+                           and s["rfkill"] == "unblocked")
         await bluez.wait_until(lambda: bluez.on_air(), timeout=5.0)
         await trio.to_thread.run_sync(stopper.pop().stop)
 
@@ -260,17 +260,17 @@ async def test_hard_block_is_reported_only(
     async with FakeBluez.serve(bus_address, rfkill_dir=root) as bluez:
         rig = await serve(bus_address, bluez, stopper, rfkill=Rfkill(root, device=None))
         await bluez.block(hard=True)
-        await eventually(lambda: ("report", "impossible") in steps(rig), timeout=5.0)
+        await status_until(rig.portal, lambda s: ("report", "impossible") in steps(s), timeout=5.0)
         now = status(rig)
         assert now["adapter_state"] == "off-blocked"
         assert now["rfkill"] == "hard-blocked"
         assert "software cannot lift" in now["recoveries"][-1]["detail"]
         assert bluez.rfkill is not None and bluez.rfkill.read("hci0") == (False, True)
         assert not bluez.adapter().powered
-        assert ("rfkill-unblock", "ok") not in steps(rig)
+        assert ("rfkill-unblock", "ok") not in steps(status(rig))
         # the switch is released by hand: bluetoothd restores power, we report it
         await bluez.block(hard=False)
-        await eventually(lambda: status(rig)["adapter_state"] == "on", timeout=15.0)
+        await status_until(rig.portal, lambda s: s["adapter_state"] == "on", timeout=15.0)
         await trio.to_thread.run_sync(stopper.pop().stop)
 
 
@@ -295,12 +295,12 @@ async def test_blocked_fake_refuses_power_on_like_bluetoothd(
 async def test_adapter_removed_and_returned_is_reported_and_served_again(rig: Rig) -> None:
     await rig.bluez.wait_for_advertisement()
     await rig.bluez.remove_adapter("hci0")
-    await eventually(lambda: status(rig)["adapter_state"] == "removed")
-    assert ("wait", "waiting") in steps(rig)
+    await status_until(rig.portal, lambda s: s["adapter_state"] == "removed")
+    assert ("wait", "waiting") in steps(status(rig))
     await rig.bluez.add_adapter("hci0")
     await rig.bluez.wait_for_application(timeout=5.0)
     await rig.bluez.wait_for_advertisement(timeout=5.0)
-    await eventually(lambda: ("wait", "ok") in steps(rig) and status(rig)["registered"])
+    await status_until(rig.portal, lambda s: ("wait", "ok") in steps(s) and s["registered"])
     assert status(rig)["adapter_state"] == "on"
     central = await phone(rig)
     assert len(await central.read(UUID["control_targets"])) == 15
@@ -309,8 +309,8 @@ async def test_adapter_removed_and_returned_is_reported_and_served_again(rig: Ri
 async def test_recovery_is_exported_to_prometheus(rig: Rig) -> None:
     await rig.bluez.wait_for_advertisement()
     await rig.bluez.adapter().set_powered(False)
-    await eventually(lambda: ("power-on", "ok") in steps(rig))
-    await eventually(lambda: status(rig)["adapter_state"] == "on")
+    await status_until(rig.portal, lambda s: ("power-on", "ok") in steps(s))
+    await status_until(rig.portal, lambda s: s["adapter_state"] == "on")
     collector = StatusCollector(rig.portal.get_status, dict)
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in collector.collect() for s in family.samples}
@@ -331,11 +331,11 @@ async def test_bluetoothd_leaving_mid_registration_is_not_a_refusal(
     await bluez.wait_for_advertisement(timeout=10.0)
     bluez.delay_next_call("RegisterAdvertisement", 2.0)
     bluez.adapter().advertising.drop_silently()  # gone: registered again; that call hangs
-    await eventually(lambda: status(rig)["advert_drops"] >= 1, timeout=5.0)
+    await status_until(rig.portal, lambda s: s["advert_drops"] >= 1, timeout=5.0)
     await trio.sleep(0.5)
     await bluez.restart(graceful=False)  # ... until bluetoothd dies under it: NoReply
     await bluez.wait_for_advertisement(timeout=10.0)
-    await eventually(lambda: status(rig)["advert_state"] == "advertising", timeout=10.0)
+    await status_until(rig.portal, lambda s: s["advert_state"] == "advertising", timeout=10.0)
     assert status(rig)["advert_refusals"] == 0
     assert status(rig)["advert_problem"] is None
 
@@ -348,15 +348,15 @@ async def test_while_registering_again_after_a_connect_the_state_says_so(
     that window count no drop."""
     async with FakeBluez.serve(bus_address, halt_advertising_on_connect=True) as bluez:
         rig = await serve(bus_address, bluez, stopper)
-        await eventually(lambda: status(rig)["advert_state"] == "advertising")
+        await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
         bluez.delay_next_call("RegisterAdvertisement", 1.5)
         await bluez.connect_central(address="11:22:33:44:55:01", discover=True)
-        await eventually(lambda: status(rig)["advert_state"] == "not-advertising")
-        monitor = rig.portal.peripheral._advert_monitor
+        await status_until(rig.portal, lambda s: s["advert_state"] == "not-advertising")
+        monitor = rig.portal.peripheral.steps.advertiser.monitor
         assert monitor is not None
         looks = monitor.looks
         await eventually(lambda: monitor.looks > looks, timeout=3.0)  # a look in the window
-        await eventually(lambda: status(rig)["advert_state"] == "advertising", timeout=5.0)
+        await status_until(rig.portal, lambda s: s["advert_state"] == "advertising", timeout=5.0)
         assert status(rig)["advert_drops"] == 0
         await trio.to_thread.run_sync(stopper.pop().stop)
 

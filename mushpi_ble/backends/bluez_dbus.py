@@ -25,7 +25,6 @@ class BluezDbusBackend(BLEBackend):
         self.settings = settings
         self.portal = BlePortal(settings, bus=bus)
         self.last_error: str | None = None
-        self._status_flags = 0
 
     def initialize(self) -> bool:
         return True
@@ -59,14 +58,13 @@ class BluezDbusBackend(BLEBackend):
         return self.portal.publish_env(temperature, humidity, co2, light)
 
     def publish_status(self, flags: object) -> Outcome:
-        self._status_flags = flags if isinstance(flags, int) else 0
         return self.portal.publish_status(flags)
 
     def publish_actuator(self) -> Outcome:
         return self.portal.publish_actuator()
 
     def republish_status(self) -> Outcome:
-        return self.portal.publish_status(self._status_flags)
+        return self.portal.service.republish_status()
 
     @property
     def callbacks(self) -> ControllerCallbacks:

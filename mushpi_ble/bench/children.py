@@ -2,15 +2,16 @@
 
 :class:`Child` drives a server from a trio program; :class:`BlockingChild`
 from a blocking one (the D-Bus benchmark's client must not share a loop with
-anything). Both start the server the same way, decode its lines with the same
-:class:`~mushpi_ble.bench.wire.LineBuffer`, leave its stderr in a temporary
-file for the error message, and stop it the same way.
+anything). Both start the server the same way, tied to this process by a
+:class:`~mushpi_ble.bench.lifeline.Lifeline` (the server ends when this process
+does), decode its lines with the same :class:`~mushpi_ble.bench.wire.LineBuffer`,
+leave its stderr in a temporary file for the error message, and stop it the same
+way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import signal
@@ -22,8 +23,8 @@ from typing import IO, Any
 import trio
 
 from mushpi_ble.bench import wire
+from mushpi_ble.bench.lifeline import Lifeline
 
-PR_SET_PDEATHSIG = 1
 QUIT_GRACE_S = 5.0
 
 
@@ -34,13 +35,6 @@ class ChildFailed(RuntimeError):
         super().__init__(error)
         self.kind = kind
         self.error = error
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for servers: receive SIGTERM if the parent dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def last_line(text: str) -> str:
@@ -70,6 +64,7 @@ class Child:
         self._lines = wire.LineBuffer()
         self._events: list[wire.Event] = []
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed when it stops)
+        self._lifeline = Lifeline()
         self.proc: trio.Process | None = None
 
     @property
@@ -78,15 +73,22 @@ class Child:
         return self.proc.pid
 
     async def __aenter__(self) -> Child:
-        self.proc = await trio.lowlevel.open_process(
-            self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
-            preexec_fn=die_with_parent)
+        try:
+            self.proc = await trio.lowlevel.open_process(
+                self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                env=self._lifeline.env(), pass_fds=self._lifeline.pass_fds)
+        except BaseException:
+            self._lifeline.cut()
+            self._stderr.close()
+            raise
+        self._lifeline.spawned()
         return self
 
     async def __aexit__(self, *_exc: object) -> None:
         try:
             await self.stop()
         finally:
+            self._lifeline.cut()
             self._stderr.close()
 
     async def next_event(self) -> wire.Event:
@@ -144,9 +146,16 @@ class BlockingChild:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed when it stops)
         self.events: list[wire.Event] = []
         self.ready_event: wire.Event = {}
-        self.proc: subprocess.Popen[bytes] = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
-            bufsize=0, preexec_fn=die_with_parent)
+        self._lifeline = Lifeline()
+        try:
+            self.proc: subprocess.Popen[bytes] = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._stderr,
+                bufsize=0, env=self._lifeline.env(), pass_fds=self._lifeline.pass_fds)
+        except BaseException:
+            self._lifeline.cut()
+            self._stderr.close()
+            raise
+        self._lifeline.spawned()
         self.pid = self.proc.pid
 
     def poll_events(self, timeout: float = 0.0) -> list[wire.Event]:
@@ -195,6 +204,7 @@ class BlockingChild:
         with contextlib.suppress(OSError):
             if proc.stdout is not None:
                 proc.stdout.close()
+        self._lifeline.cut()
         self._stderr.close()
         return proc.returncode
 

@@ -4,7 +4,8 @@ The one way every benchmark starts a server in a child process (see
 :mod:`mushpi_ble.bench.wire` for what it says). ``KIND`` names the module
 whose ``serve(variant, address)`` runs; it is imported only here, so a
 server loads nothing the parent's other servers need. ``--profile FILE``
-runs the server under cProfile.
+runs the server under cProfile. A server ends with the process that started
+it (:mod:`mushpi_ble.bench.lifeline`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from mushpi_ble.bench import lifeline
+
 KINDS = {
     "peripheral": "mushpi_ble.bench.peripheral",
     "peer": "mushpi_ble.bench.peer",
     "facade": "mushpi_ble.bench.facade_ab",
-    "dbus": "mushpi_ble.bench.dbus_layer",
+    "dbus": "mushpi_ble.bench.dbus_servers",
     "flood": "mushpi_ble.bench.flood",
 }
 
@@ -46,6 +49,7 @@ def run_profiled(main: Callable[[], int], profile: str | None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    lifeline.watch()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("kind", choices=sorted(KINDS))
     parser.add_argument("variant", help="which server of that kind (a library, a backend)")

@@ -26,19 +26,23 @@ import trio
 
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.dbus import BusUnreachable, Connection, DBusError, open_connection
-from mushpi_ble.gatt.adapter import managed_objects, pick_adapter
-from mushpi_ble.gatt.advertising import Advertisement, AdvertPlan, explain_refusal
-from mushpi_ble.gatt.agent import AGENT_MANAGER_PATH, agent_path
-from mushpi_ble.gatt.errors import DOES_NOT_EXIST
-from mushpi_ble.gatt.names import (
+from mushpi_ble.gatt import (
     ADAPTER_IFACE,
     ADVERTISING_MANAGER_IFACE,
     AGENT_IFACE,
     AGENT_MANAGER_IFACE,
+    AGENT_MANAGER_PATH,
     BLUEZ,
+    DOES_NOT_EXIST,
     GATT_MANAGER_IFACE,
+    Advertisement,
+    AdvertPlan,
+    Rfkill,
+    agent_path,
+    explain_refusal,
+    managed_objects,
+    pick_adapter,
 )
-from mushpi_ble.gatt.rfkill import Rfkill
 from mushpi_ble.management import BUS_NAME as MANAGEMENT_NAME
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"

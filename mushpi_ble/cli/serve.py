@@ -78,7 +78,7 @@ def configure_logging(fmt: str, level: str, stream: TextIO) -> None:
 def render_view(portal: BlePortal, controller: SimulatedController) -> str:
     """The live terminal view, as text (also used by tests)."""
     status = portal.get_status()
-    app = portal.peripheral.app
+    app = portal.peripheral.steps.application.app
     lines = [
         f"MushPi BLE  {status['advertised_name'] or '-'}  adapter={status['adapter']}  "
         f"registered={status['registered']}  advertising={status['advertising']}  "

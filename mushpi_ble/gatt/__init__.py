@@ -3,8 +3,31 @@
 Knows BlueZ; knows nothing of mushrooms.
 """
 
+from .access import AccessGate, AccessRules
+from .adapter import (
+    AdapterCondition,
+    AdapterRecovery,
+    Recovery,
+    managed_objects,
+    pick_adapter,
+    set_property,
+)
+from .advertising import (
+    Advertisement,
+    AdvertisingCapabilities,
+    AdvertMonitor,
+    AdvertPlan,
+    advert_path,
+    explain_refusal,
+    plan_advertisement,
+    read_capabilities,
+)
+from .agent import AGENT_MANAGER_PATH, Pairing, PasskeyShown, agent_path
 from .application import GattApplication
+from .devices import Central, DeviceTracker
 from .errors import (
+    DEADLINE_ERROR,
+    DOES_NOT_EXIST,
     GattError,
     failed,
     invalid_offset,
@@ -17,25 +40,78 @@ from .model import (
     IncompleteValue,
     Service,
     normalise_uuid,
+    slice_for_offset,
     validate_services,
 )
+from .names import (
+    ADAPTER_IFACE,
+    ADVERTISING_MANAGER_IFACE,
+    AGENT_IFACE,
+    AGENT_MANAGER_IFACE,
+    BLUEZ,
+    ERROR_PREFIX,
+    GATT_MANAGER_IFACE,
+    OBJECT_MANAGER,
+)
+from .pairing_policy import PairingWindow
+from .queue_policy import POLICIES, Admission, admit, check_policy
 from .requests import ReadRequest, WriteRequest
+from .rfkill import Rfkill
 from .state import CharacteristicState
 
 __all__ = [
+    "ADAPTER_IFACE",
+    "ADVERTISING_MANAGER_IFACE",
+    "AGENT_IFACE",
+    "AGENT_MANAGER_IFACE",
+    "AGENT_MANAGER_PATH",
+    "BLUEZ",
+    "DEADLINE_ERROR",
+    "DOES_NOT_EXIST",
+    "ERROR_PREFIX",
+    "GATT_MANAGER_IFACE",
+    "OBJECT_MANAGER",
+    "POLICIES",
+    "AccessGate",
+    "AccessRules",
+    "AdapterCondition",
+    "AdapterRecovery",
+    "Admission",
+    "AdvertMonitor",
+    "AdvertPlan",
+    "Advertisement",
+    "AdvertisingCapabilities",
+    "Central",
     "Characteristic",
     "CharacteristicState",
+    "DeviceTracker",
     "GattApplication",
     "GattDefinitionError",
     "GattError",
     "IncompleteValue",
+    "Pairing",
+    "PairingWindow",
+    "PasskeyShown",
     "ReadRequest",
+    "Recovery",
+    "Rfkill",
     "Service",
     "WriteRequest",
+    "admit",
+    "advert_path",
+    "agent_path",
+    "check_policy",
+    "explain_refusal",
     "failed",
     "invalid_offset",
     "invalid_value_length",
+    "managed_objects",
     "normalise_uuid",
+    "pick_adapter",
+    "plan_advertisement",
+    "read_capabilities",
     "refusal",
+    "set_property",
+    "slice_for_offset",
     "validate_services",
 ]

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from mushpi_ble.dbus.transport import resolve_bus_address
+from mushpi_ble.dbus import resolve_bus_address
 from mushpi_ble.errors import BusUnavailable
 
 from .deps import dbus

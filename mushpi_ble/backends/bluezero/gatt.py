@@ -25,8 +25,7 @@ from mushpi_ble.core import (
     Refresh,
     Reject,
 )
-from mushpi_ble.gatt import GattError, refusal
-from mushpi_ble.gatt.model import slice_for_offset
+from mushpi_ble.gatt import GattError, refusal, slice_for_offset
 
 from .deps import GLib, bz_constants, dbus, localGATT
 

@@ -43,8 +43,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from mushpi_ble.dbus import CallTimeout, DBusError
-from mushpi_ble.dbus.errors import NO_REPLY
+from mushpi_ble.dbus import NO_REPLY, CallTimeout, DBusError
 
 from . import att
 from .att import AttError, att_code_for_dbus_error, check_permissions

@@ -1,0 +1,242 @@
+"""The advertisement step: registered, watched, and registered again when lost.
+
+Executes :mod:`.advert_duty`'s decisions. A refused advert leaves the
+peripheral serving alias-only, with the refusal explained in plain words,
+and is retried after a back-off of its own. The :class:`AdvertMonitor`
+looks at bluetoothd's ``ActiveInstances`` after registering and after every
+connect and disconnect, and reports an advert that is gone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import trio
+
+from ..dbus import ConnectionLost, DBusError
+from ..gatt import (
+    ERROR_PREFIX,
+    Advertisement,
+    AdvertisingCapabilities,
+    AdvertMonitor,
+    AdvertPlan,
+    advert_path,
+    explain_refusal,
+    plan_advertisement,
+    read_capabilities,
+)
+from . import advert_duty as duty
+from .step import CentralConnected, CentralLeft, PowerChanged, SessionEvent, Step, Stopping
+
+log = logging.getLogger(__name__)
+
+
+class Advertiser(Step):
+    """Our LE advertisement, kept on the air while ``MUSHPI_BLE_ADV_ENABLE`` is set."""
+
+    name = "advertisement"
+
+    def __init__(self, *, app_root: str, service_uuid: str, tx_power: str,
+                 enabled: bool, timeout: float, name: Callable[[], str]) -> None:
+        super().__init__()
+        self._path = advert_path(app_root)
+        self._service_uuid = service_uuid
+        self._tx_power = tx_power
+        self.enabled = enabled
+        self._timeout = timeout
+        self._name = name
+        self._reset_run()
+
+    def _reset_run(self) -> None:
+        self.advert: Advertisement | None = None
+        self._capabilities = AdvertisingCapabilities()
+        self.advertising = False
+        self.stopping = False
+        self.left_out: tuple[str, ...] = ()
+        self.problem: str | None = None
+        """Why we serve alias-only, in plain words (None while advertising works)."""
+        self.refusals = 0
+        self.drops = 0
+        self.instances: dict[str, int | None] = {"active": None, "available": None}
+        self._refusals_in_a_row = 0
+        self._connected = False
+        self._reset_session()
+
+    def _reset_session(self) -> None:
+        self.monitor: AdvertMonitor | None = None
+        self._registrations = 0
+        self._registering = False
+
+    def detach(self) -> None:
+        super().detach()
+        self._reset_run()
+
+    # -- the rule's facts and its execution ---------------------------------------------------
+    def _facts(self) -> duty.AdvertFacts:
+        return duty.AdvertFacts(done=self.done, registering=self._registering,
+                                advertising=self.advertising, stopping=self.stopping)
+
+    def _apply(self, event: duty.AdvertEvent) -> None:
+        decision = duty.decide(self._facts(), event)
+        if decision.register_again is not None:
+            self.host.redo(self, decision.register_again)
+        if decision.look and self.monitor is not None:
+            self.monitor.poke()
+
+    def on_event(self, event: SessionEvent) -> None:
+        if isinstance(event, CentralConnected):
+            self._connected = True
+            self._apply(duty.CentralCame())
+        elif isinstance(event, CentralLeft):
+            self._connected = event.any_connected
+            self._apply(duty.CentralWent())
+        elif isinstance(event, PowerChanged):
+            self._apply(duty.PowerSeen(event.was, event.condition.powered))
+        elif isinstance(event, Stopping):
+            self.stopping = True
+
+    def _registration(self) -> int | None:
+        return duty.expected_registration(self._facts(), self._registrations)
+
+    # -- registration -------------------------------------------------------------------------
+    async def register(self, adapter: str) -> None:
+        """Register the advert (re-planned from the adapter's capabilities) when enabled."""
+        if not self.enabled:
+            log.info("advertising disabled (MUSHPI_BLE_ADV_ENABLE=false); alias only name=%s",
+                     self._name())
+            return
+        conn = self.host.conn
+        self._capabilities = await read_capabilities(conn, adapter, timeout=self._timeout)
+        self._instances(self._capabilities)
+        plan = self._plan()
+        if self.advert is None:
+            self.advert = Advertisement(conn, self._path, plan, on_release=self._released)
+        elif self.advert.plan != plan:
+            await self.advert.update(plan)
+        self._set_advertising(False)  # until bluetoothd takes it again
+        self._registering = True
+        try:
+            if self.advert.registered_on is not None:
+                # dropped without a Release: bluetoothd may still hold it
+                await self.advert.unregister(timeout=self._timeout, quiet=True)
+            await self._watch(adapter)
+            await self.advert.register(adapter, timeout=self._timeout)
+        except ConnectionLost:
+            raise
+        except DBusError as exc:
+            if not exc.name.startswith(ERROR_PREFIX + "."):
+                raise  # bluetoothd gone or silent (NoReply, ServiceUnknown, timeout): retry
+            self._refused(exc)
+        else:
+            self._registered()
+        finally:
+            self._registering = False
+
+    async def _watch(self, adapter: str) -> None:
+        """Once per session: the monitor that confirms the advert is on the air."""
+        if self.monitor is None:
+            self.monitor = AdvertMonitor(self.host.conn, adapter, registration=self._registration,
+                                         on_gone=self._gone, on_instances=self._instances,
+                                         timeout=self._timeout)
+            await self.host.start_in_session(self.monitor.run)
+
+    def _registered(self) -> None:
+        self._registrations += 1
+        self._set_advertising(True)
+        if self.problem is not None:
+            log.info("advertising again after %d refusals; no longer alias-only", self.refusals)
+        self.problem = None
+        self._refusals_in_a_row = 0
+        self._apply(duty.Registered())
+
+    def _refused(self, exc: DBusError) -> None:
+        """Serve alias-only, say why in plain words, retry after a growing back-off."""
+        problem = duty.refusal_problem(explain_refusal(exc, self._capabilities),
+                                       f"{exc.name}: {exc.text}", connected=self._connected,
+                                       previous=self.problem)
+        self.refusals += 1
+        self._refusals_in_a_row += 1
+        delay = duty.retry_delay(self._refusals_in_a_row)
+        level = logging.WARNING if problem != self.problem else logging.DEBUG
+        log.log(level, "advertisement refused error=%s: %s; serving alias-only name=%s",
+                exc.name, problem, self._name())
+        log.log(level, "advertisement retry retry_in_s=%.1f refusals=%d", delay, self.refusals)
+        self.problem = problem
+        self._set_advertising(False)
+        self.host.note_error(f"advertisement: {exc.name}: {exc.text}")
+        self.host.spawn_in_session(partial(self._retry, delay))
+
+    async def _retry(self, delay: float, *,
+                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.sleep(delay)
+        self._apply(duty.RetryDue())
+
+    def _gone(self, caps: AdvertisingCapabilities) -> None:
+        self.drops += 1
+        log.warning("advertisement no longer active in bluetoothd (ActiveInstances 0, "
+                    "available %d, no Release); registering it again drops=%d",
+                    caps.supported_instances, self.drops)
+        self._apply(duty.Gone())  # decided on the facts the monitor looked with
+        self._set_advertising(False)
+
+    def _released(self) -> None:
+        self._apply(duty.Released())
+        self._set_advertising(False)
+
+    def _instances(self, caps: AdvertisingCapabilities) -> None:
+        self.instances = {"active": caps.active_instances, "available": caps.supported_instances}
+        self.host.changed()
+
+    def _set_advertising(self, advertising: bool) -> None:
+        self.advertising = advertising
+        self.host.changed()
+
+    async def unregister(self, timeout: float) -> None:
+        if self.advert is not None:
+            await self.advert.unregister(timeout=timeout)
+        self._set_advertising(False)
+
+    def forget(self) -> None:
+        if self.advert is not None:
+            self.advert.registered_on = None
+        self._reset_session()
+        self._set_advertising(False)
+
+    # -- the plan and the name ----------------------------------------------------------------
+    def _plan(self) -> AdvertPlan:
+        plan = plan_advertisement(self._name(), self._service_uuid, self._capabilities,
+                                  self._tx_power)
+        if plan.left_out and plan.left_out != self.left_out:
+            log.info("advertisement leaves out: %s", "; ".join(plan.left_out))
+        self.left_out = plan.left_out
+        return plan
+
+    async def replan(self) -> None:
+        """The name changed: apply the new plan live, no re-registration."""
+        if self.advert is not None and self.enabled:
+            await self.advert.update(self._plan())
+
+    @property
+    def state(self) -> str:
+        """"advertising", "alias-only" (refused: see ``problem``), "disabled" or
+        "not-advertising" (being registered, or the adapter is off)."""
+        if not self.enabled:
+            return "disabled"
+        if self.advertising:
+            return "advertising"
+        return "alias-only" if self.problem else "not-advertising"
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "advertising": self.advertising,
+            "advert_state": self.state,
+            "advert_left_out": list(self.left_out),
+            "advert_problem": self.problem,
+            "advert_refusals": self.refusals,
+            "advert_drops": self.drops,
+            "advert_instances": dict(self.instances),
+        }

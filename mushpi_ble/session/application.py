@@ -1,0 +1,69 @@
+"""The application step: our GATT application registered with bluetoothd."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..dbus import ConnectionLost, DBusError
+from ..errors import RegistrationRefused
+from ..gatt import GattApplication
+from .step import CentralLeft, SessionEvent, Step
+
+
+class Application(Step):
+    """Registers the exported application; it is required before ``start()`` returns."""
+
+    name = "application"
+    required = True
+
+    def __init__(self, *, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+        self.app: GattApplication | None = None
+        self.registered = False
+
+    def serve(self, app: GattApplication) -> None:
+        """The run's application, exported by the supervisor."""
+        self.app = app
+
+    def detach(self) -> None:
+        super().detach()
+        self.app = None
+        self.registered = False
+
+    async def register(self, adapter: str) -> None:
+        assert self.app is not None
+        try:
+            await self.app.register(adapter, timeout=self._timeout)
+        except ConnectionLost:
+            raise
+        except DBusError as exc:
+            raise RegistrationRefused(
+                f"bluetoothd refused the GATT application: {exc.name}: {exc.text}"
+            ) from exc
+        self.registered = True
+        self.host.changed()
+
+    async def unregister(self, timeout: float) -> None:
+        assert self.app is not None
+        await self.app.unregister(timeout=timeout)
+        self.registered = False
+
+    def forget(self) -> None:
+        assert self.app is not None
+        self.app.registered_on = None
+        self.app.reset_subscriptions()
+        self.registered = False
+        self.host.changed()
+
+    def on_event(self, event: SessionEvent) -> None:
+        if isinstance(event, CentralLeft) and self.app is not None:
+            self.app.device_left(event.central.path)  # no longer a reason to stay on signals
+
+    def snapshot(self) -> dict[str, Any]:
+        app = self.app
+        return {
+            "registered": self.registered,
+            "subscriptions": ({s.spec.name: s.notifying for s in app.characteristics
+                               if s.spec.notifies} if app is not None else {}),
+        }
