@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +34,7 @@ from .lograte import LogRate, RateLimitedLog
 from .protocol import (
     CHARACTERISTICS,
     DEFAULT_QUERY,
+    ENV_MEASUREMENTS,
     STATUS_FLAGS,
     ActuatorStatus,
     AppError,
@@ -47,6 +49,7 @@ from .protocol import (
     ThresholdsUpdate,
     encode_env,
     encode_thresholds_answer,
+    unusable_readings,
 )
 
 if TYPE_CHECKING:
@@ -201,6 +204,11 @@ class MushPiCore:
             burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
         self._failure_log = RateLimitedLog(log, "controller failures", LogRate(
             burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
+        self._publish_log = RateLimitedLog(log, "refused publishes", LogRate(
+            burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
+        self._publish_lock = threading.Lock()
+        self.invalid_publishes: dict[str, int] = {}
+        """Publishes refused because a reading was no number, per characteristic."""
 
     # -- the table -----------------------------------------------------------------------
     def row(self, name: str) -> Characteristic:
@@ -217,7 +225,21 @@ class MushPiCore:
         return int((self._monotonic() - self._started) * 1000)
 
     def env_packet(self, temperature: object, humidity: object, co2: object,
-                   light: object) -> bytes:
+                   light: object) -> bytes | None:
+        """The packet to publish, or None (counted, logged within a budget) when a reading
+        is given but is no number: a phone must not show "hot" or NaN as a plausible 0.
+        None means "no reading" and is sent as 0, as the protocol says."""
+        bad = unusable_readings(temperature, humidity, co2, light)
+        if bad:
+            values = dict(zip(("temperature", "humidity", "co2", "light"),
+                              (temperature, humidity, co2, light), strict=True))
+            with self._publish_lock:  # controller threads publish
+                self.invalid_publishes[ENV_MEASUREMENTS] = (
+                    self.invalid_publishes.get(ENV_MEASUREMENTS, 0) + 1)
+                self._publish_log.log(ENV_MEASUREMENTS, logging.WARNING,
+                                      "publish refused: a reading is no number %s",
+                                      " ".join(f"{name}={values[name]!r}" for name in bad))
+            return None
         return encode_env(temperature, humidity, co2, light, self.uptime_ms)
 
     def set_status_flags(self, flags: object) -> None:
