@@ -222,7 +222,7 @@ def test_bad_setting_stops_serve_with_the_variable_named(tmp_path: Path) -> None
     env = {**os.environ, "MUSHPI_BLE_QUEUE_MAX_SIZE": "0"}
     out = subprocess.run([*CLI, "serve", "--duration", "1"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=30, check=False)
-    assert out.returncode == 2
+    assert out.returncode == 3
     assert "MUSHPI_BLE_QUEUE_MAX_SIZE='0' is invalid: allowed 1..4096" in out.stderr
     assert "Traceback" not in out.stderr
 

@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import trio
 
+from mushpi_ble.cli import exits
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.dbus import BusUnreachable, Connection, DBusError, open_connection
 from mushpi_ble.gatt import (
@@ -421,7 +422,7 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"[FAIL] configuration  {exc}")
-        return 1
+        return exits.CONFIG
     findings = trio.run(run_checks, settings, args.bus, args.bluetoothd)
     print(report(findings))
     sys.stdout.flush()

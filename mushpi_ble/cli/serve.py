@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from mushpi_ble.cli import exits
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.errors import StartError
 from mushpi_ble.naming import advertised_name
@@ -30,9 +31,6 @@ from mushpi_ble.systemd import SystemdNotifier
 
 log = logging.getLogger("mushpi_ble.serve")
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_START = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -232,7 +230,7 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
         settings = settings or load_settings()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exits.CONFIG
     interval = args.interval or settings.sim_interval_s
     live = sys.stdout.isatty() and args.log_format != "json"
     configure_logging(args.log_format, args.log_level, sys.stderr if live else sys.stdout)
@@ -256,7 +254,7 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
             portal.start()
         except StartError as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
-            return EXIT_START
+            return exits.FAILED
         # the peripheral derives the same name from get_stage_data when it starts
         name = advertised_name(settings.ble_name_prefix, controller.get_stage_data())
         exporter = _start_metrics(portal)
@@ -290,4 +288,4 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
             controller.save(args.save)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return EXIT_OK
+    return exits.OK

@@ -1,0 +1,92 @@
+"""What every command shares: options anywhere, exit codes, pipes that close, entry points."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mushpi_ble.cli import COMMANDS, build_parser, exits
+
+CLI = [sys.executable, "-m", "mushpi_ble.cli"]
+
+
+def run(*argv: str, env: dict[str, str] | None = None,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *argv], capture_output=True, text=True, timeout=60,
+                          check=False, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+@pytest.mark.parametrize(("argv", "level", "fmt"), [
+    (["--log-format", "json", "serve"], "INFO", "json"),
+    (["serve", "--log-format", "json"], "INFO", "json"),
+    (["serve", "--log-level", "debug"], "DEBUG", "text"),
+    (["-v", "serve"], "DEBUG", "text"),
+    (["serve", "-q"], "WARNING", "text"),
+    (["--log-level", "ERROR", "serve"], "ERROR", "text"),
+])
+def test_global_options_go_before_or_after_the_command(argv: list[str], level: str,
+                                                       fmt: str) -> None:
+    args = build_parser("serve").parse_args(argv)
+    assert (args.log_level, args.log_format) == (level, fmt)
+
+
+def test_every_command_says_what_it_does_and_the_exit_codes() -> None:
+    for name, help_text, *_ in COMMANDS:
+        out = run(name, "--help")
+        assert out.returncode == exits.OK, name
+        assert help_text[1:] in out.stdout, name
+        assert "exit codes: 0 ok, 1 a check or run failed, 2 usage, 3 configuration" in out.stdout
+
+
+def test_usage_errors_exit_2_and_configuration_errors_exit_3(tmp_path: Path) -> None:
+    assert run("serve", "--no-such-option").returncode == exits.USAGE
+    bad = run("check", env={"MUSHPI_BLE_ADV_TX_POWER": "loud"}, cwd=tmp_path)
+    assert bad.returncode == exits.CONFIG
+    assert "MUSHPI_BLE_ADV_TX_POWER='loud'" in bad.stdout + bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("argv", [["systemd-unit"], ["dbus-policy"], ["--help"]])
+def test_a_reader_that_leaves_early_ends_the_command_quietly(argv: list[str]) -> None:
+    """``mushpi-ble systemd-unit | head -1``: the pipe closes before we are done."""
+    reader = subprocess.Popen(["head", "-c", "1"], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL)
+    assert reader.stdin is not None
+    writer = subprocess.Popen([*CLI, *argv], stdout=reader.stdin, stderr=subprocess.PIPE,
+                              text=True)
+    reader.stdin.close()
+    reader.wait(timeout=30)
+    _, err = writer.communicate(timeout=60)
+    assert writer.returncode == exits.OK, err
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_a_closed_pipe_ends_demo_quietly(tmp_path: Path) -> None:
+    """The demo prints as it goes; its trio tasks see the closed pipe inside a nursery."""
+    reader = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL)
+    assert reader.stdin is not None
+    writer = subprocess.Popen([*CLI, "demo"], stdout=reader.stdin, stderr=subprocess.PIPE,
+                              text=True, cwd=tmp_path)
+    reader.stdin.close()
+    reader.wait(timeout=60)
+    _, err = writer.communicate(timeout=120)
+    assert writer.returncode == exits.OK, err
+    assert "Traceback" not in err
+
+
+def test_python_dash_m_mushpi_ble_is_the_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "mushpi_ble", "--version"], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert out.returncode == exits.OK
+    assert out.stdout.startswith("mushpi-ble ")
+
+
+def test_the_library_logs_nowhere_until_the_application_says_where() -> None:
+    handlers = logging.getLogger("mushpi_ble").handlers
+    assert any(isinstance(h, logging.NullHandler) for h in handlers)
