@@ -20,7 +20,12 @@ from .metrics import LatencyHistogram
 log = logging.getLogger(__name__)
 
 try:
-    from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        start_http_server,
+        write_to_textfile,
+    )
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
@@ -228,14 +233,26 @@ class MetricsExporter:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self.port: int | None = None
+        self.failures = Counter(f"{PREFIX}_metrics_failures", "Metrics that could not be "
+                                "served or written (the service runs on without them)",
+                                ["what"], registry=self.registry)
+        self._file_failing = False
 
     def start(self) -> None:
+        """Serve and/or start writing; a port in use is logged and counted, never fatal:
+        metrics are not worth a grow room's BLE."""
         s = self._settings
         if s.ble_metrics_port is not None:
-            self._server, _thread = start_http_server(s.ble_metrics_port, s.ble_metrics_bind,
-                                                      registry=self.registry)
-            self.port = int(self._server.server_port)
-            log.info("metrics served bind=%s port=%d", s.ble_metrics_bind, self.port)
+            try:
+                self._server, _thread = start_http_server(
+                    s.ble_metrics_port, s.ble_metrics_bind, registry=self.registry)
+            except OSError as exc:
+                self.failures.labels("serve").inc()
+                log.error("metrics not served bind=%s port=%d error=%s (MUSHPI_BLE_METRICS_PORT);"
+                          " running without them", s.ble_metrics_bind, s.ble_metrics_port, exc)
+            else:
+                self.port = int(self._server.server_port)
+                log.info("metrics served bind=%s port=%d", s.ble_metrics_bind, self.port)
         if s.ble_metrics_file is not None:
             self._writer = threading.Thread(target=self._write_loop, name="mushpi-ble-metrics",
                                             daemon=True)
@@ -243,21 +260,34 @@ class MetricsExporter:
             log.info("metrics written path=%s every_s=%.0f", s.ble_metrics_file,
                      FILE_INTERVAL_S)
 
-    def write_file(self) -> None:
+    def write_file(self) -> bool:
+        """One write; a failure is counted and logged when it starts and when it ends
+        (not every 10 s), never raised."""
         path = self._settings.ble_metrics_file
-        if path is not None:
+        if path is None:
+            return True
+        try:
             write_to_textfile(str(path), self.registry)
+        except OSError as exc:
+            self.failures.labels("file").inc()
+            if not self._file_failing:
+                log.error("metrics file not written path=%s error=%s (MUSHPI_BLE_METRICS_FILE)",
+                          path, exc)
+            self._file_failing = True
+            return False
+        if self._file_failing:
+            log.info("metrics file written again path=%s", path)
+        self._file_failing = False
+        return True
 
     def _write_loop(self) -> None:
         while True:
-            try:
-                self.write_file()
-            except OSError as exc:
-                log.warning("metrics file write failed error=%s", exc)
+            self.write_file()
             if self._stop.wait(FILE_INTERVAL_S):
                 return
 
     def close(self) -> None:
+        """Stop serving and write the last values; never raises."""
         self._stop.set()
         if self._writer is not None:
             self._writer.join(2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ from mushpi_ble.errors import StartError
 from mushpi_ble.naming import advertised_name
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import ActuatorStatus, EnvMeasurement, StatusFlags
-from mushpi_ble.sim import SimulatedController
+from mushpi_ble.sim import SimulatedController, StateFileError
 from mushpi_ble.systemd import SystemdNotifier
 
 log = logging.getLogger("mushpi_ble.serve")
@@ -234,9 +235,13 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
     interval = args.interval or settings.sim_interval_s
     live = sys.stdout.isatty() and args.log_format != "json"
     configure_logging(args.log_format, args.log_level, sys.stderr if live else sys.stdout)
+    problem = _save_problem(args.save)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return exits.USAGE
     controller = SimulatedController(seed=args.seed)
     if args.state is not None and args.state.exists():
-        controller.load(args.state)
+        _load_state(controller, args.state)
     notifier = SystemdNotifier()
     portal = BlePortal(settings, bus=args.bus, systemd=notifier if notifier.enabled else None)
     portal.set_callbacks(controller.callbacks())
@@ -280,12 +285,57 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
             stop.wait(1.0 if live else min(1.0, max(0.05, next_publish - time.monotonic())))
     finally:
         if exporter is not None:
-            exporter.close()
+            exporter.close()  # never raises: the stop and the save below must happen
         started = time.monotonic()
         portal.stop()
         log.info("stopped stop_ms=%.0f", (time.monotonic() - started) * 1000)
-        if args.save is not None:
-            controller.save(args.save)
+        saved = _save_state(controller, args.save)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return exits.OK
+    return exits.OK if saved else exits.FAILED
+
+
+def _save_problem(path: Path | None) -> str | None:
+    """Checked at start, so a state is never lost at exit to a typo in --save."""
+    if path is None:
+        return None
+    if path.is_dir():
+        return f"--save {path}: is a directory; name a file"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"--save {path}: the directory {parent} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"--save {path}: the directory {parent} is not writable"
+    return None
+
+
+def _load_state(controller: SimulatedController, path: Path) -> None:
+    """A state file that cannot be used is one ERROR line; a bad regular file is kept
+    aside as ``<name>.corrupt`` (so the next save does not destroy the evidence) and the
+    controller starts from its defaults."""
+    try:
+        controller.load(path)
+    except StateFileError as exc:
+        aside = ""
+        if path.is_file():
+            corrupt = path.with_name(path.name + ".corrupt")
+            try:
+                os.replace(path, corrupt)
+                aside = f"; kept aside as {corrupt}"
+            except OSError as move:
+                aside = f"; could not keep it aside: {move}"
+        log.error("%s; starting from the defaults%s", exc, aside)
+    else:
+        log.info("state loaded path=%s", path)
+
+
+def _save_state(controller: SimulatedController, path: Path | None) -> bool:
+    if path is None:
+        return True
+    try:
+        controller.save(path)
+    except OSError as exc:
+        log.error("state not saved path=%s error=%s", path, exc)
+        return False
+    log.info("state saved path=%s", path)
+    return True
