@@ -249,8 +249,8 @@ class Peripheral:
         log.log(level, "supervisor %s -> %s%s", old.value, state.value, detail)
         self.host.changed()
 
-    def _failed(self, reason: str) -> State:
-        self.host.note_error(reason)
+    def _failed(self, reason: str, step: str | None = None) -> State:
+        self.host.note_error(reason, step)
         self.host.reason = reason
         return State.BACKING_OFF
 
@@ -314,13 +314,15 @@ class Peripheral:
             if step.done:
                 continue
             step.done = True  # from the call on: a Release that overtakes the reply undoes it
+            errors_before = self.host.errors_noted
             try:
                 await step.register(adapter)
             except (DBusError, StartError) as exc:
                 step.done = False
                 if self._start is not None or isinstance(exc, ConnectionLost):
                     raise
-                return self._failed(f"{step.name}: {exc}")
+                return self._failed(f"{step.name}: {exc}", step.name)
+            self.host.step_succeeded(step, errors_before)
             if step.required:
                 self._registered()
             if self._start is not None and self.steps.all_required_done():

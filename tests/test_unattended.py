@@ -144,11 +144,13 @@ async def test_an_advert_refused_while_a_phone_is_connected_is_explained_as_such
         assert now["advert_state"] == "alias-only"
         assert "while a phone is connected" in now["advert_problem"]
         assert "5.87" not in now["advert_problem"]
+        assert now["last_error"].startswith("advertisement: ")
         assert len(await central.read(UUID["control_targets"])) == 15
         bluez.accept_advertisements()
         await central.disconnect()
         await bluez.wait_for_advertisement(timeout=10.0)
         await status_until(rig.portal, lambda s: s["advert_state"] == "advertising", timeout=10.0)
+        assert status(rig)["last_error"] is None  # the refusal is over
         await trio.to_thread.run_sync(stopper.pop().stop)
 
 
