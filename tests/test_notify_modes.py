@@ -69,7 +69,7 @@ async def test_auto_serves_each_phone_its_own_socket(auto_rig: Rig) -> None:
     assert status["notify"]["mode"] == "auto"
     totals = status["notify"]["characteristics"]["env_measurements"]
     assert totals["sent"] == sum(p["sent"] for p in phones.values()) and totals["dropped"] == 0
-    assert status["subscriptions"]["env_measurements"] is False  # no StartNotify
+    assert status["subscriptions"]["env_measurements"] is True  # subscribed through sockets
     assert any("mtu=64" in line for line in notify_lines(status["notify"]))
     registry = CollectorRegistry()
     registry.register(StatusCollector(rig.portal.get_status, dict))
