@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from typing import Any, Protocol
 
 import attrs
@@ -133,8 +134,18 @@ class Management:
             raise DBusError(INVALID_ARGS, str(exc)) from None
 
 
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?")
+"""Debian's (and shadow's) portable user name: what useradd accepts by default."""
+
+
 def policy_file(user: str) -> str:
-    """The system bus policy that lets ``user`` own the name and root or ``user`` call it."""
+    """The system bus policy that lets ``user`` own the name and root or ``user`` call it.
+
+    ``user`` is checked first (ValueError): it lands in XML that the bus reads as root.
+    """
+    if not USER_NAME.fullmatch(user):
+        raise ValueError(f"{user!r} is not a user name (lower-case letters, digits, _ and -, "
+                         "up to 32, starting with a letter or _)")
     users = ["root"] if user == "root" else ["root", user]
     blocks = "\n".join(
         f'  <policy user="{u}">\n'

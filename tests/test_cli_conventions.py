@@ -90,3 +90,24 @@ def test_python_dash_m_mushpi_ble_is_the_command() -> None:
 def test_the_library_logs_nowhere_until_the_application_says_where() -> None:
     handlers = logging.getLogger("mushpi_ble").handlers
     assert any(isinstance(h, logging.NullHandler) for h in handlers)
+
+
+@pytest.mark.parametrize("user", ["bad user<>", "root\"/><policy", "", "Mushpi", "a" * 40])
+def test_dbus_policy_refuses_what_is_no_user_name(user: str) -> None:
+    """The policy is XML the bus reads as root: nothing but a user name goes into it."""
+    out = run("dbus-policy", "--user", user)
+    assert out.returncode == exits.USAGE
+    assert out.stdout == "" and "is not a user name" in out.stderr
+
+
+def test_dbus_policy_for_a_user_name() -> None:
+    out = run("dbus-policy", "--user", "mushpi-ble_2")
+    assert out.returncode == exits.OK and '<policy user="mushpi-ble_2">' in out.stdout
+
+
+def test_an_address_that_is_no_bus_address_says_what_is_expected(tmp_path: Path) -> None:
+    out = run("check", "--bus", "garbage", cwd=tmp_path)
+    assert out.returncode == exits.FAILED
+    assert "unusable D-Bus address 'garbage': expected SYSTEM, SESSION or a D-Bus address" \
+        in out.stdout
+    assert "unpack" not in out.stdout

@@ -15,6 +15,7 @@ from typing import Any
 
 import trio
 
+from mushpi_ble.cli import exits
 from mushpi_ble.dbus import BusUnreachable, DBusError, open_connection
 from mushpi_ble.management import BUS_NAME, INTERFACE, PATH, policy_file
 
@@ -109,5 +110,10 @@ def run_bonds(args: argparse.Namespace) -> int:
 
 
 def run_policy(args: argparse.Namespace) -> int:
-    sys.stdout.write(policy_file(args.user))
-    return 0
+    try:
+        text = policy_file(args.user)
+    except ValueError as exc:
+        print(f"--user: {exc}", file=sys.stderr)
+        return exits.USAGE
+    sys.stdout.write(text)
+    return exits.OK
