@@ -15,20 +15,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
 
 from .dbus import CallContext, Connection, DBusError, Interface, Method
+from .management_api import (
+    ACCESS_DENIED,
+    BUS_NAME,
+    INTERFACE,
+    INVALID_ARGS,
+    PATH,
+    policy_file,
+)
 
 log = logging.getLogger(__name__)
 
-BUS_NAME = "org.mushpi.Ble"
-PATH = "/org/mushpi/Ble"
-INTERFACE = "org.mushpi.Ble1"
-ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
-INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 NAME_DO_NOT_QUEUE = 4
 PRIMARY_OWNER, ALREADY_OWNER = 1, 4
 
@@ -62,9 +65,11 @@ class Management:
     """The exported object; ``start`` exports it and asks for the name."""
 
     def __init__(self, conn: Connection, controls: Controls, *,
+                 status: Callable[[], dict[str, Any]] | None = None,
                  allowed_uids: frozenset[int] | None = None) -> None:
         self._conn = conn
         self._controls = controls
+        self._status = status
         self.allowed_uids = (allowed_uids if allowed_uids is not None
                              else frozenset({0, os.geteuid()}))
         self.status = ManagementStatus()
@@ -76,6 +81,7 @@ class Management:
             Method("ClosePairingWindow", handler=self._close),
             Method("ListBonds", "", "s", handler=self._bonds, out_names=["bonds_json"]),
             Method("RemoveBond", "s", handler=self._remove, arg_names=["address"]),
+            Method("GetStatus", "", "s", handler=self._get_status, out_names=["status_json"]),
         ])
 
     async def start(self) -> None:
@@ -133,30 +139,11 @@ class Management:
         except ValueError as exc:
             raise DBusError(INVALID_ARGS, str(exc)) from None
 
+    async def _get_status(self, ctx: CallContext) -> str:
+        """The running peripheral's status, as ``get_status()`` and the live view see it."""
+        await self._authorize(ctx)
+        return json.dumps(self._status() if self._status is not None else {}, default=str)
 
-USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}\$?")
-"""Debian's (and shadow's) portable user name: what useradd accepts by default."""
 
-
-def policy_file(user: str) -> str:
-    """The system bus policy that lets ``user`` own the name and root or ``user`` call it.
-
-    ``user`` is checked first (ValueError): it lands in XML that the bus reads as root.
-    """
-    if not USER_NAME.fullmatch(user):
-        raise ValueError(f"{user!r} is not a user name (lower-case letters, digits, _ and -, "
-                         "up to 32, starting with a letter or _)")
-    users = ["root"] if user == "root" else ["root", user]
-    blocks = "\n".join(
-        f'  <policy user="{u}">\n'
-        f'    <allow own="{BUS_NAME}"/>\n'
-        f'    <allow send_destination="{BUS_NAME}" send_interface="{INTERFACE}"/>\n'
-        f'    <allow send_destination="{BUS_NAME}"\n'
-        '           send_interface="org.freedesktop.DBus.Introspectable"/>\n'
-        '  </policy>'
-        for u in users)
-    return ("<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN\"\n"
-            " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
-            "<!-- mushpi-ble: the management interface (mushpi-ble pair / bonds).\n"
-            f"     Install as /etc/dbus-1/system.d/{BUS_NAME}.conf -->\n"
-            f"<busconfig>\n{blocks}\n</busconfig>\n")
+__all__ = ["BUS_NAME", "INTERFACE", "PATH", "Controls", "Management", "ManagementStatus",
+           "policy_file"]

@@ -112,6 +112,8 @@ class Peripheral:
                                   stage_failures=(ControllerTimeout, ControllerFailure),
                                   on_passkey=self._passkey_shown)
         self.host = SessionHost(self.steps.ordered)
+        self.status_source: Callable[[], dict[str, Any]] = self.snapshot
+        """What the management interface's GetStatus answers (the portal's fuller view)."""
         self.state = State.STOPPED
         self.management: Management | None = None
         self._reset()
@@ -161,7 +163,7 @@ class Peripheral:
         self.steps.application.serve(app)
         for step in self.steps:
             step.attach(self.host)
-        self.management = Management(conn, self.access)
+        self.management = Management(conn, self.access, status=lambda: self.status_source())
         await self.management.start()
         self.service.attach(app, nursery)
         self.running, self.started_at = True, time.time()

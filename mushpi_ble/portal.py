@@ -67,6 +67,7 @@ class BlePortal:
                                      table=characteristics)
         self.peripheral = Peripheral(self.settings, self.service, bus=bus)
         self.peripheral.stage_getter = lambda: self._callbacks.get_stage_data
+        self.peripheral.status_source = self.view_status
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._started = False
@@ -313,6 +314,17 @@ class BlePortal:
             "callbacks": self.service.runner.status(),
             "adapter_recovery": self.settings.ble_adapter_recovery,
         }
+
+    def view_status(self) -> dict[str, Any]:
+        """:meth:`get_status` plus what a live view shows: each characteristic's last value
+        (hex) and the recent writes (what ``mushpi-ble status`` receives)."""
+        app = self.peripheral.steps.application.app
+        values = ({state.spec.name: state.value.hex() for state in app.characteristics}
+                  if app is not None else {})
+        writes = [{"at": w.at, "characteristic": w.characteristic, "accepted": w.accepted,
+                   "detail": w.detail, "device": w.device}
+                  for w in list(self.service.recent_writes)[-8:]]
+        return {**self.get_status(), "values": values, "recent_writes": writes}
 
     def wait_for_status(self, predicate: Callable[[dict[str, Any]], object],
                         timeout: float) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from rig import Rig, eventually
+from rig import Rig, eventually, status_until
 
 from mushpi_ble.cli import check
 from mushpi_ble.cli.serve import render_view
@@ -110,20 +110,26 @@ async def test_serve_registers_applies_writes_exports_metrics_and_stops_on_sigte
 
 
 async def test_live_view_shows_centrals_counters_values_and_writes(rig: Rig) -> None:
+    await status_until(rig.portal,
+                       lambda s: s["advertising"] and s["pairing"]["agent_registered"])
     central = await rig.bluez.connect_central(mtu=247)
     rig.portal.publish_env(21.5, 88.0, 950, 600)
     await central.write(UUID["override_bits"], b"\x02\x00")
     with pytest.raises(AttError):
         await central.write(UUID["control_targets"], b"\x00")
     await eventually(lambda: rig.portal.get_status()["connection_count"] == 1)
-    await eventually(lambda: "950ppm" in render_view(rig.portal, rig.controller))
+    await eventually(lambda: "950 ppm" in render_view(rig.portal, rig.controller))
     view = render_view(rig.portal, rig.controller)
-    assert "registered=True" in view
-    assert "mtu=247" in view
-    assert "21.5°C 88.0% 950ppm light=600" in view
-    assert "ok  override_bits" in view
-    assert re.search(r"REJ control_targets +rejected length: expected 15 bytes, got 1", view)
+    assert "MushPi BLE · serving as MushPi-" in view and "1 phone connected" in view
+    assert "MTU 247" in view
+    assert "21.5 °C  88.0 %RH  950 ppm  light 600" in view
+    assert re.search(r"ok +override bits", view)
+    assert re.search(r"REFUSED control targets +11:22:33:44:55:66 rejected length", view)
     assert "relays on: fan" in view
+    lines = view.splitlines()
+    assert len(lines) <= 24 and max(map(len, lines)) <= 80, view
+    for python_or_dbus in ("True", "False", "None", "/org/bluez", "dev_", "0x"):
+        assert python_or_dbus not in view, python_or_dbus
 
 
 def test_demo_exits_zero_and_leaves_no_process(tmp_path: Path) -> None:

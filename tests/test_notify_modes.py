@@ -14,7 +14,7 @@ import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from rig import Rig, eventually, make_settings, start_rig
 
-from mushpi_ble.cli.serve import notify_lines
+from mushpi_ble.cli.view import notify_lines
 from mushpi_ble.prometheus import StatusCollector
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
 from mushpi_ble.testing.fakebluez import FakeBluez

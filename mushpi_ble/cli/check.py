@@ -44,7 +44,7 @@ from mushpi_ble.gatt import (
     managed_objects,
     pick_adapter,
 )
-from mushpi_ble.management import BUS_NAME as MANAGEMENT_NAME
+from mushpi_ble.management_api import BUS_NAME as MANAGEMENT_NAME
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd",

@@ -17,7 +17,7 @@ import trio
 
 from mushpi_ble.cli import exits
 from mushpi_ble.dbus import BusUnreachable, DBusError, open_connection
-from mushpi_ble.management import BUS_NAME, INTERFACE, PATH, policy_file
+from mushpi_ble.management_api import BUS_NAME, INTERFACE, PATH, policy_file
 
 NOT_RUNNING = ("org.freedesktop.DBus.Error.ServiceUnknown",
                "org.freedesktop.DBus.Error.NameHasNoOwner")
