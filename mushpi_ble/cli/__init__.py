@@ -27,6 +27,8 @@ COMMANDS: tuple[tuple[str, str, str, str, str], ...] = (
     ("bench", "benchmarks: the peripheral's figures and a peer library side by side",
      "bench", "add_arguments", "run"),
     ("systemd-unit", "print the systemd unit for this install", "unit", "add_arguments", "run"),
+    ("status", "show the running peripheral as serve's live view does (or as JSON)",
+     "status", "add_arguments", "run"),
     ("pair", "open a pairing window on the running peripheral",
      "manage", "add_pair_arguments", "run_pair"),
     ("bonds", "list the bonded phones, or forget one",

@@ -13,15 +13,9 @@ import sys
 import time
 from typing import Any
 
-import trio
-
 from mushpi_ble.cli import exits
-from mushpi_ble.dbus import BusUnreachable, DBusError, open_connection
-from mushpi_ble.management_api import BUS_NAME, INTERFACE, PATH, policy_file
-
-NOT_RUNNING = ("org.freedesktop.DBus.Error.ServiceUnknown",
-               "org.freedesktop.DBus.Error.NameHasNoOwner")
-TIMEOUT_S = 5.0
+from mushpi_ble.cli.management_client import ManagementUnavailable, call
+from mushpi_ble.management_api import policy_file
 
 
 def _bus_argument(parser: argparse.ArgumentParser) -> None:
@@ -50,25 +44,13 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the user the service runs as (default mushpi, as the unit)")
 
 
-async def _call(bus: str, member: str, signature: str = "", body: tuple[Any, ...] = ()) -> Any:
-    async with open_connection(bus, call_timeout=TIMEOUT_S) as conn:
-        reply = await conn.call(BUS_NAME, PATH, INTERFACE, member, signature, body,
-                                timeout=TIMEOUT_S)
-    return reply[0] if reply else None
-
-
-def _run(bus: str, member: str, signature: str = "", body: tuple[Any, ...] = ()) -> Any:
+def _run(bus: str, member: str, signature: str | None = None,
+         body: tuple[Any, ...] = ()) -> Any:
     """The reply, or SystemExit with a message that says what to do."""
     try:
-        return trio.run(_call, bus, member, signature, body)
-    except BusUnreachable as exc:
-        raise SystemExit(f"cannot reach the D-Bus bus {bus}: {exc}") from None
-    except DBusError as exc:
-        if exc.name in NOT_RUNNING:
-            raise SystemExit(f"no running mushpi-ble peripheral owns {BUS_NAME} on the {bus} "
-                             "bus (is the service running? on the system bus it needs the "
-                             "policy of `mushpi-ble dbus-policy`)") from None
-        raise SystemExit(f"{member} refused: {exc.name}: {exc.text}") from None
+        return call(bus, member, signature, body)
+    except ManagementUnavailable as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def run_pair(args: argparse.Namespace) -> int:
