@@ -31,7 +31,7 @@ def busy_status() -> dict[str, Any]:
         "access": {"write": "bonded", "read": "open", "window_open": True,
                    "window_until": NOW + 60, "bonded_count": 3},
         "pairing": {"mode": "passkey", "agent_registered": True,
-                    "passkey": {"passkey": 4242, "address": "AA:BB:CC:DD:EE:01"}},
+                    "passkey": {"passkey": "004242", "address": "AA:BB:CC:DD:EE:01"}},
         "characteristics": {name: {"sent": 10**9, "dropped": 10**6, "invalid": 12}
                             for name in ("env_measurements", "status_flags",
                                          "actuator_status")},

@@ -30,6 +30,9 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seconds", type=int, default=120,
                        help="how long new phones may pair (default 120, at most 3600)")
     group.add_argument("--close", action="store_true", help="close the window now")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for the next phone: show its passkey (passkey mode) and "
+                             "the outcome, and close the window once it has bonded")
 
 
 def add_bonds_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,8 +66,50 @@ def run_pair(args: argparse.Namespace) -> int:
         return 2
     until = float(_run(args.bus, "OpenPairingWindow", "u", (args.seconds,)))
     print(f"pairing window open for {args.seconds} s, until "
-          f"{time.strftime('%H:%M:%S', time.localtime(until))}: pair the phone now")
-    return 0
+          f"{time.strftime('%H:%M:%S', time.localtime(until))}: pair the phone now",
+          flush=True)
+    if not args.wait:
+        return exits.OK
+    try:
+        return _wait_for_a_bond(args.bus, opened=time.time() - 1.0)
+    except KeyboardInterrupt:
+        _run(args.bus, "ClosePairingWindow")
+        print("stopped; pairing window closed")
+        return exits.FAILED
+
+
+WAIT_POLL_S = 0.25
+
+
+def _wait_for_a_bond(bus: str, *, opened: float) -> int:
+    """Follow the attempts made since the window opened until one bonds or the window
+    closes; the passkey the phone must show is printed as soon as the agent shows it."""
+    told: dict[tuple[str, float], str] = {}
+    passkeys: set[tuple[str, int]] = set()
+    while True:
+        status = json.loads(_run(bus, "GetStatus"))
+        pairing, access = status.get("pairing") or {}, status.get("access") or {}
+        shown = pairing.get("passkey")
+        if shown and (shown["address"], shown["passkey"]) not in passkeys \
+                and shown.get("at", 0) >= opened:
+            passkeys.add((shown["address"], shown["passkey"]))
+            print(f"{shown['address']}: type {shown['passkey']} on the phone "
+                  "if it shows the same number", flush=True)
+        for attempt in pairing.get("recent") or []:
+            key = (attempt["address"], attempt["at"])
+            if attempt["at"] < opened or told.get(key) == attempt["outcome"]:
+                continue
+            told[key] = attempt["outcome"]
+            reason = f" ({attempt['reason']})" if attempt.get("reason") else ""
+            print(f"{attempt['address']}: {attempt['outcome']}{reason}", flush=True)
+            if attempt["outcome"] == "paired":
+                _run(bus, "ClosePairingWindow")
+                print(f"bonded: {attempt['address']}; pairing window closed")
+                return exits.OK
+        if not access.get("window_open"):
+            print("the pairing window closed before a phone bonded")
+            return exits.FAILED
+        time.sleep(WAIT_POLL_S)
 
 
 def _when(stamp: float | None) -> str:

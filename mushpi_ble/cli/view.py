@@ -85,7 +85,7 @@ def _access(status: Status, _verbose: bool, _width: int) -> list[str]:
              f"{window} · {access['bonded_count']} bonded"]
     passkey = (status.get("pairing") or {}).get("passkey")
     if passkey:
-        lines.append(f"  PASSKEY {passkey['passkey']:06d} for {passkey['address']}: "
+        lines.append(f"  PASSKEY {passkey['passkey']} for {passkey['address']}: "
                      "type it on the phone")
     return lines
 
