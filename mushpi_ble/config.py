@@ -600,18 +600,8 @@ def load_settings(
     a non-empty ``MUSHPI_ENV_FILE`` in ``environ`` replaces it, and must then exist, since an
     operator who names a file expects it to be used.
     """
-    env: Mapping[str, str] = os.environ if environ is None else environ
-    path, must_exist = _choose_env_file(env, env_file)
-    values: dict[str, tuple[str, str | None]] = {}
     errors: list[ConfigError] = []
-    if path is not None:
-        for name, value in _read_env_file(path, must_exist, errors).items():
-            if name.startswith(PREFIX) and name != ENV_FILE_VARIABLE:
-                values[name] = (value, os.fspath(path))
-    for name, value in env.items():
-        if name.startswith(PREFIX):
-            values[name] = (value, None)
-
+    values = _collect(os.environ if environ is None else environ, env_file, errors)
     for name, (value, source) in values.items():
         if name.startswith(POLICY_PREFIX) and name not in _BY_NAME:
             errors.append(_unknown_characteristic(name, value, source))
@@ -633,6 +623,47 @@ def load_settings(
     if errors:
         raise ConfigError.gather(errors) from None
     return Settings(policy_overrides=overrides, **fields)
+
+
+def _collect(env: Mapping[str, str], env_file: str | os.PathLike[str] | None,
+             errors: list[ConfigError]) -> dict[str, tuple[str, str | None]]:
+    """Every MUSHPI_ value with where it came from (a file path, or None: the
+    environment); the environment wins. Unreadable file lines go to ``errors``."""
+    path, must_exist = _choose_env_file(env, env_file)
+    values: dict[str, tuple[str, str | None]] = {}
+    if path is not None:
+        for name, value in _read_env_file(path, must_exist, errors).items():
+            if name.startswith(PREFIX) and name != ENV_FILE_VARIABLE:
+                values[name] = (value, os.fspath(path))
+    for name, value in env.items():
+        if name.startswith(PREFIX):
+            values[name] = (value, None)
+    return values
+
+
+@attrs.frozen
+class SettingSource:
+    """One setting in effect: its text and where it came from."""
+
+    variable: str
+    value: str
+    source: str
+    """"environment", the settings file's path, or "default"."""
+
+
+def setting_sources(environ: Mapping[str, str] | None = None,
+                    env_file: str | os.PathLike[str] | None = ".env") -> list[SettingSource]:
+    """Where each setting comes from, in table order (``mushpi-ble config``). Call it
+    after :func:`load_settings` accepted the same inputs."""
+    values = _collect(os.environ if environ is None else environ, env_file, [])
+    out = []
+    for spec in VARIABLES:
+        raw, source = values.get(spec.name, (None, None))
+        if raw is None or (spec.optional and not raw.strip()):
+            out.append(SettingSource(spec.name, spec.default or "", "default"))
+        else:
+            out.append(SettingSource(spec.name, raw.strip(), source or "environment"))
+    return out
 
 
 def _choose_env_file(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -111,3 +112,33 @@ def test_an_address_that_is_no_bus_address_says_what_is_expected(tmp_path: Path)
     assert "unusable D-Bus address 'garbage': expected SYSTEM, SESSION or a D-Bus address" \
         in out.stdout
     assert "unpack" not in out.stdout
+
+
+def test_config_lists_every_setting_with_where_it_came_from(tmp_path: Path) -> None:
+    settings = tmp_path / "ble.env"
+    settings.write_text("MUSHPI_BLE_WRITE_ACCESS=bonded\nMUSHPI_BLE_PAIRING=window\n")
+    out = run("config", "--env-file", str(settings), env={"MUSHPI_BLE_QUEUE_MAX_SIZE": "128"},
+              cwd=tmp_path)
+    assert out.returncode == exits.OK, out.stderr
+    lines = {line.split("=", 1)[0]: line for line in out.stdout.splitlines()}
+    assert lines["MUSHPI_BLE_WRITE_ACCESS"].endswith(f"# {settings}")
+    assert lines["MUSHPI_BLE_QUEUE_MAX_SIZE"].startswith("MUSHPI_BLE_QUEUE_MAX_SIZE=128")
+    assert lines["MUSHPI_BLE_QUEUE_MAX_SIZE"].endswith("# environment")
+    assert lines["MUSHPI_BLE_READ_ACCESS"].endswith("# default")
+    from mushpi_ble.config import VARIABLES
+    assert set(lines) == {spec.name for spec in VARIABLES}
+    as_json = json.loads(run("config", "--json", "--env-file", str(settings),
+                             cwd=tmp_path).stdout)
+    assert {"variable": "MUSHPI_BLE_PAIRING", "value": "window",
+            "source": str(settings)} in as_json
+
+
+def test_config_names_every_bad_setting_and_exits_3(tmp_path: Path) -> None:
+    settings = tmp_path / "ble.env"
+    settings.write_text('MUSHPI_BLE_READ_ACCESS="bonded\n')
+    out = run("config", "--env-file", str(settings), env={"MUSHPI_BLE_ADV_TX_POWER": "loud"},
+              cwd=tmp_path)
+    assert out.returncode == exits.CONFIG
+    assert f"(from {settings}:1)" in out.stderr and "MUSHPI_BLE_ADV_TX_POWER='loud'" in out.stderr
+    missing = run("config", "--env-file", str(tmp_path / "absent.env"), cwd=tmp_path)
+    assert missing.returncode == exits.CONFIG and "MUSHPI_ENV_FILE" in missing.stderr

@@ -27,6 +27,8 @@ COMMANDS: tuple[tuple[str, str, str, str, str], ...] = (
     ("bench", "benchmarks: the peripheral's figures and a peer library side by side",
      "bench", "add_arguments", "run"),
     ("systemd-unit", "print the systemd unit for this install", "unit", "add_arguments", "run"),
+    ("config", "list every setting in effect and where it came from",
+     "settings", "add_arguments", "run"),
     ("status", "show the running peripheral as serve's live view does (or as JSON)",
      "status", "add_arguments", "run"),
     ("pair", "open a pairing window on the running peripheral",

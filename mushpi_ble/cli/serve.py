@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mushpi_ble.cli import exits, view
+from mushpi_ble.cli.settings import add_env_file_argument, environment
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.errors import StartError
 from mushpi_ble.naming import advertised_name
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: run until signalled)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the sensor noise")
+    add_env_file_argument(parser)
     parser.add_argument("--details", dest="verbose", action="store_true",
                         help="the live view also shows D-Bus paths and notify sockets")
 
@@ -125,7 +127,7 @@ def _start_metrics(portal: BlePortal) -> Any:
 
 def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
     try:
-        settings = settings or load_settings()
+        settings = settings or load_settings(environment(args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return exits.CONFIG
