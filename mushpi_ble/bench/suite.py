@@ -1,6 +1,6 @@
 """``mushpi-ble bench``: the benchmark suite, with a peer library side by side.
 
-Two parts, one report (``bench-results/suite.json`` unless ``--json``):
+Two parts, one report (``bench-results/suite.json`` unless ``--output``):
 
 * the peripheral's own figures (:mod:`mushpi_ble.bench.peripheral`, run as a
   server in a child process so its CPU and RSS are its own): reads per
@@ -74,19 +74,21 @@ QUICK = Counts(reads=25, notifications=500)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", type=Path, default=results.default_path(BENCHMARK),
-                        metavar="PATH", help="where to write the report (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=None, metavar="PATH",
+                        help="where to write the report (default: bench-results/NAME.json)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the report as JSON on stdout instead of the tables")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--no-peer", action="store_true",
                         help="skip the peer libraries (their rows say so)")
     parser.add_argument("--hostile", action="store_true",
                         help="instead: bluetoothd's reads while other clients flood the "
                              "peripheral and the controller publishes flat out "
-                             "(bench-results/hostile.json unless --json)")
+                             "(bench-results/hostile.json unless --output)")
     parser.add_argument("--notify-paths", action="store_true",
                         help="instead: notify sockets against signals side by side, with a "
                              "phone ten times slower than the publisher "
-                             "(bench-results/notify-paths.json unless --json)")
+                             "(bench-results/notify-paths.json unless --output)")
 
 
 # ----------------------------------------------------------------------
@@ -397,8 +399,6 @@ def run(args: argparse.Namespace) -> int:
         BENCHMARK, config={"quick": bool(args.quick), "counts": attrs.asdict(counts)},
         results={"peripheral": peripheral, "side_by_side": rows, "ratios": ratios(rows)},
         packages=PACKAGES)
-    print(render(report))
-    results.write_report(args.json, report)
-    print(f"wrote {args.json}")
+    results.publish(report, render(report), output=args.output, as_json=args.json)
     ok = peripheral.get("status") == "ok" and rows[OURS].get("status") == "ok"
     return EXIT_OK if ok else EXIT_FAILED
