@@ -101,7 +101,8 @@ async def test_serve_registers_applies_writes_exports_metrics_and_stops_on_sigte
         if proc.poll() is None:
             proc.kill()
         out = proc.communicate()[0]
-    assert '"msg": "serving name=MushPi-ShiitakePinning' in out  # from the state file
+    assert '"message": "serving name=MushPi-ShiitakePinning' in out  # from the state file
+    assert '"name": "MushPi-ShiitakePinning"' in out  # its fields are keys of their own
     assert "stopped stop_ms=" in out
     saved = json.loads(state.read_text())
     assert saved["control_targets"] == {"temp_min": 17.0, "temp_max": 23.0, "rh_min": 88.0,

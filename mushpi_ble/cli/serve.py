@@ -11,7 +11,6 @@ logs plain lines instead.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -22,9 +21,10 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from mushpi_ble.cli import exits, view
+from mushpi_ble.cli.logs import configure_logging
 from mushpi_ble.cli.settings import add_env_file_argument, environment
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.errors import StartError
@@ -61,23 +61,6 @@ def _interval(text: str) -> int:
     if not 5 <= value <= 300:
         raise argparse.ArgumentTypeError("--interval must be 5..300 seconds")
     return value
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"ts": round(record.created, 3), "level": record.levelname,
-                           "logger": record.name, "msg": record.getMessage()})
-
-
-def configure_logging(fmt: str, level: str, stream: TextIO) -> None:
-    handler = logging.StreamHandler(stream)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def render_view(portal: BlePortal, controller: SimulatedController, *, width: int = 80,
