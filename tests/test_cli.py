@@ -18,6 +18,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 from rig import Rig, eventually, status_until
 
+from mushpi_ble import __version__
 from mushpi_ble.cli import check
 from mushpi_ble.cli.serve import render_view
 from mushpi_ble.config import load_settings
@@ -85,6 +86,9 @@ async def test_serve_registers_applies_writes_exports_metrics_and_stops_on_sigte
                     offered):
                 await trio.sleep(0.05)
         assert values[("mushpi_ble_registered", ())] == 1
+        assert values[("mushpi_ble_build_info",
+                       (("backend", "bluez-dbus"), ("version", __version__)))] == 1
+        assert values[("process_cpu_seconds_total", ())] > 0  # the client's process collector
         assert values[("mushpi_ble_connected_centrals", ())] == 1
         assert values[offered] >= 1
         assert ("mushpi_ble_publish_latency_seconds_bucket",

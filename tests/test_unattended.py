@@ -186,7 +186,7 @@ async def test_refused_advert_serves_alias_only_retries_and_says_why(
     central = await phone(rig)
     assert len(await central.read(UUID["control_targets"])) == 15
     view = render_view(rig.portal, rig.controller)
-    assert "ALIAS-ONLY:" in view and "5.87" in view
+    assert "alias only:" in view and "5.87" in view
     bluez.accept_advertisements()
     await bluez.wait_for_advertisement(timeout=10.0)
     await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")

@@ -19,6 +19,8 @@ from mushpi_ble.systemd import status_text
 
 Status = Mapping[str, Any]
 
+PROBLEM_LINES = 6
+"""At most this many lines of one problem's advice (the frame's height bounds them all)."""
 SHORT_NAMES = {"env_measurements": "env", "status_flags": "status",
                "actuator_status": "relays"}
 
@@ -81,12 +83,38 @@ def _access(status: Status, _verbose: bool, _width: int) -> list[str]:
     if access.get("window_open") and access.get("window_until") is not None:
         window = "OPEN until " + time.strftime("%H:%M:%S",
                                                time.localtime(access["window_until"]))
-    lines = [f"Access: write {access['write']}, read {access['read']} · pairing window "
-             f"{window} · {access['bonded_count']} bonded"]
-    passkey = (status.get("pairing") or {}).get("passkey")
+    line = (f"Access: write {access['write']}, read {access['read']} · pairing window "
+            f"{window}")
+    lines = [line]
+    refused = (access.get("refused_writes") or 0, access.get("refused_reads") or 0)
+    if any(refused):
+        lines.append(f"  refused {refused[0]} writes, {refused[1]} reads of phones "
+                     "without a bond")
+    pairing = status.get("pairing") or {}
+    passkey = pairing.get("passkey")
     if passkey:
         lines.append(f"  PASSKEY {passkey['passkey']} for {passkey['address']}: "
                      "type it on the phone")
+    if pairing:
+        lines.extend(_pairing(pairing))
+    return lines
+
+
+def _pairing(pairing: Status) -> list[str]:
+    agent = ("no agent" if pairing.get("mode") == "off"
+             else "agent registered" if pairing.get("agent_registered")
+             else "agent NOT registered")
+    bonded = pairing.get("bonded_devices") or []
+    names = ", ".join(d["address"] + (" connected" if d.get("connected") else "")
+                      for d in bonded[:3]) + (" …" if len(bonded) > 3 else "")
+    lines = [f"Pairing: {pairing.get('mode')}, {agent} · {len(bonded)} bonded"
+             + (f": {names}" if bonded else "")]
+    recent = pairing.get("recent") or []
+    if recent:
+        last = recent[-1]
+        when = time.strftime("%H:%M:%S", time.localtime(last["at"]))
+        lines.append(f"  last request {when} {last['request']} from "
+                     f"{last['address'] or '?'}: {last['outcome']}")
     return lines
 
 
@@ -182,12 +210,14 @@ def _problems(status: Status, _verbose: bool, width: int) -> list[str]:
     if pairing.get("mode") not in (None, "off") and not pairing.get("agent_registered") \
             and status.get("registered"):
         problems.append(f"pairing agent not registered: {pairing.get('agent_error') or '-'}")
-    if status.get("last_error") and status.get("registered"):
-        problems.append(f"last error: {status['last_error']}")
+    error = status.get("last_error")
+    if error and status.get("registered") and not (
+            status.get("advert_problem") and error.startswith("advertisement:")):
+        problems.append(f"last error: {error}")
     lines: list[str] = []
     for problem in problems[:2]:
         wrapped = textwrap.wrap(problem, width - 4)
-        lines.extend(["  " + part for part in wrapped[:3]])
+        lines.extend(["  " + part for part in wrapped[:PROBLEM_LINES]])
     return ["Problems", *lines] if lines else []
 
 
