@@ -29,6 +29,7 @@ from typing import Any, Literal, cast, get_args
 import attrs
 
 from . import envfile
+from .errors import ConfigError
 from .protocol.table import NOTIFYING
 
 __all__ = [
@@ -66,48 +67,6 @@ AccessMode = Literal["open", "bonded"]
 
 #: Characteristics that notify and therefore own a publish queue with a policy (from the table).
 NOTIFYING_CHARACTERISTICS: tuple[str, ...] = tuple(name.upper() for name in NOTIFYING)
-
-
-class ConfigError(ValueError):
-    """One invalid setting, named precisely enough to fix it without reading code."""
-
-    def __init__(
-        self,
-        variable: str,
-        value: str,
-        allowed: str,
-        problem: str | None = None,
-        source: str | None = None,
-        others: tuple[ConfigError, ...] = (),
-    ) -> None:
-        self.variable = variable
-        self.value = value
-        self.allowed = allowed
-        self.problem = problem
-        self.source = source
-        self.others = others
-        """The other invalid settings of the same start: every one is reported at once."""
-        where = f" (from {source})" if source else ""
-        why = f"{problem}; " if problem else ""
-        lines = [f"{variable}={value!r}{where} is invalid: {why}allowed {allowed}"]
-        lines += [str(other) for other in others]
-        super().__init__("\n".join(lines))
-
-    @property
-    def all(self) -> tuple[ConfigError, ...]:
-        return (self, *self.others)
-
-    def __reduce__(self) -> tuple[type[ConfigError], tuple[Any, ...]]:
-        """Keep the fields when the error crosses a process or thread boundary."""
-        return (type(self), (self.variable, self.value, self.allowed, self.problem, self.source,
-                             self.others))
-
-    @classmethod
-    def gather(cls, errors: list[ConfigError]) -> ConfigError:
-        """One error that names them all (the first's fields, the rest in ``others``)."""
-        first = errors[0]
-        return cls(first.variable, first.value, first.allowed, first.problem, first.source,
-                   tuple(errors[1:]))
 
 
 class _Invalid(Exception):

@@ -142,3 +142,26 @@ def test_config_names_every_bad_setting_and_exits_3(tmp_path: Path) -> None:
     assert f"(from {settings}:1)" in out.stderr and "MUSHPI_BLE_ADV_TX_POWER='loud'" in out.stderr
     missing = run("config", "--env-file", str(tmp_path / "absent.env"), cwd=tmp_path)
     assert missing.returncode == exits.CONFIG and "MUSHPI_ENV_FILE" in missing.stderr
+
+
+def test_the_management_commands_start_without_the_event_loop() -> None:
+    """pair, bonds, status and config make a call or two and exit: no trio to import."""
+    probe = ("import sys\n"
+             "from mushpi_ble.cli import build_parser\n"
+             "for name in ('pair', 'bonds', 'status', 'config'):\n"
+             "    build_parser(name)\n"
+             "print(sorted(m for m in sys.modules if m == 'trio' or m.startswith('trio.')))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_cold_start_benchmark_prints_each_command_beside_the_interpreter(
+        tmp_path: Path) -> None:
+    out = run("bench", "--cli-start", "--quick", "--json", "--output",
+              str(tmp_path / "c.json"))
+    assert out.returncode == exits.OK, out.stderr
+    commands = json.loads(out.stdout)["results"]["commands"]
+    assert {"python -c pass", "mushpi-ble pair --help", "mushpi-ble status --help"} <= set(
+        commands)
+    assert all(row["runs"] == 3 and row["median_ms"] > 0 for row in commands.values())

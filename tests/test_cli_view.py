@@ -7,7 +7,8 @@ from typing import Any
 
 from rig import Rig, phone, status_until
 
-from mushpi_ble.cli.view import headline, render
+from mushpi_ble.cli.view import render
+from mushpi_ble.headline import status_text as headline
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
 
 UUID = CHARACTERISTIC_UUIDS

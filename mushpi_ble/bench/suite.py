@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import trio
 
-from mushpi_ble.bench import hostile, notify_paths, procfs, results, wire
+from mushpi_ble.bench import cli_start, hostile, notify_paths, procfs, results, wire
 from mushpi_ble.bench.central import timed_reads
 from mushpi_ble.bench.children import Child, ChildFailed
 from mushpi_ble.bench.peer import MARK_TEMPERATURE, OURS, READABLE
@@ -85,6 +85,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="instead: bluetoothd's reads while other clients flood the "
                              "peripheral and the controller publishes flat out "
                              "(bench-results/hostile.json unless --output)")
+    parser.add_argument("--cli-start", action="store_true",
+                        help="instead: the management commands' cold start beside the "
+                             "interpreter's (bench-results/cli-start.json unless --output)")
     parser.add_argument("--notify-paths", action="store_true",
                         help="instead: notify sockets against signals side by side, with a "
                              "phone ten times slower than the publisher "
@@ -384,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
         return hostile.run(args)
     if getattr(args, "notify_paths", False):
         return notify_paths.run(args)
+    if getattr(args, "cli_start", False):
+        return cli_start.run(args)
     counts = QUICK if args.quick else FULL
     libraries = (OURS,) if args.no_peer else (OURS, *PEERS)
     try:

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from mushpi_ble import __version__
-from mushpi_ble.config import ConfigError
+from mushpi_ble.errors import ConfigError
 
 from . import exits
 

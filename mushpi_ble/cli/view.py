@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from mushpi_ble.headline import adapter_name, status_text
 from mushpi_ble.protocol import ActuatorStatus, EnvMeasurement, StatusFlag, StatusFlags
-from mushpi_ble.systemd import status_text
 
 Status = Mapping[str, Any]
 
@@ -29,7 +29,7 @@ def render(status: Status, *, width: int = 80, height: int = 24, verbose: bool =
            now: float | None = None) -> list[str]:
     """The frame: every line fits ``width``, the frame fits ``height``."""
     clock = time.time() if now is None else now
-    head = [_clip(f"MushPi BLE · {headline(status)}", width - 9) + " "
+    head = [_clip(f"MushPi BLE · {status_text(status)}", width - 9) + " "
             + time.strftime("%H:%M:%S", time.localtime(clock))]
     body: list[str] = []
     for section in (_health, _access, _phones, _readings, _writes, _problems):
@@ -43,22 +43,6 @@ def render(status: Status, *, width: int = 80, height: int = 24, verbose: bool =
     return lines
 
 
-def headline(status: Status) -> str:
-    """What is going on in one phrase; bluetoothd stopping is not the dongle's fault."""
-    state = status.get("state")
-    if state == "waiting-for-bluetoothd":
-        return "bluetoothd is not running; waiting for it (systemctl status bluetooth)"
-    if not status.get("registered") and status.get("adapter_state") == "removed":
-        return f"the adapter {_adapter_name(status)} is gone; waiting for it to return"
-    if state == "stopped":
-        return "stopped"
-    return status_text(status)
-
-
-def _adapter_name(status: Status) -> str:
-    return str(status.get("adapter") or "?").rsplit("/", 1)[-1]
-
-
 def _health(status: Status, verbose: bool, _width: int) -> list[str]:
     if not status.get("registered"):
         return []
@@ -67,7 +51,7 @@ def _health(status: Status, verbose: bool, _width: int) -> list[str]:
     if instances.get("active") is not None and instances.get("available") is not None:
         advert += f" ({instances['active']} of {instances['active'] + instances['available']}" \
                   " slots)"
-    line = (f"Adapter {_adapter_name(status)} {status.get('adapter_state', '?')}, "
+    line = (f"Adapter {adapter_name(status)} {status.get('adapter_state', '?')}, "
             f"rfkill {status.get('rfkill', '?')} · advert {advert}")
     restarts = status.get("restarts") or 0
     if restarts:
