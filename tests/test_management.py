@@ -57,7 +57,8 @@ async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]
 async def test_pair_bonds_and_remove_from_the_command_line(
         locked: Rig, bluez: FakeBluez, bus_address: str,
         capsys: pytest.CaptureFixture[str]) -> None:
-    assert locked.portal.get_status()["management"]["state"] == "serving"
+    management = locked.portal.get_status()["management"]
+    assert management is not None and management["state"] == "serving"
     phone = await bluez.connect_central(address=PHONE)
     with pytest.raises(AttError):
         await phone.write(UUID["stage_state"], STAGE)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,10 @@ async def serve(bus_address: str, bluez: FakeBluez, stopper: list[BlePortal], *,
 
 
 def status(rig: Rig) -> dict[str, Any]:
-    return rig.portal.get_status()
+    return dict(rig.portal.get_status())
 
 
-def steps(status: dict[str, Any]) -> list[tuple[str, str]]:
+def steps(status: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(s["action"], s["result"]) for s in status["recoveries"]]
 
 
