@@ -18,7 +18,7 @@ def status_text(status: Mapping[str, Any]) -> str:
     if not status.get("registered"):
         state = status.get("state")
         if state == "waiting-for-bluetoothd":
-            return "bluetoothd is not running; waiting for it (systemctl status bluetooth)"
+            return "bluetoothd is not running; waiting for it"
         if status.get("adapter_state") == "removed":
             return f"the adapter {adapter_name(status)} is gone; waiting for it to return"
         if state == "stopped":
