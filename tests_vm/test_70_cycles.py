@@ -1,0 +1,412 @@
+"""An app's whole visit, many times over: the peripheral starts, a phone finds it,
+connects afresh, discovers, subscribes, gets notifications and leaves, the
+peripheral stops — and bluetoothd must come through every cycle alive.
+
+What a central that is not our lab's (a phone app on bleak) does, step by step
+(issue 29): our peripheral (BlePortal, every setting at its default, on hci0)
+starts; the central (hci1) scans until it sees our advert by the MushPi service
+UUID, forgets our address (``Adapter1.RemoveDevice``), connects by address
+(``Adapter1.ConnectDevice``, LE public), waits for ``ServicesResolved`` and
+checks that what it resolved holds the GATT service (0x1801) and the MushPi
+service, not just GAP (0x1800); bleak subscribes by AcquireNotify (its default
+on BlueZ), receives a few notifications and disconnects; the peripheral stops.
+After the disconnect and after the stop, bluetoothd must still be the process
+the cycle began with.
+
+bluetoothd runs here with its own defaults for ATT (no ``[GATT]`` section:
+EATT on 5.66, off on 5.82), LE only like every configuration of the lab, and
+is started afresh for this module; the lab's portal is stopped meanwhile.
+
+A failing cycle does not end the run: it is recorded with where its evidence
+is (bluetoothd's log and btmon byte ranges, a core file, the kernel's segfault
+line), bluetoothd is started again if it died, and the test fails at the end
+with every failure listed — so one run says how often, not only whether.
+
+Environment (passed into the guest by scripts/vm/lane):
+  MUSHPI_VM_CYCLES           cycles per variant (default 12: CI's budget)
+  MUSHPI_VM_CYCLE_VARIANTS   which variants, space-separated (default "default"):
+      default      every setting at its default (notify sockets, the advert
+                   registered again at each connect)
+      signal       MUSHPI_BLE_NOTIFY_MODE=signal (PropertiesChanged only)
+      no-readvert  the advert is not registered again when a phone connects
+      static       both: nothing of ours changes after the phone connects
+      mtu185       bluetoothd with ``[GATT] ExchangeMTU = 185``
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import (
+    CENTRAL_ADAPTER,
+    GENERAL,
+    JOB,
+    PERIPHERAL_ADAPTER,
+    PORTAL_STAGE,
+    Bluetoothd,
+    LoopThread,
+    Metrics,
+    PortalLab,
+    SystemBus,
+    btmon_offset,
+    connect_device,
+    forget_bond,
+    wait_for,
+)
+from hub import Hub, HubScanner, device_at
+from jeepney.wrappers import DBusErrorResponse
+
+from mushpi_ble.protocol import SERVICE_UUID, EnvMeasurement
+
+log = logging.getLogger("tests_vm.cycles")
+
+DEFAULT_CYCLES = 12
+CYCLES = int(os.environ.get("MUSHPI_VM_CYCLES") or DEFAULT_CYCLES)
+GAP, GATT = "00001800-0000-1000-8000-00805f9b34fb", "00001801-0000-1000-8000-00805f9b34fb"
+ENV = "env_measurements"
+NOTIFICATIONS = 3
+SCAN_ROUND_S = 1.5  # one scan edge (test_60_unattended.discover_by_uuid says why)
+SCAN_TIMEOUT_S = 45.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What one series of cycles changes from every-setting-at-its-default."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    gatt: str = ""
+    """``[GATT]`` lines of bluetoothd's configuration (none: its defaults)."""
+    readvert_at_connect: bool = True
+
+
+VARIANTS: dict[str, Variant] = {
+    "default": Variant(),
+    "signal": Variant(env={"MUSHPI_BLE_NOTIFY_MODE": "signal"}),
+    "no-readvert": Variant(readvert_at_connect=False),
+    "static": Variant(env={"MUSHPI_BLE_NOTIFY_MODE": "signal"}, readvert_at_connect=False),
+    "mtu185": Variant(gatt="ExchangeMTU = 185\n"),
+}
+
+
+def selected_variants(value: str | None) -> list[str]:
+    names = (value or "default").replace(",", " ").split()
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise pytest.UsageError(f"MUSHPI_VM_CYCLE_VARIANTS: unknown {unknown}; "
+                                f"known: {list(VARIANTS)}")
+    return names
+
+
+SELECTED = selected_variants(os.environ.get("MUSHPI_VM_CYCLE_VARIANTS"))
+
+
+def bluetoothd_config(variant: Variant) -> str:
+    return GENERAL + (f"\n[GATT]\n{variant.gatt}" if variant.gatt else "")
+
+
+# -- evidence -----------------------------------------------------------------------------
+class CycleFailed(Exception):
+    """One cycle went wrong; ``kind`` groups the failures in the summary."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind
+
+
+@dataclass
+class Marks:
+    """Where one cycle's evidence starts in the logs."""
+
+    log_path: Path
+    log_offset: int
+    btmon_offset: int
+
+    def describe(self, bluetoothd: Bluetoothd) -> str:
+        end = bluetoothd.log_offset() if bluetoothd.log_path == self.log_path else "end"
+        return (f"{self.log_path.name} bytes {self.log_offset}..{end}, "
+                f"btmon.txt bytes {self.btmon_offset}..{btmon_offset()}")
+
+
+def segfault_lines() -> list[str]:
+    """The kernel's lines about a crashed bluetoothd, if any."""
+    try:
+        out = subprocess.run(["dmesg"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line for line in out.splitlines() if "bluetoothd" in line
+            and ("segfault" in line or "trap" in line or "general protection" in line)]
+
+
+def cores() -> list[str]:
+    return sorted(p.name for p in JOB.glob("core.*"))
+
+
+# -- the cycle ----------------------------------------------------------------------------
+@dataclass
+class Cycles:
+    """One series: the daemon, its configuration, the results."""
+
+    name: str
+    variant: Variant
+    bus: SystemBus
+    bluetoothd: Bluetoothd
+    controller: Any
+    failures: list[str] = field(default_factory=list)
+    kinds: dict[str, int] = field(default_factory=dict)
+    durations: list[float] = field(default_factory=list)
+    crashes: int = 0
+    pid: int | None = None
+    owner: str | None = None
+
+    @property
+    def mode(self) -> str:
+        return f"cycles-{self.name}"
+
+    def start_daemon(self) -> None:
+        self.bluetoothd.stop()
+        self.bluetoothd.start(self.mode, bluetoothd_config(self.variant))
+        self.pid = self.bluetoothd.pid
+        self.owner = self.bus.bluez_owner()
+
+    def alive(self, when: str) -> None:
+        """bluetoothd is the one this cycle began with, and it answers."""
+        status = self.bluetoothd.exited()
+        owner = self.bus.bluez_owner()
+        if status is None and owner == self.owner:
+            try:
+                self.bus.get(f"/org/bluez/{PERIPHERAL_ADAPTER}", "org.bluez.Adapter1", "Powered")
+                return
+            except (DBusErrorResponse, TimeoutError) as exc:
+                detail = f"bluetoothd (pid {self.pid}) did not answer: {exc}"
+        else:
+            detail = (f"bluetoothd (pid {self.pid}) ended {status} (negative: the signal); "
+                      f"org.bluez owner {self.owner} -> {owner}")
+        self.crashes += 1
+        raise CycleFailed(f"bluetoothd died {when}",
+                          f"{detail}; kernel: {segfault_lines()[-2:]}; cores: {cores()}")
+
+    def run(self, index: int) -> None:
+        marks = Marks(self.bluetoothd.log_path, self.bluetoothd.log_offset(), btmon_offset())
+        started = time.monotonic()
+        try:
+            self.cycle(index)
+        except CycleFailed as exc:
+            where = marks.describe(self.bluetoothd)
+            self.kinds[exc.kind] = self.kinds.get(exc.kind, 0) + 1
+            self.failures.append(f"cycle {index}: {exc} [{where}]")
+            log.error("cycle failed variant=%s cycle=%d %s [%s]", self.name, index, exc, where)
+            if self.bluetoothd.exited() is not None or self.bus.bluez_owner() != self.owner:
+                self.start_daemon()  # the next cycles need one
+        took = time.monotonic() - started
+        self.durations.append(took)
+        log.info("cycle done variant=%s cycle=%d took_s=%.1f", self.name, index, took)
+
+    def cycle(self, index: int) -> None:
+        from mushpi_ble.config import load_settings
+        from mushpi_ble.portal import BlePortal
+
+        self.alive("before the cycle")
+        settings = load_settings(environ={"MUSHPI_BLE_ADAPTER": PERIPHERAL_ADAPTER,
+                                          **self.variant.env}, env_file=None)
+        portal = BlePortal(settings)
+        portal.set_callbacks(self.controller.callbacks())
+        stopped = False
+        try:
+            portal.start()
+            portal.update_advertising_name()
+            reading = self.controller.sensor_reading()
+            portal.publish_env(reading["temperature"], reading["humidity"], reading["co2"],
+                               reading["light"])
+            address = self.bus.adapter_address(PERIPHERAL_ADAPTER)
+            with LoopThread(f"cycle-{index}") as loop:
+                self.visit(loop, portal, address, index)
+            wait_for(lambda: portal.get_status()["connection_count"] == 0, 20,
+                     "the peripheral to see the phone leave")
+            self.alive("after the phone's disconnect")
+            stopped = True
+            portal.stop()
+            self.alive("after the peripheral stopped")
+        finally:
+            if not stopped:
+                portal.stop()
+
+    def visit(self, loop: LoopThread, portal: Any, address: str, index: int) -> None:
+        """The phone's part: scan, forget, connect, discover, subscribe, receive, leave."""
+        scan(self.bus, loop, address)
+        forget_bond(self.bus, CENTRAL_ADAPTER, address)  # Adapter1.RemoveDevice
+        path = connect_device(self.bus, address)  # Adapter1.ConnectDevice, LE public
+        hub = Hub(device_at(path, address))
+        try:
+            wait_for(lambda: _device_prop(self.bus, path, "ServicesResolved"), 40,
+                     f"{path} ServicesResolved")
+            services = resolved_services(self.bus, path)
+            if GATT not in services["uuids"] or SERVICE_UUID not in services["uuids"] \
+                    or SERVICE_UUID not in services["objects"]:
+                raise CycleFailed("services missing", f"resolved {services}")
+            loop.run(hub.connect(), 60)
+            loop.run(hub.subscribe(ENV), 30)  # AcquireNotify: bleak's default on BlueZ
+            receive(loop, hub, portal, index)
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run(hub.disconnect(), 30)
+            # A phone that could not disconnect through bleak drops the link anyway.
+            with contextlib.suppress(DBusErrorResponse, TimeoutError):
+                if _device_prop(self.bus, path, "Connected"):
+                    self.bus.call(path, "org.bluez.Device1", "Disconnect", timeout=15)
+
+
+def scan(bus: SystemBus, loop: LoopThread, address: str) -> None:
+    """Scan by the MushPi service UUID until our advert shows, in short rounds."""
+    deadline = time.monotonic() + SCAN_TIMEOUT_S
+    rounds = 0
+    while True:
+        forget_bond(bus, CENTRAL_ADAPTER, address)
+        scanner = HubScanner(CENTRAL_ADAPTER)
+        rounds += 1
+        loop.run(scanner.start(), 20)
+        try:
+            sighting = loop.run(scanner.wait(address, SCAN_ROUND_S), SCAN_ROUND_S + 10)
+            if SERVICE_UUID in sighting.uuids:
+                return
+        except TimeoutError:
+            pass
+        finally:
+            loop.run(scanner.stop(), 20)
+        if time.monotonic() >= deadline:
+            raise CycleFailed("not found", f"no advert with the MushPi service UUID from "
+                              f"{address} in {rounds} scans")
+
+
+def receive(loop: LoopThread, hub: Hub, portal: Any, index: int) -> None:
+    """The subscription reached the peripheral; a few published values reach the phone."""
+    def subscribed() -> bool:
+        status = portal.get_status()
+        return bool(status["subscriptions"].get(ENV) or status["notify"]["phones"])
+
+    wait_for(subscribed, 20, "the peripheral to see the subscription")
+    hub.drain(ENV)
+    for i in range(NOTIFICATIONS):
+        co2 = 5000 + 10 * (index % 100) + i
+        portal.publish_env(19.5, 90.0, co2, 2.0)
+        deadline = time.monotonic() + 15
+        while True:
+            remaining = deadline - time.monotonic()
+            try:
+                _, value = loop.run(hub.next_value(ENV, max(0.1, remaining)), remaining + 5)
+            except TimeoutError:
+                raise CycleFailed("notification lost",
+                                  f"co2={co2} not received; notify status "
+                                  f"{portal.get_status()['notify']}") from None
+            if EnvMeasurement.unpack(value).co2 == co2:
+                break
+
+
+def resolved_services(bus: SystemBus, path: str) -> dict[str, list[str]]:
+    """What the central resolved: ``Device1.UUIDs`` and its ``GattService1`` objects."""
+    (objects,) = bus.call("/", "org.freedesktop.DBus.ObjectManager", "GetManagedObjects",
+                          timeout=10)
+    device = objects.get(path, {}).get("org.bluez.Device1", {})
+    uuids = sorted(str(u) for u in device.get("UUIDs", ("as", []))[1])
+    services = sorted(str(ifaces["org.bluez.GattService1"]["UUID"][1])
+                      for p, ifaces in objects.items()
+                      if p.startswith(path + "/") and "org.bluez.GattService1" in ifaces)
+    return {"uuids": uuids, "objects": services}
+
+
+def _device_prop(bus: SystemBus, path: str, prop: str) -> bool:
+    try:
+        return bool(bus.get(path, "org.bluez.Device1", prop))
+    except (DBusErrorResponse, TimeoutError):
+        return False
+
+
+# -- variants -----------------------------------------------------------------------------
+@contextlib.contextmanager
+def advert_kept_at_connect() -> Iterator[list[int]]:
+    """The peripheral does not register its advert again when a phone connects (an
+    investigation aid). Yields a counter of the suppressed re-registrations: a
+    variant that suppressed none tested nothing."""
+    from mushpi_ble.peripheral import Peripheral
+
+    original = Peripheral._lose
+    suppressed = [0]
+
+    def lose(self: Peripheral, step: str, reason: str) -> None:
+        if step == "advertisement" and reason.startswith("a central connected"):
+            suppressed[0] += 1
+            return
+        original(self, step, reason)
+
+    Peripheral._lose = lose  # type: ignore[method-assign]
+    try:
+        yield suppressed
+    finally:
+        Peripheral._lose = original  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def lab_portal_set_aside(lab: PortalLab, bluetoothd: Bluetoothd, bluez: str) -> Iterator[None]:
+    """The lab's portal stopped while the cycles run; afterwards bluetoothd in the
+    pass's own configuration and the lab's portal registered again."""
+    lab.portal.stop()
+    try:
+        yield
+    finally:
+        bluetoothd.stop()
+        bluetoothd.start(bluez)
+        lab.portal.start()
+
+        def ready() -> bool:
+            status = lab.status()
+            return bool(status["registered"] and status["pairing"]["agent_registered"])
+
+        wait_for(ready, 30, "the lab's portal to register again")
+
+
+@pytest.mark.parametrize("variant", SELECTED)
+def test_app_cycles_leave_bluetoothd_alive_and_every_service_found(
+        variant: str, bluez: str, portal_lab: PortalLab, bluetoothd: Bluetoothd,
+        system_bus: SystemBus, metrics: Metrics) -> None:
+    if bluez != "att":
+        pytest.skip("runs once per generation, in the classic (att) pass, with "
+                    "bluetoothd's own ATT defaults")
+    from mushpi_ble.testing.controller import SimulatedController
+
+    controller = SimulatedController(seed=29)
+    controller.stage.update(PORTAL_STAGE)
+    series = Cycles(variant, VARIANTS[variant], system_bus, bluetoothd, controller)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(lab_portal_set_aside(portal_lab, bluetoothd, bluez))
+        suppressed = (None if series.variant.readvert_at_connect
+                      else stack.enter_context(advert_kept_at_connect()))
+        series.start_daemon()
+        for index in range(1, CYCLES + 1):
+            series.run(index)
+        series.bluetoothd.stop()
+    took = time.monotonic() - started
+    key = f"cycles.{variant}"
+    metrics.set(f"{key}.cycles", CYCLES)
+    metrics.set(f"{key}.failed", len(series.failures))
+    metrics.set(f"{key}.kinds", dict(series.kinds))
+    metrics.set(f"{key}.crashes", series.crashes)
+    metrics.set(f"{key}.wall_s", round(took, 1))
+    for d in series.durations:
+        metrics.add(f"{key}.cycle_s", d)
+    log.info("cycles variant=%s cycles=%d failed=%d kinds=%s wall_s=%.1f", variant, CYCLES,
+             len(series.failures), series.kinds, took)
+    assert not series.failures, (
+        f"{len(series.failures)} of {CYCLES} cycles failed ({series.kinds}):\n"
+        + "\n".join(series.failures))
+    if suppressed is not None:
+        assert suppressed[0] > 0, "no advert re-registration at connect was suppressed"
