@@ -8,8 +8,9 @@ starts; the central (hci1) scans until it sees our advert by the MushPi service
 UUID, forgets our address (``Adapter1.RemoveDevice``), connects by address
 (``Adapter1.ConnectDevice``, LE public), waits for ``ServicesResolved`` and
 checks that what it resolved holds the GATT service (0x1801) and the MushPi
-service, not just GAP (0x1800); bleak subscribes by AcquireNotify (its default
-on BlueZ), receives a few notifications and disconnects; the peripheral stops.
+service, not just GAP (0x1800); bleak subscribes by AcquireNotify (asked for:
+bleak 3.1's default is StartNotify), receives a few notifications and
+disconnects; the peripheral stops.
 After the disconnect and after the stop, bluetoothd must still be the process
 the cycle began with.
 
@@ -254,7 +255,10 @@ class Cycles:
                     or SERVICE_UUID not in services["objects"]:
                 raise CycleFailed("services missing", f"resolved {services}")
             loop.run(hub.connect(), 60)
-            loop.run(hub.subscribe(ENV), 30)  # AcquireNotify: bleak's default on BlueZ
+            # AcquireNotify, as apps do that ask bleak for it (its default is StartNotify)
+            loop.run(hub.subscribe(ENV, acquire=True), 30)
+            if not hub.client._backend._notification_fds:  # type: ignore[attr-defined]
+                raise CycleFailed("not acquired", "bleak subscribed without AcquireNotify")
             receive(loop, hub, portal, index)
         finally:
             with contextlib.suppress(Exception):
