@@ -32,6 +32,10 @@ Environment (passed into the guest by scripts/vm/lane):
       no-readvert  the advert is not registered again when a phone connects
       static       both: nothing of ours changes after the phone connects
       mtu185       bluetoothd with ``[GATT] ExchangeMTU = 185``
+      central-at-once, mtu185-at-once
+                   the central's bleak closes its D-Bus connection at once on
+                   disconnect (``Variant.central_leaves``): bluetoothd < 5.86
+                   crashes in its central half
 """
 
 from __future__ import annotations
@@ -87,6 +91,17 @@ class Variant:
     gatt: str = ""
     """``[GATT]`` lines of bluetoothd's configuration (none: its defaults)."""
     readvert_at_connect: bool = True
+    central_leaves: str = "socket-first"
+    """How the central leaves. "socket-first": the link goes down
+    (``Device1.Disconnect``), bluetoothd closes the central's notify socket
+    (its ``NotifyAcquired`` turns false), then bleak closes its D-Bus
+    connection. "at-once": ``BleakClient.disconnect()`` alone, which closes
+    bleak's D-Bus connection as soon as ``Connected`` turns false. bluetoothd
+    before 5.86, as the CENTRAL, frees its AcquireNotify client when that
+    D-Bus connection leaves and then uses it when the socket's hangup comes
+    after it (src/gatt-client.c notify_io_destroy; fixed by "gatt-client:
+    prevent use-after-free when clients disconnect"): SIGSEGV. That is the
+    central's half of the one bluetoothd of the lab; a phone is not BlueZ."""
 
 
 VARIANTS: dict[str, Variant] = {
@@ -95,6 +110,8 @@ VARIANTS: dict[str, Variant] = {
     "no-readvert": Variant(readvert_at_connect=False),
     "static": Variant(env={"MUSHPI_BLE_NOTIFY_MODE": "signal"}, readvert_at_connect=False),
     "mtu185": Variant(gatt="ExchangeMTU = 185\n"),
+    "central-at-once": Variant(central_leaves="at-once"),
+    "mtu185-at-once": Variant(gatt="ExchangeMTU = 185\n", central_leaves="at-once"),
 }
 
 
@@ -261,12 +278,24 @@ class Cycles:
                 raise CycleFailed("not acquired", "bleak subscribed without AcquireNotify")
             receive(loop, hub, portal, index)
         finally:
+            self.leave(loop, hub, path)
+
+    def leave(self, loop: LoopThread, hub: Hub, path: str) -> None:
+        """The phone disconnects; bleak's D-Bus connection goes once bluetoothd has
+        closed the central's notify socket (``central_leaves`` says why)."""
+        if self.variant.central_leaves == "at-once":
             with contextlib.suppress(Exception):
                 loop.run(hub.disconnect(), 30)
-            # A phone that could not disconnect through bleak drops the link anyway.
-            with contextlib.suppress(DBusErrorResponse, TimeoutError):
-                if _device_prop(self.bus, path, "Connected"):
-                    self.bus.call(path, "org.bluez.Device1", "Disconnect", timeout=15)
+        with contextlib.suppress(DBusErrorResponse, TimeoutError):
+            if _device_prop(self.bus, path, "Connected"):
+                self.bus.call(path, "org.bluez.Device1", "Disconnect", timeout=15)
+        wait_for(lambda: not _device_prop(self.bus, path, "Connected"), 20,
+                 f"{path} disconnected")
+        for char in hub.chars.values():
+            wait_for(lambda c=char.obj[0]: not _char_prop(self.bus, c, "NotifyAcquired"), 20,
+                     f"the central's notify socket on {char.obj[0]} closed")
+        with contextlib.suppress(Exception):
+            loop.run(hub.disconnect(), 30)
 
 
 def scan(bus: SystemBus, loop: LoopThread, address: str) -> None:
@@ -330,6 +359,13 @@ def resolved_services(bus: SystemBus, path: str) -> dict[str, list[str]]:
 def _device_prop(bus: SystemBus, path: str, prop: str) -> bool:
     try:
         return bool(bus.get(path, "org.bluez.Device1", prop))
+    except (DBusErrorResponse, TimeoutError):
+        return False
+
+
+def _char_prop(bus: SystemBus, path: str, prop: str) -> bool:
+    try:
+        return bool(bus.get(path, "org.bluez.GattCharacteristic1", prop))
     except (DBusErrorResponse, TimeoutError):
         return False
 
