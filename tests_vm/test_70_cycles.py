@@ -45,6 +45,7 @@ import logging
 import os
 import subprocess
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +65,13 @@ from conftest import (
     SystemBus,
     btmon_offset,
     connect_device,
+    device_path,
     forget_bond,
     wait_for,
 )
 from hub import Hub, HubScanner, device_at
+from jeepney import HeaderFields, MatchRule, Message, message_bus
+from jeepney.io.blocking import DBusConnection, open_dbus_connection
 from jeepney.wrappers import DBusErrorResponse
 
 from mushpi_ble.protocol import SERVICE_UUID, EnvMeasurement
@@ -262,15 +266,29 @@ class Cycles:
         """The phone's part: scan, forget, connect, discover, subscribe, receive, leave."""
         scan(self.bus, loop, address)
         forget_bond(self.bus, CENTRAL_ADAPTER, address)  # Adapter1.RemoveDevice
-        path = connect_device(self.bus, address)  # Adapter1.ConnectDevice, LE public
+        path = device_path(address)
         hub = Hub(device_at(path, address))
+        announced: list[str] | None = None
         try:
-            wait_for(lambda: _device_prop(self.bus, path, "ServicesResolved"), 40,
-                     f"{path} ServicesResolved")
+            with SignalView(path) as view:
+                try:
+                    connect_device(self.bus, address)  # Adapter1.ConnectDevice, LE public
+                except DBusErrorResponse as exc:
+                    raise CycleFailed("connect failed", str(exc)) from None
+                with contextlib.suppress(TimeoutError):
+                    announced = view.services_when_resolved(40)
+            if announced is None:
+                raise CycleFailed("not resolved", "no ServicesResolved within 40 s")
             services = resolved_services(self.bus, path)
+            log.info("resolved cycle=%d uuids=%s objects=%s announced_before=%s", index,
+                     services["uuids"], services["objects"], announced)
             if GATT not in services["uuids"] or SERVICE_UUID not in services["uuids"] \
                     or SERVICE_UUID not in services["objects"]:
                 raise CycleFailed("services missing", f"resolved {services}")
+            if sorted(announced) != services["objects"]:
+                raise CycleFailed("services announced after ServicesResolved",
+                                  f"a central following the signals knew {sorted(announced)} "
+                                  f"when ServicesResolved turned true; then {services}")
             loop.run(hub.connect(), 60)
             # AcquireNotify, as apps do that ask bleak for it (its default is StartNotify)
             loop.run(hub.subscribe(ENV, acquire=True), 30)
@@ -342,6 +360,53 @@ def receive(loop: LoopThread, hub: Hub, portal: Any, index: int) -> None:
                                   f"{portal.get_status()['notify']}") from None
             if EnvMeasurement.unpack(value).co2 == co2:
                 break
+
+
+class SignalView:
+    """What a central that follows bluetoothd's signals (as bleak's manager and
+    plain D-Bus apps do) knows: the ``GattService1`` objects announced by
+    ``InterfacesAdded`` under a device before its ``ServicesResolved`` turned true."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.conn: DBusConnection = open_dbus_connection(bus="SYSTEM")
+        self.queue: deque[Message] = deque()
+        rules = (
+            MatchRule(type="signal", sender="org.bluez",
+                      interface="org.freedesktop.DBus.ObjectManager", member="InterfacesAdded"),
+            MatchRule(type="signal", sender="org.bluez",
+                      interface="org.freedesktop.DBus.Properties", member="PropertiesChanged",
+                      path=path),
+        )
+        self.filters = [self.conn.filter(rule, queue=self.queue) for rule in rules]
+        for rule in rules:
+            self.conn.send_and_get_reply(message_bus.AddMatch(rule), timeout=5)
+
+    def services_when_resolved(self, timeout: float) -> list[str]:
+        """The service UUIDs announced before ``ServicesResolved`` became true."""
+        deadline = time.monotonic() + timeout
+        announced: list[str] = []
+        while True:
+            msg = self.conn.recv_until_filtered(
+                self.queue, timeout=max(0.0, deadline - time.monotonic()))
+            member = msg.header.fields.get(HeaderFields.member)
+            if member == "InterfacesAdded":
+                obj, ifaces = msg.body
+                service = ifaces.get("org.bluez.GattService1")
+                if obj.startswith(self.path + "/") and service is not None:
+                    announced.append(str(service["UUID"][1]))
+            elif msg.body[0] == "org.bluez.Device1":
+                resolved = msg.body[1].get("ServicesResolved")
+                if resolved is not None and resolved[1]:
+                    return announced
+
+    def __enter__(self) -> SignalView:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for handle in self.filters:
+            handle.close()
+        self.conn.close()
 
 
 def resolved_services(bus: SystemBus, path: str) -> dict[str, list[str]]:
