@@ -371,15 +371,16 @@ class SignalView:
         self.path = path
         self.conn: DBusConnection = open_dbus_connection(bus="SYSTEM")
         self.queue: deque[Message] = deque()
-        rules = (
-            MatchRule(type="signal", sender="org.bluez",
-                      interface="org.freedesktop.DBus.ObjectManager", member="InterfacesAdded"),
-            MatchRule(type="signal", sender="org.bluez",
-                      interface="org.freedesktop.DBus.Properties", member="PropertiesChanged",
-                      path=path),
+        wanted: tuple[dict[str, str], ...] = (
+            {"interface": "org.freedesktop.DBus.ObjectManager", "member": "InterfacesAdded"},
+            {"interface": "org.freedesktop.DBus.Properties", "member": "PropertiesChanged",
+             "path": path},
         )
-        self.filters = [self.conn.filter(rule, queue=self.queue) for rule in rules]
-        for rule in rules:
+        # Filtered here without the sender: messages carry bluetoothd's unique name.
+        self.filters = [self.conn.filter(MatchRule(type="signal", **w), queue=self.queue)
+                        for w in wanted]
+        for w in wanted:
+            rule = MatchRule(type="signal", sender="org.bluez", **w)
             self.conn.send_and_get_reply(message_bus.AddMatch(rule), timeout=5)
 
     def services_when_resolved(self, timeout: float) -> list[str]:
