@@ -32,6 +32,7 @@ Environment (passed into the guest by scripts/vm/lane):
       no-readvert  the advert is not registered again when a phone connects
       static       both: nothing of ours changes after the phone connects
       mtu185       bluetoothd with ``[GATT] ExchangeMTU = 185``
+      monitored    default, with the system bus recorded (dbus-monitor-*.txt)
       central-at-once, mtu185-at-once
                    the central's bleak closes its D-Bus connection at once on
                    disconnect (``Variant.central_leaves``): bluetoothd < 5.86
@@ -95,6 +96,8 @@ class Variant:
     gatt: str = ""
     """``[GATT]`` lines of bluetoothd's configuration (none: its defaults)."""
     readvert_at_connect: bool = True
+    monitor: bool = False
+    """Record the system bus (``dbus-monitor``) into the job folder meanwhile."""
     central_leaves: str = "socket-first"
     """How the central leaves. "socket-first": the link goes down
     (``Device1.Disconnect``), bluetoothd closes the central's notify socket
@@ -114,6 +117,7 @@ VARIANTS: dict[str, Variant] = {
     "no-readvert": Variant(readvert_at_connect=False),
     "static": Variant(env={"MUSHPI_BLE_NOTIFY_MODE": "signal"}, readvert_at_connect=False),
     "mtu185": Variant(gatt="ExchangeMTU = 185\n"),
+    "monitored": Variant(monitor=True),
     "central-at-once": Variant(central_leaves="at-once"),
     "mtu185-at-once": Variant(gatt="ExchangeMTU = 185\n", central_leaves="at-once"),
 }
@@ -461,6 +465,19 @@ def advert_kept_at_connect() -> Iterator[list[int]]:
 
 
 @contextlib.contextmanager
+def bus_recorded(path: Path) -> Iterator[None]:
+    """Every message on the system bus, in order, with timestamps (root may monitor)."""
+    with path.open("wb") as out:
+        proc = subprocess.Popen(["dbus-monitor", "--system"], stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@contextlib.contextmanager
 def lab_portal_set_aside(lab: PortalLab, bluetoothd: Bluetoothd, bluez: str) -> Iterator[None]:
     """The lab's portal stopped while the cycles run; afterwards bluetoothd in the
     pass's own configuration and the lab's portal registered again."""
@@ -496,6 +513,8 @@ def test_app_cycles_leave_bluetoothd_alive_and_every_service_found(
         stack.enter_context(lab_portal_set_aside(portal_lab, bluetoothd, bluez))
         suppressed = (None if series.variant.readvert_at_connect
                       else stack.enter_context(advert_kept_at_connect()))
+        if series.variant.monitor:
+            stack.enter_context(bus_recorded(JOB / f"dbus-monitor-{variant}.txt"))
         series.start_daemon()
         for index in range(1, CYCLES + 1):
             series.run(index)
