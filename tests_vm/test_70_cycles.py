@@ -57,6 +57,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +337,7 @@ class Cycles:
         wait_for(lambda: not _device_prop(self.bus, path, "Connected"), 20,
                  f"{path} disconnected")
         for char in hub.chars.values():
-            wait_for(lambda c=char.obj[0]: not _char_prop(self.bus, c, "NotifyAcquired"), 20,
+            wait_for(partial(_released, self.bus, char.obj[0]), 20,
                      f"the central's notify socket on {char.obj[0]} closed")
         with contextlib.suppress(Exception):
             loop.run(hub.disconnect(), 30)
@@ -453,6 +454,10 @@ def _device_prop(bus: SystemBus, path: str, prop: str) -> bool:
         return bool(bus.get(path, "org.bluez.Device1", prop))
     except (DBusErrorResponse, TimeoutError):
         return False
+
+
+def _released(bus: SystemBus, char_path: str) -> bool:
+    return not _char_prop(bus, char_path, "NotifyAcquired")
 
 
 def _char_prop(bus: SystemBus, path: str, prop: str) -> bool:
