@@ -32,7 +32,7 @@ line), bluetoothd is started again if it died, and the test fails at the end
 with every failure listed — so one run says how often, not only whether.
 
 Environment (passed into the guest by scripts/vm/lane):
-  MUSHPI_VM_CYCLES           cycles per variant (default 12: CI's budget)
+  MUSHPI_VM_CYCLES           cycles per variant (default 15: CI's budget)
   MUSHPI_VM_CYCLE_VARIANTS   which variants, space-separated (default "default"):
       default      every setting at its default (notify sockets, the advert
                    registered again at each connect)
@@ -88,7 +88,7 @@ from mushpi_ble.protocol import SERVICE_UUID, EnvMeasurement
 
 log = logging.getLogger("tests_vm.cycles")
 
-DEFAULT_CYCLES = 12
+DEFAULT_CYCLES = 15
 CYCLES = int(os.environ.get("MUSHPI_VM_CYCLES") or DEFAULT_CYCLES)
 GAP, GATT = "00001800-0000-1000-8000-00805f9b34fb", "00001801-0000-1000-8000-00805f9b34fb"
 ENV = "env_measurements"
