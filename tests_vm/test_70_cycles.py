@@ -277,8 +277,11 @@ class Cycles:
             address = self.bus.adapter_address(PERIPHERAL_ADAPTER)
             with LoopThread(f"cycle-{index}") as loop:
                 self.visit(loop, portal, address, index)
-            wait_for(lambda: portal.get_status()["connection_count"] == 0, 20,
-                     "the peripheral to see the phone leave")
+            try:
+                portal.wait_for_status(lambda st: st["connection_count"] == 0, 20)
+            except TimeoutError:
+                raise CycleFailed("leave unseen", "the peripheral still counts the phone "
+                                  "20 s after its disconnect") from None
             self.alive("after the phone's disconnect")
             stopped = True
             portal.stop()
@@ -367,11 +370,14 @@ def scan(bus: SystemBus, loop: LoopThread, address: str) -> None:
 
 def receive(loop: LoopThread, hub: Hub, portal: Any, index: int) -> None:
     """The subscription reached the peripheral; a few published values reach the phone."""
-    def subscribed() -> bool:
-        status = portal.get_status()
+    def subscribed(status: dict[str, Any]) -> bool:
         return bool(status["subscriptions"].get(ENV) or status["notify"]["phones"])
 
-    wait_for(subscribed, 20, "the peripheral to see the subscription")
+    try:
+        portal.wait_for_status(subscribed, 20)
+    except TimeoutError:
+        raise CycleFailed("subscription unseen", "the peripheral saw no subscription "
+                          f"within 20 s: {portal.get_status()['notify']}") from None
     hub.drain(ENV)
     for i in range(NOTIFICATIONS):
         co2 = 5000 + 10 * (index % 100) + i
@@ -473,22 +479,26 @@ def advert_kept_at_connect() -> Iterator[list[int]]:
     """The peripheral does not register its advert again when a phone connects (an
     investigation aid). Yields a counter of the suppressed re-registrations: a
     variant that suppressed none tested nothing."""
-    from mushpi_ble.peripheral import Peripheral
+    import attrs
 
-    original = Peripheral._lose
+    from mushpi_ble.session import advert_duty
+
+    original = advert_duty.decide
     suppressed = [0]
 
-    def lose(self: Peripheral, step: str, reason: str) -> None:
-        if step == "advertisement" and reason.startswith("a central connected"):
+    def decide(facts: advert_duty.AdvertFacts,
+               event: advert_duty.AdvertEvent) -> advert_duty.Duty:
+        duty = original(facts, event)
+        if isinstance(event, advert_duty.CentralCame) and duty.register_again is not None:
             suppressed[0] += 1
-            return
-        original(self, step, reason)
+            return attrs.evolve(duty, register_again=None)
+        return duty
 
-    Peripheral._lose = lose  # type: ignore[method-assign]
+    advert_duty.decide = decide
     try:
         yield suppressed
     finally:
-        Peripheral._lose = original  # type: ignore[method-assign]
+        advert_duty.decide = original
 
 
 @contextlib.contextmanager
