@@ -35,6 +35,7 @@ from .protocol import (
     CHARACTERISTICS,
     DEFAULT_QUERY,
     ENV_MEASUREMENTS,
+    READINGS,
     STATUS_FLAGS,
     ActuatorStatus,
     AppError,
@@ -161,6 +162,23 @@ class ThresholdsCursor:
     stage: str
 
 
+class RefusedPublishes:
+    """Publishes refused because a reading was no number: counted per characteristic and
+    logged within a budget. Controller threads publish, hence the lock."""
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._lock = threading.Lock()
+        self._log = RateLimitedLog(log, "refused publishes", LogRate(
+            burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
+        self.counts: dict[str, int] = {}
+
+    def refuse(self, characteristic: str, detail: str) -> None:
+        with self._lock:
+            self.counts[characteristic] = self.counts.get(characteristic, 0) + 1
+            self._log.log(characteristic, logging.WARNING,
+                          "publish refused: a reading is no number %s", detail)
+
+
 class MushPiCore:
     """All MushPi rules; see the module docstring for the decision types."""
 
@@ -204,11 +222,7 @@ class MushPiCore:
             burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
         self._failure_log = RateLimitedLog(log, "controller failures", LogRate(
             burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
-        self._publish_log = RateLimitedLog(log, "refused publishes", LogRate(
-            burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
-        self._publish_lock = threading.Lock()
-        self.invalid_publishes: dict[str, int] = {}
-        """Publishes refused because a reading was no number, per characteristic."""
+        self.refused_publishes = RefusedPublishes(monotonic)
 
     # -- the table -----------------------------------------------------------------------
     def row(self, name: str) -> Characteristic:
@@ -229,16 +243,12 @@ class MushPiCore:
         """The packet to publish, or None (counted, logged within a budget) when a reading
         is given but is no number: a phone must not show "hot" or NaN as a plausible 0.
         None means "no reading" and is sent as 0, as the protocol says."""
-        bad = unusable_readings(temperature, humidity, co2, light)
+        readings = (temperature, humidity, co2, light)
+        bad = unusable_readings(*readings)
         if bad:
-            values = dict(zip(("temperature", "humidity", "co2", "light"),
-                              (temperature, humidity, co2, light), strict=True))
-            with self._publish_lock:  # controller threads publish
-                self.invalid_publishes[ENV_MEASUREMENTS] = (
-                    self.invalid_publishes.get(ENV_MEASUREMENTS, 0) + 1)
-                self._publish_log.log(ENV_MEASUREMENTS, logging.WARNING,
-                                      "publish refused: a reading is no number %s",
-                                      " ".join(f"{name}={values[name]!r}" for name in bad))
+            self.refused_publishes.refuse(ENV_MEASUREMENTS, " ".join(
+                f"{name}={value!r}" for name, value in zip(READINGS, readings, strict=True)
+                if name in bad))
             return None
         return encode_env(temperature, humidity, co2, light, self.uptime_ms)
 

@@ -323,6 +323,6 @@ class MushPiService:
             entry["queue_depth"] = mailbox.depth
             entry["policy"] = mailbox.policy
             entry["latency"] = mailbox.latency.snapshot()
-            entry["invalid"] = self.core.invalid_publishes.get(name, 0)
+            entry["invalid"] = self.core.refused_publishes.counts.get(name, 0)
             out[name] = entry
         return out

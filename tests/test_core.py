@@ -379,19 +379,19 @@ def test_a_reading_that_is_no_number_is_refused_not_zeroed(
 ) -> None:
     core, _ = make_core()
     assert core.env_packet(*readings) is None
-    assert core.invalid_publishes == {"env_measurements": 1}
+    assert core.refused_publishes.counts == {"env_measurements": 1}
     assert "publish refused: a reading is no number" in caplog.text
 
 
 def test_a_missing_reading_is_no_refusal() -> None:
     core, _ = make_core()
     assert core.env_packet(None, None, None, None) is not None
-    assert core.invalid_publishes == {}
+    assert core.refused_publishes.counts == {}
 
 
 def test_refused_publishes_are_logged_within_a_budget(caplog: pytest.LogCaptureFixture) -> None:
     core, _ = make_core()
     for _ in range(20):
         core.env_packet("hot", 80.0, 900, 10)
-    assert core.invalid_publishes == {"env_measurements": 20}
+    assert core.refused_publishes.counts == {"env_measurements": 20}
     assert caplog.text.count("publish refused") <= 5
