@@ -1,15 +1,17 @@
 """Settings for mushpi_ble, read once from the environment and an optional ``.env`` file.
 
-Every variable is described once, in :data:`VARIABLES`. The loader, the error messages,
-``.env.example`` (:func:`render_env_example`) and the documentation table
-(:func:`render_markdown_table`) are all generated from that table, so they cannot drift
-apart. Every value is validated at load, so a typo stops the service at start-up with one
-:class:`ConfigError` naming the variable, instead of failing later deep inside the stack.
+Every variable is declared once, as a field of :class:`Settings` carrying its
+:class:`VarSpec` in the field's metadata; :data:`VARIABLES` is read off those fields. The
+loader, the error messages, ``.env.example`` (:func:`render_env_example`) and the
+documentation table (:func:`render_markdown_table`) are all generated from that table, so
+they cannot drift apart. Every value is validated at load, so a typo stops the service at
+start-up with one :class:`ConfigError` naming the variable, instead of failing later deep
+inside the stack.
 
 Precedence: environment variables win over the file. The file is ``.env`` in the current
 directory unless the caller names another one, or the environment names one in
-``MUSHPI_ENV_FILE``. The file is read with python-dotenv's ``dotenv_values`` and is never
-exported into ``os.environ``.
+``MUSHPI_ENV_FILE``. The file is read strictly, as systemd's ``EnvironmentFile=`` reads
+it (:mod:`.envfile`), and is never exported into ``os.environ``.
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from types import MappingProxyType
 from typing import Any, Literal, cast, get_args
 
 import attrs
-from dotenv import dotenv_values
 
+from . import envfile
+from .errors import ConfigError
 from .protocol.table import NOTIFYING
 
 __all__ = [
@@ -65,31 +68,6 @@ AccessMode = Literal["open", "bonded"]
 
 #: Characteristics that notify and therefore own a publish queue with a policy (from the table).
 NOTIFYING_CHARACTERISTICS: tuple[str, ...] = tuple(name.upper() for name in NOTIFYING)
-
-
-class ConfigError(ValueError):
-    """One invalid setting, named precisely enough to fix it without reading code."""
-
-    def __init__(
-        self,
-        variable: str,
-        value: str,
-        allowed: str,
-        problem: str | None = None,
-        source: str | None = None,
-    ) -> None:
-        self.variable = variable
-        self.value = value
-        self.allowed = allowed
-        self.problem = problem
-        self.source = source
-        where = f" (from {source})" if source else ""
-        why = f"{problem}; " if problem else ""
-        super().__init__(f"{variable}={value!r}{where} is invalid: {why}allowed {allowed}")
-
-    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str, str | None, str | None]]:
-        """Keep the fields when the error crosses a process or thread boundary."""
-        return (type(self), (self.variable, self.value, self.allowed, self.problem, self.source))
 
 
 class _Invalid(Exception):
@@ -201,7 +179,8 @@ class VarSpec:
     """One environment variable: everything the loader and the generated docs need."""
 
     name: str
-    attribute: str
+    #: The Settings field it fills, taken from the field that declares it (see VARIABLES).
+    attribute: str = ""
     #: Default as it would be written in the file; None means unset by default (optional).
     default: str | None
     parse: Callable[[str], object]
@@ -218,54 +197,58 @@ class VarSpec:
         return self.default is None
 
 
-def _int_var(
-    name: str, attribute: str, default: str | None, low: int, high: int, comment: str
-) -> VarSpec:
-    allowed = f"{low}..{high}" + (" or empty (off)" if default is None else "")
-    return VarSpec(
-        name=name,
-        attribute=attribute,
-        default=default,
-        parse=_integer(low, high),
-        allowed=allowed,
-        comment=comment,
+# --- declaring a setting: one Settings field carrying its VarSpec in the field's metadata ---
+
+_SPECS = "mushpi_ble.config.specs"
+"""The metadata key under which a Settings field holds the variables that fill it."""
+
+
+def _setting(spec: VarSpec) -> Any:
+    """The attrs field of one variable; its default is the table text parsed, so Settings()
+    and load_settings({}) cannot disagree."""
+    default = None if spec.default is None else spec.parse(spec.default)
+    return attrs.field(default=default, metadata={_SPECS: (spec,)})
+
+
+def _var(
+    name: str, default: str | None, parse: Callable[[str], object], allowed: str, comment: str
+) -> Any:
+    return _setting(
+        VarSpec(name=name, default=default, parse=parse, allowed=allowed, comment=comment)
     )
+
+
+def _int_var(name: str, default: str | None, low: int, high: int, comment: str) -> Any:
+    allowed = f"{low}..{high}" + (" or empty (off)" if default is None else "")
+    return _var(name, default, _integer(low, high), allowed, comment)
 
 
 def _choice_var(
     name: str,
-    attribute: str,
     values: tuple[str, ...],
     default: str | None,
     comment: str,
     legacy: tuple[tuple[str, str, str], ...] = (),
-) -> VarSpec:
-    return VarSpec(
-        name=name,
-        attribute=attribute,
-        default=default,
-        parse=_choice(values),
-        allowed=", ".join(values) + (" or empty" if default is None else ""),
-        comment=comment,
-        legacy=legacy,
+) -> Any:
+    return _setting(
+        VarSpec(
+            name=name,
+            default=default,
+            parse=_choice(values),
+            allowed=", ".join(values) + (" or empty" if default is None else ""),
+            comment=comment,
+            legacy=legacy,
+        )
     )
 
 
-def _bool_var(name: str, attribute: str, default: str, comment: str) -> VarSpec:
-    return VarSpec(
-        name=name,
-        attribute=attribute,
-        default=default,
-        parse=_boolean,
-        allowed="true/false (also 1/0, yes/no, on/off)",
-        comment=comment,
-    )
+def _bool_var(name: str, default: str, comment: str) -> Any:
+    return _var(name, default, _boolean, "true/false (also 1/0, yes/no, on/off)", comment)
 
 
 def _policy_override_var(characteristic: str) -> VarSpec:
     return VarSpec(
         name=POLICY_PREFIX + characteristic,
-        attribute="policy_overrides",
         default=None,
         parse=_choice(_POLICIES),
         allowed=", ".join(_POLICIES) + " or empty",
@@ -276,158 +259,6 @@ def _policy_override_var(characteristic: str) -> VarSpec:
 
 
 _PRIORITY_WHY = "queues are per characteristic, so one can no longer starve another"
-
-VARIABLES: tuple[VarSpec, ...] = (
-    _choice_var(
-        "MUSHPI_BLE_BACKEND", "ble_backend", get_args(Backend), "bluez-dbus",
-        "Which BLE backend serves the MushPi GATT service.",
-    ),
-    _int_var(
-        "MUSHPI_DBUS_BUS_TIMEOUT_MS", "dbus_bus_timeout_ms", "2500", 100, 60000,
-        "Deadline for each D-Bus call to bluetoothd, in milliseconds.",
-    ),
-    VarSpec(
-        name="MUSHPI_BLE_ADAPTER", attribute="ble_adapter", default="hci0", parse=_adapter,
-        allowed="hciN or a MAC address AA:BB:CC:DD:EE:FF",
-        comment="Bluetooth adapter to use, by name or by address.",
-    ),
-    VarSpec(
-        name="MUSHPI_DBUS_APP_PATH", attribute="dbus_app_path", default="/com/mushpi/gatt",
-        parse=_object_path,
-        allowed="a D-Bus object path (/ or /a/b, elements of [A-Za-z0-9_], no trailing /)",
-        comment="D-Bus object path under which the GATT application is exported.",
-    ),
-    VarSpec(
-        name="MUSHPI_BLE_SERVICE_UUID", attribute="ble_service_uuid",
-        default="12345678-1234-5678-1234-56789abcdef0", parse=_uuid128,
-        allowed="a 128-bit UUID in canonical form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
-        comment="UUID of the MushPi GATT service the phone app looks for.",
-    ),
-    VarSpec(
-        name="MUSHPI_BLE_NAME_PREFIX", attribute="ble_name_prefix", default="MushPi",
-        parse=_name_prefix, allowed="1..12 printable ASCII characters",
-        comment="Prefix of the advertised local name; short so it fits the advertisement.",
-    ),
-    _bool_var(
-        "MUSHPI_BLE_ADV_ENABLE", "ble_adv_enable", "true",
-        "Whether to send LE advertisements so phones can discover the service.",
-    ),
-    _choice_var(
-        "MUSHPI_BLE_ADV_TX_POWER", "ble_adv_tx_power", get_args(TxPower), "med",
-        "Advertising transmit power level.",
-    ),
-    _bool_var(
-        "MUSHPI_BLE_ADAPTER_RECOVERY", "ble_adapter_recovery", "true",
-        "Power the adapter on and lift rfkill soft blocks when it is off; false only reports.",
-    ),
-    _bool_var(
-        "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "ble_actuator_status_enable", "true",
-        "Whether to expose the actuator status characteristic.",
-    ),
-    _int_var(
-        "MUSHPI_BLE_QUEUE_MAX_SIZE", "ble_queue_max_size", "64", 1, 4096,
-        "Capacity of each notifying characteristic's publish queue.",
-    ),
-    _int_var(
-        "MUSHPI_BLE_QUEUE_PUT_TIMEOUT_MS", "ble_queue_put_timeout_ms", "10", 0, 1000,
-        "Longest a controller thread waits to hand over a payload, in milliseconds.",
-    ),
-    _choice_var(
-        "MUSHPI_BLE_BACKPRESSURE_POLICY", "ble_backpressure_policy", _POLICIES, "drop_oldest",
-        "What a full publish queue does with a new payload (legacy 'priority' = drop_oldest).",
-        legacy=(("priority", "drop_oldest", _PRIORITY_WHY),),
-    ),
-    *(_policy_override_var(name) for name in NOTIFYING_CHARACTERISTICS),
-    _choice_var(
-        "MUSHPI_BLE_NOTIFY_MODE", "ble_notify_mode", get_args(NotifyMode), "auto",
-        "How notifications reach phones: auto = a notify socket per phone when bluetoothd "
-        "acquires one, signals otherwise; signal = PropertiesChanged only; socket = "
-        "sockets without the signal fallback.",
-    ),
-    _int_var(
-        "MUSHPI_BLE_NOTIFY_INTERVAL_MS", "ble_notify_interval_ms", "5", 0, 1000,
-        "Shortest time between two notifications of one characteristic, in ms (0 = as fast "
-        "as the loop can): a burst waits in the characteristic's queue under its policy "
-        "instead of flooding bluetoothd, whose own queue has no limit; a lone value goes "
-        "out at once.",
-    ),
-    _int_var(
-        "MUSHPI_BLE_LOG_SLOW_PUBLISH_MS", "ble_log_slow_publish_ms", "250", 1, 60000,
-        "Log a publish that takes longer than this, in milliseconds.",
-    ),
-    _int_var(
-        "MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS", "ble_shutdown_timeout_ms", "1500", 50, 30000,
-        "Deadline for a clean shutdown (cancel tasks, unregister), in milliseconds.",
-    ),
-    _int_var(
-        "MUSHPI_BLE_HANDLER_TIMEOUT_MS", "ble_handler_timeout_ms", "5000", 10, 25000,
-        "Deadline for a controller read/write handler, in ms; below the phone's 30 s ATT timeout.",
-    ),
-    _int_var(
-        "MUSHPI_BLE_READ_CACHE_MS", "ble_read_cache_ms", "500", 0, 60000,
-        "How long a controller getter's answer also answers further reads, in ms (0 = ask "
-        "every time); any accepted write ends it at once.",
-    ),
-    _choice_var(
-        "MUSHPI_BLE_INVALID_WRITE", "ble_invalid_write", get_args(InvalidWriteMode), "reject",
-        "Answer to an invalid write: reject with an error, or ignore (ack, log, never apply).",
-    ),
-    _choice_var(
-        "MUSHPI_BLE_WRITE_ACCESS", "ble_write_access", get_args(AccessMode), "open",
-        "Who may write (steer the room): open = any phone in range; bonded = only phones "
-        "paired with this Pi (the phone pairs by itself on its first write).",
-    ),
-    _choice_var(
-        "MUSHPI_BLE_READ_ACCESS", "ble_read_access", get_args(AccessMode), "open",
-        "Who may read and subscribe: open = any phone in range; bonded = paired phones only.",
-    ),
-    _choice_var(
-        "MUSHPI_BLE_PAIRING", "ble_pairing", get_args(PairingMode), None,
-        "Pairing agent: just-works accepts every pairing request (encryption without MITM "
-        "protection); window accepts them only while a pairing window is open; passkey shows "
-        "a 6-digit passkey the phone's user types (MITM protection), only while a window is "
-        "open; off registers none, so no new phone can pair. Empty = window when any access "
-        "is bonded, else just-works.",
-    ),
-    _int_var(
-        "MUSHPI_BLE_METRICS_PORT", "ble_metrics_port", None, 1, 65535,
-        "TCP port of the metrics endpoint.",
-    ),
-    VarSpec(
-        name="MUSHPI_BLE_METRICS_BIND", attribute="ble_metrics_bind", default="127.0.0.1",
-        parse=_ip_address, allowed="an IPv4 or IPv6 address",
-        comment="Address the metrics endpoint listens on.",
-    ),
-    VarSpec(
-        name="MUSHPI_BLE_METRICS_FILE", attribute="ble_metrics_file", default=None,
-        parse=_file_in_existing_dir, allowed="a file path whose directory exists, or empty (off)",
-        comment="File the metrics snapshot is written to.",
-    ),
-    _bool_var(
-        "MUSHPI_BLE_SYSTEMD_NOTIFY", "ble_systemd_notify", "false",
-        "Under a Type=notify unit, the BLE layer tells systemd READY once it serves, keeps "
-        "STATUS current and pings the watchdog (the controller's unit: mushpi-ble setup "
-        "--notify).",
-    ),
-    _int_var(
-        "MUSHPI_SIM_INTERVAL_S", "sim_interval_s", "30", 5, 300,
-        "Publish interval of the simulated controller, in seconds.",
-    ),
-)
-
-_BY_NAME: Mapping[str, VarSpec] = {spec.name: spec for spec in VARIABLES}
-_BY_ATTRIBUTE: Mapping[str, VarSpec] = {
-    spec.attribute: spec for spec in VARIABLES if spec.key is None
-}
-#: MUSHPI_* names that are not settings (scripts/test reads MUSHPI_VENV); never warned about.
-_NOT_SETTINGS: frozenset[str] = frozenset({"MUSHPI_VENV"})
-_KNOWN_NAMES: frozenset[str] = frozenset(_BY_NAME) | {ENV_FILE_VARIABLE} | _NOT_SETTINGS
-
-
-def _default(name: str) -> Any:
-    """Parse a table default, so Settings() and load_settings({}) cannot disagree."""
-    spec = _BY_NAME[name]
-    return None if spec.default is None else spec.parse(spec.default)
 
 
 def _freeze_policies(value: Mapping[str, str]) -> Mapping[str, BackpressurePolicy]:
@@ -449,46 +280,147 @@ def _as_text(value: object) -> str:
 class Settings:
     """Validated, immutable settings; derive variants with ``attrs.evolve``.
 
-    Construction re-checks every field against the table, so an evolved copy is held to the
-    same rules as a loaded one.
+    Each field declares its environment variable (name, default, allowed values, comment);
+    :data:`VARIABLES` is read off these fields, in this order. Construction re-checks every
+    field against its variable, so an evolved copy is held to the same rules as a loaded one.
     """
 
-    ble_backend: Backend = attrs.field(default=_default("MUSHPI_BLE_BACKEND"))
-    dbus_bus_timeout_ms: int = attrs.field(default=_default("MUSHPI_DBUS_BUS_TIMEOUT_MS"))
-    ble_adapter: str = attrs.field(default=_default("MUSHPI_BLE_ADAPTER"))
-    dbus_app_path: str = attrs.field(default=_default("MUSHPI_DBUS_APP_PATH"))
-    ble_service_uuid: str = attrs.field(default=_default("MUSHPI_BLE_SERVICE_UUID"))
-    ble_name_prefix: str = attrs.field(default=_default("MUSHPI_BLE_NAME_PREFIX"))
-    ble_adv_enable: bool = attrs.field(default=_default("MUSHPI_BLE_ADV_ENABLE"))
-    ble_adv_tx_power: TxPower = attrs.field(default=_default("MUSHPI_BLE_ADV_TX_POWER"))
-    ble_adapter_recovery: bool = attrs.field(default=_default("MUSHPI_BLE_ADAPTER_RECOVERY"))
-    ble_actuator_status_enable: bool = attrs.field(
-        default=_default("MUSHPI_BLE_ACTUATOR_STATUS_ENABLE")
+    ble_backend: Backend = _choice_var(
+        "MUSHPI_BLE_BACKEND", get_args(Backend), "bluez-dbus",
+        "Which BLE backend serves the MushPi GATT service.",
     )
-    ble_queue_max_size: int = attrs.field(default=_default("MUSHPI_BLE_QUEUE_MAX_SIZE"))
-    ble_queue_put_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_QUEUE_PUT_TIMEOUT_MS"))
-    ble_backpressure_policy: BackpressurePolicy = attrs.field(
-        default=_default("MUSHPI_BLE_BACKPRESSURE_POLICY")
+    dbus_bus_timeout_ms: int = _int_var(
+        "MUSHPI_DBUS_BUS_TIMEOUT_MS", "2500", 100, 60000,
+        "Deadline for each D-Bus call to bluetoothd, in milliseconds.",
+    )
+    ble_adapter: str = _var(
+        "MUSHPI_BLE_ADAPTER", "hci0", _adapter, "hciN or a MAC address AA:BB:CC:DD:EE:FF",
+        "Bluetooth adapter to use, by name or by address.",
+    )
+    dbus_app_path: str = _var(
+        "MUSHPI_DBUS_APP_PATH", "/com/mushpi/gatt", _object_path,
+        "a D-Bus object path (/ or /a/b, elements of [A-Za-z0-9_], no trailing /)",
+        "D-Bus object path under which the GATT application is exported.",
+    )
+    ble_service_uuid: str = _var(
+        "MUSHPI_BLE_SERVICE_UUID", "12345678-1234-5678-1234-56789abcdef0", _uuid128,
+        "a 128-bit UUID in canonical form xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx",
+        "UUID of the MushPi GATT service the phone app looks for.",
+    )
+    ble_name_prefix: str = _var(
+        "MUSHPI_BLE_NAME_PREFIX", "MushPi", _name_prefix, "1..12 printable ASCII characters",
+        "Prefix of the advertised local name; short so it fits the advertisement.",
+    )
+    ble_adv_enable: bool = _bool_var(
+        "MUSHPI_BLE_ADV_ENABLE", "true",
+        "Whether to send LE advertisements so phones can discover the service.",
+    )
+    ble_adv_tx_power: TxPower = _choice_var(
+        "MUSHPI_BLE_ADV_TX_POWER", get_args(TxPower), "med",
+        "Advertising transmit power level.",
+    )
+    ble_adapter_recovery: bool = _bool_var(
+        "MUSHPI_BLE_ADAPTER_RECOVERY", "true",
+        "Power the adapter on and lift rfkill soft blocks when it is off; false only reports.",
+    )
+    ble_actuator_status_enable: bool = _bool_var(
+        "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "true",
+        "Whether to expose the actuator status characteristic.",
+    )
+    ble_queue_max_size: int = _int_var(
+        "MUSHPI_BLE_QUEUE_MAX_SIZE", "64", 1, 4096,
+        "Capacity of each notifying characteristic's publish queue.",
+    )
+    ble_queue_put_timeout_ms: int = _int_var(
+        "MUSHPI_BLE_QUEUE_PUT_TIMEOUT_MS", "10", 0, 1000,
+        "Longest a controller thread waits to hand over a payload, in milliseconds.",
+    )
+    ble_backpressure_policy: BackpressurePolicy = _choice_var(
+        "MUSHPI_BLE_BACKPRESSURE_POLICY", _POLICIES, "drop_oldest",
+        "What a full publish queue does with a new payload (legacy 'priority' = drop_oldest).",
+        legacy=(("priority", "drop_oldest", _PRIORITY_WHY),),
     )
     #: Per-characteristic policies (keys from NOTIFYING_CHARACTERISTICS); see policy_for().
     policy_overrides: Mapping[str, BackpressurePolicy] = attrs.field(
-        factory=dict, converter=_freeze_policies, hash=False
+        factory=dict,
+        converter=_freeze_policies,
+        hash=False,
+        metadata={_SPECS: tuple(_policy_override_var(n) for n in NOTIFYING_CHARACTERISTICS)},
     )
-    ble_notify_mode: NotifyMode = attrs.field(default=_default("MUSHPI_BLE_NOTIFY_MODE"))
-    ble_notify_interval_ms: int = attrs.field(default=_default("MUSHPI_BLE_NOTIFY_INTERVAL_MS"))
-    ble_log_slow_publish_ms: int = attrs.field(default=_default("MUSHPI_BLE_LOG_SLOW_PUBLISH_MS"))
-    ble_shutdown_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS"))
-    ble_handler_timeout_ms: int = attrs.field(default=_default("MUSHPI_BLE_HANDLER_TIMEOUT_MS"))
-    ble_read_cache_ms: int = attrs.field(default=_default("MUSHPI_BLE_READ_CACHE_MS"))
-    ble_invalid_write: InvalidWriteMode = attrs.field(default=_default("MUSHPI_BLE_INVALID_WRITE"))
-    ble_write_access: AccessMode = attrs.field(default=_default("MUSHPI_BLE_WRITE_ACCESS"))
-    ble_read_access: AccessMode = attrs.field(default=_default("MUSHPI_BLE_READ_ACCESS"))
-    ble_pairing: PairingMode | None = attrs.field(default=_default("MUSHPI_BLE_PAIRING"))
-    ble_metrics_port: int | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_PORT"))
-    ble_metrics_bind: str = attrs.field(default=_default("MUSHPI_BLE_METRICS_BIND"))
-    ble_metrics_file: Path | None = attrs.field(default=_default("MUSHPI_BLE_METRICS_FILE"))
-    ble_systemd_notify: bool = attrs.field(default=_default("MUSHPI_BLE_SYSTEMD_NOTIFY"))
-    sim_interval_s: int = attrs.field(default=_default("MUSHPI_SIM_INTERVAL_S"))
+    ble_notify_mode: NotifyMode = _choice_var(
+        "MUSHPI_BLE_NOTIFY_MODE", get_args(NotifyMode), "auto",
+        "How notifications reach phones: auto = a notify socket per phone when bluetoothd "
+        "acquires one, signals otherwise; signal = PropertiesChanged only; socket = "
+        "sockets without the signal fallback.",
+    )
+    ble_notify_interval_ms: int = _int_var(
+        "MUSHPI_BLE_NOTIFY_INTERVAL_MS", "5", 0, 1000,
+        "Shortest time between two notifications of one characteristic, in ms (0 = as fast "
+        "as the loop can): a burst waits in the characteristic's queue under its policy "
+        "instead of flooding bluetoothd, whose own queue has no limit; a lone value goes "
+        "out at once.",
+    )
+    ble_log_slow_publish_ms: int = _int_var(
+        "MUSHPI_BLE_LOG_SLOW_PUBLISH_MS", "250", 1, 60000,
+        "Log a publish that takes longer than this, in milliseconds.",
+    )
+    ble_shutdown_timeout_ms: int = _int_var(
+        "MUSHPI_BLE_SHUTDOWN_TIMEOUT_MS", "1500", 50, 30000,
+        "Deadline for a clean shutdown (cancel tasks, unregister), in milliseconds.",
+    )
+    ble_handler_timeout_ms: int = _int_var(
+        "MUSHPI_BLE_HANDLER_TIMEOUT_MS", "5000", 10, 25000,
+        "Deadline for a controller read/write handler, in ms; below the phone's 30 s ATT timeout.",
+    )
+    ble_read_cache_ms: int = _int_var(
+        "MUSHPI_BLE_READ_CACHE_MS", "500", 0, 60000,
+        "How long a controller getter's answer also answers further reads, in ms (0 = ask "
+        "every time); any accepted write ends it at once.",
+    )
+    ble_invalid_write: InvalidWriteMode = _choice_var(
+        "MUSHPI_BLE_INVALID_WRITE", get_args(InvalidWriteMode), "reject",
+        "Answer to an invalid write: reject with an error, or ignore (ack, log, never apply).",
+    )
+    ble_write_access: AccessMode = _choice_var(
+        "MUSHPI_BLE_WRITE_ACCESS", get_args(AccessMode), "open",
+        "Who may write (steer the room): open = any phone in range; bonded = only phones "
+        "paired with this Pi (the phone pairs by itself on its first write).",
+    )
+    ble_read_access: AccessMode = _choice_var(
+        "MUSHPI_BLE_READ_ACCESS", get_args(AccessMode), "open",
+        "Who may read and subscribe: open = any phone in range; bonded = paired phones only.",
+    )
+    ble_pairing: PairingMode | None = _choice_var(
+        "MUSHPI_BLE_PAIRING", get_args(PairingMode), None,
+        "Pairing agent: just-works accepts every pairing request (encryption without MITM "
+        "protection); window accepts them only while a pairing window is open; passkey shows "
+        "a 6-digit passkey the phone's user types (MITM protection), only while a window is "
+        "open; off registers none, so no new phone can pair. Empty = window when any access "
+        "is bonded, else just-works.",
+    )
+    ble_metrics_port: int | None = _int_var(
+        "MUSHPI_BLE_METRICS_PORT", None, 1, 65535,
+        "TCP port of the metrics endpoint.",
+    )
+    ble_metrics_bind: str = _var(
+        "MUSHPI_BLE_METRICS_BIND", "127.0.0.1", _ip_address, "an IPv4 or IPv6 address",
+        "Address the metrics endpoint listens on.",
+    )
+    ble_metrics_file: Path | None = _var(
+        "MUSHPI_BLE_METRICS_FILE", None, _file_in_existing_dir,
+        "a file path whose directory exists, or empty (off)",
+        "File the metrics snapshot is written to.",
+    )
+    ble_systemd_notify: bool = _bool_var(
+        "MUSHPI_BLE_SYSTEMD_NOTIFY", "false",
+        "Under a Type=notify unit, the BLE layer tells systemd READY once it serves, keeps "
+        "STATUS current and pings the watchdog (the controller's unit: mushpi-ble setup "
+        "--notify).",
+    )
+    sim_interval_s: int = _int_var(
+        "MUSHPI_SIM_INTERVAL_S", "30", 5, 300,
+        "Publish interval of the simulated controller, in seconds.",
+    )
 
     def __attrs_post_init__(self) -> None:
         """Hold directly built and evolved Settings to the same rules as loaded ones."""
@@ -574,6 +506,30 @@ class Settings:
         return self.ble_handler_timeout_ms / 1000
 
 
+# --- the table, read off the fields ---
+
+VARIABLES: tuple[VarSpec, ...] = tuple(
+    attrs.evolve(spec, attribute=field.name)
+    for field in attrs.fields(Settings)
+    for spec in field.metadata[_SPECS]
+)
+"""Every variable, in the order of the Settings fields that declare them."""
+
+_BY_NAME: Mapping[str, VarSpec] = {spec.name: spec for spec in VARIABLES}
+_BY_ATTRIBUTE: Mapping[str, VarSpec] = {
+    spec.attribute: spec for spec in VARIABLES if spec.key is None
+}
+#: MUSHPI_* names that are not settings (scripts/test reads MUSHPI_VENV); never warned about.
+_NOT_SETTINGS: frozenset[str] = frozenset({"MUSHPI_VENV"})
+_KNOWN_NAMES: frozenset[str] = frozenset(_BY_NAME) | {ENV_FILE_VARIABLE} | _NOT_SETTINGS
+
+
+def _default(name: str) -> Any:
+    """The parsed default of a variable (None for an optional one)."""
+    spec = _BY_NAME[name]
+    return None if spec.default is None else spec.parse(spec.default)
+
+
 def _check_field(spec: VarSpec, value: object) -> None:
     """Round-trip a constructed value through its parser; it must come back identical."""
     text = _as_text(value)
@@ -603,38 +559,77 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: str | os.PathLike[str] | None = ".env",
 ) -> Settings:
-    """Read, validate and return the settings; raise one ConfigError on the first bad value.
+    """Read, validate and return the settings; raise one ConfigError naming every bad
+    value and every settings-file line that cannot be read.
 
     ``environ`` defaults to ``os.environ``. ``env_file`` is read if it exists (None: no file);
     a non-empty ``MUSHPI_ENV_FILE`` in ``environ`` replaces it, and must then exist, since an
     operator who names a file expects it to be used.
     """
-    env: Mapping[str, str] = os.environ if environ is None else environ
-    path, must_exist = _choose_env_file(env, env_file)
-    values: dict[str, tuple[str, str | None]] = {}
-    if path is not None:
-        for name, value in _read_env_file(path, must_exist).items():
-            if name.startswith(PREFIX) and name != ENV_FILE_VARIABLE:
-                values[name] = (value, os.fspath(path))
-    for name, value in env.items():
-        if name.startswith(PREFIX):
-            values[name] = (value, None)
-
+    errors: list[ConfigError] = []
+    values = _collect(os.environ if environ is None else environ, env_file, errors)
     for name, (value, source) in values.items():
         if name.startswith(POLICY_PREFIX) and name not in _BY_NAME:
-            raise _unknown_characteristic(name, value, source)
+            errors.append(_unknown_characteristic(name, value, source))
     _warn_unknown(values)
 
     fields: dict[str, Any] = {}
     overrides: dict[str, str] = {}
     for spec in VARIABLES:
         raw, source = values.get(spec.name, (None, None))
-        value = _load_one(spec, raw, source)
+        try:
+            value = _load_one(spec, raw, source)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
         if spec.key is None:
             fields[spec.attribute] = value
         elif value is not None:
             overrides[spec.key] = value
+    if errors:
+        raise ConfigError.gather(errors) from None
     return Settings(policy_overrides=overrides, **fields)
+
+
+def _collect(env: Mapping[str, str], env_file: str | os.PathLike[str] | None,
+             errors: list[ConfigError]) -> dict[str, tuple[str, str | None]]:
+    """Every MUSHPI_ value with where it came from (a file path, or None: the
+    environment); the environment wins. Unreadable file lines go to ``errors``."""
+    path, must_exist = _choose_env_file(env, env_file)
+    values: dict[str, tuple[str, str | None]] = {}
+    if path is not None:
+        for name, value in _read_env_file(path, must_exist, errors).items():
+            if name.startswith(PREFIX) and name != ENV_FILE_VARIABLE:
+                values[name] = (value, os.fspath(path))
+    for name, value in env.items():
+        if name.startswith(PREFIX):
+            values[name] = (value, None)
+    return values
+
+
+@attrs.frozen
+class SettingSource:
+    """One setting in effect: its text and where it came from."""
+
+    variable: str
+    value: str
+    source: str
+    """"environment", the settings file's path, or "default"."""
+
+
+def setting_sources(environ: Mapping[str, str] | None = None,
+                    env_file: str | os.PathLike[str] | None = ".env") -> list[SettingSource]:
+    """Where each setting comes from, in table order (``mushpi-ble config``). Call it
+    after :func:`load_settings` accepted the same inputs."""
+    values = _collect(os.environ if environ is None else environ, env_file, [])
+    out = []
+    for spec in VARIABLES:
+        raw, source = values.get(spec.name, (None, None))
+        if raw is None or (spec.optional and not raw.strip()):
+            out.append(SettingSource(spec.name, spec.default or "", "default"))
+        else:
+            out.append(SettingSource(spec.name, raw.strip(), source or "environment"))
+    return out
 
 
 def env_file_in_use(
@@ -657,21 +652,29 @@ def _choose_env_file(
     return (None if env_file is None else Path(env_file)), False
 
 
-def _read_env_file(path: Path, must_exist: bool) -> dict[str, str]:
+def _read_env_file(path: Path, must_exist: bool, errors: list[ConfigError]) -> dict[str, str]:
+    """The file's assignments; each line that cannot be read is added to ``errors``.
+
+    No interpolation: ${VAR} would silently read os.environ even when the caller
+    passed its own environ mapping (and systemd does not interpolate either).
+    """
     if not path.is_file():
         if must_exist:
             raise ConfigError(ENV_FILE_VARIABLE, os.fspath(path), "an existing, readable file")
         return {}
     try:
-        # No interpolation: ${VAR} would silently read os.environ even when the caller
-        # passed its own environ mapping.
-        raw = dotenv_values(path, interpolate=False)
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeError) as exc:
         raise ConfigError(
             ENV_FILE_VARIABLE, os.fspath(path), "an existing, readable UTF-8 file", str(exc)
         ) from None
-    # A bare "NAME" line (no '=') yields None: treat it as not set at all.
-    return {name: value for name, value in raw.items() if value is not None}
+    parsed = envfile.parse(text, strict_prefix=PREFIX)
+    for bad in parsed.problems:
+        errors.append(ConfigError(
+            bad.name or ENV_FILE_VARIABLE, bad.text, "NAME=value, the value unquoted or "
+            "wholly in quotes", f"line {bad.line}: {bad.problem}",
+            f"{os.fspath(path)}:{bad.line}"))
+    return parsed.values
 
 
 def _warn_unknown(values: Mapping[str, tuple[str, str | None]]) -> None:
@@ -713,7 +716,7 @@ _ENV_EXAMPLE_HEADER = """\
 # mushpi_ble settings. Generated from mushpi_ble/config.py (render_env_example); do not edit.
 # Every line shows the default and is commented out, so copying this file to .env changes
 # nothing; uncomment a line to change it. Environment variables win over the file.
-# MUSHPI_ENV_FILE (environment only) names a file to read instead of ./.env."""
+# The environment variable MUSHPI_ENV_FILE names a file to read instead of ./.env."""
 
 
 def render_env_example() -> str:

@@ -299,6 +299,6 @@ async def test_passkey_status_metrics_and_live_view(bus_address: str, bluez: Fak
         assert metrics[("mushpi_ble_pairing_window_open", None)] == 1
         assert metrics[("mushpi_ble_access_refused_total", "not-bonded")] == 1
         view = render_view(rig.portal, rig.controller)
-        assert "access: write=bonded read=open  pairing window OPEN until" in view
+        assert "Access: write bonded, read open · pairing window OPEN until" in view
         assert f"PASSKEY {shown[-1][1]:06d} for {ADDRESS}" in view
-        assert "writes=1 (not-bonded=1  no-device=0)" in view
+        assert "refused 1 writes, 0 reads of phones without a bond" in view

@@ -12,7 +12,6 @@ from rig import eventually
 from mushpi_ble.dbus import Connection, open_connection
 from mushpi_ble.gatt import (
     Characteristic,
-    Descriptor,
     GattApplication,
     GattDefinitionError,
     GattError,
@@ -48,10 +47,6 @@ async def _write(_r: WriteRequest) -> None:
          "appears twice"),
         ((Characteristic(C1, ("read",)),), "no read handler"),
         ((Characteristic(C1, ("write",)),), "no write handler"),
-        ((Characteristic(C1, ("read",), read=_read,
-                         descriptors=(Descriptor("2902"),)),), "adds the CCCD itself"),
-        ((Characteristic(C1, ("read",), read=_read,
-                         descriptors=(Descriptor("2901", ("notify",)),)),), "unknown flags"),
     ],
 )
 def test_definitions_bluetoothd_would_refuse_or_break(chars: tuple[Characteristic, ...],

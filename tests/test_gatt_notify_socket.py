@@ -334,7 +334,7 @@ async def test_after_a_socket_phone_left_unregister_sends_the_value_first(
     signal first. It must reach bluetoothd before the application is gone: the fake
     turns it into a notification only for a registered application (and reads signals
     beside calls, so its UnregisterApplication waits a moment to let the signal land)."""
-    caplog.set_level(logging.INFO, logger="mushpi_ble.gatt.application")
+    caplog.set_level(logging.INFO, logger="mushpi_ble.gatt")
     async with served(app_conn, service()) as app:
         state = app.state("note")
         stays, leaves = await two_phones_on_sockets(bluez, state)

@@ -95,7 +95,7 @@ def test_standalone_files_modes_user_and_groups(root: Path,
     unit = at(root, files.UNIT_DIR / files.STANDALONE_UNIT).read_text()
     assert "SIMULATED" in unit and "simulated controller" in unit
     assert f"EnvironmentFile={files.SETTINGS}\n" in unit  # no "-": the file must exist
-    assert "Type=notify" in unit and "RestartPreventExitStatus=2" in unit
+    assert "Type=notify" in unit and "RestartPreventExitStatus=3" in unit
     for path in (files.UDEV_RULE, files.POLICY, files.UNIT_DIR / files.STANDALONE_UNIT):
         assert at(root, path).stat().st_mode & 0o777 == 0o644
     manifest = json.loads(at(root, files.MANIFEST).read_text())

@@ -300,10 +300,10 @@ def test_09_broken_settings_stop_the_unit_without_a_restart_loop() -> None:
     try:
         assert sh("systemctl", "restart", UNIT, check=False).returncode != 0
         state = show(UNIT, "ActiveState", "SubState", "Result", "ExecMainStatus", "NRestarts")
-        # "failed", not "activating (auto-restart)": RestartPreventExitStatus=2 held (a
+        # "failed", not "activating (auto-restart)": RestartPreventExitStatus=3 held (a
         # manual restart sets NRestarts to 0; each automatic one would count)
         assert state == {"ActiveState": "failed", "SubState": "failed", "Result": "exit-code",
-                         "ExecMainStatus": "2", "NRestarts": "0"}, state
+                         "ExecMainStatus": "3", "NRestarts": "0"}, state
         errors = journal(mark, "-u", UNIT, "-p", "err")
         assert "MUSHPI_BLE_WRITE_ACCESS" in errors, errors
     finally:

@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from mushpi_ble.cli import exits
 from mushpi_ble.config import ConfigError, Settings, env_file_in_use, load_settings
 from mushpi_ble.dbus import BusUnreachable, Connection, DBusError, open_connection
 from mushpi_ble.gatt import (
@@ -43,7 +44,7 @@ from mushpi_ble.gatt import (
     managed_objects,
     pick_adapter,
 )
-from mushpi_ble.management import BUS_NAME as MANAGEMENT_NAME
+from mushpi_ble.management_api import BUS_NAME as MANAGEMENT_NAME
 
 from . import check_system as system
 from . import system_files as files
@@ -437,7 +438,6 @@ def system_findings(settings: Settings, env_file: Path) -> list[Finding]:
     except OSError:
         mounts = ""
     return [system.settings_finding(source, env_file),
-            *system.inline_comment_findings(source),
             *filter(None, [system.root_finding(os.geteuid()),
                            system.bond_storage_finding(settings, mounts)]),
             *system.setup_findings()]
@@ -452,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(env_file=env_file)
     except ConfigError as exc:
         print(f"[FAIL] configuration  {exc}")
-        return 1
+        return exits.CONFIG
     findings = [*system_findings(settings, env_file),
                 *trio.run(run_checks, settings, args.bus, args.bluetoothd)]
     print(report(findings))

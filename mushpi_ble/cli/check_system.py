@@ -1,15 +1,15 @@
 """What ``mushpi-ble check`` says about the system around the peripheral: the settings
-file it read, the pieces ``mushpi-ble setup`` installed (right for the service user),
-who runs the check, a root whose writes vanish at reboot, and which cure fits this OS
-when bluetoothd refuses advertisements. Each finding is a function of what it reads, so
-the tests hand it a root, mounts or an os-release of their own."""
+file it read (an inline comment there is already a configuration error), the pieces
+``mushpi-ble setup`` installed (right for the service user), who runs the check, a root
+whose writes vanish at reboot, and which cure fits this OS when bluetoothd refuses
+advertisements. Each finding is a function of what it reads, so the tests hand it a
+root, mounts or an os-release of their own."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +21,6 @@ from mushpi_ble.config import Settings
 from . import system_files as files
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
-INLINE_COMMENT = re.compile(r"^\s*(?:export\s+)?([A-Z0-9_]+)\s*=\s*([^'\"].*?\s#.*)$")
 FIXED_BLUEZ = (5, 87)
 
 
@@ -44,22 +43,6 @@ def settings_finding(source: Path | None, tried: Path) -> Finding:
         return Finding(INFO, "settings", f"no settings file ({tried} does not exist): "
                        "defaults and the environment only")
     return Finding(OK, "settings", f"read {source} (and the environment, which wins)")
-
-
-def inline_comment_findings(path: Path | None) -> list[Finding]:
-    """systemd's EnvironmentFile keeps ``# ...`` after a value as part of it (python-dotenv
-    drops it): a line that works by hand breaks the service."""
-    if path is None or not path.is_file():
-        return []
-    found = []
-    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-        match = INLINE_COMMENT.match(line)
-        if match:
-            found.append(Finding(WARN, "settings", f"{path}:{number}: under systemd "
-                                 f"{match.group(1)} would be {match.group(2)!r}: systemd "
-                                 "keeps an inline comment as part of the value; put the "
-                                 "comment on a line of its own"))
-    return found
 
 
 # -- the pieces setup installed ----------------------------------------------------------------

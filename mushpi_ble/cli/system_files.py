@@ -13,7 +13,9 @@ from pathlib import Path
 
 import attrs
 
-from mushpi_ble.management import policy_file
+from mushpi_ble.management_api import policy_file
+
+from . import exits
 
 RFKILL_GROUP = "mushpi-rfkill"
 """The group that may write /dev/rfkill (not ``netdev``, which also drives Wi-Fi)."""
@@ -29,8 +31,8 @@ UNIT_DIR = Path("/etc/systemd/system")
 DROPIN = "50-mushpi-ble.conf"
 STANDALONE_UNIT = "mushpi-ble-sim.service"
 STATE_DIRECTORY = "mushpi-ble-sim"
-CONFIG_EXIT_STATUS = 2
-"""``serve`` exits 2 on a bad setting; a controller should too (restarting cannot fix it)."""
+CONFIG_EXIT_STATUS = exits.CONFIG
+"""``serve`` exits 3 on a bad setting; a controller should too (restarting cannot fix it)."""
 DEFAULT_WATCHDOG_S = 30
 
 UDEV_TEXT = f"""\

@@ -24,7 +24,7 @@ from .advertising import (
     read_capabilities,
 )
 from .agent import AGENT_MANAGER_PATH, Pairing, PasskeyShown, agent_path
-from .application import CharacteristicState, GattApplication
+from .application import GattApplication
 from .devices import Central, DeviceTracker
 from .errors import (
     DEADLINE_ERROR,
@@ -33,12 +33,10 @@ from .errors import (
     failed,
     invalid_offset,
     invalid_value_length,
-    not_permitted,
     refusal,
 )
 from .model import (
     Characteristic,
-    Descriptor,
     GattDefinitionError,
     IncompleteValue,
     Service,
@@ -60,6 +58,7 @@ from .pairing_policy import PairingWindow
 from .queue_policy import POLICIES, Admission, admit, check_policy
 from .requests import ReadRequest, WriteRequest
 from .rfkill import Rfkill
+from .state import CharacteristicState
 
 __all__ = [
     "ADAPTER_IFACE",
@@ -87,7 +86,6 @@ __all__ = [
     "Central",
     "Characteristic",
     "CharacteristicState",
-    "Descriptor",
     "DeviceTracker",
     "GattApplication",
     "GattDefinitionError",
@@ -111,7 +109,6 @@ __all__ = [
     "invalid_value_length",
     "managed_objects",
     "normalise_uuid",
-    "not_permitted",
     "pick_adapter",
     "plan_advertisement",
     "read_capabilities",

@@ -71,10 +71,6 @@ class AccessRules:
             if mode not in ACCESS_MODES:
                 raise ValueError(f"{kind} access {mode!r}: allowed {', '.join(ACCESS_MODES)}")
 
-    @property
-    def open(self) -> bool:
-        return self.read == "open" and self.write == "open"
-
     def mode(self, kind: str) -> AccessMode:
         return self.read if kind == READ else self.write
 

@@ -1,27 +1,18 @@
 """A GATT application exported to BlueZ: objects, handlers, notifications.
 
 Turns :class:`~.model.Service` descriptions into ``GattService1`` /
-``GattCharacteristic1`` / ``GattDescriptor1`` objects under one root with
-an ObjectManager, answers bluetoothd's calls (offset reads, long writes,
-StartNotify/StopNotify, AcquireNotify), and sends notifications either as
-PropertiesChanged on ``Value`` — on the same connection that registered, as
-bluetoothd requires — or into each phone's notify socket.
-
-Which path a characteristic's notifications take: its sockets while every
-subscriber acquired one; one PropertiesChanged while anyone subscribed by
-StartNotify or a socket was lost under a connected phone (bluetoothd sends
-that signal to every subscribed phone, so the sockets pause meanwhile — no
-phone gets a value twice).
+``GattCharacteristic1`` objects under one root with
+an ObjectManager, answers bluetoothd's calls (offset reads, writes,
+StartNotify/StopNotify) and sends notifications as PropertiesChanged on
+``Value`` — on the same connection that registered, as bluetoothd requires.
+AcquireNotify and each phone's socket are :mod:`.notify_sockets`' job, the
+pieces of a long write :mod:`.long_write`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
-import math
-import socket
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -30,18 +21,10 @@ import trio
 from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Method, Property
 
 from .access import READ, WRITE, AccessGate
-from .errors import (
-    FAILED,
-    INVALID_VALUE_LENGTH,
-    NOT_PERMITTED,
-    NOT_SUPPORTED,
-    GattError,
-    invalid_offset,
-    not_permitted,
-)
+from .errors import NOT_PERMITTED, NOT_SUPPORTED, GattError
+from .long_write import LongWrites
 from .model import (
     Characteristic,
-    Descriptor,
     IncompleteValue,
     ReadHandler,
     Service,
@@ -50,72 +33,19 @@ from .model import (
 )
 from .names import (
     BLUEZ,
-    DEVICE_IFACE,
     GATT_CHARACTERISTIC_IFACE,
-    GATT_DESCRIPTOR_IFACE,
     GATT_MANAGER_IFACE,
     GATT_SERVICE_IFACE,
-    PROPERTIES,
 )
-from .notify_socket import PEER_CLOSED, NotifySocket, SocketStats
+from .notify_sockets import CLOSE_GRACE_S, DeviceSeen, NotifySockets
 from .requests import ReadRequest, WriteRequest
+from .state import CharacteristicState
 
 log = logging.getLogger(__name__)
 
 OPTIONS = "a{sv}"
 # A handler's own deadline should fire first; the D-Bus layer's is the backstop.
 DEADLINE_MARGIN_S = 0.25
-CLOSE_GRACE_S = 1.0
-"""How long after a notify socket's end we ask whether its phone is still connected:
-bluetoothd closes the socket of a leaving phone before it says Connected=false."""
-SENT_END_HOLD_S = 2.0
-MAX_DEPARTURES = 64
-
-
-@attrs.define
-class PendingWrite:
-    """A long write being reassembled, piece by piece, for one device."""
-
-    data: bytearray
-    started: float
-
-
-@attrs.define
-class CharacteristicState:
-    """What the application knows about one characteristic at run time."""
-
-    spec: Characteristic
-    path: str
-    value: bytes = b""
-    notifying: bool = False
-    start_notify_calls: int = 0
-    notifications_sent: int = 0
-    pending_writes: dict[str, PendingWrite] = attrs.Factory(dict)
-    sockets: dict[str, NotifySocket] = attrs.Factory(dict)
-    """Acquired notify sockets by device path."""
-    suspects: set[str] = attrs.Factory(set)
-    """Devices whose socket closed while they stayed connected (bluez/bluez#1452)."""
-    sockets_acquired: int = 0
-    sockets_closed: int = 0
-    socket_losses: int = 0
-    """Sockets closed under a still-connected phone: counted, answered by signals."""
-    confirmations: int = 0
-    """Indication confirmations: Confirm() calls and 0x01 bytes on the sockets."""
-    acquired_since_register: bool = False
-    """A socket was acquired since RegisterApplication (see ``GattApplication.unregister``)."""
-    departed: SocketStats = attrs.Factory(SocketStats)
-    """The counters of sockets already closed, so the totals never go back."""
-
-    @property
-    def on_signals(self) -> bool:
-        """Notifications go out as one PropertiesChanged (not into the sockets)."""
-        return self.notifying or bool(self.suspects)
-
-
-DeviceSeen = Callable[[str, int], None]
-_PUSH_TO: contextvars.ContextVar[str | None] = contextvars.ContextVar("push_to", default=None)
-"""Set in the task of a subscribe hook started by AcquireNotify: notify() inside it
-writes to that phone's socket only."""
 
 
 async def _read_later(value: bytes | Awaitable[bytes], offset: int) -> bytes:
@@ -150,17 +80,17 @@ class GattApplication:
         self._handler_timeout = handler_timeout
         self._allowed_caller = allowed_caller
         self._on_device_seen = on_device_seen
-        self._long_write_timeout = long_write_timeout
+        self._long_writes = LongWrites(long_write_timeout)
         self.access = access
-        self._close_grace = close_grace
-        self._departures: dict[str, float] = {}  # device -> when it last disconnected
-        self._socket_devices: set[str] = set()  # devices that acquired a socket (this registration)
-        self._socket_device_left = False
         self._states: dict[str, CharacteristicState] = {}
-        self._paths: list[str] = []
         self.exported = False
         self.registered_on: str | None = None
         self._layout()
+        self._sockets = NotifySockets(
+            conn, tuple(self._states.values()), nursery=nursery,
+            handler_timeout=handler_timeout, close_grace=close_grace,
+            registered=lambda: self.registered_on is not None,
+            on_device_seen=self._saw_device, start_subscribe_hook=self._start_subscribe_hook)
 
     # -- layout ------------------------------------------------------------
     def _layout(self) -> None:
@@ -189,25 +119,11 @@ class GattApplication:
         self._conn.add_object_manager(self.root)
         for s_index, service in enumerate(self.services):
             s_path = f"{self.root}/service{s_index}"
-            self._export(s_path, self._service_interface(service))
+            self._conn.export(s_path, [self._service_interface(service)])
             for char in service.characteristics:
                 state = self._states[char.uuid]
-                self._export(state.path, self._characteristic_interface(state, s_path))
-                for d_index, desc in enumerate(char.descriptors):
-                    self._export(f"{state.path}/desc{d_index}",
-                                 self._descriptor_interface(desc, state.path))
+                self._conn.export(state.path, [self._characteristic_interface(state, s_path)])
         self.exported = True
-
-    def _export(self, path: str, iface: Interface) -> None:
-        self._conn.export(path, [iface])
-        self._paths.append(path)
-
-    def unexport(self) -> None:
-        for path in reversed(self._paths):
-            self._conn.unexport(path)
-        self._paths.clear()
-        self._conn.remove_object_manager(self.root)
-        self.exported = False
 
     def _service_interface(self, service: Service) -> Interface:
         return Interface(
@@ -229,56 +145,24 @@ class GattApplication:
             Property("Notifying", "b", get=lambda: state.notifying),
             Property("Value", "ay", get=lambda: state.value, restricted=True),
         ]
-        acquire: Callable[[CallContext, dict[str, Any]], Any] = _not_supported
+        methods = [
+            Method("ReadValue", OPTIONS, "ay", arg_names=["options"], out_names=["value"],
+                   handler=lambda ctx, opts: self._read_value(ctx, state, opts),
+                   timeout=deadline),
+            Method("WriteValue", "ay" + OPTIONS, "", arg_names=["value", "options"],
+                   handler=lambda ctx, v, opts: self._write_value(ctx, state, v, opts),
+                   timeout=deadline),
+            Method("StartNotify", handler=lambda ctx: self._start_notify(ctx, state)),
+            Method("StopNotify", handler=lambda ctx: self._stop_notify(ctx, state)),
+            Method("Confirm", handler=lambda ctx: self._confirmed(state)),
+        ]
         if spec.acquire_notify:
+            # bluetoothd calls AcquireNotify only where it sees NotifyAcquired
             properties.append(Property("NotifyAcquired", "b", get=lambda: bool(state.sockets)))
-
-            def acquire(ctx: CallContext, opts: dict[str, Any]) -> tuple[socket.socket, int]:
-                return self._acquire_notify(ctx, state, opts)
-        return Interface(
-            GATT_CHARACTERISTIC_IFACE,
-            allowed_caller=self._allowed_caller,
-            methods=[
-                Method("ReadValue", OPTIONS, "ay", arg_names=["options"], out_names=["value"],
-                       handler=lambda ctx, opts: self._read_value(ctx, state, opts),
-                       timeout=deadline),
-                Method("WriteValue", "ay" + OPTIONS, "", arg_names=["value", "options"],
-                       handler=lambda ctx, v, opts: self._write_value(ctx, state, v, opts),
-                       timeout=deadline),
-                Method("StartNotify", handler=lambda ctx: self._start_notify(ctx, state)),
-                Method("StopNotify", handler=lambda ctx: self._stop_notify(ctx, state)),
-                Method("AcquireNotify", OPTIONS, "hq", handler=acquire),
-                Method("AcquireWrite", OPTIONS, "hq", handler=_not_supported),
-                Method("Confirm", handler=lambda ctx: self._confirmed(state)),
-            ],
-            properties=properties,
-        )
-
-    def _descriptor_interface(self, desc: Descriptor, c_path: str) -> Interface:
-        async def read(_ctx: CallContext, opts: dict[str, Any]) -> bytes:
-            if desc.read is None:
-                raise not_permitted("descriptor is not readable")
-            request = ReadRequest.from_options(opts)
-            return await _read_later(desc.read(request), request.offset)
-
-        async def write(_ctx: CallContext, value: bytes, opts: dict[str, Any]) -> None:
-            if desc.write is None:
-                raise not_permitted("descriptor is not writable")
-            await desc.write(WriteRequest.from_options(value, opts))
-
-        return Interface(
-            GATT_DESCRIPTOR_IFACE,
-            allowed_caller=self._allowed_caller,
-            methods=[
-                Method("ReadValue", OPTIONS, "ay", handler=read),
-                Method("WriteValue", "ay" + OPTIONS, "", handler=write),
-            ],
-            properties=[
-                Property("UUID", "s", get=lambda: desc.uuid),
-                Property("Characteristic", "o", get=lambda: c_path),
-                Property("Flags", "as", get=lambda: list(desc.flags)),
-            ],
-        )
+            methods.append(Method("AcquireNotify", OPTIONS, "hq",
+                                  handler=lambda _ctx, opts: self._sockets.acquire(state, opts)))
+        return Interface(GATT_CHARACTERISTIC_IFACE, allowed_caller=self._allowed_caller,
+                         methods=methods, properties=properties)
 
     def flags_of(self, spec: Characteristic) -> tuple[str, ...]:
         """The flags bluetoothd sees: the description's, secured by the access rules."""
@@ -319,47 +203,13 @@ class GattApplication:
             raise GattError(NOT_PERMITTED, f"{state.spec.label} is not writable")
         if self.access is not None and self.access.guards(WRITE):  # open: no await
             await self.access.check(WRITE, piece.device, state.spec.label)
-        whole = self._assemble(state, piece)
+        whole = self._long_writes.assemble(state.spec, piece)
         try:
             await state.spec.write(attrs.evolve(piece, value=whole, offset=0))
         except IncompleteValue:
-            state.pending_writes[piece.device] = PendingWrite(bytearray(whole),
-                                                              trio.current_time())
+            self._long_writes.hold(state.spec, piece.device, whole)
             return
-        except (DBusError, trio.Cancelled):
-            raise
-        state.pending_writes.pop(piece.device, None)
-
-    def _assemble(self, state: CharacteristicState, piece: WriteRequest) -> bytes:
-        """Join a long write's pieces; offset 0 always starts afresh."""
-        if piece.offset == 0:
-            unfinished = state.pending_writes.pop(piece.device, None)
-            if unfinished is not None:
-                log.warning("unfinished long write discarded characteristic=%s device=%s "
-                            "bytes=%d", state.spec.label, piece.device or "-",
-                            len(unfinished.data))
-            whole = piece.value
-        else:
-            pending = state.pending_writes.get(piece.device)
-            now = trio.current_time()
-            if pending is not None and now - pending.started > self._long_write_timeout:
-                state.pending_writes.pop(piece.device, None)
-                log.warning("unfinished long write expired characteristic=%s device=%s "
-                            "bytes=%d", state.spec.label, piece.device or "-",
-                            len(pending.data))
-                pending = None
-            if pending is None or piece.offset != len(pending.data):
-                have = 0 if pending is None else len(pending.data)
-                state.pending_writes.pop(piece.device, None)
-                raise invalid_offset(piece.offset, have)
-            whole = bytes(pending.data) + piece.value
-        if len(whole) > state.spec.max_write_length:
-            state.pending_writes.pop(piece.device, None)
-            raise GattError(
-                INVALID_VALUE_LENGTH,
-                f"{state.spec.label}: {len(whole)} bytes exceeds {state.spec.max_write_length}",
-            )
-        return whole
+        self._long_writes.done(state.spec, piece.device)
 
     def _start_notify(self, _ctx: CallContext, state: CharacteristicState) -> None:
         if not state.spec.notifies:
@@ -372,7 +222,10 @@ class GattApplication:
             log.info("notifications on characteristic=%s", state.spec.label)
         if state.spec.on_subscribe is not None:
             # after this handler returns, so the reply to StartNotify leaves first
-            self._nursery.start_soon(self._run_subscribe_hook, state)
+            self._start_subscribe_hook(state)
+
+    def _start_subscribe_hook(self, state: CharacteristicState) -> None:
+        self._nursery.start_soon(self._run_subscribe_hook, state)
 
     async def _run_subscribe_hook(self, state: CharacteristicState) -> None:
         assert state.spec.on_subscribe is not None
@@ -395,144 +248,21 @@ class GattApplication:
         """Confirm(): a phone confirmed an indication (bluetoothd before 5.80)."""
         state.confirmations += 1
 
-    # -- notify sockets ------------------------------------------------------------
-    def _acquire_notify(self, _ctx: CallContext, state: CharacteristicState,
-                        options: dict[str, Any]) -> tuple[socket.socket, int]:
-        """One SOCK_SEQPACKET pair per phone: the far end to bluetoothd, ours kept."""
-        spec = state.spec
-        device = _option(options, "device", "")
-        mtu = int(_option(options, "mtu", 23))
-        link = _option(options, "link", "")
-        self._saw_device(device, mtu)
-        try:
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        except OSError as exc:
-            log.warning("notify socket not created characteristic=%s device=%s error=%s",
-                        spec.label, device or "-", exc)
-            # NotSupported makes bluetoothd fall back to StartNotify; Failed does not
-            raise GattError(NOT_SUPPORTED if spec.signal_fallback else FAILED,
-                            f"no socket: {exc}") from None
-        old = state.sockets.pop(device, None)
-        if old is not None:
-            old.close("replaced by a new AcquireNotify")
-        first = not state.sockets
-        pipe = NotifySocket(ours, device=device, characteristic=spec.label, mtu=mtu, link=link,
-                            capacity=spec.notify_queue, policy=spec.notify_policy,
-                            on_closed=lambda s, why: self._socket_closed(state, s, why))
-        state.sockets[device] = pipe
-        state.sockets_acquired += 1
-        state.acquired_since_register = True
-        if device:
-            self._socket_devices.add(device)
-        if device in state.suspects:
-            state.suspects.discard(device)
-            log.info("notify socket acquired again characteristic=%s device=%s", spec.label,
-                     device)
-        self._nursery.start_soon(pipe.run)
-        self._nursery.start_soon(self._close_sent_end, theirs)
-        if first:
-            self._conn.emit_properties_changed_nowait(state.path, GATT_CHARACTERISTIC_IFACE,
-                                                      {"NotifyAcquired": True})
-        log.info("notify socket acquired characteristic=%s device=%s mtu=%d link=%s",
-                 spec.label, device or "-", mtu, link or "-")
-        if spec.on_subscribe is not None:
-            # the hook's push goes to the new phone only: the others have that value
-            token = _PUSH_TO.set(device)
-            try:
-                self._nursery.start_soon(self._run_subscribe_hook, state)
-            finally:
-                _PUSH_TO.reset(token)
-        return theirs, mtu
-
-    async def _close_sent_end(self, theirs: socket.socket) -> None:
-        """Close our copy of bluetoothd's end once the reply carrying it has left, so
-        bluetoothd's close reaches us as EOF."""
-        writer = self._conn.writer
-        with trio.move_on_after(SENT_END_HOLD_S):
-            await trio.sleep(0)
-            while writer.queued_bytes > 0:
-                await trio.sleep(0.005)
-        theirs.close()
-
-    def _socket_closed(self, state: CharacteristicState, pipe: NotifySocket,
-                       reason: str) -> None:
-        state.sockets_closed += 1
-        _add_stats(state.departed, pipe.stats)
-        if state.sockets.get(pipe.device) is pipe:
-            del state.sockets[pipe.device]
-            if not state.sockets and self.exported:
-                self._conn.emit_properties_changed_nowait(state.path, GATT_CHARACTERISTIC_IFACE,
-                                                          {"NotifyAcquired": False})
-        log.info("notify socket ended characteristic=%s device=%s reason=%s sent=%d "
-                 "dropped=%d", state.spec.label, pipe.device or "-", reason, pipe.stats.sent,
-                 pipe.stats.dropped)
-        if reason == PEER_CLOSED and pipe.device and self.registered_on:
-            self._nursery.start_soon(self._check_loss, state, pipe.device, trio.current_time())
-
-    async def _check_loss(self, state: CharacteristicState, device: str,
-                          ended_at: float) -> None:
-        """A socket ended: did its phone leave, or is it still there (bluez#1452)?
-
-        A phone that left around the end and is connected again (a quick reconnect)
-        left: its socket ended with its link.
-        """
-        await trio.sleep(self._close_grace)
-        if device in state.sockets or not self.registered_on:
-            return  # acquired again meanwhile
-        if self._departures.get(device, -math.inf) >= ended_at - self._close_grace:
-            return
-        try:
-            connected = bool(_unwrap(await self._conn.call(
-                BLUEZ, device, PROPERTIES, "Get", "ss", (DEVICE_IFACE, "Connected"),
-                timeout=self._handler_timeout)))
-        except DBusError:
-            connected = False
-        if not connected or device in state.sockets:
-            return
-        state.socket_losses += 1
-        if state.spec.signal_fallback:
-            state.suspects.add(device)
-            log.warning("notify socket lost under a connected phone characteristic=%s "
-                        "device=%s: serving it by signals until the phone leaves or "
-                        "acquires again", state.spec.label, device)
-        else:
-            log.warning("notify socket lost under a connected phone characteristic=%s "
-                        "device=%s: no fallback (notify mode socket)", state.spec.label, device)
-
+    # -- notify sockets ---------------------------------------------------------------
     def device_left(self, device: str) -> None:
         """A phone disconnected: it is no longer a reason to stay on signals."""
-        self._departures.pop(device, None)
-        self._departures[device] = trio.current_time()
-        if device in self._socket_devices:
-            self._socket_device_left = True
-        while len(self._departures) > MAX_DEPARTURES:
-            del self._departures[next(iter(self._departures))]
-        for state in self._states.values():
-            state.suspects.discard(device)
+        self._sockets.device_left(device)
 
     def phones(self) -> dict[str, dict[str, Any]]:
         """Per device: its acquired sockets, MTU, queues and counters."""
-        out: dict[str, dict[str, Any]] = {}
-        for state in self._states.values():
-            for device, pipe in state.sockets.items():
-                entry = out.setdefault(device, {
-                    "characteristics": [], "mtu": pipe.mtu, "queue_depth": 0, "sent": 0,
-                    "dropped": 0, "coalesced": 0, "refused": 0, "confirmations": 0,
-                    "last_error": ""})
-                entry["characteristics"].append(state.spec.label)
-                entry["mtu"] = pipe.mtu
-                entry["queue_depth"] += pipe.depth
-                for key in ("sent", "dropped", "coalesced", "refused", "confirmations"):
-                    entry[key] += getattr(pipe.stats, key)
-                entry["last_error"] = pipe.last_error or entry["last_error"]
-        return out
+        return self._sockets.phones()
 
     # -- notifications -------------------------------------------------------
     async def notify(self, state: CharacteristicState, value: bytes) -> bool:
         """Store ``value`` and, while someone subscribes, send it; True if sent.
 
-        Into the sockets without waiting (each applies its own queue policy);
-        as a signal, waits only for the connection's outgoing buffer.
+        As a signal, waits only for the connection's outgoing buffer; into the
+        sockets without waiting (see ``NotifySockets.offer``).
         """
         state.value = value
         if not self.registered_on:
@@ -542,37 +272,20 @@ class GattApplication:
                                                      {"Value": value})
             state.notifications_sent += 1
             return True
-        if not state.sockets:
-            return False
-        only = _PUSH_TO.get()
-        if only is not None:
-            pipe = state.sockets.get(only)
-            if pipe is None:
-                return False
-            pipe.offer(value)
-            return True
-        for pipe in list(state.sockets.values()):
-            pipe.offer(value)
-        state.notifications_sent += 1
-        return True
+        return self._sockets.offer(state, value)
 
     def reset_subscriptions(self) -> None:
         """bluetoothd is gone: nobody is subscribed and no write is half done."""
         for state in self._states.values():
             state.notifying = False
-            state.pending_writes.clear()
-            state.suspects.clear()
-            for pipe in list(state.sockets.values()):
-                pipe.close("bluetoothd gone")
+        self._long_writes.clear()
+        self._sockets.close_all("bluetoothd gone")
 
     # -- registration ----------------------------------------------------------
     async def register(self, adapter_path: str, *, timeout: float) -> None:
         """RegisterApplication under a deadline; raises DBusError on refusal."""
         self.export()
-        self._socket_devices.clear()
-        self._socket_device_left = False
-        for state in self._states.values():
-            state.acquired_since_register = False
+        self._sockets.registering()
         await self._conn.call(BLUEZ, adapter_path, GATT_MANAGER_IFACE, "RegisterApplication",
                               "oa{sv}", (self.root, {}), timeout=timeout)
         self.registered_on = adapter_path
@@ -582,11 +295,11 @@ class GattApplication:
         """UnregisterApplication if registered; errors are logged, not raised.
 
         First, when a phone that had a notify socket left meanwhile, one signal per
-        characteristic that had sockets (see ``_flush_left_subscriptions``).
+        characteristic that had sockets (see ``NotifySockets.flush_left_subscriptions``).
         """
         adapter_path, self.registered_on = self.registered_on, None
         if adapter_path is not None:
-            await self._flush_left_subscriptions()
+            await self._sockets.flush_left_subscriptions()
         self.reset_subscriptions()
         if adapter_path is None:
             return
@@ -597,56 +310,8 @@ class GattApplication:
         except DBusError as exc:
             log.warning("unregister failed root=%s error=%s", self.root, exc)
 
-    async def _flush_left_subscriptions(self) -> None:
-        """Let bluetoothd drop a gone bonded phone's subscription while our
-        characteristics still exist.
-
-        bluetoothd (seen with 5.82) keeps a bonded phone's subscriptions after it
-        disconnects; once its bond is removed they wait for the next notification
-        to be cleared. UnregisterApplication frees our characteristics first and
-        then sends Service Changed, which clears them: the clearing runs on a freed
-        characteristic, and where that one had notify sockets it walks a freed
-        list and bluetoothd dies. A ``Value`` signal on each characteristic that
-        had sockets, sent first (bluetoothd reads our messages in order), has the
-        clearing run while everything is alive. Phones still subscribed get the
-        current value once more.
-        """
-        if not self._socket_device_left:
-            return
-        for state in self._states.values():
-            if state.acquired_since_register and state.value:
-                with contextlib.suppress(DBusError, OSError):
-                    await self._conn.emit_properties_changed(
-                        state.path, GATT_CHARACTERISTIC_IFACE, {"Value": state.value})
-                log.info("value sent before unregistering characteristic=%s reason=a phone "
-                         "with a notify socket left", state.spec.label)
-
-
-def _not_supported(_ctx: CallContext, _options: dict[str, Any]) -> tuple[int, int]:
-    raise GattError(NOT_SUPPORTED, "use StartNotify / WriteValue")
-
-
-def _unwrap(reply: Any) -> Any:
-    """The value of a Properties.Get reply: ((signature, value),)."""
-    (variant,) = reply
-    return variant[1]
-
-
-def _option(options: dict[str, Any], key: str, default: Any) -> Any:
-    item = options.get(key)
-    return default if item is None else item[1]
-
-
-def _add_stats(total: SocketStats, one: SocketStats) -> None:
-    for field in attrs.fields(SocketStats):
-        if field.name == "peak_depth":
-            total.peak_depth = max(total.peak_depth, one.peak_depth)
-        else:
-            setattr(total, field.name, getattr(total, field.name) + getattr(one, field.name))
-
 
 __all__ = [
-    "FAILED",
     "CharacteristicState",
     "GattApplication",
 ]

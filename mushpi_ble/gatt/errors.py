@@ -57,7 +57,3 @@ def invalid_offset(offset: int, length: int) -> GattError:
 
 def invalid_value_length(reason: str) -> GattError:
     return GattError(INVALID_VALUE_LENGTH, reason)
-
-
-def not_permitted(reason: str) -> GattError:
-    return GattError(NOT_PERMITTED, reason)

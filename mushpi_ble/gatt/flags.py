@@ -30,20 +30,6 @@ CHARACTERISTIC_FLAGS = frozenset(
     }
 )
 
-DESCRIPTOR_FLAGS = frozenset(
-    {
-        "read",
-        "write",
-        "encrypt-read",
-        "encrypt-write",
-        "encrypt-authenticated-read",
-        "encrypt-authenticated-write",
-        "secure-read",
-        "secure-write",
-        "authorize",
-    }
-)
-
 READ_FLAGS = frozenset(
     {"read", "encrypt-read", "encrypt-authenticated-read", "secure-read"}
 )

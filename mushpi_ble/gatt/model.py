@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 
-from .flags import CHARACTERISTIC_FLAGS, DESCRIPTOR_FLAGS, NOTIFY_FLAGS, READ_FLAGS, WRITE_FLAGS
+from .flags import CHARACTERISTIC_FLAGS, NOTIFY_FLAGS, READ_FLAGS, WRITE_FLAGS
 from .queue_policy import POLICIES
 from .requests import ReadRequest, WriteRequest
 
@@ -49,15 +49,6 @@ def normalise_uuid(value: str) -> str:
 
 
 @attrs.frozen
-class Descriptor:
-    uuid: str = attrs.field(converter=normalise_uuid)
-    flags: tuple[str, ...] = ("read",)
-    read: ReadHandler | None = None
-    write: WriteHandler | None = None
-    name: str = ""
-
-
-@attrs.frozen
 class Characteristic:
     """One characteristic: UUID, BlueZ flags and the handlers behind them.
 
@@ -80,7 +71,6 @@ class Characteristic:
     write: WriteHandler | None = None
     on_subscribe: SubscribeHandler | None = None
     rejects_writes: bool = True
-    descriptors: tuple[Descriptor, ...] = ()
     name: str = ""
     max_write_length: int = 512
     acquire_notify: bool = False
@@ -151,20 +141,6 @@ def _validate_characteristic(char: Characteristic) -> None:
             f"characteristic {char.label}: its write handler can reject values, but "
             "bluetoothd acknowledges write-without-response at once and drops our errors"
         )
-    seen: set[str] = set()
-    for desc in char.descriptors:
-        bad = sorted(set(desc.flags) - DESCRIPTOR_FLAGS)
-        if bad:
-            raise GattDefinitionError(
-                f"descriptor {desc.uuid} of {char.label}: unknown flags {bad}"
-            )
-        if desc.uuid in seen:
-            raise GattDefinitionError(f"descriptor {desc.uuid} appears twice on {char.label}")
-        if desc.uuid == "00002902-0000-1000-8000-00805f9b34fb":
-            raise GattDefinitionError(
-                f"{char.label}: bluetoothd adds the CCCD itself; do not declare 0x2902"
-            )
-        seen.add(desc.uuid)
 
 
 def slice_for_offset(value: bytes, offset: int) -> bytes:

@@ -210,12 +210,6 @@ class NotifySocket:
         """Close our end (replaced, unregistered, shutting down)."""
         self._close(reason)
 
-    def snapshot(self) -> dict[str, object]:
-        return {"characteristic": self.characteristic, "mtu": self.mtu, "link": self.link,
-                "queue_depth": len(self._queue), "queue_capacity": self.capacity,
-                "policy": self.policy, **attrs.asdict(self.stats),
-                "last_error": self.last_error}
-
 
 def _reason(what: str, exc: OSError) -> str:
     if exc.errno in _PEER_GONE:

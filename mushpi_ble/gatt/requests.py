@@ -70,8 +70,3 @@ class WriteRequest:
             link=_option(options, "link", "s") or "",
             prepare_authorize=bool(_option(options, "prepare-authorize", "b")),
         )
-
-    @property
-    def max_piece(self) -> int:
-        """Largest piece a prepared (long) write can carry at this MTU."""
-        return max(1, self.mtu - 5)
