@@ -26,8 +26,7 @@ COMMANDS: tuple[tuple[str, str, str, str, str], ...] = (
      "check", "add_arguments", "run"),
     ("bench", "benchmarks: the peripheral's figures and a peer library side by side",
      "bench", "add_arguments", "run"),
-    ("setup", "install the system pieces BLE needs (run once as root): user, groups, udev "
-     "rule, D-Bus policy, a drop-in for the controller's unit or the serve unit",
+    ("setup", "install what BLE needs on this system (once, as root); --remove undoes it",
      "system_setup", "add_arguments", "run"),
     ("systemd-unit", "print the serve unit `setup --standalone` installs", "unit",
      "add_arguments", "run"),
