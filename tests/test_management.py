@@ -161,6 +161,8 @@ class _Controls:
 
     async def remove_bond(self, address: str) -> None: ...
 
+    async def approve_bond(self, address: str) -> None: ...
+
 
 async def test_callers_of_another_user_are_refused(bus_address: str) -> None:
     controls = _Controls()

@@ -188,6 +188,10 @@ def access_lines(access: dict[str, Any], pairing: dict[str, Any]) -> list[str]:
              f"  bonded={access['bonded_count']}",
              f"  refused reads={access['refused_reads']} writes={access['refused_writes']}"
              f" ({refused})"]
+    unapproved = access.get("unapproved") or []
+    if unapproved:
+        lines.append(f"  NOT APPROVED bonds ({len(unapproved)}): {', '.join(unapproved)}"
+                     " (mushpi-ble bonds --approve if yours, --remove if not)")
     passkey = pairing.get("passkey")
     if passkey:
         lines.append(f"  PASSKEY {passkey['passkey']} for {passkey['address']}: type it on "

@@ -22,7 +22,16 @@ from .advertising import (
     plan_advertisement,
     read_capabilities,
 )
-from .agent import AGENT_MANAGER_PATH, Pairing, PasskeyShown, agent_path
+from .agent import (
+    AGENT_MANAGER_PATH,
+    BondedDevice,
+    BondMade,
+    Pairing,
+    PasskeyShown,
+    address_of,
+    agent_path,
+    printable,
+)
 from .application import GattApplication
 from .devices import Central, DeviceTracker
 from .errors import (
@@ -81,6 +90,8 @@ __all__ = [
     "AdvertPlan",
     "Advertisement",
     "AdvertisingCapabilities",
+    "BondMade",
+    "BondedDevice",
     "Central",
     "Characteristic",
     "CharacteristicState",
@@ -97,6 +108,7 @@ __all__ = [
     "Rfkill",
     "Service",
     "WriteRequest",
+    "address_of",
     "admit",
     "advert_path",
     "agent_path",
@@ -109,6 +121,7 @@ __all__ = [
     "normalise_uuid",
     "pick_adapter",
     "plan_advertisement",
+    "printable",
     "read_capabilities",
     "refusal",
     "set_property",
