@@ -151,8 +151,12 @@ class RoomAccess:
             log.error("approved bonds not saved file=%s error=%s", self.approvals.path, exc)
 
     def _bond_seen(self, path: str, props: dict[str, Any]) -> None:
+        """bluetoothd's answer to the gate. A device the log has not seen yet (its bonds
+        not read yet, after a start) is *found* paired, not seen pairing: only a change
+        we saw may withdraw an approval."""
         if self.pairing is not None:
-            self.pairing.log.update_device(path, props)
+            log_ = self.pairing.log
+            log_.update_device(path, props, found=path not in log_.devices)
 
     # -- the pairing window (any thread) --------------------------------------------------
     def open_pairing_window(self, seconds: float) -> float:

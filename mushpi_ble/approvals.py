@@ -75,6 +75,18 @@ def _parse(text: str) -> dict[str, Approval]:
     return out
 
 
+def read_approved(directory: Path) -> list[str]:
+    """The approved addresses in ``directory``'s list, read only (``mushpi-ble check``);
+    ApprovalsError when the file is damaged, [] when there is none."""
+    try:
+        text = (directory / FILE_NAME).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ApprovalsError(f"unreadable ({exc})") from None
+    return sorted(_parse(text))
+
+
 class ApprovedBonds:
     """The approved addresses, in memory and in ``directory/approved-bonds.json``.
 

@@ -20,10 +20,19 @@ import pytest
 import trio
 from rig import NOW, Rig, eventually, make_settings, start_rig, status_until
 
+from mushpi_ble.access import RoomAccess
 from mushpi_ble.cli import main
 from mushpi_ble.cli.serve import render_view
 from mushpi_ble.config import ConfigError
-from mushpi_ble.dbus import CallContext, DBusError, Interface, Method, open_connection
+from mushpi_ble.dbus import (
+    CallContext,
+    Connection,
+    DBusError,
+    Interface,
+    Method,
+    open_connection,
+)
+from mushpi_ble.gatt import Pairing
 from mushpi_ble.prometheus import StatusCollector
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
 from mushpi_ble.testing.fakebluez import AttError, FakeBluez, FakeCentral
@@ -398,3 +407,87 @@ async def test_the_management_interface_approves_a_bond(bus_address: str,
             assert err.value.name == "org.freedesktop.DBus.Error.InvalidArgs"
         await phone.write(UUID["stage_state"], STAGE)
         assert setter_calls(rig) == 1
+
+
+async def test_an_approved_address_paired_again_elsewhere_loses_its_approval(
+        bus_address: str, bluez: FakeBluez) -> None:
+    """Another client removes the grower's bond and pairs a phone spoofing its address
+    through its own agent: the new bond is not the approved one."""
+    async with room(bus_address, bluez) as rig:
+        rig.portal.open_pairing_window(60)
+        mine = await bluez.connect_central(address=PHONE)
+        assert (await mine.pair()).success
+        await status_until(rig.portal, lambda s: s["access"]["approved"] == [PHONE])
+        await mine.disconnect()
+        async with rogue_default_agent(bus_address):
+            async with open_connection(bus_address) as other:
+                await other.call("org.bluez", "/org/bluez/hci0", "org.bluez.Adapter1",
+                                 "RemoveDevice", "o", (mine.device_path,))
+            await status_until(rig.portal, lambda s: s["access"]["bonded_count"] == 0)
+            spoof = await bluez.connect_central(address=PHONE)
+            assert (await spoof.pair()).success
+            assert (await refused(spoof)).code == 0x08
+        status = await status_until(rig.portal, lambda s: s["access"]["approved"] == [])
+        assert status["access"]["unapproved"] == [PHONE]
+        assert setter_calls(rig) == 0
+
+
+async def test_a_bond_found_before_the_list_of_bonds_is_read_keeps_its_approval(
+        bus_address: str, client: Connection) -> None:
+    """After a (re)start a phone may write before its bond is read: bluetoothd's answer
+    to the gate then finds the bond; it does not withdraw an approval."""
+    access = RoomAccess(make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded"))
+    assert access.approvals is not None
+    access.approvals.add(PHONE, "grower")
+    pairing = Pairing(client, "/agent", "window", window=access.window,
+                      on_bond=access.bond_made)
+    access.attach(client, pairing)
+    path = "/org/bluez/hci0/dev_" + PHONE.replace(":", "_")
+    access._bond_seen(path, {"Address": PHONE, "Paired": True})
+    assert PHONE in access.approvals and access.snapshot()["unapproved"] == []
+    # seen unpaired, then paired without our agent: a new bond, not the approved one
+    pairing.log.update_device(path, {"Paired": False})
+    access._bond_seen(path, {"Paired": True})
+    assert PHONE not in access.approvals and access.snapshot()["unapproved"] == [PHONE]
+
+
+# -- mushpi-ble check ---------------------------------------------------------------------------
+def test_check_names_bluetoothds_settings_that_decide_what_a_bond_is_worth(
+        tmp_path: Path) -> None:
+    from mushpi_ble.cli import check
+
+    settings = make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded")
+    conf = tmp_path / "main.conf"
+    conf.write_text("[General]\n#ControllerMode = dual\n")
+    stock = {f.topic: f for f in check.bonded_security_findings(settings, conf)}
+    assert stock["BR/EDR"].level == check.WARN
+    assert "`ControllerMode = le`" in stock["BR/EDR"].message
+    assert stock["Just Works re-pairing"].level == check.OK
+    assert stock["Secure Connections"].level == check.OK
+    conf.write_text("[General]\nControllerMode = le\nJustWorksRepairing = always\n"
+                    "SecureConnections = off\n")
+    tuned = {f.topic: f for f in check.bonded_security_findings(settings, conf)}
+    assert tuned["BR/EDR"].level == check.OK
+    assert tuned["Just Works re-pairing"].level == check.WARN
+    assert tuned["Secure Connections"].level == check.WARN
+
+
+async def test_check_lists_bonds_the_grower_has_not_approved(
+        bus_address: str, bluez: FakeBluez, tmp_path: Path) -> None:
+    from mushpi_ble.cli import check
+
+    settings = make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded",
+                             MUSHPI_BLE_STATE_DIR=str(tmp_path))
+    phone = await bluez.connect_central(address=NEIGHBOUR)
+    bluez.adapter().set_name(NEIGHBOUR, "\x1b[31mred")
+    bluez.adapter().set_paired(NEIGHBOUR, bonded=True)
+    await phone.disconnect()
+    async with open_connection(bus_address) as conn:
+        finding = await check.unapproved_bonds_finding(conn, settings)
+        assert finding.level == check.WARN
+        assert f"{NEIGHBOUR} (\\x1b[31mred)" in finding.message
+        assert "bonds --approve" in finding.message
+        (tmp_path / APPROVALS).write_text("{")
+        damaged = await check.unapproved_bonds_finding(conn, settings)
+        assert damaged.level == check.WARN and "damaged" in damaged.message
+        assert (tmp_path / APPROVALS).read_text() == "{"  # check changes nothing
