@@ -141,7 +141,9 @@ class RoomAccess:
             self._save_now()
 
     async def _save(self) -> None:
-        await trio.to_thread.run_sync(self._save_now)
+        # shielded: a stop right after an approval must not lose it (one small file)
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self._save_now)
 
     def _save_now(self) -> None:
         assert self.approvals is not None

@@ -12,9 +12,10 @@ the controller sees nothing.
 The window path (a phone paired in the window writes; after ``bonds
 --remove`` it cannot) runs in test_50_access.py against the same approval
 rule: its writes pass only because the window's bond is approved.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: dbus-fast reads the D-Bus
+signatures of the other program's agent from the live annotations.
+"""
 
 import asyncio
 import contextlib
@@ -90,8 +91,12 @@ async def _agent_manager(bus: MessageBus, member: str, signature: str, body: lis
 def rogue_default_agent() -> Iterator[list[tuple[str, str]]]:
     """Another program's agent, bluetoothd's default for as long as the block runs."""
     calls: list[tuple[str, str]] = []
+
+    async def connect() -> MessageBus:  # dbus-fast wants its loop running when built
+        return await MessageBus(bus_type=BusType.SYSTEM).connect()
+
     with LoopThread("rogue-agent") as loop:
-        bus = loop.run(MessageBus(bus_type=BusType.SYSTEM).connect(), 10)
+        bus = loop.run(connect(), 10)
         bus.export(ROGUE_PATH, _AcceptAll(calls))
         loop.run(_agent_manager(bus, "RegisterAgent", "os", [ROGUE_PATH, "NoInputNoOutput"]),
                  15)
