@@ -25,6 +25,7 @@ import pytest
 from conftest import (
     CENTRAL_ADAPTER,
     CONFIGS,
+    GENERATION,
     PERIPHERAL_ADAPTER,
     Bluetoothd,
     Metrics,
@@ -48,9 +49,16 @@ TARGETS = ControlTargets(190, 270, 710, 1400, light_mode=2, on_minutes=600,
 
 
 @pytest.fixture(scope="module", autouse=True)
-def classic_pass_only(bluez: str) -> None:
+def classic_pass_on_trixie(bluez: str) -> None:
+    """Once per lane, and only where the lab can turn BR/EDR on: bookworm's kernel 6.1
+    refuses to switch the lab's controllers back to BR/EDR once bluetoothd ran them LE
+    only (bluetoothd: "Failed to set mode: Rejected (0x0b)" for each adapter; the
+    central then meets a legacy PIN request), and a failed BR/EDR connection there hits
+    the kernel BUG in hci_chan_del (conftest.py)."""
+    if GENERATION != "trixie":
+        pytest.skip("BR/EDR cannot be switched on in the bookworm lab (kernel 6.1)")
     if bluez != "att":
-        pytest.skip("the BR/EDR test runs in the att pass of each generation")
+        pytest.skip("the BR/EDR test runs in the att pass")
 
 
 @contextlib.contextmanager
