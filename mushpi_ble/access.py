@@ -33,8 +33,8 @@ from .gatt import (
     Pairing,
     PairingWindow,
     address_of,
-    printable,
 )
+from .text import printable
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ inside the stack.
 
 Precedence: environment variables win over the file. The file is ``.env`` in the current
 directory unless the caller names another one, or the environment names one in
-``MUSHPI_ENV_FILE``. The file is read with python-dotenv's ``dotenv_values`` and is never
-exported into ``os.environ``.
+``MUSHPI_ENV_FILE``. The file is read strictly, as systemd's ``EnvironmentFile=`` reads
+it (:mod:`.envfile`), and is never exported into ``os.environ``.
 """
 
 from __future__ import annotations
@@ -27,8 +27,9 @@ from types import MappingProxyType
 from typing import Any, Literal, cast, get_args
 
 import attrs
-from dotenv import dotenv_values
 
+from . import envfile
+from .errors import ConfigError
 from .protocol.table import NOTIFYING
 
 __all__ = [
@@ -66,31 +67,6 @@ AccessMode = Literal["open", "bonded"]
 
 #: Characteristics that notify and therefore own a publish queue with a policy (from the table).
 NOTIFYING_CHARACTERISTICS: tuple[str, ...] = tuple(name.upper() for name in NOTIFYING)
-
-
-class ConfigError(ValueError):
-    """One invalid setting, named precisely enough to fix it without reading code."""
-
-    def __init__(
-        self,
-        variable: str,
-        value: str,
-        allowed: str,
-        problem: str | None = None,
-        source: str | None = None,
-    ) -> None:
-        self.variable = variable
-        self.value = value
-        self.allowed = allowed
-        self.problem = problem
-        self.source = source
-        where = f" (from {source})" if source else ""
-        why = f"{problem}; " if problem else ""
-        super().__init__(f"{variable}={value!r}{where} is invalid: {why}allowed {allowed}")
-
-    def __reduce__(self) -> tuple[type[ConfigError], tuple[str, str, str, str | None, str | None]]:
-        """Keep the fields when the error crosses a process or thread boundary."""
-        return (type(self), (self.variable, self.value, self.allowed, self.problem, self.source))
 
 
 class _Invalid(Exception):
@@ -608,38 +584,77 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     env_file: str | os.PathLike[str] | None = ".env",
 ) -> Settings:
-    """Read, validate and return the settings; raise one ConfigError on the first bad value.
+    """Read, validate and return the settings; raise one ConfigError naming every bad
+    value and every settings-file line that cannot be read.
 
     ``environ`` defaults to ``os.environ``. ``env_file`` is read if it exists (None: no file);
     a non-empty ``MUSHPI_ENV_FILE`` in ``environ`` replaces it, and must then exist, since an
     operator who names a file expects it to be used.
     """
-    env: Mapping[str, str] = os.environ if environ is None else environ
-    path, must_exist = _choose_env_file(env, env_file)
-    values: dict[str, tuple[str, str | None]] = {}
-    if path is not None:
-        for name, value in _read_env_file(path, must_exist).items():
-            if name.startswith(PREFIX) and name != ENV_FILE_VARIABLE:
-                values[name] = (value, os.fspath(path))
-    for name, value in env.items():
-        if name.startswith(PREFIX):
-            values[name] = (value, None)
-
+    errors: list[ConfigError] = []
+    values = _collect(os.environ if environ is None else environ, env_file, errors)
     for name, (value, source) in values.items():
         if name.startswith(POLICY_PREFIX) and name not in _BY_NAME:
-            raise _unknown_characteristic(name, value, source)
+            errors.append(_unknown_characteristic(name, value, source))
     _warn_unknown(values)
 
     fields: dict[str, Any] = {}
     overrides: dict[str, str] = {}
     for spec in VARIABLES:
         raw, source = values.get(spec.name, (None, None))
-        value = _load_one(spec, raw, source)
+        try:
+            value = _load_one(spec, raw, source)
+        except ConfigError as exc:
+            errors.append(exc)
+            continue
         if spec.key is None:
             fields[spec.attribute] = value
         elif value is not None:
             overrides[spec.key] = value
+    if errors:
+        raise ConfigError.gather(errors) from None
     return Settings(policy_overrides=overrides, **fields)
+
+
+def _collect(env: Mapping[str, str], env_file: str | os.PathLike[str] | None,
+             errors: list[ConfigError]) -> dict[str, tuple[str, str | None]]:
+    """Every MUSHPI_ value with where it came from (a file path, or None: the
+    environment); the environment wins. Unreadable file lines go to ``errors``."""
+    path, must_exist = _choose_env_file(env, env_file)
+    values: dict[str, tuple[str, str | None]] = {}
+    if path is not None:
+        for name, value in _read_env_file(path, must_exist, errors).items():
+            if name.startswith(PREFIX) and name != ENV_FILE_VARIABLE:
+                values[name] = (value, os.fspath(path))
+    for name, value in env.items():
+        if name.startswith(PREFIX):
+            values[name] = (value, None)
+    return values
+
+
+@attrs.frozen
+class SettingSource:
+    """One setting in effect: its text and where it came from."""
+
+    variable: str
+    value: str
+    source: str
+    """"environment", the settings file's path, or "default"."""
+
+
+def setting_sources(environ: Mapping[str, str] | None = None,
+                    env_file: str | os.PathLike[str] | None = ".env") -> list[SettingSource]:
+    """Where each setting comes from, in table order (``mushpi-ble config``). Call it
+    after :func:`load_settings` accepted the same inputs."""
+    values = _collect(os.environ if environ is None else environ, env_file, [])
+    out = []
+    for spec in VARIABLES:
+        raw, source = values.get(spec.name, (None, None))
+        if raw is None or (spec.optional and not raw.strip()):
+            out.append(SettingSource(spec.name, spec.default or "", "default"))
+        else:
+            out.append(SettingSource(spec.name, raw.strip(), source or "environment"))
+    return out
 
 
 def _choose_env_file(
@@ -651,21 +666,29 @@ def _choose_env_file(
     return (None if env_file is None else Path(env_file)), False
 
 
-def _read_env_file(path: Path, must_exist: bool) -> dict[str, str]:
+def _read_env_file(path: Path, must_exist: bool, errors: list[ConfigError]) -> dict[str, str]:
+    """The file's assignments; each line that cannot be read is added to ``errors``.
+
+    No interpolation: ${VAR} would silently read os.environ even when the caller
+    passed its own environ mapping (and systemd does not interpolate either).
+    """
     if not path.is_file():
         if must_exist:
             raise ConfigError(ENV_FILE_VARIABLE, os.fspath(path), "an existing, readable file")
         return {}
     try:
-        # No interpolation: ${VAR} would silently read os.environ even when the caller
-        # passed its own environ mapping.
-        raw = dotenv_values(path, interpolate=False)
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeError) as exc:
         raise ConfigError(
             ENV_FILE_VARIABLE, os.fspath(path), "an existing, readable UTF-8 file", str(exc)
         ) from None
-    # A bare "NAME" line (no '=') yields None: treat it as not set at all.
-    return {name: value for name, value in raw.items() if value is not None}
+    parsed = envfile.parse(text, strict_prefix=PREFIX)
+    for bad in parsed.problems:
+        errors.append(ConfigError(
+            bad.name or ENV_FILE_VARIABLE, bad.text, "NAME=value, the value unquoted or "
+            "wholly in quotes", f"line {bad.line}: {bad.problem}",
+            f"{os.fspath(path)}:{bad.line}"))
+    return parsed.values
 
 
 def _warn_unknown(values: Mapping[str, tuple[str, str | None]]) -> None:
@@ -707,7 +730,7 @@ _ENV_EXAMPLE_HEADER = """\
 # mushpi_ble settings. Generated from mushpi_ble/config.py (render_env_example); do not edit.
 # Every line shows the default and is commented out, so copying this file to .env changes
 # nothing; uncomment a line to change it. Environment variables win over the file.
-# MUSHPI_ENV_FILE (environment only) names a file to read instead of ./.env."""
+# The environment variable MUSHPI_ENV_FILE names a file to read instead of ./.env."""
 
 
 def render_env_example() -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -33,6 +34,8 @@ from .lograte import LogRate, RateLimitedLog
 from .protocol import (
     CHARACTERISTICS,
     DEFAULT_QUERY,
+    ENV_MEASUREMENTS,
+    READINGS,
     STATUS_FLAGS,
     ActuatorStatus,
     AppError,
@@ -47,6 +50,7 @@ from .protocol import (
     ThresholdsUpdate,
     encode_env,
     encode_thresholds_answer,
+    unusable_readings,
 )
 
 if TYPE_CHECKING:
@@ -158,6 +162,23 @@ class ThresholdsCursor:
     stage: str
 
 
+class RefusedPublishes:
+    """Publishes refused because a reading was no number: counted per characteristic and
+    logged within a budget. Controller threads publish, hence the lock."""
+
+    def __init__(self, monotonic: Callable[[], float]) -> None:
+        self._lock = threading.Lock()
+        self._log = RateLimitedLog(log, "refused publishes", LogRate(
+            burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
+        self.counts: dict[str, int] = {}
+
+    def refuse(self, characteristic: str, detail: str) -> None:
+        with self._lock:
+            self.counts[characteristic] = self.counts.get(characteristic, 0) + 1
+            self._log.log(characteristic, logging.WARNING,
+                          "publish refused: a reading is no number %s", detail)
+
+
 class MushPiCore:
     """All MushPi rules; see the module docstring for the decision types."""
 
@@ -201,6 +222,7 @@ class MushPiCore:
             burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
         self._failure_log = RateLimitedLog(log, "controller failures", LogRate(
             burst=LOG_BURST, window=LOG_WINDOW_S, max_keys=MAX_REMEMBERED, clock=monotonic))
+        self.refused_publishes = RefusedPublishes(monotonic)
 
     # -- the table -----------------------------------------------------------------------
     def row(self, name: str) -> Characteristic:
@@ -217,7 +239,17 @@ class MushPiCore:
         return int((self._monotonic() - self._started) * 1000)
 
     def env_packet(self, temperature: object, humidity: object, co2: object,
-                   light: object) -> bytes:
+                   light: object) -> bytes | None:
+        """The packet to publish, or None (counted, logged within a budget) when a reading
+        is given but is no number: a phone must not show "hot" or NaN as a plausible 0.
+        None means "no reading" and is sent as 0, as the protocol says."""
+        readings = (temperature, humidity, co2, light)
+        bad = unusable_readings(*readings)
+        if bad:
+            self.refused_publishes.refuse(ENV_MEASUREMENTS, " ".join(
+                f"{name}={value!r}" for name, value in zip(READINGS, readings, strict=True)
+                if name in bad))
+            return None
         return encode_env(temperature, humidity, co2, light, self.uptime_ms)
 
     def set_status_flags(self, flags: object) -> None:

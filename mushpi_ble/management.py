@@ -15,19 +15,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import attrs
 
 from .dbus import CallContext, Connection, DBusError, Interface, Method
+from .management_api import (
+    ACCESS_DENIED,
+    BUS_NAME,
+    INTERFACE,
+    INVALID_ARGS,
+    PATH,
+    policy_file,
+)
 
 log = logging.getLogger(__name__)
 
-BUS_NAME = "org.mushpi.Ble"
-PATH = "/org/mushpi/Ble"
-INTERFACE = "org.mushpi.Ble1"
-ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
-INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
 NAME_DO_NOT_QUEUE = 4
 PRIMARY_OWNER, ALREADY_OWNER = 1, 4
 
@@ -63,9 +67,11 @@ class Management:
     """The exported object; ``start`` exports it and asks for the name."""
 
     def __init__(self, conn: Connection, controls: Controls, *,
+                 status: Callable[[], dict[str, Any]] | None = None,
                  allowed_uids: frozenset[int] | None = None) -> None:
         self._conn = conn
         self._controls = controls
+        self._status = status
         self.allowed_uids = (allowed_uids if allowed_uids is not None
                              else frozenset({0, os.geteuid()}))
         self.status = ManagementStatus()
@@ -78,6 +84,7 @@ class Management:
             Method("ListBonds", "", "s", handler=self._bonds, out_names=["bonds_json"]),
             Method("RemoveBond", "s", handler=self._remove, arg_names=["address"]),
             Method("ApproveBond", "s", handler=self._approve, arg_names=["address"]),
+            Method("GetStatus", "", "s", handler=self._get_status, out_names=["status_json"]),
         ])
 
     async def start(self) -> None:
@@ -142,20 +149,11 @@ class Management:
         except ValueError as exc:
             raise DBusError(INVALID_ARGS, str(exc)) from None
 
+    async def _get_status(self, ctx: CallContext) -> str:
+        """The running peripheral's status, as ``get_status()`` and the live view see it."""
+        await self._authorize(ctx)
+        return json.dumps(self._status() if self._status is not None else {}, default=str)
 
-def policy_file(user: str) -> str:
-    """The system bus policy that lets ``user`` own the name and root or ``user`` call it."""
-    users = ["root"] if user == "root" else ["root", user]
-    blocks = "\n".join(
-        f'  <policy user="{u}">\n'
-        f'    <allow own="{BUS_NAME}"/>\n'
-        f'    <allow send_destination="{BUS_NAME}" send_interface="{INTERFACE}"/>\n'
-        f'    <allow send_destination="{BUS_NAME}"\n'
-        '           send_interface="org.freedesktop.DBus.Introspectable"/>\n'
-        '  </policy>'
-        for u in users)
-    return ("<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN\"\n"
-            " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
-            "<!-- mushpi-ble: the management interface (mushpi-ble pair / bonds).\n"
-            f"     Install as /etc/dbus-1/system.d/{BUS_NAME}.conf -->\n"
-            f"<busconfig>\n{blocks}\n</busconfig>\n")
+
+__all__ = ["BUS_NAME", "INTERFACE", "PATH", "Controls", "Management", "ManagementStatus",
+           "policy_file"]

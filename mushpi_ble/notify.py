@@ -48,6 +48,9 @@ class Outcome(enum.Enum):
     COALESCED = "coalesced"
     DROPPED = "dropped"
     NOT_RUNNING = "not_running"
+    INVALID = "invalid"
+    """Refused before queueing: a reading was given but is no number (counted as
+    ``invalid`` in the characteristic's counters, logged within a budget)."""
 
 
 @attrs.frozen

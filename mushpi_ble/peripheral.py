@@ -112,6 +112,8 @@ class Peripheral:
                                   stage_failures=(ControllerTimeout, ControllerFailure),
                                   on_passkey=self._passkey_shown)
         self.host = SessionHost(self.steps.ordered)
+        self.status_source: Callable[[], dict[str, Any]] = self.snapshot
+        """What the management interface's GetStatus answers (the portal's fuller view)."""
         self.state = State.STOPPED
         self.management: Management | None = None
         self._reset()
@@ -161,7 +163,7 @@ class Peripheral:
         self.steps.application.serve(app)
         for step in self.steps:
             step.attach(self.host)
-        self.management = Management(conn, self.access)
+        self.management = Management(conn, self.access, status=lambda: self.status_source())
         await self.management.start()
         self.service.attach(app, nursery)
         self.running, self.started_at = True, time.time()
@@ -249,8 +251,8 @@ class Peripheral:
         log.log(level, "supervisor %s -> %s%s", old.value, state.value, detail)
         self.host.changed()
 
-    def _failed(self, reason: str) -> State:
-        self.host.note_error(reason)
+    def _failed(self, reason: str, step: str | None = None) -> State:
+        self.host.note_error(reason, step)
         self.host.reason = reason
         return State.BACKING_OFF
 
@@ -314,13 +316,15 @@ class Peripheral:
             if step.done:
                 continue
             step.done = True  # from the call on: a Release that overtakes the reply undoes it
+            errors_before = self.host.errors_noted
             try:
                 await step.register(adapter)
             except (DBusError, StartError) as exc:
                 step.done = False
                 if self._start is not None or isinstance(exc, ConnectionLost):
                     raise
-                return self._failed(f"{step.name}: {exc}")
+                return self._failed(f"{step.name}: {exc}", step.name)
+            self.host.step_succeeded(step, errors_before)
             if step.required:
                 self._registered()
             if self._start is not None and self.steps.all_required_done():

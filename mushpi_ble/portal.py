@@ -17,10 +17,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack, cast
 
 import trio
 
+from .api_types import CallbackArgs, Status
 from .config import Settings, load_settings
 from .controller import ControllerCallbacks
 from .dbus import unwrap_group
@@ -67,6 +68,7 @@ class BlePortal:
                                      table=characteristics)
         self.peripheral = Peripheral(self.settings, self.service, bus=bus)
         self.peripheral.stage_getter = lambda: self._callbacks.get_stage_data
+        self.peripheral.status_source = self.view_status
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._started = False
@@ -79,8 +81,10 @@ class BlePortal:
         self._stopped = threading.Event()
 
     # -- callbacks ------------------------------------------------------------------
-    def set_callbacks(self, callbacks: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
-        """Register controller callbacks; None never clears an earlier one."""
+    def set_callbacks(self, callbacks: Mapping[str, Any] | None = None,
+                      **kwargs: Unpack[CallbackArgs]) -> None:
+        """Register controller callbacks; None never clears an earlier one. Each keyword
+        is typed (:mod:`mushpi_ble.api_types`): mypy checks a controller's signatures."""
         updates = {**(callbacks or {}), **kwargs}
         self._callbacks = self._callbacks.merged(updates)
 
@@ -307,10 +311,10 @@ class BlePortal:
         if self.is_running():
             self._to_loop(self.peripheral.request_name_refresh, name)
 
-    def get_status(self) -> dict[str, Any]:
+    def get_status(self) -> Status:
         """A snapshot for dashboards and logs (documented in the README): the
         peripheral's parts each report their own facts, the service its counters."""
-        return {
+        status = {
             "backend": "bluez-dbus",
             "running": self.is_running(),
             **self.peripheral.snapshot(),
@@ -319,9 +323,21 @@ class BlePortal:
             "callbacks": self.service.runner.status(),
             "adapter_recovery": self.settings.ble_adapter_recovery,
         }
+        return cast(Status, status)  # the parts' keys and types: tests/test_api_types.py
 
-    def wait_for_status(self, predicate: Callable[[dict[str, Any]], object],
-                        timeout: float) -> dict[str, Any]:
+    def view_status(self) -> dict[str, Any]:
+        """:meth:`get_status` plus what a live view shows: each characteristic's last value
+        (hex) and the recent writes (what ``mushpi-ble status`` receives)."""
+        app = self.peripheral.steps.application.app
+        values = ({state.spec.name: state.value.hex() for state in app.characteristics}
+                  if app is not None else {})
+        writes = [{"at": w.at, "characteristic": w.characteristic, "accepted": w.accepted,
+                   "detail": w.detail, "device": w.device}
+                  for w in list(self.service.recent_writes)[-8:]]
+        return {**dict(self.get_status()), "values": values, "recent_writes": writes}
+
+    def wait_for_status(self, predicate: Callable[[Status], object],
+                        timeout: float) -> Status:
         """Block until ``predicate(get_status())`` holds; the status that made it true.
 
         Woken by every change the peripheral reports, never by polling; raises

@@ -14,17 +14,25 @@ import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from . import __version__
 from .config import Settings
 from .metrics import LatencyHistogram
 
 log = logging.getLogger(__name__)
 
 try:
-    from prometheus_client import CollectorRegistry, start_http_server, write_to_textfile
+    from prometheus_client import (
+        CollectorRegistry,
+        Counter,
+        ProcessCollector,
+        start_http_server,
+        write_to_textfile,
+    )
     from prometheus_client.core import (
         CounterMetricFamily,
         GaugeMetricFamily,
         HistogramMetricFamily,
+        InfoMetricFamily,
         Metric,
     )
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -83,7 +91,21 @@ class StatusCollector:
             latency.add_metric([char], buckets, total)
         yield latency
         yield from _callback_metrics(status.get("callbacks", {}))
-        yield from _notify_metrics(status.get("notify", {}))
+        yield from _notify_metrics(status.get("notify", {}), phone_labels(status))
+        yield InfoMetricFamily(f"{PREFIX}_build", "The running mushpi_ble",
+                               value={"version": __version__,
+                                      "backend": str(status.get("backend", ""))})
+
+
+ANONYMOUS = "anonymous"
+
+
+def phone_labels(status: Mapping[str, Any]) -> dict[str, str]:
+    """A phone's label: its identity address when bonded, else "anonymous". A device
+    path names a (possibly private, rotating) address: one series per address would grow
+    without bound and name strangers' phones in the metrics."""
+    bonded = (status.get("pairing") or {}).get("bonded_devices") or []
+    return {d["path"]: d["address"] for d in bonded if d.get("address")}
 
 
 def _labelled_counters(name: str, helps: Mapping[str, str], label: str,
@@ -98,20 +120,38 @@ def _labelled_counters(name: str, helps: Mapping[str, str], label: str,
     return families
 
 
-def _notify_metrics(notify: Mapping[str, Any]) -> Iterator[Metric]:
+PHONE_COUNTERS = ("sent", "dropped", "coalesced", "refused", "confirmations")
+
+
+def _by_phone(notify: Mapping[str, Any], labels: Mapping[str, str]) -> list[
+        tuple[str, dict[str, Any]]]:
+    """The phones' socket figures by label; unbonded phones add up under "anonymous"
+    (their MTU is the largest of them)."""
+    rows: dict[str, dict[str, Any]] = {}
+    for device, entry in notify.get("phones", {}).items():
+        row = rows.setdefault(labels.get(device, ANONYMOUS),
+                              {**dict.fromkeys(PHONE_COUNTERS, 0), "queue_depth": 0, "mtu": 0})
+        for key in (*PHONE_COUNTERS, "queue_depth"):
+            row[key] += entry[key]
+        row["mtu"] = max(row["mtu"], entry["mtu"])
+    return sorted(rows.items())
+
+
+def _notify_metrics(notify: Mapping[str, Any], labels: Mapping[str, str]) -> Iterator[Metric]:
     """Notify sockets: per phone its queue and counters; per characteristic the losses."""
-    phones = sorted(notify.get("phones", {}).items())
+    phones = _by_phone(notify, labels)
     yield from _labelled_counters(
         "phone_notifications_{}",
-        {key: f"notifications {key}, per phone's notify sockets"
-         for key in ("sent", "dropped", "coalesced", "refused", "confirmations")},
-        "device", phones)
+        {key: f"Notifications {key} by a phone's notify sockets (bonded: by identity "
+              "address; others together as anonymous)" for key in PHONE_COUNTERS},
+        "phone", phones)
     depth = GaugeMetricFamily(f"{PREFIX}_phone_queue_depth",
-                              "values waiting for a phone's notify sockets", labels=["device"])
-    mtu = GaugeMetricFamily(f"{PREFIX}_phone_mtu", "a phone's ATT MTU", labels=["device"])
-    for device, entry in phones:
-        depth.add_metric([device], entry["queue_depth"])
-        mtu.add_metric([device], entry["mtu"])
+                              "Values waiting for a phone's notify sockets", labels=["phone"])
+    mtu = GaugeMetricFamily(f"{PREFIX}_phone_mtu_bytes", "A phone's ATT MTU",
+                            labels=["phone"])
+    for phone, entry in phones:
+        depth.add_metric([phone], entry["queue_depth"])
+        mtu.add_metric([phone], entry["mtu"])
     yield depth
     yield mtu
     losses = CounterMetricFamily(f"{PREFIX}_notify_socket_losses",
@@ -232,14 +272,27 @@ class MetricsExporter:
         self._stop = threading.Event()
         self._writer: threading.Thread | None = None
         self.port: int | None = None
+        ProcessCollector(registry=self.registry)
+        self.failures = Counter(f"{PREFIX}_metrics_failures", "Metrics that could not be "
+                                "served or written (the service runs on without them)",
+                                ["what"], registry=self.registry)
+        self._file_failing = False
 
     def start(self) -> None:
+        """Serve and/or start writing; a port in use is logged and counted, never fatal:
+        metrics are not worth a grow room's BLE."""
         s = self._settings
         if s.ble_metrics_port is not None:
-            self._server, _thread = start_http_server(s.ble_metrics_port, s.ble_metrics_bind,
-                                                      registry=self.registry)
-            self.port = int(self._server.server_port)
-            log.info("metrics served bind=%s port=%d", s.ble_metrics_bind, self.port)
+            try:
+                self._server, _thread = start_http_server(
+                    s.ble_metrics_port, s.ble_metrics_bind, registry=self.registry)
+            except OSError as exc:
+                self.failures.labels("serve").inc()
+                log.error("metrics not served bind=%s port=%d error=%s (MUSHPI_BLE_METRICS_PORT);"
+                          " running without them", s.ble_metrics_bind, s.ble_metrics_port, exc)
+            else:
+                self.port = int(self._server.server_port)
+                log.info("metrics served bind=%s port=%d", s.ble_metrics_bind, self.port)
         if s.ble_metrics_file is not None:
             self._writer = threading.Thread(target=self._write_loop, name="mushpi-ble-metrics",
                                             daemon=True)
@@ -247,21 +300,34 @@ class MetricsExporter:
             log.info("metrics written path=%s every_s=%.0f", s.ble_metrics_file,
                      FILE_INTERVAL_S)
 
-    def write_file(self) -> None:
+    def write_file(self) -> bool:
+        """One write; a failure is counted and logged when it starts and when it ends
+        (not every 10 s), never raised."""
         path = self._settings.ble_metrics_file
-        if path is not None:
+        if path is None:
+            return True
+        try:
             write_to_textfile(str(path), self.registry)
+        except OSError as exc:
+            self.failures.labels("file").inc()
+            if not self._file_failing:
+                log.error("metrics file not written path=%s error=%s (MUSHPI_BLE_METRICS_FILE)",
+                          path, exc)
+            self._file_failing = True
+            return False
+        if self._file_failing:
+            log.info("metrics file written again path=%s", path)
+        self._file_failing = False
+        return True
 
     def _write_loop(self) -> None:
         while True:
-            try:
-                self.write_file()
-            except OSError as exc:
-                log.warning("metrics file write failed error=%s", exc)
+            self.write_file()
             if self._stop.wait(FILE_INTERVAL_S):
                 return
 
     def close(self) -> None:
+        """Stop serving and write the last values; never raises."""
         self._stop.set()
         if self._writer is not None:
             self._writer.join(2)

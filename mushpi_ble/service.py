@@ -167,7 +167,8 @@ class MushPiService:
     def publish_env(self, temperature: object, humidity: object, co2: object,
                     light: object) -> Outcome:
         assert self._env_box is not None
-        return self._env_box.offer(self.core.env_packet(temperature, humidity, co2, light))
+        packet = self.core.env_packet(temperature, humidity, co2, light)
+        return Outcome.INVALID if packet is None else self._env_box.offer(packet)
 
     def publish_status(self, flags: object) -> Outcome:
         """Controller status bits; the CONNECTIVITY bit is the BLE layer's."""
@@ -326,5 +327,6 @@ class MushPiService:
             entry["queue_depth"] = mailbox.depth
             entry["policy"] = mailbox.policy
             entry["latency"] = mailbox.latency.snapshot()
+            entry["invalid"] = self.core.refused_publishes.counts.get(name, 0)
             out[name] = entry
         return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -170,6 +171,8 @@ class SimulatedController:
 
     # -- persistence ------------------------------------------------------------------
     def save(self, path: Path) -> None:
+        """Atomically: a power cut leaves the old file or the new one, never half of one
+        (which, under ``Restart=on-failure``, would be a crash loop)."""
         with self._lock:
             state = {
                 "control_targets": self.control_targets,
@@ -179,12 +182,73 @@ class SimulatedController:
                     for (s, st), v in self.thresholds.items()
                 ],
             }
-        path.write_text(json.dumps(state, indent=2))
+        write_atomically(path, json.dumps(state, indent=2) + "\n")
 
     def load(self, path: Path) -> None:
-        state = json.loads(path.read_text())
+        """Take the state in ``path``; :class:`StateFileError` (nothing taken) when the file
+        cannot be read or is not a state this controller saved."""
+        state = read_state(path)
         with self._lock:
             self.control_targets = state.get("control_targets", self.control_targets)
             self.stage = state.get("stage", self.stage)
             for entry in state.get("thresholds", []):
                 self.thresholds[(entry["species"], entry["stage"])] = entry["values"]
+
+
+class StateFileError(ValueError):
+    """A state file that cannot be used, and why (the message names the file)."""
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The checked content of a state file (the shape :meth:`SimulatedController.save`
+    writes); a file that is not one raises :class:`StateFileError`."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeError) as exc:
+        raise StateFileError(f"state file {path} cannot be read: {exc}") from None
+    except ValueError as exc:
+        raise StateFileError(f"state file {path} is not JSON: {exc}") from None
+    problem = _state_problem(state)
+    if problem is not None:
+        raise StateFileError(f"state file {path} is not a saved state: {problem}")
+    return dict(state)
+
+
+def _state_problem(state: object) -> str | None:
+    if not isinstance(state, dict):
+        return f"a JSON object was expected, not {type(state).__name__}"
+    unknown = set(state) - {"control_targets", "stage", "thresholds"}
+    if unknown:
+        return f"unknown keys {sorted(unknown)}"
+    for key in ("control_targets", "stage"):
+        if key in state and not isinstance(state[key], dict):
+            return f"{key} must be an object, not {type(state[key]).__name__}"
+    entries = state.get("thresholds", [])
+    if not isinstance(entries, list):
+        return "thresholds must be a list"
+    for n, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and isinstance(entry.get("species"), str)
+                and isinstance(entry.get("stage"), str)
+                and isinstance(entry.get("values"), dict)):
+            return f"thresholds[{n}] must have species, stage (text) and values (an object)"
+    return None
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename
+    it over ``path`` (and flush the directory, so the rename itself survives)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)

@@ -21,6 +21,8 @@ from typing import Any
 
 import trio
 
+from .headline import serving, status_text
+
 log = logging.getLogger(__name__)
 
 MAX_STATUS_PERIOD_S = 1.0
@@ -94,30 +96,6 @@ def _watchdog_seconds(env: Mapping[str, str]) -> float | None:
         log.warning("WATCHDOG_USEC is not a number: %r; no watchdog pings", usec)
         return None
     return value / 1_000_000 if value > 0 else None
-
-
-def status_text(status: Mapping[str, Any]) -> str:
-    """What ``systemctl status`` shows, in plain words, from ``get_status()``."""
-    if not status.get("registered"):
-        error = status.get("last_error")
-        return "waiting for bluetoothd" + (f" ({error})" if error else "")
-    count = int(status.get("connection_count") or 0)
-    phones = "1 phone connected" if count == 1 else f"{count} phones connected"
-    if status.get("advertising"):
-        advertising = ""
-    elif status.get("advert_state") == "alias-only":
-        advertising = f", alias-only: {status.get('advert_problem')}"
-    else:
-        advertising = ", not advertising"
-    return f"serving as {status.get('advertised_name') or '?'}, {phones}{advertising}"
-
-
-def serving(status: Mapping[str, Any], *, advertising_wanted: bool) -> bool:
-    """Ready means a phone can find us: registered, and advertising when asked to
-    (or serving alias-only because bluetoothd refused the advertisement)."""
-    return bool(status.get("registered")) and (
-        bool(status.get("advertising")) or not advertising_wanted
-        or status.get("advert_state") == "alias-only")
 
 
 async def run_notifier(notifier: SystemdNotifier, status: Callable[[], Mapping[str, Any]],

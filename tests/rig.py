@@ -6,11 +6,11 @@ import struct
 import tempfile
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import attrs
 import trio
 
+from mushpi_ble.api_types import Status
 from mushpi_ble.config import Settings, load_settings
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.testing.controller import SimulatedController
@@ -66,8 +66,8 @@ async def phone(rig: Rig, mtu: int = 512, address: str = "11:22:33:44:55:66") ->
     return await rig.bluez.connect_central(address=address, mtu=mtu)
 
 
-async def status_until(portal: BlePortal, predicate: Callable[[dict[str, Any]], object],
-                       timeout: float = 3.0) -> dict[str, Any]:
+async def status_until(portal: BlePortal, predicate: Callable[[Status], object],
+                       timeout: float = 3.0) -> Status:
     """Wait until the portal's status satisfies ``predicate``: woken by each change the
     peripheral's parts report (``BlePortal.wait_for_status``), never polled."""
     return await trio.to_thread.run_sync(partial(portal.wait_for_status, predicate, timeout),

@@ -308,7 +308,7 @@ async def test_passkey_status_metrics_and_live_view(bus_address: str, bluez: Fak
         assert metrics[("mushpi_ble_pairing_window_open", None)] == 1
         assert metrics[("mushpi_ble_access_refused_total", "not-bonded")] == 1
         view = render_view(rig.portal, rig.controller)
-        assert "access: write=bonded read=open  pairing window OPEN until" in view
+        assert "Access: write bonded, read open · pairing window OPEN until" in view
         assert f"PASSKEY {shown[-1][1]:06d} for {ADDRESS}" in view
-        assert "writes=1 (not-bonded=1  not-approved=0  not-le=0  no-device=0)" in view
+        assert "refused 1 writes, 0 reads of phones without an approved bond" in view
         assert "NOT APPROVED" not in view

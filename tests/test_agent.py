@@ -419,9 +419,9 @@ async def test_a_phone_pairs_and_the_status_metrics_and_view_say_so(portal_rig: 
     assert metrics[("mushpi_ble_pairing_outcomes_total", "paired")] == 1
     assert metrics[("mushpi_ble_bonded_devices", None)] == 1
     view = render_view(portal_rig.portal, portal_rig.controller)
-    assert "pairing: just-works  agent registered" in view
-    assert "bonded (1): AA:BB:CC:00:00:07 connected" in view
-    assert "RequestAuthorization" in view and "paired" in view
+    assert "Pairing: just-works, agent registered · 1 bonded: AA:BB:CC:00:00:07 connected" \
+        in view
+    assert "RequestAuthorization from AA:BB:CC:00:00:07: paired" in view
 
 
 async def test_registered_again_after_every_bluetoothd_restart(portal_rig: PortalRig) -> None:

@@ -86,6 +86,7 @@ async def test_start_failures_are_false_with_the_reason(bus_address: str, bluez:
     backend = await started(bus_address, backends)
     assert backend.is_running()
     assert backend.get_status()["registered"] is True
+    assert backend.publish_env("hot", 80.0, 900, 1) is Outcome.INVALID  # the same core rule
 
 
 async def test_one_bluezero_backend_per_process(bus_address: str, bluez: FakeBluez,

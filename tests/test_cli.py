@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from rig import Rig, eventually
+from rig import Rig, eventually, status_until
 
+from mushpi_ble import __version__
 from mushpi_ble.cli import check
 from mushpi_ble.cli.serve import render_view
 from mushpi_ble.config import load_settings
@@ -85,6 +86,9 @@ async def test_serve_registers_applies_writes_exports_metrics_and_stops_on_sigte
                     offered):
                 await trio.sleep(0.05)
         assert values[("mushpi_ble_registered", ())] == 1
+        assert values[("mushpi_ble_build_info",
+                       (("backend", "bluez-dbus"), ("version", __version__)))] == 1
+        assert values[("process_cpu_seconds_total", ())] > 0  # the client's process collector
         assert values[("mushpi_ble_connected_centrals", ())] == 1
         assert values[offered] >= 1
         assert ("mushpi_ble_publish_latency_seconds_bucket",
@@ -101,7 +105,8 @@ async def test_serve_registers_applies_writes_exports_metrics_and_stops_on_sigte
         if proc.poll() is None:
             proc.kill()
         out = proc.communicate()[0]
-    assert '"msg": "serving name=MushPi-ShiitakePinning' in out  # from the state file
+    assert '"message": "serving name=MushPi-ShiitakePinning' in out  # from the state file
+    assert '"name": "MushPi-ShiitakePinning"' in out  # its fields are keys of their own
     assert "stopped stop_ms=" in out
     saved = json.loads(state.read_text())
     assert saved["control_targets"] == {"temp_min": 17.0, "temp_max": 23.0, "rh_min": 88.0,
@@ -110,20 +115,26 @@ async def test_serve_registers_applies_writes_exports_metrics_and_stops_on_sigte
 
 
 async def test_live_view_shows_centrals_counters_values_and_writes(rig: Rig) -> None:
+    await status_until(rig.portal,
+                       lambda s: s["advertising"] and s["pairing"]["agent_registered"])
     central = await rig.bluez.connect_central(mtu=247)
     rig.portal.publish_env(21.5, 88.0, 950, 600)
     await central.write(UUID["override_bits"], b"\x02\x00")
     with pytest.raises(AttError):
         await central.write(UUID["control_targets"], b"\x00")
     await eventually(lambda: rig.portal.get_status()["connection_count"] == 1)
-    await eventually(lambda: "950ppm" in render_view(rig.portal, rig.controller))
+    await eventually(lambda: "950 ppm" in render_view(rig.portal, rig.controller))
     view = render_view(rig.portal, rig.controller)
-    assert "registered=True" in view
-    assert "mtu=247" in view
-    assert "21.5°C 88.0% 950ppm light=600" in view
-    assert "ok  override_bits" in view
-    assert re.search(r"REJ control_targets +rejected length: expected 15 bytes, got 1", view)
+    assert "MushPi BLE · serving as MushPi-" in view and "1 phone connected" in view
+    assert "MTU 247" in view
+    assert "21.5 °C  88.0 %RH  950 ppm  light 600" in view
+    assert re.search(r"ok +override bits", view)
+    assert re.search(r"REFUSED control targets +11:22:33:44:55:66 rejected length", view)
     assert "relays on: fan" in view
+    lines = view.splitlines()
+    assert len(lines) <= 24 and max(map(len, lines)) <= 80, view
+    for python_or_dbus in ("True", "False", "None", "/org/bluez", "dev_", "0x"):
+        assert python_or_dbus not in view, python_or_dbus
 
 
 def test_demo_exits_zero_and_leaves_no_process(tmp_path: Path) -> None:
@@ -222,7 +233,7 @@ def test_bad_setting_stops_serve_with_the_variable_named(tmp_path: Path) -> None
     env = {**os.environ, "MUSHPI_BLE_QUEUE_MAX_SIZE": "0"}
     out = subprocess.run([*CLI, "serve", "--duration", "1"], env=env, cwd=tmp_path,
                          capture_output=True, text=True, timeout=30, check=False)
-    assert out.returncode == 2
+    assert out.returncode == 3
     assert "MUSHPI_BLE_QUEUE_MAX_SIZE='0' is invalid: allowed 1..4096" in out.stderr
     assert "Traceback" not in out.stderr
 

@@ -34,7 +34,7 @@ def test_quick_run_prints_both_rows_and_writes_json(
 ) -> None:
     out = tmp_path / "bench.json"
 
-    assert main(["bench", "--quick", "--json", str(out)]) == 0
+    assert main(["bench", "--quick", "--output", str(out)]) == 0
 
     text = capsys.readouterr().out
     rows = {line.split()[0].rstrip(":"): line for line in text.splitlines()
@@ -176,6 +176,19 @@ def test_ratio_and_median_skip_missing_numbers() -> None:
 # ----------------------------------------------------------------------
 # the one report schema
 # ----------------------------------------------------------------------
+def test_json_prints_the_report_itself_on_stdout_and_output_names_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json means "JSON on stdout" in every command (a pipe into jq); --output the file."""
+    report = results.report("x", config={}, results={"a": 1}, packages=())
+    path = results.publish(report, "the tables", output=tmp_path / "x.json", as_json=True)
+    out, err = capsys.readouterr()
+    assert json.loads(out)["results"] == {"a": 1} and "the tables" not in out
+    assert f"wrote {path}" in err and json.loads(path.read_text())["benchmark"] == "x"
+    results.publish(report, "the tables", output=path, as_json=False)
+    assert capsys.readouterr().out == f"the tables\nwrote {path}\n"
+
+
 def test_a_report_is_written_as_strict_json_in_the_envelope(tmp_path: Path) -> None:
     path = tmp_path / "deep" / "x.json"
     data = results.report("x", config={"n": 1}, results={"lat": stats.summary([])},
@@ -267,7 +280,7 @@ def test_the_peer_answers_reads_and_writes_through_the_table() -> None:
 def test_notify_paths_runs_both_paths_side_by_side(tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "paths.json"
-    assert main(["bench", "--notify-paths", "--quick", "--json", str(out)]) == 0
+    assert main(["bench", "--notify-paths", "--quick", "--output", str(out)]) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[1].startswith("signal") and text.splitlines()[2].startswith("socket")
     report = json.loads(out.read_text())
@@ -291,7 +304,7 @@ def test_hostile_runs_every_flood_twice_and_the_flooder_gets_its_errors(
     from mushpi_ble.bench import hostile
 
     out = tmp_path / "hostile.json"
-    assert main(["bench", "--hostile", "--quick", "--json", str(out)]) == 0
+    assert main(["bench", "--hostile", "--quick", "--output", str(out)]) == 0
     figures = json.loads(out.read_text())["results"]
     expected = [*hostile.SITUATIONS, *(name + hostile.AGAIN for name in hostile.REPEATED)]
     assert [name for name in expected if "read_us" in figures[name]] == expected

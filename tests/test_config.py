@@ -11,9 +11,8 @@ from pathlib import Path
 
 import attrs
 import pytest
-from dotenv import dotenv_values
 
-from mushpi_ble import config
+from mushpi_ble import config, envfile
 from mushpi_ble.config import (
     ENV_FILE_VARIABLE,
     NOTIFYING_CHARACTERISTICS,
@@ -445,7 +444,6 @@ def test_env_file_is_read(tmp_path: Path) -> None:
         'MUSHPI_BLE_NAME_PREFIX="Grow Box"\n'
         "export MUSHPI_BLE_ADV_ENABLE=off\n"
         "MUSHPI_BLE_METRICS_PORT=\n"
-        "MUSHPI_BLE_ADAPTER\n"
         "UNRELATED=1\n"
     )
     s = load_settings({}, env_file=env_file)
@@ -564,7 +562,8 @@ def test_env_example_as_is_and_uncommented_changes_nothing(tmp_path: Path) -> No
     example = render_env_example()
     as_is = tmp_path / "as_is.env"
     as_is.write_text(example)
-    assert dotenv_values(as_is) == {}
+    parsed = envfile.parse(example)
+    assert parsed.values == {} and parsed.problems == ()
     uncommented = tmp_path / "uncommented.env"
     uncommented.write_text(
         "\n".join(
@@ -572,7 +571,8 @@ def test_env_example_as_is_and_uncommented_changes_nothing(tmp_path: Path) -> No
             for line in example.splitlines()
         )
     )
-    assert set(dotenv_values(uncommented)) == set(SPECS)
+    parsed = envfile.parse(uncommented.read_text())
+    assert set(parsed.values) == set(SPECS) and parsed.problems == ()
     assert load_settings({}, env_file=uncommented) == Settings()
 
 
@@ -620,3 +620,71 @@ def test_config_error_pickles() -> None:
     assert isinstance(copy, ConfigError) and isinstance(copy, ValueError)
     assert str(copy) == str(err)
     assert (copy.variable, copy.value, copy.allowed) == ("MUSHPI_X", "1", "2..3")
+
+
+# --- settings files read strictly (as systemd's EnvironmentFile reads them) ---
+
+
+def test_an_unterminated_quote_stops_start_up_naming_file_line_and_variable(
+    tmp_path: Path,
+) -> None:
+    """A lenient reader dropped this line and left reads open."""
+    env_file = tmp_path / "ble.env"
+    env_file.write_text('MUSHPI_BLE_QUEUE_MAX_SIZE=64\nMUSHPI_BLE_READ_ACCESS="bonded\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, env_file=env_file)
+    assert info.value.variable == "MUSHPI_BLE_READ_ACCESS"
+    assert info.value.source == f"{env_file}:2"
+    assert "line 2: no closing \"" in str(info.value)
+
+
+def test_every_bad_line_and_value_is_reported_at_once(tmp_path: Path) -> None:
+    env_file = tmp_path / "ble.env"
+    env_file.write_text(
+        "MUSHPI_BLE_QUEUE_MAX_SIZE=0\n"
+        "MUSHPI_BLE_WRITE_ACCESS=bonded   # only paired phones\n"
+        "MUSHPI_BLE_ADAPTER\n"
+        "this is not a setting\n"
+        "MUSHPI_BLE_NAME_PREFIX='Grow' box\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings({"MUSHPI_BLE_ADV_TX_POWER": "loud"}, env_file=env_file)
+    named = {(e.variable, e.source) for e in info.value.all}
+    assert named == {
+        ("MUSHPI_BLE_WRITE_ACCESS", f"{env_file}:2"),
+        ("MUSHPI_BLE_ADAPTER", f"{env_file}:3"),
+        ("MUSHPI_ENV_FILE", f"{env_file}:4"),
+        ("MUSHPI_BLE_NAME_PREFIX", f"{env_file}:5"),
+        ("MUSHPI_BLE_QUEUE_MAX_SIZE", str(env_file)),
+        ("MUSHPI_BLE_ADV_TX_POWER", None),
+    }
+    message = str(info.value)
+    assert len(message.splitlines()) == 6
+    assert "inline comment" in message and "write MUSHPI_BLE_ADAPTER= to leave it unset" in message
+
+
+def test_settings_files_read_like_systemd(tmp_path: Path) -> None:
+    """Quotes are the value's whole text; a # inside an unquoted value of another program's
+    variable is not ours to judge; ; and # lines are comments."""
+    parsed = envfile.parse(
+        "; a comment\n"
+        "  # another\n"
+        'A="say \\"hi\\" \\\\ \\$HOME"\n'
+        "B='literal \\n # not a comment'\n"
+        "OTHER=x # theirs\n"
+        "export C = spaced  \n",
+        strict_prefix="MUSHPI_",
+    )
+    assert parsed.problems == ()
+    assert parsed.values == {"A": 'say "hi" \\ $HOME', "B": "literal \\n # not a comment",
+                             "OTHER": "x # theirs", "C": "spaced"}
+
+
+def test_config_errors_keep_every_error_across_a_process_boundary() -> None:
+    import pickle
+
+    with pytest.raises(ConfigError) as info:
+        load_settings({"MUSHPI_BLE_QUEUE_MAX_SIZE": "0", "MUSHPI_BLE_ADV_TX_POWER": "x"},
+                      env_file=None)
+    copy = pickle.loads(pickle.dumps(info.value))
+    assert str(copy) == str(info.value) and len(copy.all) == 2

@@ -349,6 +349,7 @@ def test_env_packets_carry_the_uptime_since_the_start() -> None:
     core.started()
     clock.t += 2.5
     packet = core.env_packet(21.57, 88.04, 950, 600)
+    assert packet is not None
     assert packet[:8] == bytes.fromhex("b603 d700 7003 5802")
     assert struct.unpack_from("<I", packet, 8)[0] == 2500
 
@@ -367,3 +368,30 @@ def test_only_characteristics_the_table_re_reads_can_be_refreshed() -> None:
     assert core.refresh("actuator_status") == Refresh("actuator_status", "get_control_data")
     with pytest.raises(KeyError):
         core.refresh("env_measurements")
+
+
+@pytest.mark.parametrize("readings", [
+    ("hot", 80.0, 900, 10), (float("nan"), 80.0, 900, 10), (20.0, float("inf"), 900, 10),
+    (20.0, 80.0, True, 10), (20.0, 80.0, 900, b"\x01"),
+])
+def test_a_reading_that_is_no_number_is_refused_not_zeroed(
+    readings: tuple[object, ...], caplog: pytest.LogCaptureFixture
+) -> None:
+    core, _ = make_core()
+    assert core.env_packet(*readings) is None
+    assert core.refused_publishes.counts == {"env_measurements": 1}
+    assert "publish refused: a reading is no number" in caplog.text
+
+
+def test_a_missing_reading_is_no_refusal() -> None:
+    core, _ = make_core()
+    assert core.env_packet(None, None, None, None) is not None
+    assert core.refused_publishes.counts == {}
+
+
+def test_refused_publishes_are_logged_within_a_budget(caplog: pytest.LogCaptureFixture) -> None:
+    core, _ = make_core()
+    for _ in range(20):
+        core.env_packet("hot", 80.0, 900, 10)
+    assert core.refused_publishes.counts == {"env_measurements": 20}
+    assert caplog.text.count("publish refused") <= 5

@@ -167,7 +167,7 @@ async def test_a_getter_that_always_raises_logs_a_few_lines(
     value, but the log gets the first few failures per minute, not one per read."""
     caplog.set_level(logging.INFO, logger="mushpi_ble")
 
-    def broken() -> object:
+    def broken() -> dict[str, object]:
         raise OSError("i2c bus stuck")
 
     rig.portal.set_callbacks(get_control_targets=broken)

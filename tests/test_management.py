@@ -57,7 +57,8 @@ async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]
 async def test_pair_bonds_and_remove_from_the_command_line(
         locked: Rig, bluez: FakeBluez, bus_address: str,
         capsys: pytest.CaptureFixture[str]) -> None:
-    assert locked.portal.get_status()["management"]["state"] == "serving"
+    management = locked.portal.get_status()["management"]
+    assert management is not None and management["state"] == "serving"
     phone = await bluez.connect_central(address=PHONE)
     with pytest.raises(AttError):
         await phone.write(UUID["stage_state"], STAGE)
@@ -240,3 +241,62 @@ async def test_check_without_a_peripheral_names_the_missing_policy(
     assert missing.level == check.WARN and "mushpi-ble dbus-policy" in missing.message
     assert present.level == check.INFO and f"policy is installed ({policy})" in present.message
     assert open_room.level == check.INFO and "write=open" in open_room.message
+
+
+async def test_pair_wait_follows_the_next_phone_and_closes_the_window_after_its_bond(
+        locked: Rig, bluez: FakeBluez, bus_address: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    async with trio.open_nursery() as nursery:
+        done = trio.Event()
+        result: list[int] = []
+
+        async def waiting() -> None:
+            result.append(await trio.to_thread.run_sync(
+                main, ["pair", "--bus", bus_address, "--seconds", "60", "--wait"]))
+            done.set()
+
+        nursery.start_soon(waiting)
+        await eventually(lambda: locked.portal.get_status()["access"]["window_open"])
+        phone = await bluez.connect_central(address=PHONE)
+        assert (await phone.pair()).success
+        with trio.fail_after(10):
+            await done.wait()
+    out = capsys.readouterr().out
+    assert result == [0]
+    assert f"{PHONE}: paired" in out and f"bonded: {PHONE}; pairing window closed" in out
+    assert not locked.portal.get_status()["access"]["window_open"]
+
+
+async def test_pair_wait_shows_the_passkey_where_the_grower_looks(
+        bus_address: str, bluez: FakeBluez, capsys: pytest.CaptureFixture[str]) -> None:
+    rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_WRITE_ACCESS="bonded",
+                                                            MUSHPI_BLE_PAIRING="passkey"))
+    try:
+        await eventually(lambda: rig.portal.get_status()["pairing"]["agent_registered"])
+        capsys.readouterr()
+        async with trio.open_nursery() as nursery:
+            result: list[int] = []
+
+            async def waiting() -> None:
+                result.append(await trio.to_thread.run_sync(
+                    main, ["pair", "--bus", bus_address, "--seconds", "60", "--wait"]))
+
+            nursery.start_soon(waiting)
+            await eventually(lambda: rig.portal.get_status()["access"]["window_open"])
+            phone = await bluez.connect_central(address=PHONE)
+            assert (await phone.pair(io_capability="KeyboardDisplay", mitm=True)).success
+        out = capsys.readouterr().out
+        passkey = rig.portal.get_status()["pairing"]["passkey"]["passkey"]
+        assert f"{PHONE}: type {passkey} on the phone" in out
+        assert result == [0] and f"bonded: {PHONE}" in out
+    finally:
+        await trio.to_thread.run_sync(rig.portal.stop)
+
+
+async def test_pair_wait_says_when_the_window_closes_without_a_bond(
+        locked: Rig, bus_address: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code = await trio.to_thread.run_sync(
+        main, ["pair", "--bus", bus_address, "--seconds", "1", "--wait"])
+    assert code == 1
+    assert "the pairing window closed before a phone bonded" in capsys.readouterr().out

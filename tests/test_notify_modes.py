@@ -14,7 +14,7 @@ import trio
 from prometheus_client import CollectorRegistry, generate_latest
 from rig import Rig, eventually, make_settings, start_rig
 
-from mushpi_ble.cli.serve import notify_lines
+from mushpi_ble.cli.view import notify_lines
 from mushpi_ble.prometheus import StatusCollector
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
 from mushpi_ble.testing.fakebluez import FakeBluez
@@ -69,12 +69,15 @@ async def test_auto_serves_each_phone_its_own_socket(auto_rig: Rig) -> None:
     assert status["notify"]["mode"] == "auto"
     totals = status["notify"]["characteristics"]["env_measurements"]
     assert totals["sent"] == sum(p["sent"] for p in phones.values()) and totals["dropped"] == 0
-    assert status["subscriptions"]["env_measurements"] is False  # no StartNotify
+    assert status["subscriptions"]["env_measurements"] is True  # subscribed through sockets
     assert any("mtu=64" in line for line in notify_lines(status["notify"]))
     registry = CollectorRegistry()
     registry.register(StatusCollector(rig.portal.get_status, dict))
     text = generate_latest(registry).decode()
-    assert f'mushpi_ble_phone_notifications_sent_total{{device="{one.device_path}"}}' in text
+    # two phones, neither bonded: one series, not one per (rotating) address
+    assert 'mushpi_ble_phone_notifications_sent_total{phone="anonymous"}' in text
+    assert one.device_path not in text and 'mushpi_ble_phone_mtu_bytes{phone="anonymous"} 128.0' \
+        in text
     assert 'mushpi_ble_notify_socket_losses_total{characteristic="env_measurements"} 0.0' \
         in text
 
@@ -169,3 +172,18 @@ def test_notify_sockets_are_the_default() -> None:
     """README "Notify sockets": auto, now that the 5.82 unregistration crash is avoided
     (GattApplication.unregister)."""
     assert make_settings().ble_notify_mode == "auto"
+
+
+def test_phones_are_labelled_by_identity_address_when_bonded_else_anonymous() -> None:
+    from mushpi_ble.prometheus import _by_phone, phone_labels
+
+    bonded = "/org/bluez/hci0/dev_AA_BB_CC_DD_EE_01"
+    status = {"pairing": {"bonded_devices": [{"path": bonded, "address": "AA:BB:CC:DD:EE:01"}]}}
+    entry = {"sent": 1, "dropped": 0, "coalesced": 0, "refused": 0, "confirmations": 0,
+             "queue_depth": 2, "mtu": 100}
+    notify = {"phones": {bonded: entry, "/org/bluez/hci0/dev_4A_00_00_00_00_01": entry,
+                         "/org/bluez/hci0/dev_4A_00_00_00_00_02": {**entry, "mtu": 185}}}
+    rows = dict(_by_phone(notify, phone_labels(status)))
+    assert set(rows) == {"AA:BB:CC:DD:EE:01", "anonymous"}
+    assert rows["anonymous"]["sent"] == 2 and rows["anonymous"]["queue_depth"] == 4
+    assert rows["anonymous"]["mtu"] == 185

@@ -13,7 +13,16 @@ import pytest
 import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from rig import NOW, PROTOCOL_FLAGS, Rig, make_settings, phone, start_rig, targets_payload
+from rig import (
+    NOW,
+    PROTOCOL_FLAGS,
+    Rig,
+    eventually,
+    make_settings,
+    phone,
+    start_rig,
+    targets_payload,
+)
 
 from mushpi_ble.notify import Outcome
 from mushpi_ble.portal import BlePortal
@@ -21,6 +30,7 @@ from mushpi_ble.protocol import (
     CHARACTERISTIC_UUIDS,
     ControlTargets,
     OverrideBits,
+    unusable_readings,
 )
 from mushpi_ble.testing.controller import SimulatedController
 from mushpi_ble.testing.fakebluez import AttError, FakeBluez
@@ -370,7 +380,8 @@ async def test_ten_thousand_publishes_while_bus_stalled_never_block(
 def test_publishing_takes_any_value_without_raising(values: list[object]) -> None:
     """The portal has no catch-all of its own: its codecs are total."""
     portal = BlePortal(make_settings(), bus="unix:path=/nonexistent")
-    assert portal.publish_env(*values) is Outcome.NOT_RUNNING
+    refused = unusable_readings(*values)
+    assert portal.publish_env(*values) is (Outcome.INVALID if refused else Outcome.NOT_RUNNING)
     assert portal.publish_status(values[0]) is Outcome.NOT_RUNNING
     data = values[3] if isinstance(values[3], dict) else {"fan": values[0]}
     assert portal.publish_actuator(data) is Outcome.NOT_RUNNING
@@ -425,3 +436,21 @@ async def test_a_published_burst_reaches_the_phone_paced(bus_address: str,
         assert got[-1].timestamp - got[0].timestamp >= 3 * 0.200 - 0.1
     finally:
         await trio.to_thread.run_sync(rig.portal.stop)
+
+
+async def test_a_publish_that_is_no_number_reaches_no_phone(rig: Rig) -> None:
+    """"hot" and NaN are refused where they are offered: the phone keeps the last good
+    value instead of a plausible 0, and the refusal is counted."""
+    central = await phone(rig)
+    await central.subscribe(UUID["env_measurements"])
+    assert rig.portal.publish_env(21.5, 80.0, 900, 10) is Outcome.QUEUED
+    await eventually(lambda: len(central.notifications(UUID["env_measurements"])) >= 1)
+    before = len(central.notifications(UUID["env_measurements"]))
+    assert rig.portal.publish_env("hot", 80.0, 900, 10) is Outcome.INVALID
+    assert rig.portal.publish_env(float("nan"), 80.0, 900, 10) is Outcome.INVALID
+    counters = rig.portal.get_status()["characteristics"]["env_measurements"]
+    assert counters["invalid"] == 2 and counters["offered"] == 1
+    assert rig.portal.publish_env(22.0, 80.0, 901, 10) is Outcome.QUEUED
+    await eventually(lambda: len(central.notifications(UUID["env_measurements"])) == before + 1)
+    latest = central.notifications(UUID["env_measurements"])[-1].value
+    assert latest[:2] == (901).to_bytes(2, "little")

@@ -15,9 +15,10 @@ from rig import make_settings
 
 from mushpi_ble.cli import main
 from mushpi_ble.errors import StartError
+from mushpi_ble.headline import serving, status_text
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.sim import SimulatedController
-from mushpi_ble.systemd import SystemdNotifier, serving, status_text
+from mushpi_ble.systemd import SystemdNotifier
 from mushpi_ble.testing.fakebluez import FakeBluez
 
 

@@ -118,8 +118,10 @@ async def test_an_eighth_characteristic_is_one_row_plus_its_value_class(
     applied: list[dict[str, Any]] = []
     portal = BlePortal(make_settings(), bus=bus_address,
                        characteristics=(*CHARACTERISTICS, MIST_ROW))
-    portal.set_callbacks(get_control_data=lambda: {"mist_pulse": {"pulse_s": 5, "pause_s": 55}},
-                         apply_overrides=applied.append)
+    # a table of its own: its setter receives its own decoder's dict (the mapping form)
+    portal.set_callbacks({"get_control_data": lambda: {"mist_pulse": {"pulse_s": 5,
+                                                                      "pause_s": 55}},
+                          "apply_overrides": applied.append})
     await trio.to_thread.run_sync(portal.start)
     try:
         central = await bluez.connect_central(address="11:22:33:44:55:66", mtu=185)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,10 @@ async def serve(bus_address: str, bluez: FakeBluez, stopper: list[BlePortal], *,
 
 
 def status(rig: Rig) -> dict[str, Any]:
-    return rig.portal.get_status()
+    return dict(rig.portal.get_status())
 
 
-def steps(status: dict[str, Any]) -> list[tuple[str, str]]:
+def steps(status: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(s["action"], s["result"]) for s in status["recoveries"]]
 
 
@@ -144,11 +144,13 @@ async def test_an_advert_refused_while_a_phone_is_connected_is_explained_as_such
         assert now["advert_state"] == "alias-only"
         assert "while a phone is connected" in now["advert_problem"]
         assert "5.87" not in now["advert_problem"]
+        assert now["last_error"].startswith("advertisement: ")
         assert len(await central.read(UUID["control_targets"])) == 15
         bluez.accept_advertisements()
         await central.disconnect()
         await bluez.wait_for_advertisement(timeout=10.0)
         await status_until(rig.portal, lambda s: s["advert_state"] == "advertising", timeout=10.0)
+        assert status(rig)["last_error"] is None  # the refusal is over
         await trio.to_thread.run_sync(stopper.pop().stop)
 
 
@@ -184,7 +186,7 @@ async def test_refused_advert_serves_alias_only_retries_and_says_why(
     central = await phone(rig)
     assert len(await central.read(UUID["control_targets"])) == 15
     view = render_view(rig.portal, rig.controller)
-    assert "ALIAS-ONLY:" in view and "5.87" in view
+    assert "alias only:" in view and "5.87" in view
     bluez.accept_advertisements()
     await bluez.wait_for_advertisement(timeout=10.0)
     await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")

@@ -284,11 +284,12 @@ class Bluetoothd:
         self.started_at = 0.0
         self.btmon_start = 0
 
-    def start(self, mode: str) -> float:
-        """Start with configuration ``mode``; returns seconds until all adapters are up."""
+    def start(self, mode: str, config: str | None = None) -> float:
+        """Start with configuration ``mode`` (``CONFIGS[mode]`` unless ``config`` is
+        given); returns seconds until all adapters are up."""
         assert self.proc is None, "bluetoothd is already running"
         conf = JOB / f"main-{mode}.conf"
-        conf.write_text(CONFIGS[mode])
+        conf.write_text(CONFIGS[mode] if config is None else config)
         self.starts += 1
         self.btmon_start = btmon_offset()
         log = (JOB / f"bluetoothd-{self.starts:02d}-{mode}.log").open("ab")
@@ -313,6 +314,14 @@ class Bluetoothd:
 
         wait_for(ready, 30, f"bluetoothd ({mode}) with hci0 to hci3 powered", 0.1)
         return time.monotonic() - self.started_at
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def exited(self) -> int | None:
+        """The exit status if the bluetoothd we started has ended (negative: the signal)."""
+        return None if self.proc is None else self.proc.poll()
 
     @property
     def log_path(self) -> Path:

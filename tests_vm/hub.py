@@ -179,14 +179,17 @@ class Hub:
     async def write(self, name: str, data: bytes, response: bool = True) -> None:
         await self.client.write_gatt_char(self.chars[name], data, response=response)
 
-    async def subscribe(self, name: str) -> None:
+    async def subscribe(self, name: str, *, acquire: bool = False) -> None:
+        """Enable notifications; ``acquire``: through ``AcquireNotify`` (a socket from
+        bluetoothd) instead of bleak's default ``StartNotify``."""
         queue: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
         self.queues[name] = queue
 
         def on_value(_char: BleakGATTCharacteristic, data: bytearray) -> None:
             queue.put_nowait((time.perf_counter(), bytes(data)))
 
-        await self.client.start_notify(self.chars[name], on_value)
+        await self.client.start_notify(self.chars[name], on_value,
+                                       bluez={"use_start_notify": not acquire})
 
     async def unsubscribe(self, name: str) -> None:
         """Write the CCC back to 0, as an app that stops listening does."""

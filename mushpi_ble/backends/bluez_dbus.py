@@ -84,6 +84,6 @@ class BluezDbusBackend(BLEBackend):
         return self.portal.connection_count()
 
     def get_status(self) -> dict[str, Any]:
-        status = self.portal.get_status()
+        status: dict[str, Any] = dict(self.portal.get_status())
         status["start_error"] = self.last_error
         return status

@@ -29,7 +29,6 @@ import argparse
 import sys
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -251,9 +250,5 @@ def run(args: argparse.Namespace) -> int:
     report = results.report(BENCHMARK, config={"quick": bool(args.quick),
                                                "counts": attrs.asdict(counts)},
                             results=figures, packages=("trio", "jeepney"))
-    print(render(report))
-    path: Path = args.json if args.json != results.default_path("suite") else \
-        results.default_path(BENCHMARK)
-    results.write_report(path, report)
-    print(f"wrote {path}")
+    results.publish(report, render(report), output=args.output, as_json=args.json)
     return 0 if figures.get("status") == "ok" else 1

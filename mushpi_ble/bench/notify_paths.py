@@ -215,11 +215,7 @@ def run(args: argparse.Namespace) -> int:
     report = results.report(BENCHMARK, config={"quick": bool(args.quick),
                                                "counts": attrs.asdict(counts)},
                             results={"paths": rows}, packages=("trio", "jeepney"))
-    print(render(rows))
-    path = args.json if args.json != results.default_path("suite") else \
-        results.default_path(BENCHMARK)
-    results.write_report(path, report)
-    print(f"wrote {path}")
+    results.publish(report, render(rows), output=args.output, as_json=args.json)
     return 0 if all(r.get("status") == "ok" for r in rows.values()) else 1
 
 

@@ -99,3 +99,18 @@ def write_report(path: Path, data: Mapping[str, Any]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def publish(report: Mapping[str, Any], rendered: str, *, output: Path | None,
+            as_json: bool) -> Path:
+    """Show a report and keep it: the tables (or, with ``--json``, the report itself as
+    JSON on stdout, nothing else there), and the file at ``output`` (default: the
+    benchmark's own path), whose name goes to stderr when stdout carries JSON."""
+    path = output if output is not None else default_path(str(report["benchmark"]))
+    if as_json:
+        print(json.dumps(jsonable(report), indent=2))
+    else:
+        print(rendered)
+    write_report(path, report)
+    print(f"wrote {path}", file=sys.stderr if as_json else sys.stdout)
+    return path

@@ -1,6 +1,6 @@
 """``mushpi-ble bench``: the benchmark suite, with a peer library side by side.
 
-Two parts, one report (``bench-results/suite.json`` unless ``--json``):
+Two parts, one report (``bench-results/suite.json`` unless ``--output``):
 
 * the peripheral's own figures (:mod:`mushpi_ble.bench.peripheral`, run as a
   server in a child process so its CPU and RSS are its own): reads per
@@ -33,7 +33,7 @@ from typing import Any
 import attrs
 import trio
 
-from mushpi_ble.bench import hostile, notify_paths, procfs, results, wire
+from mushpi_ble.bench import cli_start, hostile, notify_paths, procfs, results, wire
 from mushpi_ble.bench.central import timed_reads
 from mushpi_ble.bench.children import Child, ChildFailed
 from mushpi_ble.bench.peer import MARK_TEMPERATURE, OURS, READABLE
@@ -74,19 +74,24 @@ QUICK = Counts(reads=25, notifications=500)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", type=Path, default=results.default_path(BENCHMARK),
-                        metavar="PATH", help="where to write the report (default: %(default)s)")
+    parser.add_argument("--output", type=Path, default=None, metavar="PATH",
+                        help="where to write the report (default: bench-results/NAME.json)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the report as JSON on stdout instead of the tables")
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--no-peer", action="store_true",
                         help="skip the peer libraries (their rows say so)")
     parser.add_argument("--hostile", action="store_true",
                         help="instead: bluetoothd's reads while other clients flood the "
                              "peripheral and the controller publishes flat out "
-                             "(bench-results/hostile.json unless --json)")
+                             "(bench-results/hostile.json unless --output)")
+    parser.add_argument("--cli-start", action="store_true",
+                        help="instead: the management commands' cold start beside the "
+                             "interpreter's (bench-results/cli-start.json unless --output)")
     parser.add_argument("--notify-paths", action="store_true",
                         help="instead: notify sockets against signals side by side, with a "
                              "phone ten times slower than the publisher "
-                             "(bench-results/notify-paths.json unless --json)")
+                             "(bench-results/notify-paths.json unless --output)")
 
 
 # ----------------------------------------------------------------------
@@ -382,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
         return hostile.run(args)
     if getattr(args, "notify_paths", False):
         return notify_paths.run(args)
+    if getattr(args, "cli_start", False):
+        return cli_start.run(args)
     counts = QUICK if args.quick else FULL
     libraries = (OURS,) if args.no_peer else (OURS, *PEERS)
     try:
@@ -397,8 +404,6 @@ def run(args: argparse.Namespace) -> int:
         BENCHMARK, config={"quick": bool(args.quick), "counts": attrs.asdict(counts)},
         results={"peripheral": peripheral, "side_by_side": rows, "ratios": ratios(rows)},
         packages=PACKAGES)
-    print(render(report))
-    results.write_report(args.json, report)
-    print(f"wrote {args.json}")
+    results.publish(report, render(report), output=args.output, as_json=args.json)
     ok = peripheral.get("status") == "ok" and rows[OURS].get("status") == "ok"
     return EXIT_OK if ok else EXIT_FAILED

@@ -25,6 +25,7 @@ import attrs
 import trio
 
 from mushpi_ble.approvals import ApprovalsError, read_approved
+from mushpi_ble.cli import exits
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.dbus import BusUnreachable, Connection, DBusError, open_connection
 from mushpi_ble.gatt import (
@@ -44,9 +45,9 @@ from mushpi_ble.gatt import (
     explain_refusal,
     managed_objects,
     pick_adapter,
-    printable,
 )
-from mushpi_ble.management import BUS_NAME as MANAGEMENT_NAME
+from mushpi_ble.management_api import BUS_NAME as MANAGEMENT_NAME
+from mushpi_ble.text import printable
 
 OK, WARN, FAIL, INFO = "ok", "warn", "FAIL", "info"
 BLUETOOTHD_PATHS = ("/usr/libexec/bluetooth/bluetoothd", "/usr/lib/bluetooth/bluetoothd",
@@ -427,7 +428,7 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"[FAIL] configuration  {exc}")
-        return 1
+        return exits.CONFIG
     findings = trio.run(run_checks, settings, args.bus, args.bluetoothd)
     print(report(findings))
     sys.stdout.flush()

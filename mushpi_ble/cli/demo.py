@@ -16,6 +16,7 @@ import time
 
 import trio
 
+from mushpi_ble.cli import exits
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.errors import StartError
 from mushpi_ble.naming import advertised_name
@@ -25,10 +26,6 @@ from mushpi_ble.testing.bus import DBusDaemonMissing, private_bus
 from mushpi_ble.testing.controller import SimulatedController
 from mushpi_ble.testing.fakebluez import FakeBluez
 from mushpi_ble.testing.hub import HubReport, SimulatedHub, describe_env
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_SETUP = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -105,18 +102,18 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings()
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return EXIT_SETUP
+        return exits.CONFIG
     try:
         with private_bus() as address:
             print(f"private D-Bus bus at {address}")
             report = trio.run(_demo, address, settings, args)
     except DBusDaemonMissing as exc:
         print(str(exc), file=sys.stderr)
-        return EXIT_SETUP
+        return exits.FAILED
     except StartError as exc:
         print(f"the peripheral could not start: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return exits.FAILED
     lines: list[str] = []
     print_report(report, lines)
     print("\n".join(lines))
-    return EXIT_OK if report.ok else EXIT_FAILED
+    return exits.OK if report.ok else exits.FAILED

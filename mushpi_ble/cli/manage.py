@@ -13,15 +13,10 @@ import sys
 import time
 from typing import Any
 
-import trio
-
-from mushpi_ble.dbus import BusUnreachable, DBusError, open_connection
-from mushpi_ble.gatt import printable
-from mushpi_ble.management import BUS_NAME, INTERFACE, PATH, policy_file
-
-NOT_RUNNING = ("org.freedesktop.DBus.Error.ServiceUnknown",
-               "org.freedesktop.DBus.Error.NameHasNoOwner")
-TIMEOUT_S = 5.0
+from mushpi_ble.cli import exits
+from mushpi_ble.cli.management_client import ManagementUnavailable, call
+from mushpi_ble.management_api import policy_file
+from mushpi_ble.text import printable
 
 
 def _bus_argument(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +31,9 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--seconds", type=int, default=120,
                        help="how long new phones may pair (default 120, at most 3600)")
     group.add_argument("--close", action="store_true", help="close the window now")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for the next phone: show its passkey (passkey mode) and "
+                             "the outcome, and close the window once it has bonded")
 
 
 def add_bonds_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,25 +52,13 @@ def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the user the service runs as (default mushpi, as the unit)")
 
 
-async def _call(bus: str, member: str, signature: str = "", body: tuple[Any, ...] = ()) -> Any:
-    async with open_connection(bus, call_timeout=TIMEOUT_S) as conn:
-        reply = await conn.call(BUS_NAME, PATH, INTERFACE, member, signature, body,
-                                timeout=TIMEOUT_S)
-    return reply[0] if reply else None
-
-
-def _run(bus: str, member: str, signature: str = "", body: tuple[Any, ...] = ()) -> Any:
+def _run(bus: str, member: str, signature: str | None = None,
+         body: tuple[Any, ...] = ()) -> Any:
     """The reply, or SystemExit with a message that says what to do."""
     try:
-        return trio.run(_call, bus, member, signature, body)
-    except BusUnreachable as exc:
-        raise SystemExit(f"cannot reach the D-Bus bus {bus}: {exc}") from None
-    except DBusError as exc:
-        if exc.name in NOT_RUNNING:
-            raise SystemExit(f"no running mushpi-ble peripheral owns {BUS_NAME} on the {bus} "
-                             "bus (is the service running? on the system bus it needs the "
-                             "policy of `mushpi-ble dbus-policy`)") from None
-        raise SystemExit(f"{member} refused: {exc.name}: {exc.text}") from None
+        return call(bus, member, signature, body)
+    except ManagementUnavailable as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def run_pair(args: argparse.Namespace) -> int:
@@ -85,8 +71,50 @@ def run_pair(args: argparse.Namespace) -> int:
         return 2
     until = float(_run(args.bus, "OpenPairingWindow", "u", (args.seconds,)))
     print(f"pairing window open for {args.seconds} s, until "
-          f"{time.strftime('%H:%M:%S', time.localtime(until))}: pair the phone now")
-    return 0
+          f"{time.strftime('%H:%M:%S', time.localtime(until))}: pair the phone now",
+          flush=True)
+    if not args.wait:
+        return exits.OK
+    try:
+        return _wait_for_a_bond(args.bus, opened=time.time() - 1.0)
+    except KeyboardInterrupt:
+        _run(args.bus, "ClosePairingWindow")
+        print("stopped; pairing window closed")
+        return exits.FAILED
+
+
+WAIT_POLL_S = 0.25
+
+
+def _wait_for_a_bond(bus: str, *, opened: float) -> int:
+    """Follow the attempts made since the window opened until one bonds or the window
+    closes; the passkey the phone must show is printed as soon as the agent shows it."""
+    told: dict[tuple[str, float], str] = {}
+    passkeys: set[tuple[str, int]] = set()
+    while True:
+        status = json.loads(_run(bus, "GetStatus"))
+        pairing, access = status.get("pairing") or {}, status.get("access") or {}
+        shown = pairing.get("passkey")
+        if shown and (shown["address"], shown["passkey"]) not in passkeys \
+                and shown.get("at", 0) >= opened:
+            passkeys.add((shown["address"], shown["passkey"]))
+            print(f"{shown['address']}: type {shown['passkey']} on the phone "
+                  "if it shows the same number", flush=True)
+        for attempt in pairing.get("recent") or []:
+            key = (attempt["address"], attempt["at"])
+            if attempt["at"] < opened or told.get(key) == attempt["outcome"]:
+                continue
+            told[key] = attempt["outcome"]
+            reason = f" ({attempt['reason']})" if attempt.get("reason") else ""
+            print(f"{attempt['address']}: {attempt['outcome']}{reason}", flush=True)
+            if attempt["outcome"] == "paired":
+                _run(bus, "ClosePairingWindow")
+                print(f"bonded: {attempt['address']}; pairing window closed")
+                return exits.OK
+        if not access.get("window_open"):
+            print("the pairing window closed before a phone bonded")
+            return exits.FAILED
+        time.sleep(WAIT_POLL_S)
 
 
 def _when(stamp: float | None) -> str:
@@ -123,5 +151,10 @@ def run_bonds(args: argparse.Namespace) -> int:
 
 
 def run_policy(args: argparse.Namespace) -> int:
-    sys.stdout.write(policy_file(args.user))
-    return 0
+    try:
+        text = policy_file(args.user)
+    except ValueError as exc:
+        print(f"--user: {exc}", file=sys.stderr)
+        return exits.USAGE
+    sys.stdout.write(text)
+    return exits.OK

@@ -11,28 +11,30 @@ logs plain lines instead.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
+import shutil
 import signal
 import sys
 import threading
 import time
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
+from mushpi_ble.cli import exits, view
+from mushpi_ble.cli.logs import configure_logging
+from mushpi_ble.cli.settings import add_env_file_argument, environment
 from mushpi_ble.config import ConfigError, Settings, load_settings
 from mushpi_ble.errors import StartError
 from mushpi_ble.naming import advertised_name
 from mushpi_ble.portal import BlePortal
-from mushpi_ble.protocol import ActuatorStatus, EnvMeasurement, StatusFlags
-from mushpi_ble.sim import SimulatedController
+from mushpi_ble.sim import SimulatedController, StateFileError
 from mushpi_ble.systemd import SystemdNotifier
 
 log = logging.getLogger("mushpi_ble.serve")
 
-EXIT_OK = 0
-EXIT_CONFIG = 2
-EXIT_START = 3
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=None,
                         help="stop after this many seconds (default: run until signalled)")
     parser.add_argument("--seed", type=int, default=None, help="seed for the sensor noise")
+    add_env_file_argument(parser)
+    parser.add_argument("--details", dest="verbose", action="store_true",
+                        help="the live view also shows D-Bus paths and notify sockets")
 
 
 def _interval(text: str) -> int:
@@ -58,161 +63,33 @@ def _interval(text: str) -> int:
     return value
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps({"ts": round(record.created, 3), "level": record.levelname,
-                           "logger": record.name, "msg": record.getMessage()})
-
-
-def configure_logging(fmt: str, level: str, stream: TextIO) -> None:
-    handler = logging.StreamHandler(stream)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
-
-def render_view(portal: BlePortal, controller: SimulatedController) -> str:
-    """The live terminal view, as text (also used by tests)."""
-    status = portal.get_status()
-    app = portal.peripheral.steps.application.app
-    lines = [
-        f"MushPi BLE  {status['advertised_name'] or '-'}  adapter={status['adapter']}  "
-        f"registered={status['registered']}  advertising={status['advertising']}  "
-        f"restarts={status['restarts']}",
-        *health_lines(status),
-        "",
-        f"centrals ({status['connection_count']}):",
-    ]
-    for dev in status["connected_devices"]:
-        if dev["connected"]:
-            lines.append(f"  {dev['address'] or dev['path']}  mtu={dev['mtu']}")
-    lines.append("")
-    lines.append("characteristic       subscribed offered  sent  dropped coalesced pending "
-                 "p50ms  last value")
-    for name, c in status["characteristics"].items():
-        value = app.state(name).value if app is not None else b""
-        lines.append(
-            f"{name:20} {status['subscriptions'].get(name, False)!s:10} {c['offered']:7} "
-            f"{c['sent']:5} {c['dropped']:8} {c['coalesced']:9} {c['pending']:7} "
-            f"{c['latency']['p50_s'] * 1000:5.2f}  {_decode(name, value)}"
-        )
-    if "notify" in status:
-        lines.append("")
-        lines.extend(notify_lines(status["notify"]))
-    lines.append("")
-    lines.append("recent writes:")
-    for event in list(portal.service.recent_writes)[-8:]:
-        mark = "ok " if event.accepted else "REJ"
-        when = time.strftime("%H:%M:%S", time.localtime(event.at))
-        lines.append(f"  {when} {mark} {event.characteristic:17} {event.detail}")
-    if "pairing" in status:
-        lines.append("")
-        lines.extend(pairing_lines(status["pairing"]))
-    if "access" in status:
-        lines.extend(access_lines(status["access"], status["pairing"]))
+def render_view(portal: BlePortal, controller: SimulatedController, *, width: int = 80,
+                height: int = 24, verbose: bool = False,
+                log_lines: Sequence[str] = ()) -> str:
+    """The live terminal view, as text (also used by tests): the running peripheral as
+    ``mushpi-ble status`` shows it, the simulated controller, the last log lines."""
     relays = ", ".join(k for k, v in controller.relays.items() if v) or "none"
-    lines.append("")
-    lines.append(f"relays on: {relays}   stage: {controller.stage.get('species')} "
-                 f"{controller.stage.get('stage')}")
-    return "\n".join(lines)
+    tail = [f"Simulated controller: {controller.stage.get('species')} "
+            f"{controller.stage.get('stage')}, relays on: {relays}"]
+    if log_lines:
+        tail += ["Log", *("  " + line for line in log_lines)]
+    frame = view.render(portal.view_status(), width=width, height=height - len(tail),
+                        verbose=verbose)
+    return "\n".join(frame + [line[:width] for line in tail])
 
 
-def health_lines(status: dict[str, Any]) -> list[str]:
-    """The adapter and the advert in plain words: state, what was done, what is wrong."""
-    instances = status.get("advert_instances") or {}
-    lines = [
-        f"adapter: {status.get('adapter_state', 'unknown')}  rfkill={status.get('rfkill')}  "
-        f"recovery={'on' if status.get('adapter_recovery') else 'off (report only)'}  "
-        f"steps={sum((status.get('recovery_totals') or {}).values())}",
-        f"advert: {status.get('advert_state', '-')}  instances active="
-        f"{instances.get('active', '?')} free={instances.get('available', '?')}  "
-        f"refusals={status.get('advert_refusals', 0)}  drops={status.get('advert_drops', 0)}",
-    ]
-    recoveries = status.get("recoveries") or []
-    if recoveries:
-        last = recoveries[-1]
-        when = time.strftime("%H:%M:%S", time.localtime(last["at"]))
-        lines.append(f"  last adapter step {when}: {last['action']} {last['result']}: "
-                     f"{last['detail']}")
-    if status.get("advert_problem"):
-        lines.append(f"  ALIAS-ONLY: {status['advert_problem']}")
-    return lines
+class RecentLog(logging.Handler):
+    """Keeps the last few log lines for the live view: printed between frames they would
+    flash and scroll the view away."""
 
+    def __init__(self, keep: int = 3) -> None:
+        super().__init__()
+        self.lines: deque[str] = deque(maxlen=keep)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s",
+                                            "%H:%M:%S"))
 
-def notify_lines(notify: dict[str, Any]) -> list[str]:
-    """How notifications leave: the path per characteristic, then each phone's sockets."""
-    paths = "  ".join(f"{name}={c['path']}" + (f" (losses {c['socket_losses']})"
-                                                if c["socket_losses"] else "")
-                      for name, c in notify["characteristics"].items())
-    lines = [f"notify: mode={notify['mode']}  {paths}"]
-    for device, p in notify["phones"].items():
-        lines.append(
-            f"  {device.rsplit('/', 1)[-1]}  mtu={p['mtu']} queue={p['queue_depth']} "
-            f"sent={p['sent']} dropped={p['dropped']} coalesced={p['coalesced']} "
-            f"refused={p['refused']}  {','.join(p['characteristics'])}"
-            + (f"  last error: {p['last_error']}" if p["last_error"] else ""))
-    return lines
-
-
-def pairing_lines(pairing: dict[str, Any]) -> list[str]:
-    """The pairing part of the live view: agent, counters, bonds, recent attempts."""
-    agent = ("none (MUSHPI_BLE_PAIRING=off)" if pairing["mode"] == "off"
-             else "registered" if pairing["agent_registered"]
-             else f"NOT registered ({pairing.get('agent_error') or 'not yet'})")
-    counts = "  ".join(f"{key}={pairing[key]}" for key in
-                       ("requests", "accepted", "rejected", "canceled", "paired", "failed"))
-    bonded = pairing["bonded_devices"]
-    lines = [f"pairing: {pairing['mode']}  agent {agent}", f"  {counts}",
-             f"  bonded ({len(bonded)}): " + (", ".join(
-                 d["address"] + (" connected" if d["connected"] else "") for d in bonded)
-                 or "none")]
-    for attempt in pairing["recent"][-4:]:
-        when = time.strftime("%H:%M:%S", time.localtime(attempt["at"]))
-        lines.append(f"  {when} {attempt['request']:20} {attempt['address'] or '-':17} "
-                     f"{attempt['outcome']}")
-    return lines
-
-
-def access_lines(access: dict[str, Any], pairing: dict[str, Any]) -> list[str]:
-    """Who may steer the room: the modes, the window, refusals, a passkey to type."""
-    window = "closed"
-    if access["window_open"] and access["window_until"] is not None:
-        window = "OPEN until " + time.strftime("%H:%M:%S",
-                                               time.localtime(access["window_until"]))
-    refused = "  ".join(f"{reason}={count}" for reason, count in access["refused"].items())
-    lines = [f"access: write={access['write']} read={access['read']}  pairing window {window}"
-             f"  bonded={access['bonded_count']}",
-             f"  refused reads={access['refused_reads']} writes={access['refused_writes']}"
-             f" ({refused})"]
-    unapproved = access.get("unapproved") or []
-    if unapproved:
-        lines.append(f"  NOT APPROVED bonds ({len(unapproved)}): {', '.join(unapproved)}"
-                     " (mushpi-ble bonds --approve if yours, --remove if not)")
-    passkey = pairing.get("passkey")
-    if passkey:
-        lines.append(f"  PASSKEY {passkey['passkey']} for {passkey['address']}: type it on "
-                     "the phone")
-    return lines
-
-
-def _decode(name: str, value: bytes) -> str:
-    try:
-        if name == "env_measurements":
-            env = EnvMeasurement.unpack(value)
-            return (f"{env.temperature:.1f}°C {env.humidity:.1f}% {env.co2}ppm "
-                    f"light={env.light}")
-        if name == "status_flags":
-            return f"flags=0x{StatusFlags.unpack(value).flags:04x}"
-        if name == "actuator_status":
-            act = ActuatorStatus.unpack(value)
-            return f"relays=0x{act.relay_bits:02x}"
-    except ValueError:
-        pass
-    return value.hex()
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(self.format(record).splitlines()[0])
 
 
 def _start_metrics(portal: BlePortal) -> Any:
@@ -233,16 +110,23 @@ def _start_metrics(portal: BlePortal) -> Any:
 
 def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
     try:
-        settings = settings or load_settings()
+        settings = settings or load_settings(environment(args))
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exits.CONFIG
     interval = args.interval or settings.sim_interval_s
     live = sys.stdout.isatty() and args.log_format != "json"
-    configure_logging(args.log_format, args.log_level, sys.stderr if live else sys.stdout)
+    configure_logging(args.log_format, args.log_level, sys.stdout)
+    recent = RecentLog()
+    if live:  # the view draws the last lines itself
+        logging.getLogger().handlers[:] = [recent]
+    problem = _save_problem(args.save)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return exits.USAGE
     controller = SimulatedController(seed=args.seed)
     if args.state is not None and args.state.exists():
-        controller.load(args.state)
+        _load_state(controller, args.state)
     notifier = SystemdNotifier()
     portal = BlePortal(settings, bus=args.bus, systemd=notifier if notifier.enabled else None)
     portal.set_callbacks(controller.callbacks())
@@ -260,7 +144,7 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
             portal.start()
         except StartError as exc:
             print(f"cannot start: {exc}", file=sys.stderr)
-            return EXIT_START
+            return exits.FAILED
         # the peripheral derives the same name from get_stage_data when it starts
         name = advertised_name(settings.ble_name_prefix, controller.get_stage_data())
         exporter = _start_metrics(portal)
@@ -281,17 +165,66 @@ def run(args: argparse.Namespace, *, settings: Settings | None = None) -> int:
                              reading["humidity"], reading["co2"], reading["light"])
                 next_publish = now + interval
             if live:
-                sys.stdout.write("\x1b[H\x1b[2J" + render_view(portal, controller) + "\n")
+                size = shutil.get_terminal_size()
+                frame = render_view(portal, controller, width=size.columns,
+                                    height=size.lines - 1, verbose=args.verbose,
+                                    log_lines=list(recent.lines))
+                sys.stdout.write("\x1b[H\x1b[2J" + frame + "\n")
                 sys.stdout.flush()
             stop.wait(1.0 if live else min(1.0, max(0.05, next_publish - time.monotonic())))
     finally:
         if exporter is not None:
-            exporter.close()
+            exporter.close()  # never raises: the stop and the save below must happen
         started = time.monotonic()
         portal.stop()
         log.info("stopped stop_ms=%.0f", (time.monotonic() - started) * 1000)
-        if args.save is not None:
-            controller.save(args.save)
+        saved = _save_state(controller, args.save)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return EXIT_OK
+    return exits.OK if saved else exits.FAILED
+
+
+def _save_problem(path: Path | None) -> str | None:
+    """Checked at start, so a state is never lost at exit to a typo in --save."""
+    if path is None:
+        return None
+    if path.is_dir():
+        return f"--save {path}: is a directory; name a file"
+    parent = path.parent
+    if not parent.is_dir():
+        return f"--save {path}: the directory {parent} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"--save {path}: the directory {parent} is not writable"
+    return None
+
+
+def _load_state(controller: SimulatedController, path: Path) -> None:
+    """A state file that cannot be used is one ERROR line; a bad regular file is kept
+    aside as ``<name>.corrupt`` (so the next save does not destroy the evidence) and the
+    controller starts from its defaults."""
+    try:
+        controller.load(path)
+    except StateFileError as exc:
+        aside = ""
+        if path.is_file():
+            corrupt = path.with_name(path.name + ".corrupt")
+            try:
+                os.replace(path, corrupt)
+                aside = f"; kept aside as {corrupt}"
+            except OSError as move:
+                aside = f"; could not keep it aside: {move}"
+        log.error("%s; starting from the defaults%s", exc, aside)
+    else:
+        log.info("state loaded path=%s", path)
+
+
+def _save_state(controller: SimulatedController, path: Path | None) -> bool:
+    if path is None:
+        return True
+    try:
+        controller.save(path)
+    except OSError as exc:
+        log.error("state not saved path=%s error=%s", path, exc)
+        return False
+    log.info("state saved path=%s", path)
+    return True

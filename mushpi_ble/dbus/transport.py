@@ -53,11 +53,18 @@ def resolve_bus_address(bus: str) -> str:
     return bus
 
 
+ADDRESS_FORM = ("SYSTEM, SESSION or a D-Bus address such as "
+                "unix:path=/run/dbus/system_bus_socket")
+
+
 def _socket_path(address: str) -> str:
+    if ":" not in address or "=" not in address:
+        raise BusUnreachable(f"unusable D-Bus address {address!r}: expected {ADDRESS_FORM}")
     try:
         return str(next(get_connectable_addresses(address)))
     except (RuntimeError, ValueError, StopIteration) as exc:
-        raise BusUnreachable(f"unusable D-Bus address {address!r}: {exc}") from exc
+        raise BusUnreachable(f"unusable D-Bus address {address!r}: {exc} "
+                             f"(expected {ADDRESS_FORM})") from exc
 
 
 async def _send_all(sock: socket.socket, data: bytes) -> None:

@@ -30,7 +30,6 @@ from .agent import (
     PasskeyShown,
     address_of,
     agent_path,
-    printable,
 )
 from .application import GattApplication
 from .devices import Central, DeviceTracker
@@ -123,7 +122,6 @@ __all__ = [
     "normalise_uuid",
     "pick_adapter",
     "plan_advertisement",
-    "printable",
     "read_capabilities",
     "refusal",
     "set_property",

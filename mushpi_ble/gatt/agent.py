@@ -33,6 +33,7 @@ from mushpi_ble.dbus import (
     Method,
 )
 from mushpi_ble.dbus.connection import SignalMessage
+from mushpi_ble.text import printable
 
 from .adapter import managed_objects
 from .errors import ALREADY_EXISTS, DOES_NOT_EXIST
@@ -106,23 +107,6 @@ BondMade = Callable[["BondedDevice", bool, bool], None]
 """Told ``(device, new, ours)``: as :data:`BondSeen`, and whether our agent admitted it."""
 
 
-def printable(text: str, limit: int = 64) -> str:
-    """``text`` safe to print on a terminal or in a log line: characters that are not
-    printable (escapes, bells, bidi overrides) shown as ``\\xNN`` / ``\\uNNNN``, at most
-    ``limit`` characters kept. A phone chooses its own name."""
-    out = []
-    for ch in text[:limit]:
-        if ch.isprintable():
-            out.append(ch)
-        elif ord(ch) < 0x100:
-            out.append(f"\\x{ord(ch):02x}")
-        elif ord(ch) < 0x10000:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(f"\\U{ord(ch):08x}")
-    return "".join(out)
-
-
 @attrs.define
 class PairingAttempt:
     """One pairing request and what became of it."""
@@ -150,7 +134,7 @@ class BondedDevice:
     trusted: bool = False
     connected: bool = False
     name: str = ""
-    """As the phone named itself, made printable (see :func:`printable`)."""
+    """As the phone named itself, made printable (:func:`mushpi_ble.text.printable`)."""
     last_seen: float | None = None
     """Wall time of the last connect or disconnect we saw (None: not since we started)."""
 
@@ -591,5 +575,5 @@ __all__ = [
     "REQUEST_PIN_CODE", "WINDOW_CLOSED", "BondMade", "BondSeen", "BondedDevice", "Decision",
     "JustWorksPolicy", "Pairing", "PairingAgent", "PairingLog", "PairingPolicy",
     "PairingRequest", "PairingWindow", "PasskeyPolicy", "WindowPolicy", "address_of",
-    "agent_path", "follow_bonds", "policy_for_mode", "printable",
+    "agent_path", "follow_bonds", "policy_for_mode",
 ]

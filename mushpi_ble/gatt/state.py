@@ -39,6 +39,12 @@ class CharacteristicState:
     """The counters of sockets already closed, so the totals never go back."""
 
     @property
+    def subscribed(self) -> bool:
+        """Some phone receives this characteristic's notifications: through StartNotify
+        (signals) or an acquired socket of its own."""
+        return self.notifying or bool(self.sockets)
+
+    @property
     def on_signals(self) -> bool:
         """Notifications go out as one PropertiesChanged (not into the sockets)."""
         return self.notifying or bool(self.suspects)

@@ -8,7 +8,7 @@ raise :class:`InvalidPayload`, which tells the GATT layer how to answer.
 
 from ._coerce import BytesLike
 from .actuator import ActuatorState, ActuatorStatus
-from .env import EnvMeasurement, SensorReadings, encode_env
+from .env import READINGS, EnvMeasurement, SensorReadings, encode_env, unusable_readings
 from .errors import (
     APP_ERROR_DESCRIPTIONS,
     AppError,
@@ -89,6 +89,7 @@ __all__ = [
     "MODES",
     "NOTIFYING",
     "OVERRIDE_BITS",
+    "READINGS",
     "REQUIRED_BY_APP",
     "SERVICE_UUID",
     "SPECIES",
@@ -137,4 +138,5 @@ __all__ = [
     "species_name",
     "stage_id",
     "stage_name",
+    "unusable_readings",
 ]

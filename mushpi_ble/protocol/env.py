@@ -20,6 +20,7 @@ from ._coerce import (
     U32_MAX,
     BytesLike,
     check_length,
+    finite,
     int_range,
     truncated,
 )
@@ -116,6 +117,25 @@ class EnvMeasurement:
 
 
 _INF = math.inf
+READINGS = ("temperature", "humidity", "co2", "light")
+
+
+def _unusable(value: object) -> bool:
+    kind = type(value)
+    if kind is int or value is None:
+        return False
+    if kind is float:
+        x = cast(float, value)
+        return x != x or x == _INF or x == -_INF
+    return finite(value) is None
+
+
+def unusable_readings(temperature: object, humidity: object, co2: object,
+                      light: object) -> tuple[str, ...]:
+    """The readings that are given (not None) yet are no finite number: "hot", NaN, a
+    stray bool. A packet with such a reading would tell the phone a plausible 0."""
+    values = (temperature, humidity, co2, light)
+    return tuple(name for name, v in zip(READINGS, values, strict=True) if _unusable(v))
 
 
 def _fast_field(value: object, scale: int, lo: int, hi: int) -> int:

@@ -166,7 +166,7 @@ class Advertiser(Step):
         log.log(level, "advertisement retry retry_in_s=%.1f refusals=%d", delay, self.refusals)
         self.problem = problem
         self._set_advertising(False)
-        self.host.note_error(f"advertisement: {exc.name}: {exc.text}")
+        self.host.note_error(f"advertisement: {exc.name}: {exc.text}", self.name)
         self.host.spawn_in_session(partial(self._retry, delay))
 
     async def _retry(self, delay: float, *,

@@ -64,6 +64,6 @@ class Application(Step):
         app = self.app
         return {
             "registered": self.registered,
-            "subscriptions": ({s.spec.name: s.notifying for s in app.characteristics
+            "subscriptions": ({s.spec.name: s.subscribed for s in app.characteristics
                                if s.spec.notifies} if app is not None else {}),
         }

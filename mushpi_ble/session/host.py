@@ -28,6 +28,9 @@ class SessionHost:
         """Counts what :meth:`changed` reported, so a waiter knows whether it missed one."""
         self.state_changes = threading.Condition()
         self.last_error: str | None = None
+        self.error_step: str | None = None
+        """The step whose failure ``last_error`` tells of (None: not a step's)."""
+        self.errors_noted = 0
         self.wake = trio.Event()
         """Set when a step must be registered again; the supervisor renews it."""
         self.reason = ""
@@ -84,8 +87,14 @@ class SessionHost:
         if self._nursery is not None:
             self._nursery.start_soon(fn)
 
-    def note_error(self, text: str | None) -> None:
-        self.last_error = text
+    def note_error(self, text: str | None, step: str | None = None) -> None:
+        self.last_error, self.error_step = text, step
+        self.errors_noted += 1
+
+    def step_succeeded(self, step: Step, errors_before: int) -> None:
+        """``step`` registered without a new error: an error it left earlier is over."""
+        if self.error_step == step.name and self.errors_noted == errors_before:
+            self.note_error(None)
 
     def changed(self) -> None:
         with self.state_changes:

@@ -74,8 +74,9 @@ class StepHost(Protocol):
     def spawn(self, fn: Callable[[], Awaitable[object]]) -> None:
         """Run ``fn`` as a task of the peripheral's nursery (outlives sessions)."""
 
-    def note_error(self, text: str | None) -> None:
-        """The last error ``get_status()`` reports."""
+    def note_error(self, text: str | None, step: str | None = None) -> None:
+        """The last error ``get_status()`` reports, and the step it is about (cleared when
+        that step registers again)."""
 
     def changed(self) -> None:
         """Something a status reader may wait for has changed."""

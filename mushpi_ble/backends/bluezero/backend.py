@@ -195,8 +195,12 @@ class BluezeroBackend(BLEBackend):
 
     def publish_env(self, temperature: object, humidity: object, co2: object,
                     light: object) -> Outcome:
-        return self._guard(lambda: self._publisher.offer(
-            ENV_MEASUREMENTS, self.core.env_packet(temperature, humidity, co2, light)))
+        def offer() -> Outcome:
+            packet = self.core.env_packet(temperature, humidity, co2, light)
+            return (Outcome.INVALID if packet is None
+                    else self._publisher.offer(ENV_MEASUREMENTS, packet))
+
+        return self._guard(offer)
 
     def publish_status(self, flags: object) -> Outcome:
         """Controller bits; the CONNECTIVITY bit is this layer's."""

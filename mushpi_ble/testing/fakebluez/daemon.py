@@ -297,6 +297,20 @@ class FakeBluez:
         log.info("restarted old_unique_name=%s unique_name=%s graceful=%s", old,
                  self.unique_name, graceful)
 
+    async def stop(self, *, graceful: bool = True) -> None:
+        """bluetoothd stops (``systemctl stop bluetooth``) and stays away until
+        :meth:`start`: what the peripheral shows meanwhile."""
+        await self._stop_link(graceful=graceful)
+        self.runtime.agents.forget_all()
+        for adapter in self._adapters.values():
+            adapter.reset(powered=self.runtime.config.power_on_restart)
+        log.info("stopped graceful=%s", graceful)
+
+    async def start(self) -> None:
+        """bluetoothd is back after :meth:`stop`, on a new connection."""
+        await self._start_link()
+        log.info("started unique_name=%s", self.unique_name)
+
     async def remove_adapter(self, adapter_id: str) -> None:
         """The controller is unplugged: InterfacesRemoved, adverts released."""
         adapter = self._adapters.pop(adapter_id)
