@@ -213,6 +213,8 @@ class PairingLog:
                 attempt.outcome = PAIRED
             log.info("device paired device=%s address=%s bonded=%s", device.path,
                      device.address or "-", device.bonded)
+            if self.passkey is not None and self.passkey["address"] == device.address:
+                self.passkey = None  # typed and used: no longer to be shown
             if self.on_paired is not None:
                 self.on_paired(device, not found)
         elif "Connected" in props and not device.connected and attempt is not None \
