@@ -171,6 +171,14 @@ def _file_in_existing_dir(text: str) -> Path:
     return path
 
 
+def _absolute_dir(text: str) -> Path:
+    # Existence is checked where it matters (bonded access), not for every setting.
+    path = Path(text).expanduser()
+    if not path.is_absolute():
+        raise _Invalid("not an absolute path")
+    return path
+
+
 # --- the table ---
 
 
@@ -398,6 +406,17 @@ class Settings:
         "open; off registers none, so no new phone can pair. Empty = window when any access "
         "is bonded, else just-works.",
     )
+    ble_pairing_window_bonds: int = _int_var(
+        "MUSHPI_BLE_PAIRING_WINDOW_BONDS", "1", 0, 100,
+        "How many new phones one pairing window admits before it closes by itself "
+        "(0 = any number until it times out): a neighbour pairing in the same minutes is "
+        "refused.",
+    )
+    ble_state_dir: Path = _var(
+        "MUSHPI_BLE_STATE_DIR", "/var/lib/mushpi", _absolute_dir, "an absolute directory path",
+        "Where the service keeps its state: with bonded access, the phones the grower "
+        "approved (approved-bonds.json); must exist and be writable by the service then.",
+    )
     ble_metrics_port: int | None = _int_var(
         "MUSHPI_BLE_METRICS_PORT", None, 1, 65535,
         "TCP port of the metrics endpoint.",
@@ -452,6 +471,19 @@ class Settings:
         if self.ble_backend == "bluezero":
             raise ConfigError(bonded[0], "bonded", "open with MUSHPI_BLE_BACKEND=bluezero",
                               "the legacy bluezero backend has no access control")
+        if self.ble_read_access == "bonded" and self.ble_notify_mode == "signal":
+            raise ConfigError(
+                "MUSHPI_BLE_NOTIFY_MODE", "signal", "auto or socket while "
+                "MUSHPI_BLE_READ_ACCESS=bonded",
+                "subscriptions by StartNotify carry no device, so they cannot be refused to "
+                "phones that may not read; notify sockets (AcquireNotify) can")
+        state = self.ble_state_dir
+        if not state.is_dir() or not os.access(state, os.W_OK | os.X_OK):
+            raise ConfigError(
+                "MUSHPI_BLE_STATE_DIR", os.fspath(state),
+                "an existing directory the service may write",
+                f"{bonded[0]}=bonded keeps the phones the grower approved there "
+                f"({'not writable' if state.is_dir() else 'no such directory'})")
 
     def policy_for(self, characteristic: str) -> BackpressurePolicy:
         """The back-pressure policy of one notifying characteristic (name case-insensitive)."""

@@ -49,6 +49,8 @@ class Controls(Protocol):
 
     async def remove_bond(self, address: str) -> None: ...
 
+    async def approve_bond(self, address: str) -> None: ...
+
 
 @attrs.define
 class ManagementStatus:
@@ -84,6 +86,7 @@ class Management:
             Method("ClosePairingWindow", handler=self._close),
             Method("ListBonds", "", "s", handler=self._bonds, out_names=["bonds_json"]),
             Method("RemoveBond", "s", handler=self._remove, arg_names=["address"]),
+            Method("ApproveBond", "s", handler=self._approve, arg_names=["address"]),
             Method("GetStatus", "", "s", handler=self._get_status, out_names=["status_json"]),
             Method("Adapter", "", "s", handler=self._adapter, out_names=["adapter"]),
         ])
@@ -170,6 +173,13 @@ class Management:
         await self._authorize(ctx)
         try:
             await self._controls.remove_bond(address)
+        except ValueError as exc:
+            raise DBusError(INVALID_ARGS, str(exc)) from None
+
+    async def _approve(self, ctx: CallContext, address: str) -> None:
+        await self._authorize(ctx)
+        try:
+            await self._controls.approve_bond(address)
         except ValueError as exc:
             raise DBusError(INVALID_ARGS, str(exc)) from None
 

@@ -358,10 +358,13 @@ class Peripheral:
         return None if getter is None else await self.service.runner.call("get_stage_data",
                                                                           getter)
 
-    def _passkey_shown(self, address: str, passkey: int) -> None:
+    def _passkey_shown(self, address: str, passkey: int) -> bool:
         """From the agent (loop thread): the controller's ``on_pairing_passkey``, in a
-        worker thread like every callback."""
+        worker thread like every callback; False when the controller set none."""
+        if not self.service.has_callback("on_pairing_passkey"):
+            return False
         self.host.spawn(partial(self.service.passkey_shown, address, passkey))
+        return True
 
     def request_name_refresh(self, fixed: str | None = None) -> None:
         """From the loop thread: recompute (or pin) the name and apply it, not waited for."""

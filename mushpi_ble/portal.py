@@ -307,6 +307,12 @@ class BlePortal:
         inside a window, before it may write. ValueError when there is no such bond."""
         self.run_in_loop(lambda: self.peripheral.access.remove_bond(address))
 
+    def approve_bond(self, address: str) -> None:
+        """Approve a phone bluetoothd has a bond for but our agent did not admit (one
+        bonded before access was bonded): it may then read and write where access is
+        bonded. ValueError when there is no such bond or access is open."""
+        self.run_in_loop(lambda: self.peripheral.access.approve_bond(address))
+
     def connection_count(self) -> int:
         return sum(1 for c in self.peripheral.steps.centrals if c.connected)
 

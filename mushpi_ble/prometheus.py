@@ -245,6 +245,10 @@ def _access_metrics(access: Mapping[str, Any]) -> Iterator[Metric]:
                             value=int(access["read"] == "bonded"))
     yield GaugeMetricFamily(f"{PREFIX}_pairing_window_open", "1 while new phones may pair",
                             value=int(bool(access["window_open"])))
+    yield GaugeMetricFamily(f"{PREFIX}_unapproved_bonds",
+                            "bonds bluetoothd has that our agent did not admit and the grower "
+                            "has not approved (bonded access refuses them)",
+                            value=access.get("unapproved_bonds", 0))
     refused = CounterMetricFamily(f"{PREFIX}_access_refused",
                                   "requests refused before the controller, by reason",
                                   labels=["reason"])

@@ -283,6 +283,10 @@ class MushPiService:
             return Outcome.DROPPED
         return await self._refresh(ACTUATOR_STATUS)
 
+    def has_callback(self, name: str) -> bool:
+        """Whether the controller set callback ``name`` (e.g. someone shows a passkey)."""
+        return getattr(self._callbacks(), name) is not None
+
     async def passkey_shown(self, address: str, passkey: int) -> None:
         """Hand a passkey to the controller's ``on_pairing_passkey`` (e.g. an LCD)."""
         await self._call("on_pairing_passkey", (address, passkey))

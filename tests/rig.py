@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import tempfile
 from collections.abc import Callable
 from functools import partial
 
@@ -37,8 +38,11 @@ def targets_payload(*fields: int) -> bytes:
 def make_settings(**env: str) -> Settings:
     # tests change the controller's state between reads: every read asks it, unless a
     # test is about the read cache
+    # ... and each gets a state directory of its own (bonded access keeps its approved
+    # phones there)
     base = {"MUSHPI_DBUS_BUS_TIMEOUT_MS": "2000", "MUSHPI_BLE_HANDLER_TIMEOUT_MS": "1000",
-            "MUSHPI_BLE_READ_CACHE_MS": "0"}
+            "MUSHPI_BLE_READ_CACHE_MS": "0",
+            "MUSHPI_BLE_STATE_DIR": tempfile.mkdtemp(prefix="mushpi-state-")}
     return load_settings(environ={**base, **env}, env_file=None)
 
 

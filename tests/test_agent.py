@@ -124,8 +124,10 @@ async def test_foreign_callers_are_refused(rig: Rig, client: Connection) -> None
 async def test_just_works_accepts_and_refuses_what_it_cannot_do(rig: Rig) -> None:
     device = HCI0 + "/dev_11_22_33_44_55_66"
     await rig.call_as_bluez("RequestConfirmation", "ou", device, 123456)
-    await rig.call_as_bluez("AuthorizeService", "os", device,
-                            "0000180d-0000-1000-8000-00805f9b34fb")
+    with pytest.raises(DBusError) as err:  # a BR/EDR profile: we serve none, in any mode
+        await rig.call_as_bluez("AuthorizeService", "os", device,
+                                "0000180d-0000-1000-8000-00805f9b34fb")
+    assert err.value.name == "org.bluez.Error.Rejected"
     for member in ("RequestPasskey", "RequestPinCode"):
         with pytest.raises(DBusError) as err:
             await rig.call_as_bluez(member, "o", device)
@@ -134,11 +136,11 @@ async def test_just_works_accepts_and_refuses_what_it_cannot_do(rig: Rig) -> Non
         await rig.call_as_bluez("DisplayPinCode", "os", device, "0000")
     await rig.call_as_bluez("DisplayPasskey", "ouq", device, 123456, 0)
     outcomes = [(a.request, a.outcome) for a in rig.log.attempts]
-    assert outcomes == [("RequestConfirmation", "accepted"), ("AuthorizeService", "accepted"),
+    assert outcomes == [("RequestConfirmation", "accepted"), ("AuthorizeService", "rejected"),
                         ("RequestPasskey", "rejected"), ("RequestPinCode", "rejected"),
                         ("DisplayPinCode", "rejected"), ("DisplayPasskey", "rejected")]
     assert (rig.log.counters["requests"], rig.log.counters["accepted"],
-            rig.log.counters["rejected"]) == (6, 2, 4)
+            rig.log.counters["rejected"]) == (6, 1, 5)
 
 
 class ShowPasskeyPolicy:

@@ -95,9 +95,10 @@ ROOT_RO = "/dev/mmcblk0p2 / ext4 ro,noatime 0 0\n"
     (ROOT_EXT4, "bonded", None),
     (ROOT_OVERLAY + "/dev/sda1 /var/lib/bluetooth ext4 rw 0 0\n", "bonded", None),
 ])
-def test_bonds_on_a_root_whose_writes_vanish(mounts: str, access: str,
-                                             level: str | None) -> None:
-    settings = load_settings(environ={"MUSHPI_BLE_WRITE_ACCESS": access}, env_file=None)
+def test_bonds_on_a_root_whose_writes_vanish(mounts: str, access: str, level: str | None,
+                                             tmp_path: Path) -> None:
+    settings = load_settings(environ={"MUSHPI_BLE_WRITE_ACCESS": access,
+                                      "MUSHPI_BLE_STATE_DIR": str(tmp_path)}, env_file=None)
     finding = system.bond_storage_finding(settings, mounts)
     assert (finding.level if finding else None) == level
     if level == check.WARN:
@@ -149,7 +150,8 @@ async def test_check_names_the_settings_file_it_read(tmp_path: Path, bus_address
                                                     bluez: FakeBluez,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     env = tmp_path / "ble.env"
-    env.write_text("MUSHPI_BLE_WRITE_ACCESS=bonded\nMUSHPI_DBUS_BUS_TIMEOUT_MS=1000\n")
+    env.write_text(f"MUSHPI_BLE_WRITE_ACCESS=bonded\nMUSHPI_BLE_STATE_DIR={tmp_path}\n"
+                   "MUSHPI_DBUS_BUS_TIMEOUT_MS=1000\n")
     await trio.to_thread.run_sync(main, ["check", "--bus", bus_address, "--bluetoothd",
                                          "/bin/false", "--env-file", str(env)])
     out = capsys.readouterr().out

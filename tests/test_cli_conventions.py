@@ -116,7 +116,9 @@ def test_an_address_that_is_no_bus_address_says_what_is_expected(tmp_path: Path)
 
 def test_config_lists_every_setting_with_where_it_came_from(tmp_path: Path) -> None:
     settings = tmp_path / "ble.env"
-    settings.write_text("MUSHPI_BLE_WRITE_ACCESS=bonded\nMUSHPI_BLE_PAIRING=window\n")
+    # bonded access keeps its approved phones in the state directory, which must exist
+    settings.write_text("MUSHPI_BLE_WRITE_ACCESS=bonded\nMUSHPI_BLE_PAIRING=window\n"
+                        f"MUSHPI_BLE_STATE_DIR={tmp_path}\n")
     out = run("config", "--env-file", str(settings), env={"MUSHPI_BLE_QUEUE_MAX_SIZE": "128"},
               cwd=tmp_path)
     assert out.returncode == exits.OK, out.stderr

@@ -45,6 +45,7 @@ def test_the_controller_api_is_there_with_its_signatures() -> None:
         "get_service_instance": [],
         "open_pairing_window": ["seconds"],
         "close_pairing_window": [],
+        "approve_bond": ["address"],
     }
     for name, params in expected.items():
         fn = getattr(ble_gatt, name)
@@ -194,5 +195,8 @@ async def test_a_button_opens_a_pairing_window_through_the_facade(
         assert not backend.get_status()["access"]["window_open"]
         assert ble_gatt.open_pairing_window(0) is None  # a bad length is logged, not raised
         assert "pairing window lasts" in caplog.text
+        # no such bond: logged, not raised
+        assert await trio.to_thread.run_sync(ble_gatt.approve_bond, "11:22:33:44:55:66") is False
+        assert "no bonded phone 11:22:33:44:55:66" in caplog.text
     finally:
         await trio.to_thread.run_sync(ble_gatt.stop_ble_service)

@@ -225,6 +225,8 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
         [("OPEN", "open"), ("bonded", "bonded")],
         ["", "bonded-only", "false"],
     ),
+    ("MUSHPI_BLE_PAIRING_WINDOW_BONDS", "ble_pairing_window_bonds",
+     [("0", 0), ("1", 1), ("100", 100)], ["-1", "101", "", "1.5"]),
     (
         "MUSHPI_BLE_METRICS_PORT", "ble_metrics_port",
         [("1", 1), ("65535", 65535), ("", None), ("  ", None)],
@@ -244,21 +246,26 @@ BOOLS = [
     "MUSHPI_BLE_SYSTEMD_NOTIFY",
 ]
 POLICY_OVERRIDES = [f"MUSHPI_BLE_POLICY_{name}" for name in NOTIFYING_CHARACTERISTICS]
-OTHERS = ["MUSHPI_BLE_METRICS_FILE"]  # needs a real directory: tested with tmp_path
+# need a real directory: tested with tmp_path (the state directory in test_bonded.py)
+OTHERS = ["MUSHPI_BLE_METRICS_FILE", "MUSHPI_BLE_STATE_DIR"]
 
 
 def test_every_variable_is_covered() -> None:
     covered = {name for name, *_ in EDGES} | set(BOOLS) | set(POLICY_OVERRIDES) | set(OTHERS)
     assert covered == set(SPECS)
-    assert len(INT_VARIABLES) == 10
+    assert len(INT_VARIABLES) == 11
 
 
 @pytest.mark.parametrize(
     ("variable", "attribute", "raw", "expected"),
     [(v, a, raw, exp) for v, a, valid, _ in EDGES for raw, exp in valid],
 )
-def test_valid_values(variable: str, attribute: str, raw: str, expected: object) -> None:
-    assert getattr(load(**{variable: raw}), attribute) == expected
+def test_valid_values(variable: str, attribute: str, raw: str, expected: object,
+                      tmp_path: Path) -> None:
+    env = {variable: raw}
+    if expected == "bonded":  # bonded access keeps its approved phones in the state dir
+        env["MUSHPI_BLE_STATE_DIR"] = str(tmp_path)
+    assert getattr(load(**env), attribute) == expected
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import pwd
+import re
 import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -163,6 +164,8 @@ class _Controls:
 
     async def remove_bond(self, address: str) -> None: ...
 
+    async def approve_bond(self, address: str) -> None: ...
+
 
 async def test_callers_of_another_user_are_refused(bus_address: str) -> None:
     controls = _Controls()
@@ -296,14 +299,26 @@ async def test_pair_wait_shows_the_passkey_where_the_grower_looks(
                 result.append(await trio.to_thread.run_sync(
                     main, ["pair", "--bus", bus_address, "--seconds", "60", "--wait"]))
 
+            printed: list[str] = []
+
+            async def typed_from_the_terminal() -> int:
+                """The grower types what `pair --wait` printed, once it printed it."""
+                with trio.fail_after(10):
+                    while not (found := re.search(r"type (\d{6}) on the phone",
+                                                  "".join(printed))):
+                        printed.append(capsys.readouterr().out)
+                        await trio.sleep(0.05)
+                return int(found.group(1))
+
             nursery.start_soon(waiting)
             await eventually(lambda: rig.portal.get_status()["access"]["window_open"])
             phone = await bluez.connect_central(address=PHONE)
-            assert (await phone.pair(io_capability="KeyboardDisplay", mitm=True)).success
-        out = capsys.readouterr().out
-        passkey = rig.portal.get_status()["pairing"]["passkey"]["passkey"]
-        assert f"{PHONE}: type {passkey} on the phone" in out
+            assert (await phone.pair(io_capability="KeyboardDisplay", mitm=True,
+                                     passkey=typed_from_the_terminal)).success
+        out = "".join(printed) + capsys.readouterr().out
         assert result == [0] and f"bonded: {PHONE}" in out
+        # typed and used: the live view and status no longer show it
+        assert rig.portal.get_status()["pairing"]["passkey"] is None
     finally:
         await trio.to_thread.run_sync(rig.portal.stop)
 

@@ -28,6 +28,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,7 +122,8 @@ def locked_portal(portal_lab: PortalLab, pairing: str) -> Iterator[Locked]:
     """The lab's portal stopped; one whose writes need a bond in its place."""
     shown: list[tuple[str, int]] = []
     with portal_in_place_of_the_lab(portal_lab, MUSHPI_BLE_WRITE_ACCESS="bonded",
-                                    MUSHPI_BLE_PAIRING=pairing) as portal:
+                                    MUSHPI_BLE_PAIRING=pairing,
+                                    MUSHPI_BLE_STATE_DIR=tempfile.mkdtemp()) as portal:
         portal.set_callbacks(
             on_pairing_passkey=lambda address, key: shown.append((address, key)))
         wait_for(lambda: portal.get_status()["pairing"]["agent_registered"], 15,
@@ -206,6 +208,11 @@ def test_bonded_writes_need_a_pairing_window(
             accepted = [a for a in locked.status()["pairing"]["recent"]
                         if a["address"] == central and a["outcome"] in ("accepted", "paired")]
             assert accepted, locked.status()["pairing"]["recent"]
+            # our agent admitted it in the window: approved, and the window, for one new
+            # phone, closed by itself
+            wait_for(lambda: locked.status()["access"]["approved"] == [central], 10,
+                     "the approval")
+            assert not locked.status()["access"]["window_open"]
             closed = cli("pair", "--close")
             assert closed.returncode == 0, closed.stderr
             wait_for(lambda: locked.status()["access"]["bonded_count"] == 1, 10, "the bond")
@@ -231,6 +238,7 @@ def test_bonded_writes_need_a_pairing_window(
             assert removed.returncode == 0, removed.stderr
             wait_for(lambda: locked.status()["access"]["bonded_count"] == 0, 10,
                      "the bond gone")
+            assert locked.status()["access"]["approved"] == []
             forget_bond(system_bus, CENTRAL_ADAPTER, portal_lab.address)  # the phone's side
             metrics.set(f"{bluez}.access_write_after_removal_error",
                         _refused_write(system_bus, portal_lab, locked))

@@ -36,7 +36,7 @@ COMMANDS: tuple[tuple[str, str, str, str, str], ...] = (
      "status", "add_arguments", "run"),
     ("pair", "open a pairing window on the running peripheral",
      "manage", "add_pair_arguments", "run_pair"),
-    ("bonds", "list the bonded phones, or forget one",
+    ("bonds", "list the bonded phones, approve or forget one",
      "manage", "add_bonds_arguments", "run_bonds"),
     ("dbus-policy", "print the system bus policy of `pair` and `bonds`",
      "manage", "add_policy_arguments", "run_policy"),

@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from mushpi_ble.approvals import ApprovalsError, read_approved
 from mushpi_ble.cli import exits
 from mushpi_ble.config import ConfigError, Settings, env_file_in_use, load_settings
 from mushpi_ble.dbus import BusUnreachable, Connection, DBusError, open_connection
@@ -33,6 +34,7 @@ from mushpi_ble.gatt import (
     AGENT_MANAGER_IFACE,
     AGENT_MANAGER_PATH,
     BLUEZ,
+    DEVICE_IFACE,
     DOES_NOT_EXIST,
     GATT_MANAGER_IFACE,
     KERNEL_MISMATCH_ADVICE,
@@ -45,6 +47,7 @@ from mushpi_ble.gatt import (
     pick_adapter,
 )
 from mushpi_ble.management_api import BUS_NAME as MANAGEMENT_NAME
+from mushpi_ble.text import printable
 
 from . import check_system as system
 from . import system_files as files
@@ -138,6 +141,9 @@ async def run_checks(settings: Settings, bus: str, bluetoothd: str | None,
             await _check_bluez(conn, settings, findings, platform=platform or Platform.here(parsed))
             findings.append(await systemd_finding(conn, timeout))
             findings.append(await access_finding(conn, settings))
+            if settings.access_bonded:
+                findings.extend(bonded_security_findings(settings))
+                findings.append(await unapproved_bonds_finding(conn, settings))
     except BusUnreachable as exc:
         findings.append(Finding(FAIL, "D-Bus", f"cannot reach the bus: {exc}. Is dbus running? "
                                 "(systemctl status dbus)"))
@@ -458,3 +464,69 @@ def run(args: argparse.Namespace) -> int:
     print(report(findings))
     sys.stdout.flush()
     return 1 if any(f.level == FAIL for f in findings) else 0
+
+
+def bonded_security_findings(settings: Settings, main_conf: Path = MAIN_CONF) -> list[Finding]:
+    """Where access is bonded: bluetoothd's settings that decide what a bond is worth."""
+    parser = configparser.ConfigParser(strict=False, comment_prefixes=("#", ";"),
+                                       interpolation=None)
+    try:
+        parser.read(main_conf)
+    except configparser.Error as exc:
+        return [Finding(WARN, "bonded access", f"{main_conf} unreadable: {exc}")]
+    general = parser["General"] if parser.has_section("General") else {}
+
+    def value(key: str, default: str) -> tuple[str, str]:
+        raw = general.get(key, "").strip()
+        return (raw.lower(), f"{key}={raw} in {main_conf}") if raw else \
+            (default, f"{key} unset, bluetoothd's default {default}")
+
+    mode, mode_from = value("ControllerMode", "dual")
+    repairing, repairing_from = value("JustWorksRepairing", "never")
+    secure, secure_from = value("SecureConnections", "on")
+    findings = [
+        Finding(OK, "BR/EDR", f"off ({mode_from})") if mode == "le" else Finding(
+            WARN, "BR/EDR", f"on ({mode_from}): the kernel accepts BR/EDR Just Works pairing "
+            "without asking any agent; such bonds are not approved and BR/EDR requests are "
+            f"refused, but turn it off: `ControllerMode = le` under [General] in {main_conf}, "
+            "then `sudo systemctl restart bluetooth`"),
+        Finding(OK if repairing == "never" else WARN, "Just Works re-pairing",
+                f"{repairing} ({repairing_from})" + ("" if repairing == "never" else
+                ": a device claiming a bonded phone's address may replace its keys; "
+                "`JustWorksRepairing = never` keeps the bond the grower approved")),
+        Finding(OK if secure in ("on", "only") else WARN, "Secure Connections",
+                f"{secure} ({secure_from})" + ("" if secure in ("on", "only") else
+                ": legacy LE pairing can be decrypted by anyone who hears it; "
+                "`SecureConnections = on`")),
+    ]
+    return findings
+
+
+async def unapproved_bonds_finding(conn: Connection, settings: Settings) -> Finding:
+    """Bonds bluetoothd has that the grower has not approved (read from the state
+    directory, nothing changed): bonded access refuses them."""
+    try:
+        approved = set(read_approved(settings.ble_state_dir))
+    except ApprovalsError as exc:
+        return Finding(WARN, "approved bonds", f"{settings.ble_state_dir} holds a damaged list "
+                       f"({exc}): the peripheral will keep it aside and approve nothing")
+    try:
+        objects = await managed_objects(conn, timeout=settings.bus_timeout_s)
+    except DBusError as exc:
+        return Finding(INFO, "approved bonds", f"bonds unknown ({exc.name})")
+    path = pick_adapter(objects, settings.ble_adapter)
+    bonds = [] if path is None else [
+        {k: v[1] for k, v in ifaces[DEVICE_IFACE].items()}
+        for dev, ifaces in objects.items()
+        if dev.startswith(path + "/dev_") and DEVICE_IFACE in ifaces]
+    strangers = [f"{printable(str(d.get('Address', '?')))} "
+                 f"({printable(str(d.get('Name') or d.get('Alias') or '-'), 24)})"
+                 for d in bonds if (d.get("Paired") or d.get("Bonded"))
+                 and str(d.get("Address", "")).upper() not in approved]
+    if strangers:
+        return Finding(WARN, "approved bonds", f"{len(strangers)} bonded but not approved, "
+                       "refused by bonded access: " + ", ".join(strangers) + "; approve your "
+                       "own (mushpi-ble bonds --approve ADDRESS), remove the others "
+                       "(mushpi-ble bonds --remove ADDRESS)")
+    return Finding(OK, "approved bonds", f"{len(approved)} approved in "
+                   f"{settings.ble_state_dir}; every bond is approved")

@@ -16,6 +16,7 @@ from typing import Any
 from mushpi_ble.cli import exits
 from mushpi_ble.cli.management_client import ManagementUnavailable, call
 from mushpi_ble.management_api import policy_file
+from mushpi_ble.text import printable
 
 
 def _bus_argument(parser: argparse.ArgumentParser) -> None:
@@ -37,8 +38,12 @@ def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_bonds_arguments(parser: argparse.ArgumentParser) -> None:
     _bus_argument(parser)
-    parser.add_argument("--remove", metavar="ADDRESS",
-                        help="forget this phone (it must pair again, in a window)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--remove", metavar="ADDRESS",
+                       help="forget this phone (it must pair again, in a window)")
+    group.add_argument("--approve", metavar="ADDRESS",
+                       help="approve a phone bonded without our agent (e.g. before access "
+                            "was bonded): only if it is yours")
     parser.add_argument("--json", action="store_true", help="print the list as JSON")
 
 
@@ -119,7 +124,11 @@ def _when(stamp: float | None) -> str:
 def run_bonds(args: argparse.Namespace) -> int:
     if args.remove:
         _run(args.bus, "RemoveBond", "s", (args.remove,))
-        print(f"bond removed: {args.remove.upper()}")
+        print(f"bond removed: {printable(args.remove.upper())}")
+        return 0
+    if args.approve:
+        _run(args.bus, "ApproveBond", "s", (args.approve,))
+        print(f"approved: {printable(args.approve.upper())}")
         return 0
     bonds = json.loads(_run(args.bus, "ListBonds"))
     if args.json:
@@ -128,10 +137,15 @@ def run_bonds(args: argparse.Namespace) -> int:
     if not bonds:
         print("no bonded phones")
         return 0
-    print(f"{'address':<18} {'name':<24} {'last seen':<20} state")
+    print(f"{'address':<18} {'name':<24} {'last seen':<20} state,approved")
     for bond in bonds:
         state = "connected" if bond["connected"] else ("bonded" if bond["bonded"] else "paired")
-        print(f"{bond['address']:<18} {(bond['name'] or '-')[:24]:<24} "
+        if not bond.get("approved", True):
+            state += ",NOT-APPROVED"
+        # the peripheral sends names made printable; a phone's name is still never
+        # trusted to reach a terminal as it came
+        name = printable(str(bond["name"] or "-"), 24)
+        print(f"{printable(str(bond['address'])):<18} {name:<24} "
               f"{_when(bond['last_seen']):<20} {state}")
     return 0
 

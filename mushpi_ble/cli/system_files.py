@@ -31,6 +31,9 @@ UNIT_DIR = Path("/etc/systemd/system")
 DROPIN = "50-mushpi-ble.conf"
 STANDALONE_UNIT = "mushpi-ble-sim.service"
 STATE_DIRECTORY = "mushpi-ble-sim"
+BLE_STATE_DIRECTORY = "mushpi"
+"""MUSHPI_BLE_STATE_DIR's default, /var/lib/mushpi: systemd makes it, writable by the
+service under ProtectSystem=strict (bonded access keeps its approved phones there)."""
 CONFIG_EXIT_STATUS = exits.CONFIG
 """``serve`` exits 3 on a bad setting; a controller should too (restarting cannot fix it)."""
 DEFAULT_WATCHDOG_S = 30
@@ -76,6 +79,7 @@ class Service:
 # directive, value, when: "always", "no-network", "network", "home", "not-home", "notify"
 HARDENING: tuple[tuple[str, str, str], ...] = (
     ("SupplementaryGroups", f"{BLUETOOTH_GROUP} {RFKILL_GROUP}", "always"),
+    ("StateDirectory", BLE_STATE_DIRECTORY, "always"),
     ("DevicePolicy", "closed", "always"),
     ("DeviceAllow", "/dev/rfkill rw", "always"),
     ("NoNewPrivileges", "yes", "always"),

@@ -255,6 +255,10 @@ def set_up(ctx: Context, args: argparse.Namespace) -> None:
     ctx.run(["udevadm", "settle", "--timeout=10"], check=False)
     if write_file(ctx, files.POLICY, files.policy_text(user)) or ctx.dry_run:
         reload_bus_policy(ctx)
+    state_dir = f"/var/lib/{files.BLE_STATE_DIRECTORY}"
+    if (not ctx.at(Path(state_dir)).exists() and state_dir not in ctx.manifest["trees"]
+            and not ctx.dry_run):
+        ctx.manifest["trees"].append(state_dir)  # systemd makes it (StateDirectory): ours
     units: list[str] = []
     if args.standalone:
         written = write_file(ctx, files.SETTINGS, render_env_example(), mode=0o640,
@@ -334,11 +338,11 @@ def remove(ctx: Context) -> None:
         remove_file(ctx, Path(name), entry)
     for tree in list(manifest["trees"]):
         if ctx.dry_run:
-            ctx.say(f"would remove {tree} (the simulated controller's state)")
+            ctx.say(f"would remove {tree} (state the service kept there)")
             continue
         shutil.rmtree(ctx.at(Path(tree)), ignore_errors=True)
         manifest["trees"].remove(tree)
-        ctx.say(f"removed {tree} (the simulated controller's state)")
+        ctx.say(f"removed {tree} (state the service kept there)")
     if manifest["units"]:
         ctx.run(["systemctl", "daemon-reload"], check=False)
     if not ctx.dry_run:

@@ -73,7 +73,12 @@ def _access(status: Status, _verbose: bool, _width: int) -> list[str]:
     refused = (access.get("refused_writes") or 0, access.get("refused_reads") or 0)
     if any(refused):
         lines.append(f"  refused {refused[0]} writes, {refused[1]} reads of phones "
-                     "without a bond")
+                     "without an approved bond")
+    unapproved = access.get("unapproved") or []
+    if unapproved:
+        lines.append(f"  NOT APPROVED bonds ({len(unapproved)}): {', '.join(unapproved[:3])}"
+                     + (" …" if len(unapproved) > 3 else "")
+                     + " (mushpi-ble bonds --approve if yours, --remove if not)")
     pairing = status.get("pairing") or {}
     passkey = pairing.get("passkey")
     if passkey:

@@ -299,6 +299,17 @@ def close_pairing_window() -> None:
         portal.close_pairing_window()
 
 
+@_never_raises(False)
+def approve_bond(address: str) -> bool:
+    """Approve a phone bonded without our agent (e.g. before access was bonded): True
+    when approved; False when it cannot be (no such bond, open access: logged)."""
+    portal = _portal()
+    if portal is None:
+        return False
+    portal.approve_bond(address)
+    return True
+
+
 # -- queries -----------------------------------------------------------------------------
 @_never_raises(False)
 def is_service_running() -> bool:

@@ -23,7 +23,15 @@ from .advertising import (
     plan_advertisement,
     read_capabilities,
 )
-from .agent import AGENT_MANAGER_PATH, Pairing, PasskeyShown, agent_path
+from .agent import (
+    AGENT_MANAGER_PATH,
+    BondedDevice,
+    BondMade,
+    Pairing,
+    PasskeyShown,
+    address_of,
+    agent_path,
+)
 from .application import GattApplication
 from .devices import Central, DeviceTracker
 from .errors import (
@@ -50,6 +58,7 @@ from .names import (
     AGENT_IFACE,
     AGENT_MANAGER_IFACE,
     BLUEZ,
+    DEVICE_IFACE,
     ERROR_PREFIX,
     GATT_MANAGER_IFACE,
     OBJECT_MANAGER,
@@ -68,6 +77,7 @@ __all__ = [
     "AGENT_MANAGER_PATH",
     "BLUEZ",
     "DEADLINE_ERROR",
+    "DEVICE_IFACE",
     "DOES_NOT_EXIST",
     "ERROR_PREFIX",
     "GATT_MANAGER_IFACE",
@@ -83,6 +93,8 @@ __all__ = [
     "AdvertPlan",
     "Advertisement",
     "AdvertisingCapabilities",
+    "BondMade",
+    "BondedDevice",
     "Central",
     "Characteristic",
     "CharacteristicState",
@@ -99,6 +111,7 @@ __all__ = [
     "Rfkill",
     "Service",
     "WriteRequest",
+    "address_of",
     "admit",
     "advert_path",
     "agent_path",

@@ -9,7 +9,13 @@
   reaches us;
 * as defence in depth, a request that does reach us from a device
   bluetoothd does not report as paired (``Device1.Paired``/``Bonded``) is
-  refused with ``org.bluez.Error.NotAuthorized`` before any handler runs.
+  refused with ``org.bluez.Error.NotAuthorized`` before any handler runs;
+* a bond in bluetoothd is not proof that *our* agent approved it (another
+  local client may hold the default agent slot; the kernel accepts BR/EDR
+  Just Works by itself; bonds may predate bonded access), so the owner's
+  ``approved`` lookup must also say yes;
+* a request over anything but LE (``link`` present and not ``LE``) is
+  refused: over BR/EDR the bond may be one the kernel made without asking.
 
 What the gate knows of bonds comes from bluetoothd's signals (a lookup
 the owner supplies); a device not known as paired is asked about once
@@ -43,7 +49,10 @@ READ, WRITE = "read", "write"
 # reasons a request is refused, as counted and logged
 NO_DEVICE = "no-device"
 NOT_BONDED = "not-bonded"
-REASONS = (NOT_BONDED, NO_DEVICE)
+NOT_APPROVED = "not-approved"
+NOT_LE = "not-le"
+REASONS = (NOT_BONDED, NOT_APPROVED, NOT_LE, NO_DEVICE)
+LE = "LE"
 
 _PLAIN = {"read": READ, "write": WRITE, "notify": READ, "indicate": READ}
 _ENCRYPTED = {
@@ -55,7 +64,8 @@ _ENCRYPTED = {
 }
 
 BondLookup = Callable[[str], bool]
-"""Is this device path known as paired or bonded right now (from bluetoothd's signals)?"""
+"""Is this device path known as paired or bonded right now (from bluetoothd's signals)?
+Also the form of the ``approved`` lookup: did the owner approve this device's bond?"""
 
 
 @attrs.frozen
@@ -97,10 +107,12 @@ class AccessGate:
     """
 
     def __init__(self, rules: AccessRules, bonded: BondLookup, *,
+                 approved: BondLookup | None = None,
                  conn: Connection | None = None, timeout: float = 1.0,
                  on_bond_seen: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.rules = rules
         self._bonded = bonded
+        self._approved = approved
         self._conn = conn
         self._timeout = timeout
         self._on_bond_seen = on_bond_seen
@@ -117,15 +129,19 @@ class AccessGate:
     def guards(self, kind: str) -> bool:
         return self.rules.mode(kind) == "bonded"
 
-    async def check(self, kind: str, device: str, label: str) -> None:
-        """Return when ``device`` may make a ``kind`` request; else raise NotAuthorized."""
+    async def check(self, kind: str, device: str, label: str, link: str = "") -> None:
+        """Return when ``device`` may make a ``kind`` request over ``link`` (bluetoothd's
+        option; "" when it sent none); else raise NotAuthorized."""
         if not self.guards(kind):
             return
+        if link and link != LE:
+            self._refuse(kind, NOT_LE, device, label)
         if not device:
             self._refuse(kind, NO_DEVICE, device, label)
-        if self._bonded(device) or await self._ask(device):
-            return
-        self._refuse(kind, NOT_BONDED, device, label)
+        if not (self._bonded(device) or await self._ask(device)):
+            self._refuse(kind, NOT_BONDED, device, label)
+        if self._approved is not None and not self._approved(device):
+            self._refuse(kind, NOT_APPROVED, device, label)
 
     async def _ask(self, device: str) -> bool:
         if self._conn is None:
@@ -148,7 +164,7 @@ class AccessGate:
         self._logged.log(f"{device or '-'} {reason} {kind}", logging.WARNING,
                          "%s refused characteristic=%s device=%s reason=%s access=bonded",
                          kind, label, device or "-", reason)
-        raise GattError(NOT_AUTHORIZED, f"{kind} needs a bonded device ({reason})")
+        raise GattError(NOT_AUTHORIZED, f"{kind} needs an approved bond over LE ({reason})")
 
     def snapshot(self) -> dict[str, Any]:
         return {"read": self.rules.read, "write": self.rules.write,

@@ -33,6 +33,7 @@ from mushpi_ble.dbus import (
     Method,
 )
 from mushpi_ble.dbus.connection import SignalMessage
+from mushpi_ble.text import printable
 
 from .adapter import managed_objects
 from .errors import ALREADY_EXISTS, DOES_NOT_EXIST
@@ -94,8 +95,16 @@ def address_of(device_path: str) -> str:
     return leaf[4:].replace("_", ":") if leaf.startswith("dev_") else ""
 
 
-PasskeyShown = Callable[[str, int], None]
-"""Told ``(address, passkey)`` when a passkey is to be shown to the grower."""
+PasskeyShown = Callable[[str, int], bool]
+"""Told ``(address, passkey)`` when a passkey is to be shown to the grower; True when
+someone will show it (a callback is set), else the agent logs it."""
+
+BondSeen = Callable[["BondedDevice", bool], None]
+"""Told ``(device, new)`` when a device is paired: ``new`` when we saw it become paired,
+False when it already was when we first saw it (a bond from before we started)."""
+
+BondMade = Callable[["BondedDevice", bool, bool], None]
+"""Told ``(device, new, ours)``: as :data:`BondSeen`, and whether our agent admitted it."""
 
 
 @attrs.define
@@ -125,6 +134,7 @@ class BondedDevice:
     trusted: bool = False
     connected: bool = False
     name: str = ""
+    """As the phone named itself, made printable (:func:`mushpi_ble.text.printable`)."""
     last_seen: float | None = None
     """Wall time of the last connect or disconnect we saw (None: not since we started)."""
 
@@ -151,6 +161,9 @@ class PairingLog:
         self.devices: dict[str, BondedDevice] = {}
         self.passkey: dict[str, Any] | None = None
         """The passkey last shown: address, passkey, at (wall time)."""
+        self.on_paired: BondSeen | None = None
+        self.on_failed: Callable[[str], None] | None = None
+        """Told the device path of an accepted attempt that came to nothing."""
 
     def _latest_open(self, device: str | None = None) -> PairingAttempt | None:
         for attempt in reversed(self.attempts):
@@ -176,14 +189,17 @@ class PairingLog:
         if attempt is not None:
             attempt.outcome = CANCELLED
             attempt.reason = "cancelled by bluetoothd"
+            if self.on_failed is not None:
+                self.on_failed(attempt.device)
 
-    def _device_changed(self, device: BondedDevice, props: Mapping[str, Any]) -> None:
-        was_paired = device.paired
+    def _device_changed(self, device: BondedDevice, props: Mapping[str, Any],
+                        found: bool) -> None:
+        was_paired = device.paired or device.bonded
         if "Address" in props:
             device.address = str(props["Address"])
         for key in ("Name", "Alias"):  # Alias falls back to the address: Name wins
             if key in props and (key == "Name" or not device.name):
-                device.name = str(props[key])
+                device.name = printable(str(props[key]))
         if "Connected" in props and (bool(props["Connected"]) or device.connected):
             device.last_seen = time.time()
         for name in ("paired", "bonded", "trusted", "connected"):
@@ -191,21 +207,30 @@ class PairingLog:
             if key in props:
                 setattr(device, name, bool(props[key]))
         attempt = self._latest_open(device.path)
-        if device.paired and not was_paired:
+        if (device.paired or device.bonded) and not was_paired:
             self.counters[PAIRED] += 1
             if attempt is not None:
                 attempt.outcome = PAIRED
             log.info("device paired device=%s address=%s bonded=%s", device.path,
                      device.address or "-", device.bonded)
+            if self.passkey is not None and self.passkey["address"] == device.address:
+                self.passkey = None  # typed and used: no longer to be shown
+            if self.on_paired is not None:
+                self.on_paired(device, not found)
         elif "Connected" in props and not device.connected and attempt is not None \
                 and not device.paired:
             attempt.outcome = FAILED
             attempt.reason = "disconnected before pairing completed"
             self.counters[FAILED] += 1
+            if self.on_failed is not None:
+                self.on_failed(device.path)
 
-    def update_device(self, path: str, props: Mapping[str, Any]) -> None:
+    def update_device(self, path: str, props: Mapping[str, Any], *,
+                      found: bool = False) -> None:
+        """``props`` changed; ``found``: the device was just found as it is (read at
+        start, or announced by InterfacesAdded) rather than seen changing."""
         device = self.devices.setdefault(path, BondedDevice(path, address_of(path)))
-        self._device_changed(device, props)
+        self._device_changed(device, props, found)
 
     def remove_device(self, path: str) -> None:
         """bluetoothd forgot ``path`` (its InterfacesRemoved, or our RemoveDevice's reply)."""
@@ -331,10 +356,16 @@ class PairingAgent(ExportedObject):
         if entered:  # the phone reports keystrokes: the same passkey again
             return
         self.log.shown(attempt.address, passkey)
-        log.info("pairing passkey device=%s address=%s passkey=%06d", device,
-                 attempt.address or "-", passkey)
-        if self.on_passkey is not None:
-            self.on_passkey(attempt.address, passkey)
+        # whoever reads the log in range could pair in the grower's place: the passkey
+        # goes to the log only when nobody else will show it
+        if self.on_passkey is not None and self.on_passkey(attempt.address, passkey):
+            log.info("pairing passkey shown device=%s address=%s to=on_pairing_passkey",
+                     device, attempt.address or "-")
+            return
+        log.warning("pairing passkey device=%s address=%s passkey=%06d (no "
+                    "on_pairing_passkey callback: shown here, so anyone who can read this "
+                    "journal may type it while the window is open)", device,
+                    attempt.address or "-", passkey)
 
     def _request_passkey(self, _ctx: CallContext, device: str) -> int:
         self._answer(PairingRequest(REQUEST_PASSKEY, device))
@@ -427,7 +458,7 @@ async def follow_bonds(conn: Connection, adapter_path: str, pairing_log: Pairing
         pairing_log.clear_devices()
         for path, ifaces in (await managed_objects(conn, timeout=timeout)).items():
             if DEVICE_IFACE in ifaces and mine(path):
-                pairing_log.update_device(path, _plain(ifaces[DEVICE_IFACE]))
+                pairing_log.update_device(path, _plain(ifaces[DEVICE_IFACE]), found=True)
         task_status.started()
         async for signal in signals:
             _apply_signal(signal, pairing_log, mine)
@@ -442,7 +473,7 @@ def _apply_signal(signal: SignalMessage, pairing_log: PairingLog,
     if signal.member == "InterfacesAdded":
         path, ifaces = signal.body
         if DEVICE_IFACE in ifaces and mine(path):
-            pairing_log.update_device(path, _plain(ifaces[DEVICE_IFACE]))
+            pairing_log.update_device(path, _plain(ifaces[DEVICE_IFACE]), found=True)
     elif signal.member == "InterfacesRemoved":
         path, names = signal.body
         if DEVICE_IFACE in names and mine(path):
@@ -464,10 +495,14 @@ class Pairing:
     def __init__(self, conn: Connection, path: str, mode: str, *,
                  history: int = HISTORY, allowed_caller: str | None = BLUEZ,
                  window: PairingWindow | None = None,
-                 on_passkey: PasskeyShown | None = None) -> None:
+                 on_passkey: PasskeyShown | None = None,
+                 on_bond: BondMade | None = None) -> None:
         self.mode = mode
         self.window = window if window is not None else PairingWindow()
         self.log = PairingLog(history)
+        self._on_bond = on_bond
+        self.log.on_paired = self._paired
+        self.log.on_failed = self.window.release
         policy = policy_for_mode(mode, self.window)
         self.agent = (PairingAgent(conn, path, policy, log_=self.log,
                                    allowed_caller=allowed_caller, on_passkey=on_passkey)
@@ -478,6 +513,12 @@ class Pairing:
     @property
     def registered(self) -> bool:
         return self.agent is not None and self.agent.registered
+
+    def _paired(self, device: BondedDevice, new: bool) -> None:
+        """A bond is ours only when our agent admitted it in the window it paired in."""
+        ours = new and self.mode in ("window", "passkey") and self.window.bonded(device.path)
+        if self._on_bond is not None:
+            self._on_bond(device, new, ours)
 
     async def register(self, *, timeout: float, adapter_path: str | None = None) -> None:
         """Register the agent (deciding for ``adapter_path``'s devices only); a refusal
@@ -533,8 +574,8 @@ class Pairing:
 __all__ = [
     "AUTHORIZE_SERVICE", "CAPABILITIES", "DISPLAY_PASSKEY", "DISPLAY_PIN_CODE", "MAX_WINDOW_S",
     "PAIRING_MODES", "REQUEST_AUTHORIZATION", "REQUEST_CONFIRMATION", "REQUEST_PASSKEY",
-    "REQUEST_PIN_CODE", "WINDOW_CLOSED", "BondedDevice", "Decision", "JustWorksPolicy",
-    "Pairing", "PairingAgent", "PairingLog", "PairingPolicy", "PairingRequest", "PairingWindow",
-    "PasskeyPolicy", "WindowPolicy", "address_of", "agent_path", "follow_bonds",
-    "policy_for_mode",
+    "REQUEST_PIN_CODE", "WINDOW_CLOSED", "BondMade", "BondSeen", "BondedDevice", "Decision",
+    "JustWorksPolicy", "Pairing", "PairingAgent", "PairingLog", "PairingPolicy",
+    "PairingRequest", "PairingWindow", "PasskeyPolicy", "WindowPolicy", "address_of",
+    "agent_path", "follow_bonds", "policy_for_mode",
 ]

@@ -90,7 +90,8 @@ class GattApplication:
             conn, tuple(self._states.values()), nursery=nursery,
             handler_timeout=handler_timeout, close_grace=close_grace,
             registered=lambda: self.registered_on is not None,
-            on_device_seen=self._saw_device, start_subscribe_hook=self._start_subscribe_hook)
+            on_device_seen=self._saw_device, start_subscribe_hook=self._start_subscribe_hook,
+            access=access)
 
     # -- layout ------------------------------------------------------------
     def _layout(self) -> None:
@@ -192,7 +193,7 @@ class GattApplication:
     async def _read_checked(self, state: CharacteristicState, read: ReadHandler,
                             request: ReadRequest) -> bytes:
         assert self.access is not None
-        await self.access.check(READ, request.device, state.spec.label)
+        await self.access.check(READ, request.device, state.spec.label, request.link)
         return await _read_later(read(request), request.offset)
 
     async def _write_value(self, _ctx: CallContext, state: CharacteristicState, value: bytes,
@@ -202,7 +203,7 @@ class GattApplication:
         if state.spec.write is None:
             raise GattError(NOT_PERMITTED, f"{state.spec.label} is not writable")
         if self.access is not None and self.access.guards(WRITE):  # open: no await
-            await self.access.check(WRITE, piece.device, state.spec.label)
+            await self.access.check(WRITE, piece.device, state.spec.label, piece.link)
         whole = self._long_writes.assemble(state.spec, piece)
         try:
             await state.spec.write(attrs.evolve(piece, value=whole, offset=0))

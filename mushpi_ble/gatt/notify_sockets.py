@@ -18,7 +18,7 @@ import contextvars
 import logging
 import math
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import attrs
@@ -26,6 +26,7 @@ import trio
 
 from mushpi_ble.dbus import Connection, DBusError
 
+from .access import READ, AccessGate
 from .errors import FAILED, NOT_SUPPORTED, GattError
 from .names import BLUEZ, DEVICE_IFACE, GATT_CHARACTERISTIC_IFACE, PROPERTIES
 from .notify_socket import PEER_CLOSED, NotifySocket, SocketStats
@@ -44,6 +45,7 @@ _PUSH_TO: contextvars.ContextVar[str | None] = contextvars.ContextVar("push_to",
 goes to that phone's socket only."""
 
 DeviceSeen = Callable[[str, int], None]
+Acquired = tuple[socket.socket, int]
 
 
 class NotifySockets:
@@ -65,7 +67,9 @@ class NotifySockets:
         registered: Callable[[], bool],
         on_device_seen: DeviceSeen,
         start_subscribe_hook: Callable[[CharacteristicState], None],
+        access: AccessGate | None = None,
     ) -> None:
+        """``access``: where reads are gated, so is AcquireNotify (it names its device)."""
         self._conn = conn
         self._states = states
         self._nursery = nursery
@@ -74,13 +78,37 @@ class NotifySockets:
         self._registered = registered
         self._on_device_seen = on_device_seen
         self._start_subscribe_hook = start_subscribe_hook
+        self._access = access
         self._departures: dict[str, float] = {}  # device -> when it last disconnected
         self._devices: set[str] = set()  # devices that acquired a socket (this registration)
         self._device_left = False
 
     # -- AcquireNotify -------------------------------------------------------------------
+    @property
+    def _gated(self) -> bool:
+        return self._access is not None and self._access.guards(READ)
+
     def acquire(self, state: CharacteristicState,
-                options: dict[str, Any]) -> tuple[socket.socket, int]:
+                options: dict[str, Any]) -> Acquired | Awaitable[Acquired]:
+        """A subscription from a phone that may read: answered now where reads are open,
+        after the access check where they are not."""
+        if self._gated:
+            return self._acquire_checked(state, options)
+        return self._acquire(state, options)
+
+    async def _acquire_checked(self, state: CharacteristicState,
+                               options: dict[str, Any]) -> Acquired:
+        """Refused with ``Failed``: any other error makes bluetoothd fall back to
+        StartNotify, which carries no device and would subscribe the phone anyway."""
+        assert self._access is not None
+        try:
+            await self._access.check(READ, _option(options, "device", ""), state.spec.label,
+                                     _option(options, "link", ""))
+        except GattError as exc:
+            raise GattError(FAILED, f"subscription refused: {exc.text}") from None
+        return self._acquire(state, options)
+
+    def _acquire(self, state: CharacteristicState, options: dict[str, Any]) -> Acquired:
         """One SOCK_SEQPACKET pair per phone: the far end to bluetoothd, ours kept."""
         spec = state.spec
         device = _option(options, "device", "")
@@ -92,8 +120,10 @@ class NotifySockets:
         except OSError as exc:
             log.warning("notify socket not created characteristic=%s device=%s error=%s",
                         spec.label, device or "-", exc)
-            # NotSupported makes bluetoothd fall back to StartNotify; Failed does not
-            raise GattError(NOT_SUPPORTED if spec.signal_fallback else FAILED,
+            # NotSupported makes bluetoothd fall back to StartNotify; Failed does not (and
+            # where reads are gated, a StartNotify could not be)
+            fallback = spec.signal_fallback and not self._gated
+            raise GattError(NOT_SUPPORTED if fallback else FAILED,
                             f"no socket: {exc}") from None
         old = state.sockets.pop(device, None)
         if old is not None:

@@ -73,6 +73,11 @@ class PairingPolicy(Protocol):
     def decide(self, request: PairingRequest) -> Decision: ...
 
 
+NO_PROFILES = "we serve no BR/EDR profile"
+"""Why ``AuthorizeService`` is refused in every mode: bluetoothd asks it only for BR/EDR
+profile connections (HID, audio...), and a yes would let a bonded device in as one."""
+
+
 @attrs.frozen
 class JustWorksPolicy:
     """NoInputNoOutput: accept every Just Works request; encryption without MITM protection.
@@ -85,47 +90,102 @@ class JustWorksPolicy:
     capability: str = "NoInputNoOutput"
 
     def decide(self, request: PairingRequest) -> Decision:
-        if request.kind in (REQUEST_AUTHORIZATION, REQUEST_CONFIRMATION, AUTHORIZE_SERVICE):
+        if request.kind == AUTHORIZE_SERVICE:
+            return Decision.no(NO_PROFILES)
+        if request.kind in (REQUEST_AUTHORIZATION, REQUEST_CONFIRMATION):
             return Decision.yes()
         return Decision.no(f"{request.kind} is not offered by {self.capability}")
 
 
 _JUST_WORKS_KINDS = (REQUEST_AUTHORIZATION, REQUEST_CONFIRMATION)
 WINDOW_CLOSED = "pairing window closed"
+#: How long a phone our agent said yes to holds its place in the window: bluetoothd's
+#: agent timeout (25 s) plus SMP's (30 s), rounded up.
+ADMISSION_S = 60.0
+
+
+def window_full(bonds: int) -> str:
+    return f"pairing window full ({bonds} new phone{'s' if bonds != 1 else ''} per window)"
 
 
 class PairingWindow:
-    """A time during which new bonds are accepted (a button, ``mushpi-ble pair``).
+    """A time during which new bonds are accepted (a button, ``mushpi-ble pair``), and
+    how many: ``bonds`` new phones (0 = any number), then it closes by itself.
 
-    Any thread may open or close it (one attribute is written); the loop reads
-    it when bluetoothd asks. Bonds made earlier keep working when it closes:
-    re-encrypting with stored keys never asks the agent.
+    A phone the agent says yes to is *admitted*: it holds one of the window's places
+    until ``Paired`` follows (:meth:`bonded`, which counts it and closes a full window),
+    its attempt fails (:meth:`release`) or :data:`ADMISSION_S` passes. While the places
+    are held, another phone is refused, so two phones pairing at once in a window for
+    one get one bond, not two. A phone admitted inside the window whose keys arrive
+    just after it closed still counts as admitted.
+
+    Any thread may open or close it; the loop reads it when bluetoothd asks. Bonds made
+    earlier keep working when it closes: re-encrypting with stored keys never asks the
+    agent.
     """
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, *, bonds: int = 1, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
+        if bonds < 0:
+            raise ValueError(f"a window admits 0 (any number) or more phones, not {bonds}")
+        self.bonds = bonds
         self._clock = clock
         self._wall = wall
         self._until: float | None = None
+        self._admitted: dict[str, float] = {}  # device -> when the agent said yes
+        self.new_bonds = 0
+        """Bonds made in the window opened last."""
         self.opened = 0
 
     def open(self, seconds: float) -> float:
         """Open (or extend, or shorten) the window to ``seconds`` from now; the wall
-        time it closes."""
+        time it closes. Every open starts a new count of new bonds."""
         if not 0 < seconds <= MAX_WINDOW_S:
             raise ValueError(f"a pairing window lasts 0 < seconds <= {MAX_WINDOW_S:.0f}, "
                              f"not {seconds!r}")
         self._until = self._clock() + seconds
         self.opened += 1
+        self.new_bonds = 0
         until = self._wall() + seconds
-        log.info("pairing window opened seconds=%.0f until=%s", seconds,
-                 time.strftime("%H:%M:%S", time.localtime(until)))
+        log.info("pairing window opened seconds=%.0f until=%s new_phones=%s", seconds,
+                 time.strftime("%H:%M:%S", time.localtime(until)), self.bonds or "any")
         return until
 
-    def close(self) -> None:
+    def close(self, why: str = "") -> None:
         if self._until is not None:
-            log.info("pairing window closed")
+            log.info("pairing window closed%s", f" reason={why}" if why else "")
         self._until = None
+
+    def admit(self, device: str) -> Decision:
+        """The agent is asked about ``device``: yes while the window is open and has a
+        place (a device already admitted keeps its own)."""
+        now = self._clock()
+        for other, at in list(self._admitted.items()):
+            if now - at > ADMISSION_S:
+                del self._admitted[other]
+        if not self.is_open:
+            return Decision.no(WINDOW_CLOSED)
+        if device not in self._admitted and self.bonds and \
+                self.new_bonds + len(self._admitted) >= self.bonds:
+            return Decision.no(window_full(self.bonds))
+        self._admitted[device] = now
+        return Decision.yes()
+
+    def bonded(self, device: str) -> bool:
+        """``Paired`` followed for ``device``: True when this window admitted it (the
+        bond is ours); a full window closes."""
+        at = self._admitted.pop(device, None)
+        if at is None or self._clock() - at > ADMISSION_S:
+            return False
+        self.new_bonds += 1
+        if self.bonds and self.new_bonds >= self.bonds:
+            self.close(f"{self.new_bonds} new phone{'s' if self.new_bonds != 1 else ''} "
+                       "paired")
+        return True
+
+    def release(self, device: str) -> None:
+        """The admitted device's pairing failed: its place is free again."""
+        self._admitted.pop(device, None)
 
     @property
     def remaining(self) -> float:
@@ -140,12 +200,12 @@ class PairingWindow:
         remaining = self.remaining
         return {"open": remaining > 0, "remaining_s": round(remaining, 1),
                 "until": self._wall() + remaining if remaining > 0 else None,
-                "opened": self.opened}
+                "opened": self.opened, "bonds": self.bonds, "new_bonds": self.new_bonds}
 
 
 @attrs.frozen
 class WindowPolicy:
-    """NoInputNoOutput, like Just Works, but only while the pairing window is open."""
+    """NoInputNoOutput, like Just Works, but only while the pairing window has a place."""
 
     window: PairingWindow
     mode: str = "window"
@@ -153,16 +213,16 @@ class WindowPolicy:
 
     def decide(self, request: PairingRequest) -> Decision:
         if request.kind == AUTHORIZE_SERVICE:
-            return Decision.yes()
+            return Decision.no(NO_PROFILES)
         if request.kind not in _JUST_WORKS_KINDS:
             return Decision.no(f"{request.kind} is not offered by {self.capability}")
-        return Decision.yes() if self.window.is_open else Decision.no(WINDOW_CLOSED)
+        return self.window.admit(request.device)
 
 
 @attrs.frozen
 class PasskeyPolicy:
     """DisplayOnly: the phone's user types the passkey we show, so the bond is
-    protected against a man in the middle; only while the window is open.
+    protected against a man in the middle; only while the window has a place.
 
     bluetoothd does not wait for an answer to ``DisplayPasskey``: outside the
     window the passkey is shown to nobody, so the pairing cannot complete.
@@ -175,10 +235,10 @@ class PasskeyPolicy:
 
     def decide(self, request: PairingRequest) -> Decision:
         if request.kind == AUTHORIZE_SERVICE:
-            return Decision.yes()
+            return Decision.no(NO_PROFILES)
         if request.kind != DISPLAY_PASSKEY:
             return Decision.no(f"{request.kind}: passkey mode pairs only with a passkey")
-        return Decision.yes() if self.window.is_open else Decision.no(WINDOW_CLOSED)
+        return self.window.admit(request.device)
 
 
 def policy_for_mode(mode: str, window: PairingWindow | None = None) -> PairingPolicy | None:

@@ -145,11 +145,11 @@ class Advertiser(Step):
 
     def _registered(self) -> None:
         self._registrations += 1
-        self._set_advertising(True)
         if self.problem is not None:
             log.info("advertising again after %d refusals; no longer alias-only", self.refusals)
         self.problem = None
         self._refusals_in_a_row = 0
+        self._set_advertising(True)  # last: a status reader woken now sees all of it
         self._apply(duty.Registered())
 
     def _refused(self, exc: DBusError) -> None:

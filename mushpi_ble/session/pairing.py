@@ -55,8 +55,8 @@ class Agent(Step):
     def attach(self, host: StepHost) -> None:
         super().attach(host)
         self.pairing = Pairing(host.conn, self._path, self._mode, window=self._access.window,
-                               on_passkey=self._on_passkey)
-        self._access.attach(host.conn, self.pairing)
+                               on_passkey=self._on_passkey, on_bond=self._access.bond_made)
+        self._access.attach(host.conn, self.pairing, host.spawn)
 
     def detach(self) -> None:
         super().detach()

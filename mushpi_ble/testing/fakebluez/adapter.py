@@ -61,6 +61,7 @@ class _Device:
     paired: bool = False
     bonded: bool = False
     trusted: bool = False
+    name: str = ""
 
 
 class FakeAdapter:
@@ -323,7 +324,8 @@ class FakeAdapter:
         ], properties=[
             Property("Address", "s", get=lambda: device.address),
             Property("AddressType", "s", get=lambda: device.address_type),
-            Property("Alias", "s", get=lambda: device.address.replace(":", "-")),
+            Property("Name", "s", get=lambda: device.name),
+            Property("Alias", "s", get=lambda: device.name or device.address.replace(":", "-")),
             Property("Paired", "b", get=lambda: device.paired),
             Property("Bonded", "b", get=lambda: device.bonded),
             Property("Trusted", "b", get=lambda: device.trusted,
@@ -342,19 +344,39 @@ class FakeAdapter:
                  value)
         self._runtime.changed()
 
+    def set_name(self, address: str, name: str) -> None:
+        """The phone's name arrived (its GAP Device Name, or an inquiry response): any
+        bytes the phone chose, control characters included."""
+        device = self._devices[address.upper()]
+        device.name = name
+        self._emit(DEVICE, {"Name": name, "Alias": name}, device.path)
+
     def is_paired(self, address: str) -> bool:
         device = self._devices.get(address.upper())
         return device is not None and device.paired
 
     def set_paired(self, address: str, *, bonded: bool) -> None:
-        """Pairing completed: Bonded (keys stored) then Paired, each a PropertiesChanged."""
+        """Pairing completed: Bonded (keys stored) then Paired, each a PropertiesChanged
+        (after ``Config.paired_signal_delay``)."""
         device = self._devices[address.upper()]
+        changes: list[dict[str, Any]] = []
         if bonded and not device.bonded:
             device.bonded = True
-            self._emit(DEVICE, {"Bonded": True}, device.path)
+            changes.append({"Bonded": True})
         if not device.paired:
             device.paired = True
-            self._emit(DEVICE, {"Paired": True}, device.path)
+            changes.append({"Paired": True})
+        delay = self._runtime.config.paired_signal_delay
+        if delay > 0 and self._runtime.link is not None:
+            self._runtime.spawn(self._emit_later, delay, changes, device.path)
+            return
+        for change in changes:
+            self._emit(DEVICE, change, device.path)
+
+    async def _emit_later(self, delay: float, changes: list[dict[str, Any]], path: str) -> None:
+        await trio.sleep(delay)
+        for change in changes:
+            self._emit(DEVICE, change, path)
 
     @property
     def bonded_devices(self) -> list[str]:

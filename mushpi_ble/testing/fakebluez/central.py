@@ -49,7 +49,7 @@ from . import att
 from .att import AttError, att_code_for_dbus_error, check_permissions
 from .gatt_db import Characteristic, Descriptor
 from .gatt_manager import MAX_VALUE_LEN, Application
-from .names import FAILED, GATT_CHARACTERISTIC, GATT_DESCRIPTOR
+from .names import AGENT, FAILED, GATT_CHARACTERISTIC, GATT_DESCRIPTOR
 from .pairing import Pairing, PairingResult, TypedPasskey
 from .runtime import Runtime
 from .uuids import normalize_uuid
@@ -60,6 +60,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_MTU = 23
+LE, BR_EDR = "LE", "BR/EDR"
+TRANSPORTS = (LE, BR_EDR)
 
 
 class NotConnected(RuntimeError):
@@ -98,9 +100,14 @@ class FakeCentral:
     """A connected phone. Obtain one from :meth:`FakeBluez.connect_central`."""
 
     def __init__(self, runtime: Runtime, adapter: FakeAdapter, address: str, mtu: int, *,
-                 security: str = "low", trusted: bool = False) -> None:
+                 security: str = "low", trusted: bool = False, transport: str = LE) -> None:
         if security not in att.SECURITY_LEVELS:
             raise ValueError(f"security must be one of {sorted(att.SECURITY_LEVELS)}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {TRANSPORTS}")
+        self.transport = transport
+        """LE, or BR/EDR: bluetoothd serves the same GATT database over BR/EDR ATT and
+        says so in the ``link`` option of every call."""
         self._runtime = runtime
         self.adapter = adapter
         self.address = address.upper()
@@ -154,7 +161,7 @@ class FakeCentral:
         options: dict[str, Any] = {"device": ("o", self.device_path)}
         if offset:
             options["offset"] = ("q", offset)
-        options["link"] = ("s", "LE")
+        options["link"] = ("s", self.transport)
         if prepare_authorize:
             options["prepare-authorize"] = ("b", True)
         options["mtu"] = ("q", self.mtu)
@@ -578,20 +585,49 @@ class FakeCentral:
     # -- pairing ------------------------------------------------------------------
     async def pair(self, *, io_capability: str = "NoInputNoOutput", mitm: bool = False,
                    secure_connections: bool = True, bonding: bool = True,
-                   passkey: int | TypedPasskey | None = None) -> PairingResult:
+                   passkey: int | TypedPasskey | None = None,
+                   keys_after: trio.Event | None = None) -> PairingResult:
         """The phone sends an SMP Pairing Request; bluetoothd asks its default agent.
 
         Defaults are a phone's Just Works request (NoInputNoOutput, no MITM,
         Secure Connections, bonding). ``passkey`` is what the user types or
         compares (None: the right one; an async function: what the user types once
-        they have read it). A failed pairing drops the link.
+        they have read it). A failed pairing drops the link. ``keys_after`` holds
+        the end of the pairing (key distribution, then ``Paired``) until it is set:
+        a slow phone whose pairing overlaps another's. On BR/EDR (SSP) the same
+        choice is made; the kernel accepts Just Works there without asking anyone.
         """
         if not self.connected:
             raise NotConnected(f"{self.address} is not connected")
         return await Pairing(self._runtime, self._runtime.agents, self,
                              io_capability=io_capability, mitm=mitm,
                              secure_connections=secure_connections, bonding=bonding,
-                             passkey=passkey).run()
+                             passkey=passkey, keys_after=keys_after).run()
+
+    async def connect_profile(self, uuid: str) -> bool:
+        """A BR/EDR profile connection (e.g. HID): bluetoothd asks the default agent
+        ``AuthorizeService(device, uuid)`` unless the device is trusted; True if allowed.
+        LE never asks (GATT over LE is not a profile connection)."""
+        if not self.connected:
+            raise NotConnected(f"{self.address} is not connected")
+        if self.transport != BR_EDR:
+            raise ValueError("AuthorizeService is asked for BR/EDR profiles only")
+        if self.trusted:
+            return True
+        agent = self._runtime.agents.default
+        if agent is None:
+            log.info("service authorization refused central=%s uuid=%s reason=no-agent",
+                     self.address, uuid)
+            return False
+        try:
+            await self._runtime.call(agent.owner, agent.path, AGENT, "AuthorizeService", "os",
+                                     (self.device_path, uuid))
+        except DBusError as exc:
+            log.info("service authorization refused central=%s uuid=%s error=%s",
+                     self.address, uuid, exc.name)
+            return False
+        log.info("service authorized central=%s uuid=%s", self.address, uuid)
+        return True
 
     @property
     def paired(self) -> bool:

@@ -79,6 +79,7 @@ class FakeBluez:
         call_timeout: float = 25.0,
         device_remove_delay: float = 0.0,
         removed_signal_delay: float = 0.0,
+        paired_signal_delay: float = 0.0,
         merge_prepared_writes: bool = True,
         drop_adverts_on_connect: bool = False,
         halt_advertising_on_connect: bool = False,
@@ -103,6 +104,7 @@ class FakeBluez:
             server_mtu=server_mtu, call_timeout=call_timeout,
             device_remove_delay=device_remove_delay,
             removed_signal_delay=removed_signal_delay,
+            paired_signal_delay=paired_signal_delay,
             merge_prepared_writes=merge_prepared_writes,
             drop_adverts_on_connect=drop_adverts_on_connect,
             halt_advertising_on_connect=halt_advertising_on_connect,
@@ -196,13 +198,14 @@ class FakeBluez:
     async def connect_central(self, adapter: str = "hci0", address: str = "11:22:33:44:55:66",
                               mtu: int = 517, *, security: str = "low", trusted: bool = False,
                               address_type: str = "random", announce: bool = True,
-                              discover: bool = False) -> FakeCentral:
+                              discover: bool = False, transport: str = "LE") -> FakeCentral:
         """A phone connects; its Device1 appears (Connected=true) via InterfacesAdded.
 
         ``announce=False`` plays a connect signal the application missed: the
         Device1 object exists (Properties.Get, GetManagedObjects) but nothing
         announced it. ``discover=True`` is a phone that must first find the
         device by scanning: it fails unless an advert is on the air.
+        ``transport="BR/EDR"`` connects over BR/EDR (the link option says so).
         """
         target = self._adapters[adapter]
         if not target.powered:
@@ -213,7 +216,7 @@ class FakeBluez:
         if address.upper() in target.centrals:
             raise ValueError(f"{address} is already connected to {adapter}")
         central = FakeCentral(self.runtime, target, address, mtu, security=security,
-                              trusted=trusted)
+                              trusted=trusted, transport=transport)
         target.centrals[central.address] = central
         central.device_path = target.add_device(central, address_type, announce=announce)
         log.info("central connected adapter=%s address=%s mtu=%d security=%s", adapter,

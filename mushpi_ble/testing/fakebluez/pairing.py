@@ -105,7 +105,8 @@ class Pairing:
 
     def __init__(self, runtime: Runtime, agents: AgentManager, central: FakeCentral, *,
                  io_capability: str, mitm: bool, secure_connections: bool, bonding: bool,
-                 passkey: int | TypedPasskey | None) -> None:
+                 passkey: int | TypedPasskey | None,
+                 keys_after: trio.Event | None = None) -> None:
         if io_capability not in IO_CAPABILITIES:
             raise ValueError(f"io_capability must be one of {IO_CAPABILITIES}")
         self._runtime = runtime
@@ -116,6 +117,7 @@ class Pairing:
         self._secure = secure_connections
         self._bonding = bonding
         self._typed = passkey
+        self._keys_after = keys_after
 
     async def run(self) -> PairingResult:
         central, adapter = self._central, self._central.adapter
@@ -126,6 +128,12 @@ class Pairing:
                                    mitm=self._mitm, secure=self._secure)
         call, args, signature = self._agent_request(method)
         if call is None:  # legacy Just Works: the kernel does not ask user space
+            return await self._succeed(method, None)
+        if method == JUST_WORKS and central.transport == "BR/EDR":
+            # hci_user_confirm_request_evt: with no MITM on either side and a local
+            # NoInputNoOutput, the kernel accepts BR/EDR SSP Just Works by itself
+            log.info("bredr just works accepted by the kernel adapter=%s address=%s",
+                     adapter.id, central.address)
             return await self._succeed(method, None)
         if (call == "RequestAuthorization" and adapter.is_paired(central.address)
                 and self._runtime.config.just_works_repairing == "never"):
@@ -188,6 +196,8 @@ class Pairing:
 
     async def _succeed(self, method: str, call: str | None) -> PairingResult:
         central = self._central
+        if self._keys_after is not None:
+            await self._keys_after.wait()
         authenticated = method in (CFM_PASSKEY, DSP_PASSKEY, REQ_PASSKEY)
         central.security = "high" if authenticated else "medium"
         central.adapter.set_paired(central.address, bonded=self._bonding)

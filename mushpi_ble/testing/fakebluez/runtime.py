@@ -43,6 +43,9 @@ class Config:
     removed_signal_delay: float = 0.0
     """How long after its reply to ``RemoveDevice`` the device's InterfacesRemoved leaves:
     bluetoothd's gdbus emits object-manager signals from its idle loop, after the reply."""
+    paired_signal_delay: float = 0.0
+    """How long after a pairing completes its ``Bonded``/``Paired`` PropertiesChanged
+    leaves (the state itself changes at once): a phone's retried write may overtake it."""
     merge_prepared_writes: bool = True
     drop_adverts_on_connect: bool = False
     """A controller that stops advertising when a central connects (and bluetoothd forgets)."""
