@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -248,6 +249,31 @@ def test_05b_check_as_the_service_user() -> None:
                   f"{UNIT} is active, Type=notify, watchdog {WATCHDOG_S} s"):
         assert words in done.stdout, words
     assert "NOT:" not in done.stdout
+
+
+def test_05c_status_and_pair_reach_the_service_under_systemd() -> None:
+    """The grower's view of the running service: `status` (once, as JSON, and --watch
+    until interrupted) and `pair --wait`, as root over the system bus, through the
+    policy setup installed."""
+    status = json.loads(sh(CLI, "status", "--json").stdout)
+    assert status["registered"] is True and status["state"] == "serving"
+    frame = sh(CLI, "status").stdout.splitlines()
+    assert frame[0].startswith("MushPi BLE · serving as MushPi-")
+    assert len(frame) <= 24 and max(map(len, frame)) <= 80
+    watch = subprocess.Popen([CLI, "status", "--watch", "0.5"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    watch.send_signal(signal.SIGINT)
+    out, err = watch.communicate(timeout=30)
+    assert watch.returncode == 0, err
+    assert out.count("MushPi BLE · serving as") >= 2  # redrawn
+    waited = sh(CLI, "pair", "--seconds", "2", "--wait", check=False, timeout=60)
+    figure("pair_wait_exit", waited.returncode)
+    if status["pairing"]["mode"] in ("window", "passkey"):
+        assert waited.returncode == 1, waited.stdout + waited.stderr
+        assert "the pairing window closed before a phone bonded" in waited.stdout
+    else:  # no window in this mode: refused plainly, as the README says
+        assert waited.returncode == 1 and "refused" in waited.stderr + waited.stdout
 
 
 def rfkill_soft(adapter: str) -> bool:
