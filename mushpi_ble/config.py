@@ -30,7 +30,7 @@ import attrs
 
 from . import envfile
 from .errors import ConfigError
-from .protocol.table import NOTIFYING
+from .protocol.table import DEFAULT_POLICIES, NOTIFYING
 
 __all__ = [
     "ENV_FILE_VARIABLE",
@@ -252,7 +252,8 @@ def _policy_override_var(characteristic: str) -> VarSpec:
         parse=_choice(_POLICIES),
         allowed=", ".join(_POLICIES) + " or empty",
         comment=f"Back-pressure policy for {characteristic} only; "
-        "empty = MUSHPI_BLE_BACKPRESSURE_POLICY.",
+        "empty = MUSHPI_BLE_BACKPRESSURE_POLICY, else the characteristic's own "
+        f"({DEFAULT_POLICIES[characteristic.lower()]}).",
         key=characteristic,
     )
 
@@ -334,9 +335,11 @@ class Settings:
         "MUSHPI_BLE_QUEUE_PUT_TIMEOUT_MS", "10", 0, 1000,
         "Longest a controller thread waits to hand over a payload, in milliseconds.",
     )
-    ble_backpressure_policy: BackpressurePolicy = _choice_var(
-        "MUSHPI_BLE_BACKPRESSURE_POLICY", _POLICIES, "drop_oldest",
-        "What a full publish queue does with a new payload (legacy 'priority' = drop_oldest).",
+    ble_backpressure_policy: BackpressurePolicy | None = _choice_var(
+        "MUSHPI_BLE_BACKPRESSURE_POLICY", _POLICIES, None,
+        "What a full publish queue does with a new payload, for every notifying "
+        "characteristic (legacy 'priority' = drop_oldest). Empty = each characteristic's "
+        "own policy: coalesce (the last value wins) for the MushPi state snapshots.",
         legacy=(("priority", "drop_oldest", _PRIORITY_WHY),),
     )
     #: Per-characteristic policies (keys from NOTIFYING_CHARACTERISTICS); see policy_for().
@@ -447,14 +450,20 @@ class Settings:
                               "the legacy bluezero backend has no access control")
 
     def policy_for(self, characteristic: str) -> BackpressurePolicy:
-        """The back-pressure policy of one notifying characteristic (name case-insensitive)."""
+        """The back-pressure policy of one notifying characteristic (name case-insensitive):
+        its MUSHPI_BLE_POLICY_* override, else MUSHPI_BLE_BACKPRESSURE_POLICY when set,
+        else the characteristic's own from the table."""
         key = characteristic.upper()
         if key not in NOTIFYING_CHARACTERISTICS:
             raise ValueError(
                 f"{characteristic!r} is not a notifying characteristic: "
                 f"allowed {', '.join(NOTIFYING_CHARACTERISTICS)}"
             )
-        return self.policy_overrides.get(key, self.ble_backpressure_policy)
+        if key in self.policy_overrides:
+            return self.policy_overrides[key]
+        if self.ble_backpressure_policy is not None:
+            return self.ble_backpressure_policy
+        return cast("BackpressurePolicy", DEFAULT_POLICIES[key.lower()])
 
     @property
     def access_bonded(self) -> bool:

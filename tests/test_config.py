@@ -23,6 +23,7 @@ from mushpi_ble.config import (
     render_env_example,
     render_markdown_table,
 )
+from mushpi_ble.protocol import DEFAULT_POLICIES, Notify
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = {spec.name: spec for spec in VARIABLES}
@@ -72,7 +73,7 @@ def test_defaults_with_empty_environ() -> None:
     assert s.ble_actuator_status_enable is True
     assert s.ble_queue_max_size == 64
     assert s.ble_queue_put_timeout_ms == 10
-    assert s.ble_backpressure_policy == "drop_oldest"
+    assert s.ble_backpressure_policy is None
     assert dict(s.policy_overrides) == {}
     assert s.ble_log_slow_publish_ms == 250
     assert s.ble_shutdown_timeout_ms == 1500
@@ -187,7 +188,7 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
         "MUSHPI_BLE_BACKPRESSURE_POLICY", "ble_backpressure_policy",
         [("drop_oldest", "drop_oldest"), ("drop_newest", "drop_newest"),
          ("Coalesce", "coalesce")],
-        ["", "drop", "latest", "priority_high"],
+        ["drop", "latest", "priority_high"],
     ),
     (
         "MUSHPI_BLE_NOTIFY_MODE", "ble_notify_mode",
@@ -377,6 +378,41 @@ def test_unknown_policy_characteristic_is_an_error(suffix: str) -> None:
     assert str(err).startswith(f"{variable}='coalesce' is invalid: unknown characteristic")
     for name in NOTIFYING_CHARACTERISTICS:
         assert name in err.allowed
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        # nothing set: each characteristic's own policy from the table (state snapshots
+        # coalesce: the last value wins)
+        ({}, {"ENV_MEASUREMENTS": "coalesce", "STATUS_FLAGS": "coalesce",
+              "ACTUATOR_STATUS": "coalesce"}),
+        ({"MUSHPI_BLE_BACKPRESSURE_POLICY": ""},
+         {"ENV_MEASUREMENTS": "coalesce", "STATUS_FLAGS": "coalesce",
+          "ACTUATOR_STATUS": "coalesce"}),
+        # the global setting, when set, is every characteristic's (the old meaning)
+        ({"MUSHPI_BLE_BACKPRESSURE_POLICY": "drop_oldest"},
+         {"ENV_MEASUREMENTS": "drop_oldest", "STATUS_FLAGS": "drop_oldest",
+          "ACTUATOR_STATUS": "drop_oldest"}),
+        # a characteristic's own setting wins over both
+        ({"MUSHPI_BLE_BACKPRESSURE_POLICY": "drop_newest",
+          "MUSHPI_BLE_POLICY_STATUS_FLAGS": "coalesce"},
+         {"ENV_MEASUREMENTS": "drop_newest", "STATUS_FLAGS": "coalesce",
+          "ACTUATOR_STATUS": "drop_newest"}),
+        ({"MUSHPI_BLE_POLICY_ENV_MEASUREMENTS": "drop_oldest"},
+         {"ENV_MEASUREMENTS": "drop_oldest", "STATUS_FLAGS": "coalesce",
+          "ACTUATOR_STATUS": "coalesce"}),
+    ],
+)
+def test_policy_precedence(environ: dict[str, str], expected: dict[str, str]) -> None:
+    s = load(**environ)
+    assert {name: s.policy_for(name) for name in NOTIFYING_CHARACTERISTICS} == expected
+
+
+def test_table_declares_every_notifying_policy() -> None:
+    assert set(DEFAULT_POLICIES) == {name.lower() for name in NOTIFYING_CHARACTERISTICS}
+    with pytest.raises(ValueError, match="unknown policy 'newest'"):
+        Notify(policy="newest")
 
 
 def test_policy_for_unknown_characteristic() -> None:

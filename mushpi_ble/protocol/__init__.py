@@ -37,6 +37,7 @@ from .stage import MAX_STAGE_AGE_S, StageDict, StageState
 from .status import StatusFlags
 from .table import (
     CHARACTERISTICS,
+    DEFAULT_POLICIES,
     FIXED_SIZES,
     NOTIFYING,
     REQUIRED_BY_APP,
@@ -80,6 +81,7 @@ __all__ = [
     "CHARACTERISTIC_NAMES",
     "CHARACTERISTIC_UUIDS",
     "CONTROL_TARGETS",
+    "DEFAULT_POLICIES",
     "DEFAULT_QUERY",
     "ENV_MEASUREMENTS",
     "FIXED_SIZES",

@@ -45,8 +45,10 @@ from .uuids import (
 
 __all__ = [
     "CHARACTERISTICS",
+    "DEFAULT_POLICIES",
     "FIXED_SIZES",
     "NOTIFYING",
+    "POLICIES",
     "REQUIRED_BY_APP",
     "WRITABLE",
     "Characteristic",
@@ -116,6 +118,10 @@ class Write:
     remembered: bool = False
 
 
+POLICIES: tuple[str, ...] = ("drop_oldest", "drop_newest", "coalesce")
+"""What a full publish queue may do with a new value (the generic layer's queue policies)."""
+
+
 @attrs.frozen
 class Notify:
     """The characteristic notifies; ``refresh`` is the getter a new subscriber's
@@ -125,6 +131,15 @@ class Notify:
     refresh_encode: Encoder | None = None
     optional: bool = False
     """Left out when the settings disable it (actuator_status)."""
+    policy: str = "coalesce"
+    """What a burst keeps when the phone cannot take every value: ``coalesce`` (the
+    last value wins) for a state snapshot, where only the newest value means anything;
+    ``drop_oldest`` / ``drop_newest`` for an event stream whose values all matter.
+    The settings may override it (MUSHPI_BLE_BACKPRESSURE_POLICY, MUSHPI_BLE_POLICY_*)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; allowed: {', '.join(POLICIES)}")
 
 
 @attrs.frozen
@@ -194,7 +209,7 @@ CHARACTERISTICS: tuple[Characteristic, ...] = (
         ENV_MEASUREMENTS, CHARACTERISTIC_UUIDS[ENV_MEASUREMENTS], EnvMeasurement,
         EnvMeasurement.SIZE,
         read=Read(ReadSource.PUBLISHED),
-        notify=Notify(),
+        notify=Notify(policy="coalesce"),  # a snapshot of the room: the newest wins
     ),
     Characteristic(
         CONTROL_TARGETS, CHARACTERISTIC_UUIDS[CONTROL_TARGETS], ControlTargets,
@@ -216,14 +231,15 @@ CHARACTERISTICS: tuple[Characteristic, ...] = (
     Characteristic(
         STATUS_FLAGS, CHARACTERISTIC_UUIDS[STATUS_FLAGS], StatusFlags, StatusFlags.SIZE,
         read=Read(ReadSource.STATUS),
-        notify=Notify(),
+        notify=Notify(policy="coalesce"),  # the flags now, not their history
     ),
     Characteristic(
         ACTUATOR_STATUS, CHARACTERISTIC_UUIDS[ACTUATOR_STATUS], ActuatorStatus,
         ActuatorStatus.SIZE,
         read=Read(ReadSource.GETTER, "get_control_data", _packer(ActuatorStatus),
                   default=bytes(ActuatorStatus.SIZE)),
-        notify=Notify("get_control_data", _packer(ActuatorStatus), optional=True),
+        notify=Notify("get_control_data", _packer(ActuatorStatus), optional=True,
+                      policy="coalesce"),  # the relays now
     ),
     Characteristic(
         STAGE_THRESHOLDS, CHARACTERISTIC_UUIDS[STAGE_THRESHOLDS], ThresholdsUpdate, None,
@@ -244,6 +260,11 @@ FIXED_SIZES: Mapping[str, int] = MappingProxyType(
 
 NOTIFYING: tuple[str, ...] = tuple(c.name for c in CHARACTERISTICS if c.notify is not None)
 """Characteristics the Pi publishes with notifications."""
+
+DEFAULT_POLICIES: Mapping[str, str] = MappingProxyType(
+    {c.name: c.notify.policy for c in CHARACTERISTICS if c.notify is not None}
+)
+"""Each notifying characteristic's own back-pressure policy, unless the settings override it."""
 
 WRITABLE: tuple[str, ...] = tuple(c.name for c in CHARACTERISTICS if c.write is not None)
 """Characteristics the phone writes; their decoders validate and may refuse."""
