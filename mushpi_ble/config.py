@@ -319,6 +319,25 @@ class Settings:
         "MUSHPI_BLE_ADV_TX_POWER", get_args(TxPower), "med",
         "Advertising transmit power level.",
     )
+    ble_advert_intervals: bool = _bool_var(
+        "MUSHPI_BLE_ADVERT_INTERVALS", "true",
+        "Ask bluetoothd for advertising intervals: fast after a start, a disconnect and a "
+        "pairing window, then slow (false: bluetoothd's default, about 1.28 s).",
+    )
+    ble_advert_fast_ms: int = _int_var(
+        "MUSHPI_BLE_ADVERT_FAST_MS", "20", 20, 10240,
+        "Advertising interval of the fast period, in ms (Apple asks for 20).",
+    )
+    ble_advert_fast_s: int = _int_var(
+        "MUSHPI_BLE_ADVERT_FAST_S", "30", 0, 3600,
+        "How long the fast period lasts, in seconds (0: always slow).",
+    )
+    ble_advert_slow_ms: int = _int_var(
+        "MUSHPI_BLE_ADVERT_SLOW_MS", "418", 20, 10240,
+        "Advertising interval after the fast period, in ms, at least the fast one; 418 is "
+        "Apple's 417.5 ms on the air (bluetoothd rounds down to 0.625 ms units), inside "
+        "Android's 512 ms low-power scan window.",
+    )
     ble_adapter_recovery: bool = _bool_var(
         "MUSHPI_BLE_ADAPTER_RECOVERY", "true",
         "Power the adapter on and lift rfkill soft blocks when it is off; false only reports.",
@@ -430,6 +449,11 @@ class Settings:
                 raise _unknown_characteristic(POLICY_PREFIX + key, policy, None)
             _check_field(_BY_NAME[POLICY_PREFIX + key], policy)
         self._check_access()
+        if self.ble_advert_slow_ms < self.ble_advert_fast_ms:
+            raise ConfigError(
+                "MUSHPI_BLE_ADVERT_SLOW_MS", str(self.ble_advert_slow_ms),
+                f"{self.ble_advert_fast_ms}..10240 (at least MUSHPI_BLE_ADVERT_FAST_MS)",
+                "the slow interval is shorter than the fast one")
 
     def _check_access(self) -> None:
         """Access modes that would protect nothing, or that a backend cannot enforce."""

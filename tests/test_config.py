@@ -238,10 +238,17 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
         ["", "localhost", "256.0.0.1", "1.2.3", "127.0.0.1:9100"],
     ),
     ("MUSHPI_SIM_INTERVAL_S", "sim_interval_s", [("5", 5), ("300", 300)], ["4", "301"]),
+    ("MUSHPI_BLE_ADVERT_FAST_MS", "ble_advert_fast_ms", [("20", 20), ("418", 418)],
+     ["19", "10241", "20.5", ""]),
+    ("MUSHPI_BLE_ADVERT_FAST_S", "ble_advert_fast_s", [("0", 0), ("3600", 3600)],
+     ["-1", "3601", "1.5"]),
+    ("MUSHPI_BLE_ADVERT_SLOW_MS", "ble_advert_slow_ms", [("418", 418), ("10240", 10240)],
+     ["19", "10241", "417.5"]),
 ]
 
 BOOLS = [
     "MUSHPI_BLE_ADV_ENABLE", "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "MUSHPI_BLE_ADAPTER_RECOVERY",
+    "MUSHPI_BLE_ADVERT_INTERVALS",
 ]
 POLICY_OVERRIDES = [f"MUSHPI_BLE_POLICY_{name}" for name in NOTIFYING_CHARACTERISTICS]
 OTHERS = ["MUSHPI_BLE_METRICS_FILE"]  # needs a real directory: tested with tmp_path
@@ -250,7 +257,15 @@ OTHERS = ["MUSHPI_BLE_METRICS_FILE"]  # needs a real directory: tested with tmp_
 def test_every_variable_is_covered() -> None:
     covered = {name for name, *_ in EDGES} | set(BOOLS) | set(POLICY_OVERRIDES) | set(OTHERS)
     assert covered == set(SPECS)
-    assert len(INT_VARIABLES) == 10
+    assert len(INT_VARIABLES) == 13
+
+
+def test_the_slow_advertising_interval_is_at_least_the_fast_one() -> None:
+    assert load(MUSHPI_BLE_ADVERT_FAST_MS="100", MUSHPI_BLE_ADVERT_SLOW_MS="100")
+    with pytest.raises(ConfigError) as info:
+        load(MUSHPI_BLE_ADVERT_FAST_MS="100", MUSHPI_BLE_ADVERT_SLOW_MS="50")
+    assert info.value.variable == "MUSHPI_BLE_ADVERT_SLOW_MS"
+    assert "MUSHPI_BLE_ADVERT_FAST_MS" in str(info.value)
 
 
 @pytest.mark.parametrize(

@@ -108,6 +108,7 @@ class PairingWindow:
         self._wall = wall
         self._until: float | None = None
         self.opened = 0
+        self._watchers: list[Callable[[], None]] = []
 
     def open(self, seconds: float) -> float:
         """Open (or extend, or shorten) the window to ``seconds`` from now; the wall
@@ -120,7 +121,20 @@ class PairingWindow:
         until = self._wall() + seconds
         log.info("pairing window opened seconds=%.0f until=%s", seconds,
                  time.strftime("%H:%M:%S", time.localtime(until)))
+        for watcher in list(self._watchers):
+            watcher()
         return until
+
+    def watch(self, opened: Callable[[], None]) -> Callable[[], None]:
+        """Call ``opened()`` (in the opener's thread) each time the window opens; returns
+        the function that stops it. A watcher must not block (hand over to its loop)."""
+        self._watchers.append(opened)
+
+        def stop() -> None:
+            if opened in self._watchers:
+                self._watchers.remove(opened)
+
+        return stop
 
     def close(self) -> None:
         if self._until is not None:

@@ -89,6 +89,7 @@ class FakeBluez:
         notify_confirm_on_socket: bool = True,
         close_wrong_notify_socket: bool = False,
         notify_socket_per_device: bool = True,
+        advert_intervals: str = "honoured",
     ) -> AsyncIterator[FakeBluez]:
         """Own ``org.bluez`` on ``bus_address`` for the duration of the block.
 
@@ -111,6 +112,7 @@ class FakeBluez:
             notify_confirm_on_socket=notify_confirm_on_socket,
             close_wrong_notify_socket=close_wrong_notify_socket,
             notify_socket_per_device=notify_socket_per_device,
+            advert_intervals=advert_intervals,
         )
         bluez = cls(bus_address, adapters, config)
         async with trio.open_nursery() as nursery:

@@ -35,6 +35,10 @@ class Config:
     supported_instances: int = 5
     secondary_channels: tuple[str, ...] = ()
     can_set_tx_power: bool = False
+    advert_intervals: str = "honoured"
+    """``MinInterval``/``MaxInterval``: "honoured" (5.77+, or -E before), "ignored" (before
+    5.77 without -E: parsed as absent) or "refused" (a kernel that refuses advertising
+    parameters with intervals: "Failed to register advertisement")."""
     min_tx_power: int = -21
     max_tx_power: int = 10
     server_mtu: int = 517
