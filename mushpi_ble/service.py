@@ -51,6 +51,7 @@ from .protocol import (
     ACTUATOR_STATUS,
     CHARACTERISTICS,
     ENV_MEASUREMENTS,
+    SERVICE_HANDLE,
     STATUS_FLAGS,
     StatusFlags,
 )
@@ -118,8 +119,10 @@ class MushPiService:
                 notify_queue=self.settings.ble_queue_max_size,
                 notify_policy=self.settings.policy_for(row.name) if notifies else "drop_oldest",
                 signal_fallback=mode == "auto",
+                handle=row.handle,
             ))
-        return Service(self.settings.ble_service_uuid, tuple(chars), name="mushpi")
+        return Service(self.settings.ble_service_uuid, tuple(chars), name="mushpi",
+                       handle=SERVICE_HANDLE)
 
     # -- wiring to a running application ------------------------------------------
     def attach(self, app: GattApplication, nursery: trio.Nursery) -> None:

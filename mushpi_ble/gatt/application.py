@@ -126,14 +126,14 @@ class GattApplication:
         self.exported = True
 
     def _service_interface(self, service: Service) -> Interface:
-        return Interface(
-            GATT_SERVICE_IFACE,
-            properties=[
-                Property("UUID", "s", get=lambda: service.uuid),
-                Property("Primary", "b", get=lambda: service.primary),
-                Property("Includes", "ao", get=lambda: []),
-            ],
-        )
+        properties = [
+            Property("UUID", "s", get=lambda: service.uuid),
+            Property("Primary", "b", get=lambda: service.primary),
+            Property("Includes", "ao", get=lambda: []),
+        ]
+        if service.handle:  # asked for; without it bluetoothd chooses
+            properties.append(Property("Handle", "q", get=lambda: service.handle))
+        return Interface(GATT_SERVICE_IFACE, properties=properties)
 
     def _characteristic_interface(self, state: CharacteristicState, s_path: str) -> Interface:
         spec = state.spec
@@ -145,6 +145,8 @@ class GattApplication:
             Property("Notifying", "b", get=lambda: state.notifying),
             Property("Value", "ay", get=lambda: state.value, restricted=True),
         ]
+        if spec.handle:
+            properties.append(Property("Handle", "q", get=lambda: spec.handle))
         methods = [
             Method("ReadValue", OPTIONS, "ay", arg_names=["options"], out_names=["value"],
                    handler=lambda ctx, opts: self._read_value(ctx, state, opts),
@@ -282,6 +284,12 @@ class GattApplication:
         self._sockets.close_all("bluetoothd gone")
 
     # -- registration ----------------------------------------------------------
+    def fixed_handles(self) -> str | None:
+        """The handle ranges asked of bluetoothd, in words (None: it chooses them all)."""
+        ranges = [f"{service.name or service.uuid} 0x{service.handle:04x}.."
+                  f"0x{service.end_handle:04x}" for service in self.services if service.handle]
+        return ", ".join(ranges) or None
+
     async def register(self, adapter_path: str, *, timeout: float) -> None:
         """RegisterApplication under a deadline; raises DBusError on refusal."""
         self.export()

@@ -9,6 +9,9 @@ from ..errors import RegistrationRefused
 from ..gatt import GattApplication
 from .step import CentralLeft, SessionEvent, Step
 
+DATABASE_FAILED = "Failed to create entry in database"
+"""bluetoothd's refusal when a service does not fit its database (src/gatt-database.c)."""
+
 
 class Application(Step):
     """Registers the exported application; it is required before ``start()`` returns."""
@@ -38,8 +41,12 @@ class Application(Step):
         except ConnectionLost:
             raise
         except DBusError as exc:
+            fixed = self.app.fixed_handles()
+            clash = (f"; the fixed handles ({fixed}) may clash with a service bluetoothd "
+                     "already holds there (another application's, or a plugin's)"
+                     if fixed and DATABASE_FAILED in exc.text else "")
             raise RegistrationRefused(
-                f"bluetoothd refused the GATT application: {exc.name}: {exc.text}"
+                f"bluetoothd refused the GATT application: {exc.name}: {exc.text}{clash}"
             ) from exc
         self.registered = True
         self.host.changed()
