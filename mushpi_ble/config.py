@@ -153,6 +153,13 @@ def _name_prefix(text: str) -> str:
     return text
 
 
+def _info_text(text: str) -> str:
+    # a Device Information string: what a phone shows, so printable and short
+    if not 1 <= len(text) <= 64 or not text.isprintable():
+        raise _Invalid()
+    return text
+
+
 def _ip_address(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
@@ -345,6 +352,25 @@ class Settings:
     ble_actuator_status_enable: bool = _bool_var(
         "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "true",
         "Whether to expose the actuator status characteristic.",
+    )
+    ble_device_info: bool = _bool_var(
+        "MUSHPI_BLE_DEVICE_INFO", "true",
+        "Serve the Device Information Service (0x180A): manufacturer, model, firmware and "
+        "software revision, as phone makers ask (nRF Connect and the app show them).",
+    )
+    ble_manufacturer: str = _var(
+        "MUSHPI_BLE_MANUFACTURER", "MushPi", _info_text, "1..64 printable characters",
+        "Manufacturer Name String of the Device Information Service.",
+    )
+    ble_model: str = _var(
+        "MUSHPI_BLE_MODEL", "MushPi Controller", _info_text, "1..64 printable characters",
+        "Model Number String of the Device Information Service.",
+    )
+    ble_firmware_revision: str | None = _var(
+        "MUSHPI_BLE_FIRMWARE_REVISION", None, _info_text,
+        "1..64 printable characters, or empty (left out)",
+        "The controller's own version, served as the Firmware Revision String (the "
+        "Software Revision String is always this library's version).",
     )
     ble_queue_max_size: int = _int_var(
         "MUSHPI_BLE_QUEUE_MAX_SIZE", "64", 1, 4096,

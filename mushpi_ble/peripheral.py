@@ -155,7 +155,7 @@ class Peripheral:
     async def _serve(self, conn: Connection, nursery: trio.Nursery,
                      task_status: trio.TaskStatus[None]) -> None:
         self.host.open_run(conn, nursery)
-        app = GattApplication(conn, self.settings.dbus_app_path, [self.service.definition()],
+        app = GattApplication(conn, self.settings.dbus_app_path, self.service.services(),
                               nursery=nursery, handler_timeout=self.settings.handler_timeout_s,
                               on_device_seen=self.steps.devices.note_request,
                               access=self.access.gate)

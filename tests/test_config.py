@@ -238,6 +238,11 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
         ["", "localhost", "256.0.0.1", "1.2.3", "127.0.0.1:9100"],
     ),
     ("MUSHPI_SIM_INTERVAL_S", "sim_interval_s", [("5", 5), ("300", 300)], ["4", "301"]),
+    ("MUSHPI_BLE_MANUFACTURER", "ble_manufacturer", [("Acme", "Acme"), ("x" * 64, "x" * 64)],
+     ["", "x" * 65, "a\tb"]),
+    ("MUSHPI_BLE_MODEL", "ble_model", [("Grow Box 2", "Grow Box 2")], ["", "x" * 65]),
+    ("MUSHPI_BLE_FIRMWARE_REVISION", "ble_firmware_revision", [("2.3.1", "2.3.1")],
+     ["x" * 65, "1\n2"]),
     ("MUSHPI_BLE_ADVERT_FAST_MS", "ble_advert_fast_ms", [("20", 20), ("418", 418)],
      ["19", "10241", "20.5", ""]),
     ("MUSHPI_BLE_ADVERT_FAST_S", "ble_advert_fast_s", [("0", 0), ("3600", 3600)],
@@ -248,7 +253,7 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
 
 BOOLS = [
     "MUSHPI_BLE_ADV_ENABLE", "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "MUSHPI_BLE_ADAPTER_RECOVERY",
-    "MUSHPI_BLE_ADVERT_INTERVALS",
+    "MUSHPI_BLE_ADVERT_INTERVALS", "MUSHPI_BLE_DEVICE_INFO",
 ]
 POLICY_OVERRIDES = [f"MUSHPI_BLE_POLICY_{name}" for name in NOTIFYING_CHARACTERISTICS]
 OTHERS = ["MUSHPI_BLE_METRICS_FILE"]  # needs a real directory: tested with tmp_path

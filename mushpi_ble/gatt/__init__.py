@@ -24,6 +24,7 @@ from .advertising import (
 )
 from .agent import AGENT_MANAGER_PATH, Pairing, PasskeyShown, agent_path
 from .application import GattApplication
+from .device_information import DEVICE_INFORMATION, device_information_service
 from .devices import Central, DeviceTracker
 from .errors import (
     DEADLINE_ERROR,
@@ -68,6 +69,7 @@ __all__ = [
     "AGENT_MANAGER_PATH",
     "BLUEZ",
     "DEADLINE_ERROR",
+    "DEVICE_INFORMATION",
     "DOES_NOT_EXIST",
     "ERROR_PREFIX",
     "GATT_MANAGER_IFACE",
@@ -102,6 +104,7 @@ __all__ = [
     "advert_path",
     "agent_path",
     "check_policy",
+    "device_information_service",
     "explain_refusal",
     "failed",
     "fixed_handles",
