@@ -125,7 +125,7 @@ async def test_a_clash_with_a_service_bluetoothd_holds_is_a_start_error_naming_t
             await trio.to_thread.run_sync(second.start)
         text = str(refused.value)
         assert "Failed to create entry in database" in text
-        assert "fixed handles (mushpi 0x1000..0x1011)" in text
+        assert "fixed handles (mushpi 0x1000..0x1011, device_information 0x0f00..0x0f06)" in text
     finally:
         await trio.to_thread.run_sync(second.stop)
         await trio.to_thread.run_sync(first.portal.stop)

@@ -58,6 +58,7 @@ from .names import (
 from .pairing_policy import PairingWindow
 from .queue_policy import POLICIES, Admission, admit, check_policy
 from .requests import ReadRequest, WriteRequest
+from .resubscribe import REPLAY_SETTLE_S, replay_on_reconnect
 from .rfkill import Rfkill
 from .state import CharacteristicState
 
@@ -75,6 +76,7 @@ __all__ = [
     "GATT_MANAGER_IFACE",
     "OBJECT_MANAGER",
     "POLICIES",
+    "REPLAY_SETTLE_S",
     "AccessGate",
     "AccessRules",
     "AdapterCondition",
@@ -116,6 +118,7 @@ __all__ = [
     "plan_advertisement",
     "read_capabilities",
     "refusal",
+    "replay_on_reconnect",
     "set_property",
     "slice_for_offset",
     "validate_services",
