@@ -74,6 +74,7 @@ class Advertiser(Step):
         self._connected = False
         self._fast_until: float | None = None
         self._fast_until_wall: float | None = None
+        self._pace_changed = trio.Event()
         self._began = False
         self.interval_fallback: str | None = None
         """Why bluetoothd's default interval is used although intervals are asked for."""
@@ -85,8 +86,7 @@ class Advertiser(Step):
         self.monitor: AdvertMonitor | None = None
         self._registrations = 0
         self._registering = False
-        self._slowing_at: float | None = None
-        """The end of the fast period this session's slow-down task waits for."""
+
 
     def detach(self) -> None:
         if self._unwatch is not None:
@@ -152,6 +152,7 @@ class Advertiser(Step):
         self._watch_window()
         if not self._began:
             self._began = True
+            self.host.spawn(self._pacer)
             self._set_fast_until(pace.fast_until(self._intervals, None,
                                                  pace.Began(trio.current_time())))
         plan = self._plan()
@@ -192,19 +193,20 @@ class Advertiser(Step):
             log.warning("advertising interval refused: %s", reason)
             await self.advert.update(self._plan())
             await self.advert.register(adapter, timeout=self._timeout)
-        until = self._fast_until
-        if self.interval.phase == "fast" and until is not None and until != self._slowing_at:
-            self._slowing_at = until  # one task per fast period and session
-            self.host.spawn_in_session(partial(self._slow_down, until))
+        self._pace_changed.set()
 
-    async def _slow_down(self, until: float, *,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """At the end of the fast period, registered again with the slow interval (unless
-        another event made the period longer meanwhile: its own task does it)."""
-        task_status.started()
-        await trio.sleep_until(until)
-        if self._fast_until == until:
-            self._pace_again("the fast advertising period is over")
+    async def _pacer(self) -> None:
+        """One task per run: at the end of each fast period, registered again with the
+        slow interval (a period made longer meanwhile is waited for anew)."""
+        while True:
+            changed = self._pace_changed = trio.Event()
+            until = self._fast_until
+            if until is not None:
+                with trio.move_on_at(until):
+                    await changed.wait()
+                if not changed.is_set():
+                    self._pace_again("the fast advertising period is over")
+            await changed.wait()
 
     def hurry(self, event: pace.IntervalEvent, why: str) -> None:
         """Start (or lengthen) a fast period: a central left, a pairing window opened."""
@@ -215,6 +217,7 @@ class Advertiser(Step):
         self._fast_until = until
         self._fast_until_wall = (None if until is None
                                  else time.time() + until - trio.current_time())
+        self._pace_changed.set()
         self.host.changed()
 
     def _pace_again(self, reason: str) -> None:
