@@ -7,20 +7,11 @@ import pytest
 import trio
 from rig import make_settings, phone, start_rig, status_until
 
-from mushpi_ble.controller import ControllerCallbacks
-from mushpi_ble.dbus import open_connection
 from mushpi_ble.errors import StartError
-from mushpi_ble.gatt import (
-    Characteristic,
-    GattApplication,
-    GattDefinitionError,
-    Service,
-    fixed_handles,
-)
+from mushpi_ble.gatt import Characteristic, GattDefinitionError, Service, fixed_handles
 from mushpi_ble.gatt import validate_services as validate
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import CHARACTERISTICS, SERVICE_HANDLE
-from mushpi_ble.service import MushPiService
 from mushpi_ble.testing.fakebluez import FakeBluez
 
 UUID = "12345678-1234-5678-1234-56789abcdef0"
@@ -126,23 +117,15 @@ async def test_without_actuator_status_the_others_keep_their_handles(
 async def test_a_clash_with_a_service_bluetoothd_holds_is_a_start_error_naming_the_handles(
     bus_address: str, bluez: FakeBluez
 ) -> None:
-    # another program's application already holds those handles (a second MushPi
-    # peripheral would be refused earlier, naming the first: one per adapter)
-    other_service = MushPiService(make_settings(), ControllerCallbacks).definition()
+    first = await start_rig(bus_address, bluez, make_settings())
     second = BlePortal(make_settings(MUSHPI_DBUS_APP_PATH="/com/other/gatt",
                                      MUSHPI_BLE_ADV_ENABLE="false"), bus=bus_address)
-    async with open_connection(bus_address) as conn, trio.open_nursery() as nursery:
-        other = GattApplication(conn, "/com/another/program", [other_service],
-                                nursery=nursery, handler_timeout=1.0)
-        other.export()
-        await other.register("/org/bluez/hci0", timeout=2.0)
-        try:
-            with pytest.raises(StartError) as refused:
-                await trio.to_thread.run_sync(second.start)
-            text = str(refused.value)
-            assert "Failed to create entry in database" in text
-            assert "fixed handles (mushpi 0x1000..0x1011, device_information 0x0f00..0x0f06)" \
-                in text
-        finally:
-            await trio.to_thread.run_sync(second.stop)
-            await other.unregister(timeout=2.0)
+    try:
+        with pytest.raises(StartError) as refused:
+            await trio.to_thread.run_sync(second.start)
+        text = str(refused.value)
+        assert "Failed to create entry in database" in text
+        assert "fixed handles (mushpi 0x1000..0x1011, device_information 0x0f00..0x0f06)" in text
+    finally:
+        await trio.to_thread.run_sync(second.stop)
+        await trio.to_thread.run_sync(first.portal.stop)
