@@ -266,7 +266,7 @@ OTHERS = ["MUSHPI_BLE_METRICS_FILE", "MUSHPI_BLE_STATE_DIR"]
 def test_every_variable_is_covered() -> None:
     covered = {name for name, *_ in EDGES} | set(BOOLS) | set(POLICY_OVERRIDES) | set(OTHERS)
     assert covered == set(SPECS)
-    assert len(INT_VARIABLES) == 14
+    assert len(INT_VARIABLES) == 13
 
 
 def test_the_slow_advertising_interval_is_at_least_the_fast_one() -> None:
