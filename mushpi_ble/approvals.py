@@ -15,18 +15,18 @@ nothing is approved: a damaged list must never approve a phone by accident.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import attrs
+
+from .files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -169,31 +169,9 @@ class ApprovedBonds:
             with self._lock:
                 document = {"schema": SCHEMA,
                             "bonds": [a.as_dict() for a in self._approved.values()]}
-            fd, tmp = tempfile.mkstemp(prefix=f".{FILE_NAME}.", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as out:
-                    json.dump(document, out, indent=2)
-                    out.write("\n")
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            _fsync_dir(self.path.parent)
+            write_atomically(self.path, json.dumps(document, indent=2) + "\n")
             self.saved += 1
 
     def snapshot(self) -> dict[str, Any]:
         return {"file": str(self.path), "error": self.error,
                 "kept_as": str(self.kept_as) if self.kept_as is not None else None}
-
-
-def _fsync_dir(directory: Path) -> None:
-    """The rename itself made durable (ext4 and others order it only after this)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from .files import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -232,23 +233,3 @@ def _state_problem(state: object) -> str | None:
                 and isinstance(entry.get("values"), dict)):
             return f"thresholds[{n}] must have species, stage (text) and values (an object)"
     return None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename
-    it over ``path`` (and flush the directory, so the rename itself survives)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -14,7 +14,8 @@ import pytest
 import trio
 
 from mushpi_ble.cli import exits
-from mushpi_ble.sim import SimulatedController, StateFileError, write_atomically
+from mushpi_ble.files import write_atomically
+from mushpi_ble.sim import SimulatedController, StateFileError
 from mushpi_ble.testing.fakebluez import FakeBluez
 
 CLI = [sys.executable, "-m", "mushpi_ble.cli"]

@@ -10,18 +10,18 @@ null, so the files are strict JSON.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from mushpi_ble.files import write_atomically
 
 SCHEMA = "mushpi-ble-bench/1"
 REPORT_KEYS = ("schema", "benchmark", "environment", "config", "results")
@@ -89,16 +89,7 @@ def write_report(path: Path, data: Mapping[str, Any]) -> None:
     """Write a checked report as indented JSON, atomically."""
     check_report(data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(jsonable(data), handle, indent=2)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_atomically(path, json.dumps(jsonable(data), indent=2) + "\n")
 
 
 def publish(report: Mapping[str, Any], rendered: str, *, output: Path | None,
