@@ -9,19 +9,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from system_root import make_root
 
 from mushpi_ble.cli import check, main
 from mushpi_ble.cli import check_system as system
 from mushpi_ble.cli import system_files as files
 from mushpi_ble.config import load_settings
 from mushpi_ble.testing.fakebluez import FakeBluez
-
-BASE = {
-    "etc/passwd": "root:x:0:0:root:/root:/bin/bash\n",
-    "etc/group": "root:x:0:\nbluetooth:x:112:\n",
-    "etc/shadow": "root:*:19000:0:99999:7:::\n",
-    "etc/gshadow": "root:*::\nbluetooth:!::\n",
-}
 
 
 def levels(found: list[check.Finding]) -> dict[str, str]:
@@ -38,10 +32,7 @@ def test_settings_file_named(tmp_path: Path) -> None:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    top = tmp_path / "root"
-    for name, text in BASE.items():
-        (top / name).parent.mkdir(parents=True, exist_ok=True)
-        (top / name).write_text(text)
+    top = make_root(tmp_path / "root")
     return top
 
 

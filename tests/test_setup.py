@@ -14,18 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from system_root import BASE, make_root
 
 from mushpi_ble.cli import main
 from mushpi_ble.cli import system_files as files
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="setup changes a root: run as root")
 
-BASE = {
-    "etc/passwd": "root:x:0:0:root:/root:/bin/bash\n",
-    "etc/group": "root:x:0:\nbluetooth:x:112:\n",
-    "etc/shadow": "root:*:19000:0:99999:7:::\n",
-    "etc/gshadow": "root:*::\nbluetooth:!::\n",
-}
 CONTROLLER = "mushpi-sim.service"
 CONTROLLER_UNIT = f"""\
 [Unit]
@@ -39,10 +34,7 @@ ExecStart={files.exec_start()} serve
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A packager's root: the account databases, a bluetooth group, the controller's unit."""
-    top = tmp_path / "root"
-    for name, text in BASE.items():
-        (top / name).parent.mkdir(parents=True, exist_ok=True)
-        (top / name).write_text(text)
+    top = make_root(tmp_path / "root")
     unit = top / "etc/systemd/system" / CONTROLLER
     unit.parent.mkdir(parents=True)
     unit.write_text(CONTROLLER_UNIT)
