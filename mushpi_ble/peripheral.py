@@ -48,7 +48,6 @@ from trio_util import AsyncValue
 
 from .access import RoomAccess
 from .config import Settings
-from .controller import ControllerFailure, ControllerTimeout
 from .dbus import (
     BusUnreachable,
     Connection,
@@ -109,7 +108,6 @@ class Peripheral:
         """Who may read and write, the pairing window and bonds; kept across runs."""
         self.steps = SessionSteps(settings, self.access, on_connectivity=service.set_connected,
                                   ask_stage=self._ask_stage,
-                                  stage_failures=(ControllerTimeout, ControllerFailure),
                                   on_passkey=self._passkey_shown)
         self.host = SessionHost(self.steps.ordered)
         self.status_source: Callable[[], dict[str, Any]] = self.snapshot

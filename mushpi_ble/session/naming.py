@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..controller import ControllerFailure, ControllerTimeout
 from ..dbus import DBusError
 from ..gatt import ADAPTER_IFACE, set_property
 from ..naming import advertised_name
@@ -23,13 +24,11 @@ class Naming(Step):
 
     name = "alias"
 
-    def __init__(self, *, prefix: str, timeout: float, ask_stage: StageAsker,
-                 failures: tuple[type[Exception], ...]) -> None:
+    def __init__(self, *, prefix: str, timeout: float, ask_stage: StageAsker) -> None:
         super().__init__()
         self._prefix = prefix
         self._timeout = timeout
         self._ask_stage = ask_stage
-        self._failures = failures
         self.current = advertised_name(prefix, None)
         self.fixed: str | None = None
         """Pins the name until the next refresh without one."""
@@ -58,7 +57,7 @@ class Naming(Step):
             return self.fixed
         try:
             stage = await self._ask_stage()
-        except self._failures as exc:
+        except (ControllerTimeout, ControllerFailure) as exc:
             log.warning("advertised name not recomputed error=%s", exc)
             return self.current
         return advertised_name(self._prefix, stage)

@@ -23,7 +23,6 @@ class SessionSteps:
 
     def __init__(self, settings: Settings, access: RoomAccess, *,
                  on_connectivity: Callable[[bool], object], ask_stage: StageAsker,
-                 stage_failures: tuple[type[Exception], ...],
                  on_passkey: PasskeyShown) -> None:
         timeout = settings.bus_timeout_s
         self.adapter = AdapterKeeper(wanted=settings.ble_adapter, timeout=timeout,
@@ -31,7 +30,7 @@ class SessionSteps:
         self.application = Application(timeout=timeout)
         self.devices = Devices(timeout=timeout, on_connectivity=on_connectivity)
         self.naming = Naming(prefix=settings.ble_name_prefix, timeout=timeout,
-                             ask_stage=ask_stage, failures=stage_failures)
+                             ask_stage=ask_stage)
         self.agent = Agent(access, mode=settings.pairing_mode, timeout=timeout,
                            app_root=settings.dbus_app_path, on_passkey=on_passkey)
         self.advertiser = Advertiser(
