@@ -40,7 +40,9 @@ esac
 """
 
 
-def run_vm_test(tmp_path: Path, outcomes: list[str]) -> tuple[subprocess.CompletedProcess[str], int]:
+def run_vm_test(
+    tmp_path: Path, outcomes: list[str]
+) -> tuple[subprocess.CompletedProcess[str], int]:
     """vm-test on a stand-in generation; returns its result and the lane's runs."""
     checkout = tmp_path / "checkout"
     shutil.copytree(REPO / "scripts", checkout / "scripts")
