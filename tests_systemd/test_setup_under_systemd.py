@@ -14,7 +14,6 @@ import platform
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,7 +31,7 @@ T = TypeVar("T")
 
 JOB = Path(os.environ.get("MUSHPI_VM_JOB", "/tmp"))
 WHEELHOUSE = os.environ.get("MUSHPI_VM_WHEELHOUSE", "")
-PREFIX = Path("/opt/mushpi-ble")
+PREFIX = Path("/opt/mushpi/venv")  # the README's
 CLI = str(PREFIX / "bin/mushpi-ble")
 UNIT = "mushpi-sim.service"
 STANDALONE = "mushpi-ble-sim.service"
@@ -124,14 +123,22 @@ def system_state() -> dict[str, str]:
 
 
 # -- the packager's steps ------------------------------------------------------------------
+def test_00_the_readmes_apt_line() -> None:
+    """`apt-get install bluez python3-venv`: offline here, the root was built with both,
+    so apt has nothing to fetch and says so."""
+    done = sh("apt-get", "install", "-y", "--no-download", "bluez", "python3-venv")
+    for package in ("bluez", "python3-venv"):
+        assert f"{package} is already the newest version" in done.stdout, done.stdout
+
+
 def test_01_wheel_installed_into_a_venv_under_opt() -> None:
+    """The packager's lines: a venv under /opt with its own pip, which installs
+    `mushpi-ble[metrics]` (offline here: from the lab's wheel and wheelhouse, not PyPI)."""
     wheel = next((JOB / "wheel").glob("mushpi_ble-*.whl"))
     started = time.monotonic()
-    # pip of the lab's venv installs into the new one (--python): seeding the new venv
-    # with a pip of its own would take longer under emulation than the install itself
-    sh("python3", "-m", "venv", "--without-pip", str(PREFIX))
-    sh(sys.executable, "-m", "pip", "--python", str(PREFIX / "bin/python"), "install", "-q",
-       "--no-index", "--find-links", WHEELHOUSE, f"{wheel}[metrics]", timeout=300)
+    sh("python3", "-m", "venv", str(PREFIX))
+    sh(str(PREFIX / "bin/pip"), "install", "-q", "--no-index", "--find-links", WHEELHOUSE,
+       f"mushpi-ble[metrics] @ file://{wheel}", timeout=300)
     figure("install_s", round(time.monotonic() - started, 1))
     assert sh(CLI, "--version").stdout.startswith("mushpi-ble ")
 
@@ -462,10 +469,8 @@ def test_12_a_grower_tries_it_with_one_command() -> None:
 
 
 def test_13_pip_uninstall_takes_the_package_out() -> None:
-    """The README's last line. The lab's /opt venv has no pip of its own (see test_01):
-    the lab's pip uninstalls from it, as `/opt/…/bin/pip uninstall` would."""
-    sh(sys.executable, "-m", "pip", "--python", str(PREFIX / "bin/python"), "uninstall", "-y",
-       "mushpi-ble", timeout=300)
+    """The README's last line, `/opt/mushpi/venv/bin/pip uninstall mushpi-ble`."""
+    sh(str(PREFIX / "bin/pip"), "uninstall", "-y", "mushpi-ble", timeout=300)
     assert not Path(CLI).exists()
     sh(str(PREFIX / "bin/python"), "-c", "import importlib.util, sys; "
        "sys.exit(importlib.util.find_spec('mushpi_ble') is not None)")
