@@ -10,7 +10,9 @@ so its RSS and CPU are its own. Per backend:
   → phone), with the backend otherwise idle;
 * notify latency, publish → phone receives, at 100 packets/s (paced);
 * busy bus: the producer publishes flat out while a second phone reads
-  control_targets in a loop: producer call time p50/p99/max, notifications/s
+  control_targets in a loop: producer call time p50/p99/max, notifications/s,
+  the age of what the phone sees (publish to receipt of each value it gets) and
+  how many newer values had been published by the time it arrived
   (each backend as shipped: bluez-dbus paces a characteristic's notifications,
   ``MUSHPI_BLE_NOTIFY_INTERVAL_MS``, and thins a flat-out burst by its policy;
   the legacy backend hands every value to bluetoothd, which queues what the air
@@ -31,6 +33,7 @@ Usage::
 
     python -m mushpi_ble.bench.facade_ab            # both backends, 3 runs, medians + JSON
     python -m mushpi_ble.bench.facade_ab --quick    # smoke test
+    python -m mushpi_ble.bench.facade_ab --policy drop_oldest   # every queue drop_oldest
 
 The bluezero backend needs the extra: scripts/install-bluezero-deps. Each
 backend runs as server kind ``facade`` (:mod:`mushpi_ble.bench.wire`).
@@ -39,6 +42,7 @@ backend runs as server kind ``facade`` (:mod:`mushpi_ble.bench.wire`).
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import struct
 import sys
@@ -64,6 +68,7 @@ STALL_LIMIT_MS = 50.0
 READ_P50_LIMIT_MS = 100.0
 READ_P95_LIMIT_MS = 500.0
 SHUTDOWN_LIMIT_S = 2.0
+POLICY_VARIABLE = "MUSHPI_BLE_BACKPRESSURE_POLICY"
 
 
 # ======================================================================
@@ -76,7 +81,10 @@ def serve(backend: str, address: str) -> int:
     from mushpi_ble.config import load_settings
     from mushpi_ble.sim import SimulatedController
 
-    settings = load_settings(environ={"MUSHPI_BLE_BACKEND": backend}, env_file=None)
+    environ = {"MUSHPI_BLE_BACKEND": backend}
+    if os.environ.get(POLICY_VARIABLE):  # --policy: one policy for every queue
+        environ[POLICY_VARIABLE] = os.environ[POLICY_VARIABLE]
+    settings = load_settings(environ=environ, env_file=None)
     ble_gatt.configure(settings=settings)
     controller = SimulatedController(seed=1)
     ble_gatt.set_callbacks(**controller.callbacks())
@@ -168,13 +176,18 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     result["reads_ms"] = {name: summary(s, 1e3) for name, s in reads.items()}
     cpu["reads"] = cpu_now() - mark
 
-    def latencies(answer: dict[str, Any], first: int) -> tuple[list[float], list[float]]:
-        stamps = answer["stamps"]
+    def phone_seen(first: int) -> dict[int, float]:
+        """Each sequence number the phone received from ``first`` on: when."""
         seen: dict[int, float] = {}
         for note in phone.notifications(UUID[ENV]):
             seq = struct.unpack_from("<H", note.value)[0]
-            if first <= seq < first + len(stamps) and seq not in seen:
+            if seq >= first and seq not in seen:
                 seen[seq] = note.timestamp
+        return seen
+
+    def latencies(answer: dict[str, Any], first: int) -> tuple[list[float], list[float]]:
+        stamps = answer["stamps"]
+        seen = {seq: at for seq, at in phone_seen(first).items() if seq < first + len(stamps)}
         lat = [(seen[s] - stamps[s - first]) * 1000 for s in sorted(seen)]
         return lat, sorted(seen.values())
 
@@ -221,6 +234,7 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     result["busy"] = {
         "producer_ms": summary(busy["call_ns"], MS),
         "notify_latency_ms": summary(lat),
+        "behind_newest": summary(behind_newest(busy["stamps"], first, phone_seen(first))),
         "received": len(lat), "sent": args.burst,
         "notifications_per_s": len(lat) / span if span > 0 else None,
         "reads_during_ms": summary(busy_reads, MS),
@@ -266,6 +280,20 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     return result
 
 
+def behind_newest(stamps: Sequence[float], first: int, seen: dict[int, float]) -> list[float]:
+    """For each value the phone received: how many newer values had been published by
+    the time it arrived. 0 when the phone is shown the newest; a queue of stale snapshots
+    draining at the pacing rate shows as its length."""
+    out = []
+    for seq, at in sorted(seen.items()):
+        index = seq - first
+        if not 0 <= index < len(stamps):
+            continue
+        newest = bisect.bisect_right(stamps, at) - 1
+        out.append(float(max(0, newest - index)))
+    return out
+
+
 def acceptance(result: dict[str, Any]) -> dict[str, bool]:
     reads = result["reads_ms"].values()
     worst_producer = max(result["busy"]["producer_ms"]["max"],
@@ -278,7 +306,7 @@ def acceptance(result: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def print_table(results: dict[str, dict[str, Any]]) -> None:
+def print_table(results: dict[str, dict[str, Any]], policy: str | None = None) -> None:
     f = fmt
     names = list(results)
     width = 16
@@ -308,6 +336,12 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
                       lambda r, p=phase, q=q: r[p]["producer_ms"][q], 3)
     value_row("notify latency busy p50 (ms)", lambda r: r["busy"]["notify_latency_ms"]["p50"])
     value_row("notify latency busy p99 (ms)", lambda r: r["busy"]["notify_latency_ms"]["p99"])
+    value_row("age of the shown value busy p50 (ms)",
+              lambda r: r["busy"]["notify_latency_ms"]["p50"])
+    value_row("shown value, newer ones published busy p50",
+              lambda r: r["busy"]["behind_newest"]["p50"], 0)
+    value_row("shown value, newer ones published busy p99",
+              lambda r: r["busy"]["behind_newest"]["p99"], 0)
     value_row("notifications/s (busy)", lambda r: r["busy"]["notifications_per_s"], 0)
     value_row("received/sent busy", lambda r: r["busy"]["received"] / r["busy"]["sent"])
     value_row("read during busy p50 (ms)", lambda r: r["busy"]["reads_during_ms"]["p50"])
@@ -320,8 +354,9 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
               lambda r: ratio(r["cpu_s"]["busy"] * 1e6, r["busy"]["received"]), 0)
     value_row("CPU total (s)", lambda r: r["cpu_total_s"], 2)
     print("busy: bluez-dbus paces each characteristic's notifications (MUSHPI_BLE_NOTIFY_"
-          "INTERVAL_MS, default 5 ms) and thins a flat-out burst by its queue policy; "
-          "bluezero hands bluetoothd every value")
+          "INTERVAL_MS, default 5 ms) and thins a flat-out burst by its queue policy "
+          f"({policy or 'each characteristic its own'}); bluezero hands bluetoothd every value;"
+          " the notify latency is the age of what the phone is shown")
     print()
     for name in names:
         checks = acceptance(results[name])
@@ -364,7 +399,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per backend (medians)")
     parser.add_argument("--quick", action="store_true", help="small counts, one run (smoke)")
     parser.add_argument("--json", type=Path, default=results.default_path(BENCHMARK))
+    parser.add_argument("--policy", choices=("drop_oldest", "drop_newest", "coalesce"),
+                        help="MUSHPI_BLE_BACKPRESSURE_POLICY for every queue (default: each "
+                        "characteristic's own, as shipped)")
     args = parser.parse_args(argv)
+    if args.policy:
+        os.environ[POLICY_VARIABLE] = args.policy
     if args.quick:
         args.reads, args.paced, args.burst, args.runs = 30, 50, 300, 1
     return args
@@ -394,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     backends = {name: median_of(each) for name, each in runs.items()}
     if args.runs > 1:
         print(f"\nmedians of {args.runs} runs", end="")
-    print_table(backends)
+    print_table(backends, args.policy)
     figures: dict[str, Any] = {
         "backends": backends,
         "runs": runs,
@@ -404,7 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures["ratios_bluezero_over_bluez_dbus"] = ratios(*(backends[n] for n in BACKENDS))
     results.write_report(args.json, results.report(
         BENCHMARK, config={"reads": args.reads, "paced": args.paced, "burst": args.burst,
-                           "runs": args.runs, "backends": list(args.backends)},
+                           "runs": args.runs, "backends": list(args.backends),
+                           "policy": args.policy},
         results=figures, packages=["trio", "jeepney", "bluezero", "dbus-python", "PyGObject"]))
     print(f"\nJSON written to {args.json}")
     # the seed acceptance binds the new backend; the legacy one is measured against it

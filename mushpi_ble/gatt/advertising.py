@@ -122,6 +122,8 @@ class AdvertPlan:
     size: int
     scan_response_size: int = 0
     left_out: tuple[str, ...] = ()
+    interval_ms: int | None = None
+    """MinInterval = MaxInterval in ms (bluetoothd 5.77+, or -E before); None: its default."""
 
 
 def plan_advertisement(
@@ -129,6 +131,7 @@ def plan_advertisement(
     service_uuid: str,
     capabilities: AdvertisingCapabilities,
     tx_level: str,
+    interval_ms: int | None = None,
 ) -> AdvertPlan:
     """Fit the service UUID, the tx power and the name into the legacy budgets.
 
@@ -164,7 +167,7 @@ def plan_advertisement(
         )
         local_name = None
     return AdvertPlan(uuids, local_name, tuple(includes), tx_power, size,
-                      name_size if local_name else 0, tuple(left_out))
+                      name_size if local_name else 0, tuple(left_out), interval_ms)
 
 
 class Advertisement(ExportedObject):
@@ -196,6 +199,9 @@ class Advertisement(ExportedObject):
                 out.append(Property("LocalName", "s", get=lambda: self.plan.local_name or ""))
             if self.plan.tx_power is not None:
                 out.append(Property("TxPower", "n", get=lambda: self.plan.tx_power))
+            if self.plan.interval_ms is not None:
+                out.append(Property("MinInterval", "u", get=lambda: self.plan.interval_ms))
+                out.append(Property("MaxInterval", "u", get=lambda: self.plan.interval_ms))
             return out
 
         return Interface(
@@ -218,8 +224,8 @@ class Advertisement(ExportedObject):
                               "RegisterAdvertisement", "oa{sv}", (self.path, {}),
                               timeout=timeout)
         self.registered_on = adapter_path
-        log.info("advertisement registered path=%s name=%s size=%d", self.path,
-                 self.plan.local_name or "-", self.plan.size)
+        log.info("advertisement registered path=%s name=%s size=%d interval_ms=%s", self.path,
+                 self.plan.local_name or "-", self.plan.size, self.plan.interval_ms or "default")
 
     async def unregister(self, *, timeout: float, quiet: bool = False) -> None:
         """Best effort; ``quiet`` when bluetoothd may well have dropped it already."""
@@ -252,6 +258,12 @@ class Advertisement(ExportedObject):
                 changed["LocalName"] = plan.local_name
         if old.includes != plan.includes:
             changed["Includes"] = list(plan.includes)
+        if old.interval_ms != plan.interval_ms and plan.interval_ms is not None:
+            # bluetoothd applies each property as it comes: never min above max between two
+            pair = {"MinInterval": plan.interval_ms, "MaxInterval": plan.interval_ms}
+            growing = old.interval_ms is not None and plan.interval_ms > old.interval_ms
+            for key in (("MaxInterval", "MinInterval") if growing else pair):
+                changed[key] = pair[key]
         if changed or invalidated:
             await self._conn.emit_properties_changed(self.path, ADVERTISEMENT_IFACE, changed,
                                                      invalidated)

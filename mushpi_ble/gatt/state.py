@@ -21,6 +21,8 @@ class CharacteristicState:
     value: bytes = b""
     notifying: bool = False
     start_notify_calls: int = 0
+    last_start_notify: float | None = None
+    """Loop time of the last StartNotify (a new subscription), for the reconnect look."""
     notifications_sent: int = 0
     sockets: dict[str, NotifySocket] = attrs.Factory(dict)
     """Acquired notify sockets by device path."""

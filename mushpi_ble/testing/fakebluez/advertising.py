@@ -77,6 +77,8 @@ class Payload:
     includes: tuple[str, ...]
     tx_power: int | None
     timeout: int
+    interval_units: tuple[int, int] | None = None
+    """(min, max) in 0.625 ms units as the controller gets them; None: bluetoothd's default."""
 
 
 def _get(props: Mapping[str, Variant], name: str, signature: str) -> Any:
@@ -117,7 +119,8 @@ def _interval(props: Mapping[str, Variant], name: str) -> int:
 def parse_advertisement(props: Mapping[str, Variant], *, alias: str,
                         supported_includes: Collection[str],
                         secondary_channels: Collection[str] = (),
-                        can_set_tx_power: bool = False) -> Payload:
+                        can_set_tx_power: bool = False,
+                        intervals: str = "honoured") -> Payload:
     """Parse an advert's properties like bluetoothd's parser table, and size it."""
     adtype = "broadcast"
     if "Type" in props:
@@ -177,8 +180,9 @@ def parse_advertisement(props: Mapping[str, Variant], *, alias: str,
         channel = _get(props, "SecondaryChannel", "s")
         if channel not in secondary_channels:
             raise AdvertParseError(f"SecondaryChannel {channel!r} is not supported")
-    min_interval = _interval(props, "MinInterval") if "MinInterval" in props else 0
-    max_interval = _interval(props, "MaxInterval") if "MaxInterval" in props else 0
+    honoured = intervals != "ignored"  # before 5.77 without -E the parsers skip them
+    min_interval = _interval(props, "MinInterval") if honoured and "MinInterval" in props else 0
+    max_interval = _interval(props, "MaxInterval") if honoured and "MaxInterval" in props else 0
     tx_power: int | None = None
     if "TxPower" in props:
         tx_power = int(_get(props, "TxPower", "n"))
@@ -202,8 +206,10 @@ def parse_advertisement(props: Mapping[str, Variant], *, alias: str,
         encoded = name.encode()[: MAX_SCAN_RSP_LEN - 2]
         advertised = encoded.decode(errors="ignore")
         scan_size = 2 + len(encoded)
+    # like refresh_extended_adv: the intervals go to the kernel only when both are set
+    units = (min_interval, max_interval) if min_interval and max_interval else None
     return Payload(adtype, size, scan_size, name, advertised, tuple(includes),
-                   tx_power if can_set_tx_power else None, timeout)
+                   tx_power if can_set_tx_power else None, timeout, units)
 
 
 def unwrap(props: Mapping[str, Variant]) -> dict[str, Any]:
@@ -248,6 +254,12 @@ class Advertisement:
     @property
     def type(self) -> str:
         return self.payload.type if self.payload else ""
+
+    @property
+    def interval_ms(self) -> tuple[float, float] | None:
+        """(min, max) advertising interval on the air in ms; None: bluetoothd's default."""
+        units = self.payload.interval_units if self.payload else None
+        return None if units is None else (units[0] * 0.625, units[1] * 0.625)
 
 
 class AdvertisingManager:
@@ -370,11 +382,16 @@ class AdvertisingManager:
         try:
             payload = parse_advertisement(
                 variants, alias=self._adapter.alias, supported_includes=cfg.supported_includes,
-                secondary_channels=cfg.secondary_channels, can_set_tx_power=cfg.can_set_tx_power)
+                secondary_channels=cfg.secondary_channels, can_set_tx_power=cfg.can_set_tx_power,
+                intervals=cfg.advert_intervals)
         except AdvertParseError as exc:
             log.info("advertisement refused sender=%s path=%s reason=%r", advert.sender,
                      advert.path, str(exc))
             raise DBusError(FAILED, ADVERT_PARSE_FAILED) from None
+        if payload.interval_units is not None and cfg.advert_intervals == "refused":
+            log.info("advertisement refused sender=%s path=%s reason=intervals-refused",
+                     advert.sender, advert.path)
+            raise DBusError(FAILED, ADVERT_REGISTER_FAILED)
         if payload.adv_size > MAX_ADV_LEN:
             log.info("advertisement refused sender=%s path=%s reason=too-long adv_bytes=%d "
                      "max=%d", advert.sender, advert.path, payload.adv_size, MAX_ADV_LEN)

@@ -634,6 +634,11 @@ class FakeCentral:
         return self.adapter.is_paired(self.address)
 
     # -- connection ---------------------------------------------------------------
+    def restore_ccc(self) -> None:
+        """A bonded phone is back: the CCC values bluetoothd kept are its again."""
+        kept = self.adapter.kept_ccc.pop(self.address, {})
+        self._ccc.update({chrc: value for chrc, value in kept.items() if not chrc.removed})
+
     def forget(self, chars: Iterable[Characteristic]) -> None:
         """Characteristics left the database: drop their CCC state, close sockets."""
         for chrc in chars:
@@ -655,13 +660,22 @@ class FakeCentral:
         self._arrived.set()
 
     async def disconnect(self, reason: str = "remote-user") -> None:
-        """The phone goes away; a disconnect counts as disabling every CCC."""
+        """The phone goes away; a disconnect counts as disabling every CCC (but a bonded
+        phone's signal-path CCC values stay with bluetoothd under ``keep_bonded_ccc``)."""
         if not self.connected:
             return
+        keep = (self._runtime.config.keep_bonded_ccc
+                and self.address in self.adapter.bonded_devices)
+        kept: dict[Characteristic, int] = {}
         for app in self.adapter.gatt.registered():
             for chrc in app.characteristics():
                 if chrc in self._ccc:
-                    self._ccc.pop(chrc)
+                    value = self._ccc.pop(chrc)
+                    if keep and chrc not in self._acquired:
+                        kept[chrc] = value  # no StopNotify: bluetoothd still counts it
+                        continue
                     await self._disable(app, chrc, leaving=True)
+        if kept:
+            self.adapter.kept_ccc[self.address] = kept
         self.drop_link(reason)
         self.adapter.device_disconnected(self.address)

@@ -1,0 +1,108 @@
+"""A bonded phone's second visit: bluetoothd kept its subscriptions and answers its CCC
+write itself, so the peripheral gives it the current value as on a first subscribe,
+once, and never twice to a phone that subscribes anew."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import trio
+from rig import eventually, make_settings, start_rig, status_until
+
+from mushpi_ble.gatt import GattApplication, replay_on_reconnect
+from mushpi_ble.portal import BlePortal
+from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
+from mushpi_ble.testing.fakebluez import FakeBluez, FakeCentral
+
+ENV = CHARACTERISTIC_UUIDS["env_measurements"]
+PHONE = "11:22:33:44:55:66"
+
+
+@pytest.mark.parametrize(
+    ("why", "bonded", "notifying", "subscribed_since", "replay"),
+    [
+        ("bluetoothd kept a bonded phone's subscription: the push once", True, True, False,
+         True),
+        ("the phone subscribed anew (StartNotify): pushed already", True, True, True, False),
+        ("an unbonded phone's CCC goes with the link: it subscribes anew", False, True, False,
+         False),
+        ("nobody subscribed, as far as bluetoothd tells us", True, False, False, False),
+    ],
+)
+def test_replay_on_reconnect(why: str, bonded: bool, notifying: bool, subscribed_since: bool,
+                             replay: bool) -> None:
+    assert replay_on_reconnect(bonded=bonded, notifying=notifying,
+                               subscribed_since=subscribed_since) is replay, why
+
+
+def co2(packet: bytes) -> int:
+    return int(struct.unpack_from("<H", packet)[0])
+
+
+def app_of(portal: BlePortal) -> GattApplication:
+    app = portal.peripheral.steps.application.app
+    assert app is not None
+    return app
+
+
+async def bonded_visit(bluez: FakeBluez) -> FakeCentral:
+    central = await bluez.connect_central(address=PHONE)
+    bluez.adapter().set_paired(PHONE, bonded=True)
+    return central
+
+
+async def test_a_bonded_phone_back_gets_the_current_value_once(bus_address: str) -> None:
+    async with FakeBluez.serve(bus_address, keep_bonded_ccc=True) as bluez:
+        rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_NOTIFY_MODE="signal"))
+        # every step done (devices followed): the first visit is seen as it happens
+        await status_until(rig.portal, lambda s: s["state"] == "serving")
+        try:
+            rig.portal.publish_env(20.0, 80.0, 900, 1)
+            central = await bonded_visit(bluez)
+            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+            await central.subscribe(ENV)
+            assert co2((await central.next_notification(ENV)).value) == 900
+            await central.disconnect()
+            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            assert rig.portal.get_status()["subscriptions"]["env_measurements"]  # kept
+            rig.portal.publish_env(20.0, 80.0, 950, 1)  # while the phone is away
+            await eventually(lambda: rig.portal.get_status()["characteristics"][
+                "env_measurements"]["pending"] == 0)
+            # second visit: enabling the same CCC again reaches bluetoothd only
+            back = await bluez.connect_central(address=PHONE)
+            await back.subscribe(ENV)
+            packet = await back.next_notification(ENV, timeout=5.0)
+            assert co2(packet.value) == 950  # the value published while it was away
+            await eventually(lambda: app_of(rig.portal).replay_looks >= 1)
+            rig.portal.publish_env(20.0, 80.0, 960, 1)
+            assert co2((await back.next_notification(ENV)).value) == 960  # no second copy
+            assert [co2(n.value) for n in back.notifications(ENV)] == [950, 960]
+        finally:
+            await trio.to_thread.run_sync(rig.portal.stop)
+
+
+async def test_a_phone_that_subscribes_anew_gets_it_once(bus_address: str) -> None:
+    """Without kept CCC values the bonded phone subscribes anew: StartNotify pushes the
+    value, the reconnect look finds that and pushes nothing more."""
+    async with FakeBluez.serve(bus_address, keep_bonded_ccc=False) as bluez:
+        rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_NOTIFY_MODE="signal"))
+        # every step done (devices followed): the first visit is seen as it happens
+        await status_until(rig.portal, lambda s: s["state"] == "serving")
+        try:
+            rig.portal.publish_env(20.0, 80.0, 900, 1)
+            central = await bonded_visit(bluez)
+            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+            await central.subscribe(ENV)
+            await central.next_notification(ENV)
+            await central.disconnect()
+            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            back = await bluez.connect_central(address=PHONE)
+            await back.subscribe(ENV)
+            assert co2((await back.next_notification(ENV)).value) == 900
+            await eventually(lambda: app_of(rig.portal).replay_looks >= 1)
+            rig.portal.publish_env(20.0, 80.0, 960, 1)
+            assert co2((await back.next_notification(ENV)).value) == 960
+            assert [co2(n.value) for n in back.notifications(ENV)] == [900, 960]
+        finally:
+            await trio.to_thread.run_sync(rig.portal.stop)
