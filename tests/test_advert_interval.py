@@ -65,6 +65,20 @@ def test_interval_at(why: str, settings: IntervalSettings, until: float | None, 
     assert interval_at(settings, until, now, fallback) == expected, why
 
 
+@pytest.mark.parametrize(
+    ("why", "settings", "until", "expected"),
+    [
+        ("a bluetoothd that would drop them: none asked for", ON, 130.0, Interval("ignored")),
+        ("after the fast period too", ON, None, Interval("ignored")),
+        ("switched off says switched off", OFF, 130.0, Interval("default")),
+    ],
+)
+def test_interval_at_on_a_bluetoothd_that_ignores_them(
+    why: str, settings: IntervalSettings, until: float | None, expected: Interval
+) -> None:
+    assert interval_at(settings, until, 5.0, None, honoured=False) == expected, why
+
+
 def test_a_refusal_is_about_the_interval_only_when_one_was_asked_for() -> None:
     reason = fallback_reason(Interval("fast", 20), "org.bluez.Error.Failed: nope")
     assert reason is not None and "20 ms" in reason and "default" in reason
@@ -176,16 +190,28 @@ async def test_a_bluetoothd_that_refuses_the_intervals_gets_its_default_once_and
         await trio.to_thread.run_sync(stopper.pop().stop)
 
 
-async def test_a_bluetoothd_that_ignores_them_still_advertises(
+async def test_a_bluetoothd_that_ignores_them_is_asked_for_none_and_says_so(
     bus_address: str, stopper: list[BlePortal]
 ) -> None:
-    """Before 5.77 without -E bluetoothd parses the properties as absent: nothing to see
-    over D-Bus, so only `mushpi-ble check` (from the version) can say so."""
+    """Before 5.77 without -E bluetoothd parses the properties as absent, and hides
+    SupportedCapabilities with them: the advertiser asks for nothing, says why, and
+    does not re-register when a fast period would end or begin."""
     async with FakeBluez.serve(bus_address, advert_intervals="ignored") as bluez:
-        rig = await serve(bus_address, bluez, stopper)
-        await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
-        assert on_air(bluez) is None
-        assert bluez.adapter().advertising.registered()[0].properties["MinInterval"] == 20
+        rig = await serve(bus_address, bluez, stopper, MUSHPI_BLE_ADVERT_FAST_S="1")
+        status = await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
+        state = interval(status)
+        assert state["phase"] == "ignored" and state["asked_ms"] is None
+        assert "before 5.77" in state["in_force"] and "-E" in state["in_force"]
+        advert = bluez.adapter().advertising.registered()[0]
+        assert "MinInterval" not in advert.properties and on_air(bluez) is None
+        central = await bluez.connect_central(address="11:22:33:44:55:01")
+        await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+        await central.disconnect()
+        await status_until(rig.portal, lambda s: s["connection_count"] == 0
+                           and s["advert_state"] == "advertising")
+        await trio.sleep(1.5)  # past where a fast period would have ended
+        assert interval(rig.portal.get_status())["phase"] == "ignored"
+        assert bluez.adapter().advertising.registrations <= 2
         await trio.to_thread.run_sync(stopper.pop().stop)
 
 

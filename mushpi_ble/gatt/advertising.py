@@ -94,6 +94,10 @@ class AdvertisingCapabilities:
     max_scan_rsp_len: int = LEGACY_MAX
     min_tx_power: int = -127
     max_tx_power: int = 20
+    honours_intervals: bool = True
+    """MinInterval/MaxInterval reach the controller: bluetoothd 5.77 and newer, or older
+    ones with -E. The same switch shows SupportedCapabilities (one commit, 7e028287a,
+    made both stable), so its absence says the intervals would be parsed as nothing."""
 
     @classmethod
     def from_properties(cls, props: Mapping[str, Any]) -> AdvertisingCapabilities:
@@ -108,6 +112,7 @@ class AdvertisingCapabilities:
             max_scan_rsp_len=int(caps.get("MaxScnRspLen", LEGACY_MAX)),
             min_tx_power=int(caps.get("MinTxPower", -127)),
             max_tx_power=int(caps.get("MaxTxPower", 20)),
+            honours_intervals="SupportedCapabilities" in props,
         )
 
 

@@ -9,8 +9,9 @@ is still in the room) and whenever a pairing window opens, and slow otherwise.
 
 bluetoothd takes ``MinInterval``/``MaxInterval`` (ms) on ``LEAdvertisement1``: stable
 from 5.77, before that only with ``-E`` (experimental) and silently ignored without
-it. A bluetoothd (or kernel) that refuses them gets the advert without them once,
-and the reason is kept: :func:`fallback_reason`. No trio, no D-Bus: :mod:`.advertiser`
+it — such a bluetoothd also hides ``SupportedCapabilities``, so the advertiser knows
+and asks for nothing ("ignored"). A bluetoothd (or kernel) that refuses them gets the
+advert without them once, and the reason is kept: :func:`fallback_reason`. No trio, no D-Bus: :mod:`.advertiser`
 executes these decisions.
 """
 
@@ -40,7 +41,8 @@ class Interval:
     (its default, about 1.28 s on Linux)."""
 
     phase: str
-    """"fast", "slow", "default" (switched off) or "fallback" (refused: bluetoothd's own)."""
+    """"fast", "slow", "default" (switched off), "ignored" (this bluetoothd would drop
+    them) or "fallback" (refused: bluetoothd's own)."""
     ms: int | None = None
 
     @property
@@ -85,10 +87,13 @@ def fast_until(settings: IntervalSettings, current: float | None, event: Interva
 
 
 def interval_at(settings: IntervalSettings, until: float | None, now: float,
-                fallback: str | None) -> Interval:
-    """The interval to register the advert with at ``now``."""
+                fallback: str | None, *, honoured: bool = True) -> Interval:
+    """The interval to register the advert with at ``now``; ``honoured``: bluetoothd
+    passes the intervals on (see :attr:`AdvertisingCapabilities.honours_intervals`)."""
     if not settings.enabled:
         return Interval("default")
+    if not honoured:
+        return Interval("ignored")
     if fallback is not None:
         return Interval("fallback")
     if until is not None and now < until:
@@ -108,6 +113,9 @@ def fallback_reason(asked: Interval, error: str) -> str | None:
 def in_force(interval: Interval) -> str:
     """The interval in plain words, for ``get_status()``, the live view and ``check``."""
     if interval.ms is None:
-        why = "switched off" if interval.phase == "default" else "the interval was refused"
+        why = {"default": "switched off",
+               "ignored": "this bluetoothd ignores MinInterval/MaxInterval: before 5.77 "
+                          "they need bluetoothd -E"}.get(interval.phase,
+                                                         "the interval was refused")
         return f"bluetoothd's default (about 1.28 s; {why})"
     return f"{interval.phase} {interval.on_air_ms:g} ms"

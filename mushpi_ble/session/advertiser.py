@@ -222,7 +222,8 @@ class Advertiser(Step):
 
     def _pace_again(self, reason: str) -> None:
         wanted = pace.interval_at(self._intervals, self._fast_until, trio.current_time(),
-                                  self.interval_fallback)
+                                  self.interval_fallback,
+                                  honoured=self._capabilities.honours_intervals)
         if wanted != self.interval and self._facts().on_duty:
             self.host.redo(self, reason)
 
@@ -300,7 +301,8 @@ class Advertiser(Step):
     # -- the plan and the name ----------------------------------------------------------------
     def _plan(self) -> AdvertPlan:
         self.interval = pace.interval_at(self._intervals, self._fast_until, trio.current_time(),
-                                         self.interval_fallback)
+                                         self.interval_fallback,
+                                         honoured=self._capabilities.honours_intervals)
         plan = plan_advertisement(self._name(), self._service_uuid, self._capabilities,
                                   self._tx_power, self.interval.ms)
         if plan.left_out and plan.left_out != self.left_out:

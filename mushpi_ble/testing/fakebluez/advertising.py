@@ -286,10 +286,14 @@ class AdvertisingManager:
             Property("SupportedInstances", "y",
                      get=lambda: max(0, cfg.supported_instances - len(self.adverts))),
             Property("SupportedIncludes", "as", get=lambda: list(cfg.supported_includes)),
-            Property("SupportedFeatures", "as",
-                     get=lambda: ["CanSetTxPower"] if cfg.can_set_tx_power else []),
-            Property("SupportedCapabilities", "a{sv}", get=self._capabilities),
         ]
+        if cfg.advert_intervals != "ignored":
+            # before 5.77 without -E: experimental, hidden with the intervals' parsers
+            props += [
+                Property("SupportedFeatures", "as",
+                         get=lambda: ["CanSetTxPower"] if cfg.can_set_tx_power else []),
+                Property("SupportedCapabilities", "a{sv}", get=self._capabilities),
+            ]
         if cfg.secondary_channels:
             props.insert(3, Property("SupportedSecondaryChannels", "as",
                                      get=lambda: list(cfg.secondary_channels)))
