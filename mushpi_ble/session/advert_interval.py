@@ -11,8 +11,8 @@ bluetoothd takes ``MinInterval``/``MaxInterval`` (ms) on ``LEAdvertisement1``: s
 from 5.77, before that only with ``-E`` (experimental) and silently ignored without
 it — such a bluetoothd also hides ``SupportedCapabilities``, so the advertiser knows
 and asks for nothing ("ignored"). A bluetoothd (or kernel) that refuses them gets the
-advert without them once, and the reason is kept: :func:`fallback_reason`. No trio, no D-Bus: :mod:`.advertiser`
-executes these decisions.
+advert without them once, and the reason is kept: :func:`fallback_reason`. No trio,
+no D-Bus: :mod:`.advertiser` executes these decisions.
 """
 
 from __future__ import annotations
