@@ -20,20 +20,25 @@ PHONE = "11:22:33:44:55:66"
 
 
 @pytest.mark.parametrize(
-    ("why", "bonded", "notifying", "subscribed_since", "replay"),
+    ("why", "bonded", "notifying", "subscribed_since", "sent_since", "replay"),
     [
         ("bluetoothd kept a bonded phone's subscription: the push once", True, True, False,
-         True),
-        ("the phone subscribed anew (StartNotify): pushed already", True, True, True, False),
-        ("an unbonded phone's CCC goes with the link: it subscribes anew", False, True, False,
+         False, True),
+        ("the phone subscribed anew (StartNotify): pushed already", True, True, True, False,
          False),
-        ("nobody subscribed, as far as bluetoothd tells us", True, False, False, False),
+        ("a value went out since it came back: it has the current one", True, True, False,
+         True, False),
+        ("an unbonded phone's CCC goes with the link: it subscribes anew", False, True, False,
+         False, False),
+        ("nobody subscribed, as far as bluetoothd tells us", True, False, False, False,
+         False),
     ],
 )
 def test_replay_on_reconnect(why: str, bonded: bool, notifying: bool, subscribed_since: bool,
-                             replay: bool) -> None:
+                             sent_since: bool, replay: bool) -> None:
     assert replay_on_reconnect(bonded=bonded, notifying=notifying,
-                               subscribed_since=subscribed_since) is replay, why
+                               subscribed_since=subscribed_since,
+                               sent_since=sent_since) is replay, why
 
 
 def co2(packet: bytes) -> int:

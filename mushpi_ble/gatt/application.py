@@ -241,14 +241,16 @@ class GattApplication:
         # bluetoothd's StartNotify may overtake the Device1 signal of the same connect, so
         # one since the last central left counts as this phone's (StartNotify names none)
         since = self._last_left
+        connected = trio.current_time()
         await trio.sleep(settle)
         replayed = []
         for state in self._states.values():
             if state.spec.on_subscribe is None:
                 continue
             fresh = state.last_start_notify is not None and state.last_start_notify >= since
+            sent = state.last_sent is not None and state.last_sent >= connected
             if replay_on_reconnect(bonded=central.bonded, notifying=state.notifying,
-                                   subscribed_since=fresh):
+                                   subscribed_since=fresh, sent_since=sent):
                 replayed.append(state.spec.label)
                 self._start_subscribe_hook(state)
         self.replay_looks += 1
@@ -309,6 +311,7 @@ class GattApplication:
             await self._conn.emit_properties_changed(state.path, GATT_CHARACTERISTIC_IFACE,
                                                      {"Value": value})
             state.notifications_sent += 1
+            state.last_sent = trio.current_time()
             return True
         return self._sockets.offer(state, value)
 
