@@ -80,10 +80,16 @@ def test_interval_at_on_a_bluetoothd_that_ignores_them(
 
 
 def test_a_refusal_is_about_the_interval_only_when_one_was_asked_for() -> None:
-    reason = fallback_reason(Interval("fast", 20), "org.bluez.Error.Failed: nope")
+    reason = fallback_reason(Interval("fast", 20), "org.bluez.Error.Failed", "nope")
     assert reason is not None and "20 ms" in reason and "default" in reason
-    assert fallback_reason(Interval("fallback"), "org.bluez.Error.Failed: nope") is None
-    assert fallback_reason(Interval("default"), "org.bluez.Error.Failed: nope") is None
+    assert fallback_reason(Interval("fallback"), "org.bluez.Error.Failed", "nope") is None
+    assert fallback_reason(Interval("default"), "org.bluez.Error.Failed", "nope") is None
+    assert fallback_reason(Interval("slow", 418), "org.bluez.Error.InvalidArguments") is not None
+    # seen on a loaded 5.66: a registration past its deadline, retried: not the interval
+    assert fallback_reason(Interval("fast", 20), "org.bluez.Error.AlreadyExists",
+                           "Already Exists") is None
+    assert fallback_reason(Interval("fast", 20), "org.bluez.Error.NotPermitted",
+                           "Maximum advertisements reached") is None
 
 
 def test_the_default_slow_interval_is_apples_417_5_ms_on_the_air() -> None:

@@ -87,6 +87,42 @@ async def test_a_bonded_phone_back_gets_the_current_value_once(bus_address: str)
             await trio.to_thread.run_sync(rig.portal.stop)
 
 
+async def test_a_bonded_phone_back_gets_it_through_the_socket_bluetoothd_kept(
+        bus_address: str) -> None:
+    """bluetoothd 5.66 with notify sockets (the default): its one socket per
+    characteristic stays open while a bonded phone is away (its CCC is kept), no
+    AcquireNotify comes when it is back, and the value published meanwhile went
+    nowhere; the push goes into that socket once (seen in the VM lab on 5.66)."""
+    async with FakeBluez.serve(bus_address, keep_bonded_ccc=True,
+                               notify_socket_per_device=False) as bluez:
+        rig = await start_rig(bus_address, bluez, make_settings())
+        await status_until(rig.portal, lambda s: s["state"] == "serving")
+        try:
+            rig.portal.publish_env(20.0, 80.0, 900, 1)
+            central = await bonded_visit(bluez)
+            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+            await central.subscribe(ENV)
+            assert co2((await central.next_notification(ENV)).value) == 900
+            app = app_of(rig.portal)
+            acquired = app.state("env_measurements").sockets_acquired
+            await central.disconnect()
+            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            rig.portal.publish_env(20.0, 80.0, 950, 1)  # while the phone is away
+            await eventually(lambda: rig.portal.get_status()["characteristics"][
+                "env_measurements"]["pending"] == 0)
+            back = await bluez.connect_central(address=PHONE)
+            await back.subscribe(ENV)
+            packet = await back.next_notification(ENV, timeout=5.0)
+            assert co2(packet.value) == 950
+            assert app.state("env_measurements").sockets_acquired == acquired
+            await eventually(lambda: app.replay_looks >= 1)
+            rig.portal.publish_env(20.0, 80.0, 960, 1)
+            assert co2((await back.next_notification(ENV)).value) == 960  # no second copy
+            assert [co2(n.value) for n in back.notifications(ENV)] == [950, 960]
+        finally:
+            await trio.to_thread.run_sync(rig.portal.stop)
+
+
 async def test_a_phone_that_subscribes_anew_gets_it_once(bus_address: str) -> None:
     """Without kept CCC values the bonded phone subscribes anew: StartNotify pushes the
     value, the reconnect look finds that and pushes nothing more."""

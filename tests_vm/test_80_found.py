@@ -46,9 +46,10 @@ from mushpi_ble.protocol import CHARACTERISTIC_UUIDS, EnvMeasurement
 from mushpi_ble.protocol.table import CHARACTERISTICS
 
 ONCE = "runs once per generation, in the classic (att) pass"
-# hci0's advertising parameters as btmon prints them: the minimum interval in ms.
+# hci0's advertising parameters as btmon prints them (the name cut to fit: "LE Set Ext.."
+# or "LE Set Exte.."): the minimum interval in ms.
 ADV_PARAMS = re.compile(
-    r"< HCI Command: LE Set Exte[^\n]*\(0x08\|0x0036\)[^\n]*\[hci0\][^\n]*\n"
+    r"< HCI Command: LE Set Ext[^\n]*\(0x08\|0x0036\)[^\n]*\[hci0\][^\n]*\n"
     r"(?:\s+[^\n]*\n){0,8}?\s+Min advertising interval: ([0-9.]+) msec")
 DIS_UUID = "0000180a-0000-1000-8000-00805f9b34fb"
 DIS_STRINGS = {"00002a29-0000-1000-8000-00805f9b34fb": "manufacturer",

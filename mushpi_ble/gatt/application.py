@@ -247,6 +247,17 @@ class GattApplication:
         for state in self._states.values():
             if state.spec.on_subscribe is None:
                 continue
+            pipe = state.sockets.get(central.path)
+            if pipe is not None:
+                # bluetoothd kept this phone's socket open while it was away (5.66: the
+                # one shared socket, held by its kept CCC): the same push, into it
+                kept_sent = pipe.last_offered is not None and pipe.last_offered >= connected
+                if replay_on_reconnect(bonded=central.bonded, notifying=not pipe.closed,
+                                       subscribed_since=pipe.opened_at >= since,
+                                       sent_since=kept_sent):
+                    replayed.append(state.spec.label)
+                    self._sockets.push_subscribe(state, central.path)
+                continue
             fresh = state.last_start_notify is not None and state.last_start_notify >= since
             sent = state.last_sent is not None and state.last_sent >= connected
             if replay_on_reconnect(bonded=central.bonded, notifying=state.notifying,

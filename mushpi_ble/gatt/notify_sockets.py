@@ -157,6 +157,14 @@ class NotifySockets:
                 _PUSH_TO.reset(token)
         return theirs, mtu
 
+    def push_subscribe(self, state: CharacteristicState, device: str) -> None:
+        """A first subscribe's push, again, into ``device``'s socket only."""
+        token = _PUSH_TO.set(device)
+        try:
+            self._start_subscribe_hook(state)
+        finally:
+            _PUSH_TO.reset(token)
+
     async def _close_sent_end(self, theirs: socket.socket) -> None:
         """Close our copy of bluetoothd's end once the reply carrying it has left, so
         bluetoothd's close reaches us as EOF."""

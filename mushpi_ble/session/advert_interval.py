@@ -101,11 +101,19 @@ def interval_at(settings: IntervalSettings, until: float | None, now: float,
     return Interval("slow", settings.slow_ms)
 
 
-def fallback_reason(asked: Interval, error: str) -> str | None:
+INTERVAL_REFUSALS = ("org.bluez.Error.InvalidArguments", "org.bluez.Error.Failed")
+"""What bluetoothd answers when it cannot take the intervals: a parse error, or the
+kernel refusing the advertising parameters. Anything else (AlreadyExists after a
+registration that overran its deadline, NotPermitted for no free instance) is
+about the advert, not its interval."""
+
+
+def fallback_reason(asked: Interval, error_name: str, error_text: str = "") -> str | None:
     """A refused registration that asked for an interval: why the advert goes without
     one from now on (None: the refusal is not about the interval)."""
-    if asked.ms is None:
+    if asked.ms is None or error_name not in INTERVAL_REFUSALS:
         return None
+    error = f"{error_name}: {error_text}" if error_text else error_name
     return (f"bluetoothd refused the advertisement with MinInterval/MaxInterval "
             f"{asked.ms} ms ({error}); advertising at bluetoothd's default interval instead")
 

@@ -186,7 +186,7 @@ class Advertiser(Step):
         try:
             await self.advert.register(adapter, timeout=self._timeout)
         except DBusError as exc:
-            reason = pace.fallback_reason(self.interval, f"{exc.name}: {exc.text}")
+            reason = pace.fallback_reason(self.interval, exc.name, exc.text)
             if reason is None or not exc.name.startswith(ERROR_PREFIX + "."):
                 raise
             self.interval_fallback = reason
