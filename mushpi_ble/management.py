@@ -97,6 +97,10 @@ class Management:
         try:
             result = await self._conn.request_name(BUS_NAME, NAME_DO_NOT_QUEUE)
         except DBusError as exc:
+            # the policy lets another user own it: a peripheral of that user's may hold it
+            if await self._conn.call_bus("NameHasOwner", "s", (BUS_NAME,)):
+                await self._beside_another()
+                return
             self.status.state = (f"unavailable: the bus refused the name {BUS_NAME} "
                                  f"({exc.name}); install the D-Bus policy "
                                  "(mushpi-ble dbus-policy)")
@@ -107,18 +111,23 @@ class Management:
             self.status.state = "serving"
             log.info("management interface serving name=%s path=%s", BUS_NAME, PATH)
         else:
-            other = await self._other_owner()
-            if other.adapter in ("", self.adapter):
-                raise AlreadyServing(
-                    f"another mushpi-ble peripheral already serves adapter "
-                    f"{other.adapter or self.adapter} ({BUS_NAME} is owned by "
-                    f"{other.describe()}): stop it first; two would register two GATT "
-                    "applications and adverts on one adapter")
-            self.status.state = (f"unavailable: {BUS_NAME} is owned by the peripheral of "
-                                 f"adapter {other.adapter} ({other.describe()})")
-            log.warning("management interface unavailable: name %s belongs to the "
-                        "peripheral of adapter %s (%s)", BUS_NAME, other.adapter,
-                        other.describe())
+            await self._beside_another()
+
+    async def _beside_another(self) -> None:
+        """Another process owns :data:`BUS_NAME`: on our adapter (or one it does not
+        tell us, e.g. its user's policy keeps us from asking) we must not start."""
+        other = await self._other_owner()
+        if other.adapter in ("", self.adapter):
+            raise AlreadyServing(
+                f"another mushpi-ble peripheral already serves adapter "
+                f"{other.adapter or self.adapter} ({BUS_NAME} is owned by "
+                f"{other.describe()}): stop it first; two would register two GATT "
+                "applications and adverts on one adapter")
+        self.status.state = (f"unavailable: {BUS_NAME} is owned by the peripheral of "
+                             f"adapter {other.adapter} ({other.describe()})")
+        log.warning("management interface unavailable: name %s belongs to the "
+                    "peripheral of adapter %s (%s)", BUS_NAME, other.adapter,
+                    other.describe())
 
     async def _other_owner(self) -> _Owner:
         """Who owns :data:`BUS_NAME`: its process and the adapter it serves ("" when it

@@ -8,8 +8,11 @@ import json
 import os
 import pwd
 import re
+import shutil
 import struct
-from collections.abc import AsyncIterator
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -200,6 +203,67 @@ async def test_a_second_peripheral_on_the_same_adapter_refuses_to_start(
         await beside.start()
         assert beside.status.state.startswith(
             f"unavailable: {BUS_NAME} is owned by the peripheral of adapter hci0 (process ")
+
+
+# A peripheral of another user: owns the management name as the policy lets that user,
+# answers nothing (as one whose policy keeps the caller out would not either).
+OTHER_USERS_PERIPHERAL = """
+import sys
+from jeepney import new_error
+from jeepney.bus_messages import message_bus
+from jeepney.io.blocking import open_dbus_connection
+from jeepney.low_level import MessageType
+conn = open_dbus_connection(sys.argv[1])
+conn.send_and_get_reply(message_bus.RequestName(sys.argv[2], 4))
+print("owned", flush=True)
+while True:
+    msg = conn.receive()
+    if msg.header.message_type == MessageType.method_call:
+        conn.send(new_error(msg, "org.freedesktop.DBus.Error.AccessDenied"))
+"""
+
+
+@contextlib.contextmanager
+def another_users_peripheral(address: str, user: str) -> Iterator[int]:
+    """A process running as ``user`` that owns :data:`BUS_NAME` on the bus at ``address``
+    (Debian's python3 with a copy of jeepney it may read); yields its pid."""
+    import jeepney
+
+    socket_dir = Path(address.split("path=", 1)[1].split(",")[0]).parent
+    socket_dir.chmod(0o755)
+    with tempfile.TemporaryDirectory(prefix="mushpi-other-") as tmp:
+        shutil.copytree(Path(jeepney.__file__).parent, Path(tmp) / "jeepney")
+        for path in [Path(tmp), *Path(tmp).rglob("*")]:
+            path.chmod(0o755)
+        proc = subprocess.Popen(
+            ["setpriv", f"--reuid={user}", "--regid=nogroup", "--clear-groups",
+             "/usr/bin/python3", "-c", OTHER_USERS_PERIPHERAL, address, BUS_NAME],
+            stdout=subprocess.PIPE, text=True, env={"PYTHONPATH": tmp})
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "owned"
+            yield proc.pid
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+                    reason="runs another user's process: needs root and Debian's python3")
+async def test_a_peripheral_the_policy_keeps_from_the_name_still_stops_beside_another(
+) -> None:
+    """A grower's `serve` beside the controller's unit: the policy lets only the
+    service user own the name, so the second is refused the name itself — it must
+    still see who holds it and refuse to start, not serve a second application."""
+    # the service user's policy, where we (root here) stand for a user it does not name
+    policy = policy_file("nobody").replace(
+        f'<policy user="root">\n    <allow own="{BUS_NAME}"/>', '<policy user="root">')
+    assert policy.count("<allow own=") == 1
+    with private_bus(system_policy=policy) as address, \
+            another_users_peripheral(address, "nobody") as pid:
+        async with open_connection(address) as conn:
+            with pytest.raises(AlreadyServing) as refused:
+                await Management(conn, _Controls(), adapter="hci0").start()
+    assert f"process {pid}" in str(refused.value) and "adapter hci0" in str(refused.value)
 
 
 def test_the_policy_file_lets_the_service_user_own_and_root_call() -> None:

@@ -276,6 +276,54 @@ def test_05c_status_and_pair_reach_the_service_under_systemd() -> None:
         assert waited.returncode == 1 and "refused" in waited.stderr + waited.stdout
 
 
+def test_05d_journalctl_p_warning_shows_the_warnings() -> None:
+    """The README: `journalctl -u <unit> -p warning` shows our warnings (serve's first
+    line says its controller is simulated)."""
+    warnings = sh("journalctl", "--no-pager", "-b", "-u", UNIT, "-p", "warning").stdout
+    assert "SIMULATED controller" in warnings, warnings
+    info = sh("journalctl", "--no-pager", "-b", "-u", UNIT, "-p", "info").stdout
+    assert "serving name=" in info and "serving name=" not in warnings
+
+
+GROWER = "grower"
+GROWER_VENV = Path(f"/home/{GROWER}/mushpi")
+
+
+def as_grower(*argv: str, check: bool = True, timeout: float = 300
+              ) -> subprocess.CompletedProcess[str]:
+    """A command as the grower would type it: their user, their home directory."""
+    return sh("runuser", "-u", GROWER, "--", "sh", "-c", 'cd && exec "$@"', "sh", *argv,
+              check=check, timeout=timeout)
+
+
+def test_05e_the_growers_venv_as_the_readme_makes_it() -> None:
+    """`python3 -m venv ~/mushpi && ~/mushpi/bin/pip install mushpi-ble` as a user in the
+    bluetooth group (offline here: from the lab's wheelhouse and wheel, no PyPI)."""
+    sh("useradd", "--create-home", "--groups", "bluetooth", GROWER)
+    wheels = Path("/tmp/grower-wheels")
+    wheels.mkdir(exist_ok=True)
+    for wheel in [*Path(WHEELHOUSE).glob("*.whl"), *(JOB / "wheel").glob("mushpi_ble-*.whl")]:
+        (wheels / wheel.name).write_bytes(wheel.read_bytes())
+    started = time.monotonic()
+    as_grower("python3", "-m", "venv", str(GROWER_VENV))
+    as_grower(str(GROWER_VENV / "bin/pip"), "install", "-q", "--no-index", "--find-links",
+              str(wheels), "mushpi-ble")
+    figure("grower_venv_s", round(time.monotonic() - started, 1))
+    assert as_grower(str(GROWER_VENV / "bin/mushpi-ble"), "--version").stdout.startswith(
+        "mushpi-ble ")
+
+
+def test_05f_the_growers_serve_beside_the_unit_refuses_and_names_it() -> None:
+    """Only one peripheral serves an adapter, also when the second is another user's whom
+    the policy keeps from the management name: it refuses, naming the unit's process."""
+    pid = show(UNIT, "MainPID")["MainPID"]
+    done = as_grower(str(GROWER_VENV / "bin/mushpi-ble"), "serve", check=False, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "already serves adapter hci0" in done.stderr and f"process {pid}" in done.stderr, \
+        done.stderr
+    assert show(UNIT, "ActiveState")["ActiveState"] == "active"
+
+
 def rfkill_soft(adapter: str) -> bool:
     switch = next(Path(f"/sys/class/bluetooth/{adapter}").glob("rfkill*"))
     return (switch / "soft").read_text().strip() == "1"
@@ -351,6 +399,42 @@ def test_10_stop_is_clean_and_bounded() -> None:
     figure("portal_stop_ms", int(stopped.group(1)))
 
 
+async def _grower_serves_while_scanning() -> tuple[float, int, str]:
+    """Scan on hci1, start the grower's `~/mushpi/bin/mushpi-ble serve` in the
+    foreground, wait for its advert, then Ctrl-C it: (seconds to the advert, its exit
+    code, its output)."""
+    found = asyncio.Event()
+
+    def seen(_device: BLEDevice, adv: AdvertisementData) -> None:
+        if SERVICE_UUID in {u.lower() for u in adv.service_uuids}:
+            found.set()
+
+    scanner = BleakScanner(detection_callback=seen, bluez={"adapter": "hci1"})
+    await scanner.start()
+    serve = subprocess.Popen(["runuser", "-u", GROWER, "--", str(GROWER_VENV / "bin/mushpi-ble"),
+                              "serve"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, cwd=f"/home/{GROWER}")
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(found.wait(), 90)
+        advert_s = time.monotonic() - started
+    finally:
+        await scanner.stop()
+        serve.send_signal(signal.SIGINT)
+    out, _ = serve.communicate(timeout=60)
+    return advert_s, serve.returncode, out
+
+
+def test_10b_the_grower_serves_in_the_foreground() -> None:
+    """The README's grower: `~/mushpi/bin/mushpi-ble serve` as a bluetooth-group user,
+    no unit, no setup of its own; phones see it; Ctrl-C ends it cleanly."""
+    advert_s, code, out = asyncio.run(_grower_serves_while_scanning())
+    figure("grower_serve_to_advert_s", round(advert_s, 2))
+    print(out)
+    assert code == 0, out
+    assert "SIMULATED controller" in out.splitlines()[0], out
+
+
 def test_11_remove_leaves_nothing_of_ours() -> None:
     done = sh(CLI, "setup", "--remove")
     print(done.stdout)
@@ -368,6 +452,16 @@ def test_12_a_grower_tries_it_with_one_command() -> None:
     sh(CLI, "setup", "--remove")
     assert show(STANDALONE, "LoadState")["LoadState"] == "not-found"
     assert system_state() == BEFORE
+
+
+def test_13_pip_uninstall_takes_the_package_out() -> None:
+    """The README's last line. The lab's /opt venv has no pip of its own (see test_01):
+    the lab's pip uninstalls from it, as `/opt/…/bin/pip uninstall` would."""
+    sh(sys.executable, "-m", "pip", "--python", str(PREFIX / "bin/python"), "uninstall", "-y",
+       "mushpi-ble", timeout=300)
+    assert not Path(CLI).exists()
+    sh(str(PREFIX / "bin/python"), "-c", "import importlib.util, sys; "
+       "sys.exit(importlib.util.find_spec('mushpi_ble') is not None)")
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -10,7 +10,7 @@
 TRIXIE_INCLUDE=bluez,bluez-test-tools,dbus,dbus-daemon,python3,python3-venv,kmod,busybox-static,rfkill
 
 prepare_generation() {
-    local mirror tdir aptdir apt_opts kpkg kver kdir d rhash root tmp reqs vhash venv
+    local mirror tdir aptdir apt_opts kpkg kver kdir d rhash root tmp reqs vhash venv bhash btvirt
     local need=()
     command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
     [ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
@@ -79,6 +79,22 @@ prepare_generation() {
             || [ ! -f "${d%/}/.complete" ] && rm -rf "${d%/}"
     done
     GUEST_ROOT=$root
+
+    # -- the emulated radio: trixie's btvirt 5.82 with the one-event mainloop patch
+    # (scripts/vm/build-btvirt says why), ahead of the package's in the guest's PATH
+    bhash=$(cat "$repo/scripts/vm/build-btvirt" "$repo/scripts/vm/btvirt-mainloop-one-event.patch" \
+        | sha256sum | cut -c1-12)
+    btvirt=$tdir/btvirt-$bhash/btvirt
+    if [ ! -x "$btvirt" ]; then
+        command -v gcc >/dev/null 2>&1 || host_packages gcc libc6-dev
+        say "building btvirt 5.82 with the mainloop patch"
+        "$repo/scripts/vm/build-btvirt" "$btvirt" "$mirror" >"$LOGS/btvirt-build.log" 2>&1 \
+            || die_no_vm "could not build the patched btvirt (see $LOGS/btvirt-build.log)"
+        for d in "$tdir"/btvirt-*/; do
+            [ "${d%/}" = "$tdir/btvirt-$bhash" ] || rm -rf "${d%/}"
+        done
+    fi
+    install -D -m 0755 "$btvirt" "$root/usr/local/bin/btvirt"
 
     # -- venv inside the root: the project's dependencies, pytest and bleak on 3.13
     reqs=$(python3 - "$repo/pyproject.toml" <<'EOF'
