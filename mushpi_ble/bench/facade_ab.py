@@ -11,8 +11,11 @@ so its RSS and CPU are its own. Per backend:
 * notify latency, publish → phone receives, at 100 packets/s (paced);
 * busy bus: the producer publishes flat out while a second phone reads
   control_targets in a loop: producer call time p50/p99/max, notifications/s,
-  the age of what the phone sees (publish to receipt of each value it gets) and
-  how many newer values had been published by the time it arrived
+  the age of what the phone sees (publish to receipt of each value it gets),
+  how many newer values had been published by the time it arrived, and the
+  reads, all of them and split into those while the producer publishes and
+  those after, until the phone has the last value (the split compares policies
+  like with like: see :func:`split_reads`)
   (each backend as shipped: bluez-dbus paces a characteristic's notifications,
   ``MUSHPI_BLE_NOTIFY_INTERVAL_MS``, and thins a flat-out burst by its policy;
   the legacy backend hands every value to bluetoothd, which queues what the air
@@ -215,13 +218,13 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     first = PHASE_SEQ["busy"]
     mark = cpu_now()
     stop_reading = trio.Event()
-    busy_reads: list[int] = []
+    busy_reads: list[tuple[float, float]] = []  # (began, ended), CLOCK_MONOTONIC s
 
     async def read_loop() -> None:
         while not stop_reading.is_set():
-            began = time.perf_counter_ns()
+            began = time.monotonic()
             await reader.read(UUID["control_targets"])
-            busy_reads.append(time.perf_counter_ns() - began)
+            busy_reads.append((began, time.monotonic()))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_loop)
@@ -237,7 +240,8 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
         "behind_newest": summary(behind_newest(busy["stamps"], first, phone_seen(first))),
         "received": len(lat), "sent": args.burst,
         "notifications_per_s": len(lat) / span if span > 0 else None,
-        "reads_during_ms": summary(busy_reads, MS),
+        "reads_during_ms": summary([e - b for b, e in busy_reads], 1e3),
+        **split_reads(busy_reads, busy["stamps"]),
     }
 
     # stalled: bluetoothd stops reading its socket
@@ -294,6 +298,28 @@ def behind_newest(stamps: Sequence[float], first: int, seen: dict[int, float]) -
     return out
 
 
+def split_reads(reads: Sequence[tuple[float, float]],
+                stamps: Sequence[float]) -> dict[str, Any]:
+    """The busy phase's reads (each one's start and end) split at the producer's
+    publishing: those that overlap it and those begun after its last publish, while
+    the queue drains.
+
+    The busy phase lasts until the phone has the last value, so its length, and with
+    it the share of reads that overlap the publishing, depends on the policy: a
+    coalescing queue has the last value out within one pacing interval, a queue of
+    stale values drains for hundreds of ms with the producer idle. All reads together
+    are mostly the quiet ones after a burst under drop_oldest and mostly the ones
+    during it under coalesce; each half alone compares like with like."""
+    if not stamps:
+        return {}
+    first, last = stamps[0], stamps[-1]
+    during = [(e - b) * 1e3 for b, e in reads if b <= last and e >= first]
+    after = [(e - b) * 1e3 for b, e in reads if b > last]
+    return {"publishing_ms": (last - first) * 1e3,
+            "reads_while_publishing_ms": summary(during),
+            "reads_after_publishing_ms": summary(after)}
+
+
 def acceptance(result: dict[str, Any]) -> dict[str, bool]:
     reads = result["reads_ms"].values()
     worst_producer = max(result["busy"]["producer_ms"]["max"],
@@ -346,6 +372,14 @@ def print_table(results: dict[str, dict[str, Any]], policy: str | None = None) -
     value_row("received/sent busy", lambda r: r["busy"]["received"] / r["busy"]["sent"])
     value_row("read during busy p50 (ms)", lambda r: r["busy"]["reads_during_ms"]["p50"])
     value_row("read during busy p99 (ms)", lambda r: r["busy"]["reads_during_ms"]["p99"])
+    value_row("producer publishing, busy (ms)", lambda r: r["busy"].get("publishing_ms"), 1)
+    for when in ("while", "after"):
+        for q in ("p50", "p99"):
+            value_row(f"read {when} publishing busy {q} (ms)",
+                      lambda r, w=when, q=q: r["busy"].get(
+                          f"reads_{w}_publishing_ms", {}).get(q))
+        value_row(f"reads {when} publishing busy (count)",
+                  lambda r, w=when: r["busy"].get(f"reads_{w}_publishing_ms", {}).get("n"), 0)
     value_row("stop (s)", lambda r: r["stop_s"], 3)
     value_row("stop, bluetoothd stalled (s)", lambda r: r["stop_stalled_s"], 3)
     value_row("peak RSS (MiB)", lambda r: r["peak_rss_mib"], 1)
