@@ -259,7 +259,8 @@ async def run_notifier(mailbox: Mailbox, emit: Emit, *, slow_publish_s: float,
     policy. bluetoothd queues every signal it cannot put on the air yet, without
     limit, and a loop emitting flat out keeps bluetoothd's own calls waiting
     (``mushpi-ble bench --hostile``, the publish storm). A value after a quiet
-    spell is not delayed.
+    spell is not delayed. Unpaced (0), the notifier still lets the loop's other
+    tasks run between two sends.
     """
     while True:
         payload, offered_at = await mailbox.get()
@@ -278,3 +279,5 @@ async def run_notifier(mailbox: Mailbox, emit: Emit, *, slow_publish_s: float,
                         mailbox.name, (finished - started) * 1000, slow_publish_s * 1000)
         if min_interval_s > 0:
             await trio.sleep_until(started_loop + min_interval_s)
+        else:  # unpaced: neither a full mailbox nor a socket send waits, so yield here
+            await trio.lowlevel.checkpoint()

@@ -328,3 +328,34 @@ async def test_offers_in_the_loops_own_thread_never_hand_off(
     assert hand_offs == []
 
 
+
+async def test_an_unpaced_notifier_lets_other_tasks_run_between_sends() -> None:
+    """MUSHPI_BLE_NOTIFY_INTERVAL_MS=0: a full mailbox and a send into the notify sockets
+    (which does not wait) must not keep the loop's other tasks (the reads) waiting until
+    the mailbox is empty."""
+    box = Mailbox("env", capacity=8, policy="drop_oldest", put_timeout=0.01)
+    box.attach(trio.lowlevel.current_trio_token())
+    for n in range(5):
+        box.offer(payload(n))
+    ticks = 0
+    ticks_at_send: list[int] = []
+
+    async def emit(value: bytes) -> bool:
+        ticks_at_send.append(ticks)
+        return True
+
+    async def other_task() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        nursery.start_soon(lambda: run_notifier(box, emit, slow_publish_s=1.0))
+        while len(ticks_at_send) < 5:
+            await trio.sleep(0)
+        nursery.cancel_scope.cancel()
+    # each send is one scheduling round apart, and the other task runs once a round
+    # (before or after the notifier, as trio shuffles them): three whole rounds at least
+    assert ticks_at_send[-1] - ticks_at_send[0] >= 3, ticks_at_send
