@@ -145,8 +145,7 @@ class Mailbox:
             if token is None:
                 return Outcome.NOT_RUNNING
             self._offered += 1
-            admission = admit(self._queue, (payload, perf_counter()), self.capacity,
-                              self.policy)
+            admission = admit(self._queue, (payload, perf_counter()), self.capacity, self.policy)
             thinned = admission is not Admission.QUEUED
             if thinned:
                 if admission is Admission.COALESCED:
@@ -250,8 +249,9 @@ class Mailbox:
 Emit = Callable[[bytes], Awaitable[bool]]
 
 
-async def run_notifier(mailbox: Mailbox, emit: Emit, *, slow_publish_s: float,
-                       min_interval_s: float = 0.0) -> None:
+async def run_notifier(
+    mailbox: Mailbox, emit: Emit, *, slow_publish_s: float, min_interval_s: float = 0.0
+) -> None:
     """The one task behind one characteristic: take, emit, count, time.
 
     ``min_interval_s`` paces a burst: the next value goes out no sooner than that
@@ -275,8 +275,12 @@ async def run_notifier(mailbox: Mailbox, emit: Emit, *, slow_publish_s: float,
         finished = time.perf_counter()
         mailbox.latency.observe(finished - offered_at)
         if finished - started > slow_publish_s:
-            log.warning("slow publish characteristic=%s took_ms=%.1f threshold_ms=%.0f",
-                        mailbox.name, (finished - started) * 1000, slow_publish_s * 1000)
+            log.warning(
+                "slow publish characteristic=%s took_ms=%.1f threshold_ms=%.0f",
+                mailbox.name,
+                (finished - started) * 1000,
+                slow_publish_s * 1000,
+            )
         if min_interval_s > 0:
             await trio.sleep_until(started_loop + min_interval_s)
         else:  # unpaced: neither a full mailbox nor a socket send waits, so yield here
