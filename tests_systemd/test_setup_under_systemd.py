@@ -411,9 +411,13 @@ async def _grower_serves_while_scanning() -> tuple[float, int, str]:
 
     scanner = BleakScanner(detection_callback=seen, bluez={"adapter": "hci1"})
     await scanner.start()
-    serve = subprocess.Popen(["runuser", "-u", GROWER, "--", str(GROWER_VENV / "bin/mushpi-ble"),
-                              "serve"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, cwd=f"/home/{GROWER}")
+    # the grower's own process (not under runuser, which keeps Ctrl-C from it)
+    serve = subprocess.Popen([str(GROWER_VENV / "bin/mushpi-ble"), "serve"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             cwd=f"/home/{GROWER}", user=GROWER, group=GROWER,
+                             extra_groups=["bluetooth"],
+                             env={"HOME": f"/home/{GROWER}", "PATH": "/usr/bin:/bin",
+                                  "LANG": "C.UTF-8"})
     started = time.monotonic()
     try:
         await asyncio.wait_for(found.wait(), 90)
@@ -428,7 +432,10 @@ async def _grower_serves_while_scanning() -> tuple[float, int, str]:
 def test_10b_the_grower_serves_in_the_foreground() -> None:
     """The README's grower: `~/mushpi/bin/mushpi-ble serve` as a bluetooth-group user,
     no unit, no setup of its own; phones see it; Ctrl-C ends it cleanly."""
-    advert_s, code, out = asyncio.run(_grower_serves_while_scanning())
+    try:
+        advert_s, code, out = asyncio.run(_grower_serves_while_scanning())
+    finally:
+        sh("userdel", "--remove", GROWER)  # the lab's user: not setup's to undo
     figure("grower_serve_to_advert_s", round(advert_s, 2))
     print(out)
     assert code == 0, out
