@@ -34,6 +34,7 @@ from conftest import (
     btmon_since,
     connect_device,
     device_path,
+    device_prop,
     forget_bond,
     pair_as_central,
     portal_in_place_of_the_lab,
@@ -69,16 +70,10 @@ def intervals_since(offset: int) -> list[float]:
     return [float(m) for m in ADV_PARAMS.findall(btmon_since(offset, timeout=0))]
 
 
-def _prop(bus: SystemBus, path: str, name: str) -> bool:
-    try:
-        return bool(bus.get(path, "org.bluez.Device1", name))
-    except (DBusErrorResponse, TimeoutError):
-        return False
-
 
 def _leave(bus: SystemBus, address: str) -> None:
     path = device_path(address)
-    if _prop(bus, path, "Connected"):
+    if device_prop(bus, path, "Connected"):
         with contextlib.suppress(DBusErrorResponse, TimeoutError):
             bus.call(path, "org.bluez.Device1", "Disconnect", timeout=15)
 
@@ -126,7 +121,7 @@ def central_handles(hub: Hub) -> dict[str, int]:
 def hub_on(system_bus: SystemBus, portal_lab: PortalLab, name: str) -> Iterator[
         tuple[LoopThread, Hub]]:
     path = connect_device(system_bus, portal_lab.address)
-    wait_for(lambda: _prop(system_bus, path, "ServicesResolved"), 40, "ServicesResolved")
+    wait_for(lambda: device_prop(system_bus, path, "ServicesResolved"), 40, "ServicesResolved")
     loop = LoopThread(name)
     hub = Hub(device_at(path, portal_lab.address))
     try:
@@ -194,7 +189,7 @@ def test_a_bonded_central_back_for_a_second_visit_gets_the_current_value(
     try:
         path = connect_device(system_bus, portal_lab.address)
         pair_as_central(path)
-        assert _prop(system_bus, path, "Paired")
+        assert device_prop(system_bus, path, "Paired")
         with hub_on(system_bus, portal_lab, "visit-1") as (loop, hub):
             loop.run(hub.subscribe("env_measurements"), 20)
             loop.run(hub.next_value("env_measurements", 10), 15)  # the first subscribe's
