@@ -246,8 +246,10 @@ class Advertisement(ExportedObject):
             log.log(logging.DEBUG if quiet else logging.WARNING,
                     "advertisement unregister failed error=%s", exc)
 
-    async def update(self, plan: AdvertPlan) -> None:
-        """Apply a new plan live: PropertiesChanged makes bluetoothd re-read it."""
+    async def update(self, plan: AdvertPlan, *, announce: bool = True) -> None:
+        """Apply a new plan; ``announce``: live, with PropertiesChanged making bluetoothd
+        re-read it (False: the next registration reads it; nothing to tell a bluetoothd
+        that does not hold it)."""
         old, self.plan = self.plan, plan
         if not self.exported:
             return
@@ -269,7 +271,7 @@ class Advertisement(ExportedObject):
             growing = old.interval_ms is not None and plan.interval_ms > old.interval_ms
             for key in (("MaxInterval", "MinInterval") if growing else pair):
                 changed[key] = pair[key]
-        if changed or invalidated:
+        if announce and (changed or invalidated):
             await self._conn.emit_properties_changed(self.path, ADVERTISEMENT_IFACE, changed,
                                                      invalidated)
 

@@ -158,14 +158,17 @@ class Advertiser(Step):
         plan = self._plan()
         if self.advert is None:
             self.advert = Advertisement(conn, self._path, plan, on_release=self._released)
-        elif self.advert.plan != plan:
-            await self.advert.update(plan)
         self._set_advertising(False)  # until bluetoothd takes it again
         self._registering = True
         try:
             if self.advert.registered_on is not None:
                 # dropped without a Release: bluetoothd may still hold it
                 await self.advert.unregister(timeout=self._timeout, quiet=True)
+            if self.advert.plan != plan:
+                # only now, unregistered: a PropertiesChanged on an advert bluetoothd
+                # holds, followed at once by its UnregisterAdvertisement, crashed
+                # bluetoothd 5.66 (SIGSEGV in its D-Bus proxy code) in the VM lab
+                await self.advert.update(plan, announce=False)
             await self._watch(adapter)
             await self._register_paced(adapter)
         except ConnectionLost:
@@ -191,7 +194,7 @@ class Advertiser(Step):
                 raise
             self.interval_fallback = reason
             log.warning("advertising interval refused: %s", reason)
-            await self.advert.update(self._plan())
+            await self.advert.update(self._plan(), announce=False)  # refused: not held
             await self.advert.register(adapter, timeout=self._timeout)
         self._pace_changed.set()
 

@@ -271,6 +271,8 @@ class AdvertisingManager:
         self.adverts: list[Advertisement] = []
         self.registrations = 0
         """RegisterAdvertisement calls that succeeded."""
+        self.live_updates: list[tuple[str, ...]] = []
+        """The properties of each PropertiesChanged applied to an advert while held."""
         self.halted = False
         """The controller stopped advertising for a central (``halt_advertising_on_connect``);
         off the air while one is connected, until a new registration."""
@@ -514,6 +516,7 @@ class AdvertisingManager:
         old_timeout = advert.payload.timeout if advert.payload else 0
         advert.variants = variants
         advert.payload = payload
+        self.live_updates.append(tuple(changed) + tuple(invalidated))
         log.info("advertisement updated sender=%s path=%s changed=%s invalidated=%s "
                  "local_name=%r adv_bytes=%d", sender, path, ",".join(changed),
                  ",".join(invalidated), payload.local_name, payload.adv_size)
