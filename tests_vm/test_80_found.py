@@ -19,7 +19,6 @@ import contextlib
 import re
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from conftest import (
@@ -202,8 +201,6 @@ def test_a_bonded_central_back_for_a_second_visit_gets_the_current_value(
             waited = at - subscribed
             metrics.set("found.resubscribe_value_after_s", round(waited, 3))
             assert EnvMeasurement.unpack(value).co2 == 1444
-            status: dict[str, Any] = portal.get_status()
-            metrics.set("found.resubscribe_notify_mode", status.get("notify_mode"))
     finally:
         _leave(system_bus, portal_lab.address)
         forget_bond(system_bus, CENTRAL_ADAPTER, portal_lab.address)
