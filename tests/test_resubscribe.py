@@ -123,6 +123,65 @@ async def test_a_bonded_phone_back_gets_it_through_the_socket_bluetoothd_kept(
             await trio.to_thread.run_sync(rig.portal.stop)
 
 
+async def test_a_bonded_phone_back_without_a_socket_gets_it_as_a_signal(
+        bus_address: str) -> None:
+    """bluetoothd 5.82 with notify sockets (the default): the bonded phone's own socket
+    closes with its link, its CCC stays, and enabling it again asks for no new socket
+    (seen in the VM lab on 5.82); the push goes out as a signal, which bluetoothd sends
+    to every phone whose CCC is on — this one."""
+    async with FakeBluez.serve(bus_address, keep_bonded_ccc=True) as bluez:
+        rig = await start_rig(bus_address, bluez, make_settings())
+        await status_until(rig.portal, lambda s: s["state"] == "serving")
+        try:
+            rig.portal.publish_env(20.0, 80.0, 900, 1)
+            central = await bonded_visit(bluez)
+            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+            await central.subscribe(ENV)
+            assert co2((await central.next_notification(ENV)).value) == 900
+            app = app_of(rig.portal)
+            acquired = app.state("env_measurements").sockets_acquired
+            await central.disconnect()
+            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            await eventually(lambda: not app.state("env_measurements").sockets)
+            rig.portal.publish_env(20.0, 80.0, 950, 1)  # while the phone is away
+            back = await bluez.connect_central(address=PHONE)
+            await back.subscribe(ENV)
+            packet = await back.next_notification(ENV, timeout=5.0)
+            assert co2(packet.value) == 950
+            assert app.state("env_measurements").sockets_acquired == acquired
+            await eventually(lambda: app.replay_looks >= 1)
+            rig.portal.publish_env(20.0, 80.0, 960, 1)
+            assert co2((await back.next_notification(ENV)).value) == 960  # no second copy
+            assert [co2(n.value) for n in back.notifications(ENV)] == [950, 960]
+        finally:
+            await trio.to_thread.run_sync(rig.portal.stop)
+
+
+async def test_in_notify_mode_socket_a_bonded_phone_without_a_socket_is_named(
+        bus_address: str, caplog: pytest.LogCaptureFixture) -> None:
+    """MUSHPI_BLE_NOTIFY_MODE=socket allows no signals: the phone bluetoothd left without
+    a socket is named in a warning (it gets values once it subscribes anew)."""
+    async with FakeBluez.serve(bus_address, keep_bonded_ccc=True) as bluez:
+        rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_NOTIFY_MODE="socket"))
+        await status_until(rig.portal, lambda s: s["state"] == "serving")
+        try:
+            central = await bonded_visit(bluez)
+            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+            await central.subscribe(ENV)
+            await central.next_notification(ENV)
+            await central.disconnect()
+            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            back = await bluez.connect_central(address=PHONE)
+            await back.subscribe(ENV)
+            await eventually(lambda: app_of(rig.portal).replay_looks >= 1)
+            assert [r for r in caplog.records
+                    if "bonded phone back without a notify socket" in r.getMessage()
+                    and "notify mode socket" in r.getMessage()]
+            assert not back.notifications(ENV)
+        finally:
+            await trio.to_thread.run_sync(rig.portal.stop)
+
+
 async def test_a_phone_that_subscribes_anew_gets_it_once(bus_address: str) -> None:
     """Without kept CCC values the bonded phone subscribes anew: StartNotify pushes the
     value, the reconnect look finds that and pushes nothing more."""

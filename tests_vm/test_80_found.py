@@ -213,6 +213,12 @@ def test_a_bonded_central_back_for_a_second_visit_gets_the_current_value(
             waited = at - subscribed
             metrics.set("found.resubscribe_value_after_s", round(waited, 3))
             assert EnvMeasurement.unpack(value).co2 == 1444
+            # and what is published from then on reaches it too
+            portal.publish_env(22.6, 83.5, 1555, 7.0)
+            deadline = time.monotonic() + 10
+            while EnvMeasurement.unpack(value).co2 != 1555:
+                _at, value = loop.run(hub.next_value(
+                    "env_measurements", max(0.1, deadline - time.monotonic())), 15)
     finally:
         _leave(system_bus, portal_lab.address)
         forget_bond(system_bus, CENTRAL_ADAPTER, portal_lab.address)

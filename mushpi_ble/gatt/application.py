@@ -260,8 +260,16 @@ class GattApplication:
                 continue
             fresh = state.last_start_notify is not None and state.last_start_notify >= since
             sent = state.last_sent is not None and state.last_sent >= connected
-            if replay_on_reconnect(bonded=central.bonded, notifying=state.notifying,
+            # a socket characteristic whose phone has no socket (5.82 closes a bonded
+            # phone's socket when it leaves and asks for none when its kept CCC is
+            # enabled again): bluetoothd may hold a CCC we cannot see, and a signal
+            # reaches exactly the phones whose CCC is on
+            unseen = state.spec.acquire_notify and not state.notifying
+            if replay_on_reconnect(bonded=central.bonded,
+                                   notifying=state.notifying or unseen,
                                    subscribed_since=fresh, sent_since=sent):
+                if unseen and not self._sockets.serve_by_signals(state, central.path):
+                    continue
                 replayed.append(state.spec.label)
                 self._start_subscribe_hook(state)
         self.replay_looks += 1

@@ -661,7 +661,9 @@ class FakeCentral:
 
     async def disconnect(self, reason: str = "remote-user") -> None:
         """The phone goes away; a disconnect counts as disabling every CCC (but a bonded
-        phone's signal-path CCC values stay with bluetoothd under ``keep_bonded_ccc``)."""
+        phone's CCC values stay with bluetoothd under ``keep_bonded_ccc``: on the signal
+        path and the shared socket of bluetoothd before 5.69 nothing is told; its own
+        socket of 5.69+ is closed)."""
         if not self.connected:
             return
         keep = (self._runtime.config.keep_bonded_ccc
@@ -671,9 +673,12 @@ class FakeCentral:
             for chrc in app.characteristics():
                 if chrc in self._ccc:
                     value = self._ccc.pop(chrc)
-                    if keep and chrc not in self._acquired:
-                        kept[chrc] = value  # no StopNotify: bluetoothd still counts it
-                        continue
+                    if keep:
+                        kept[chrc] = value
+                        if chrc not in self._acquired:
+                            continue  # no StopNotify: bluetoothd still counts it
+                        # 5.69+: the phone's own socket closes with its link; the CCC
+                        # stays, and enabling it again asks for no new socket (5.82)
                     await self._disable(app, chrc, leaving=True)
         if kept:
             self.adapter.kept_ccc[self.address] = kept
