@@ -88,6 +88,7 @@ class Status(TypedDict):
     advert_refusals: int
     advert_drops: int
     advert_instances: dict[str, int | None]
+    advert_interval: dict[str, Any]
     adapter_state: str
     rfkill: str
     adapter_recovery: bool

@@ -30,7 +30,7 @@ import attrs
 
 from . import envfile
 from .errors import ConfigError
-from .protocol.table import NOTIFYING
+from .protocol.table import DEFAULT_POLICIES, NOTIFYING
 
 __all__ = [
     "ENV_FILE_VARIABLE",
@@ -154,6 +154,13 @@ def _name_prefix(text: str) -> str:
     return text
 
 
+def _info_text(text: str) -> str:
+    # a Device Information string: what a phone shows, so printable and short
+    if not 1 <= len(text) <= 64 or not text.isprintable():
+        raise _Invalid()
+    return text
+
+
 def _ip_address(text: str) -> str:
     try:
         return str(ipaddress.ip_address(text))
@@ -261,7 +268,8 @@ def _policy_override_var(characteristic: str) -> VarSpec:
         parse=_choice(_POLICIES),
         allowed=", ".join(_POLICIES) + " or empty",
         comment=f"Back-pressure policy for {characteristic} only; "
-        "empty = MUSHPI_BLE_BACKPRESSURE_POLICY.",
+        "empty = MUSHPI_BLE_BACKPRESSURE_POLICY, else the characteristic's own "
+        f"({DEFAULT_POLICIES[characteristic.lower()]}).",
         key=characteristic,
     )
 
@@ -327,6 +335,25 @@ class Settings:
         "MUSHPI_BLE_ADV_TX_POWER", get_args(TxPower), "med",
         "Advertising transmit power level.",
     )
+    ble_advert_intervals: bool = _bool_var(
+        "MUSHPI_BLE_ADVERT_INTERVALS", "true",
+        "Ask bluetoothd for advertising intervals: fast after a start, a disconnect and a "
+        "pairing window, then slow (false: bluetoothd's default, about 1.28 s).",
+    )
+    ble_advert_fast_ms: int = _int_var(
+        "MUSHPI_BLE_ADVERT_FAST_MS", "20", 20, 10240,
+        "Advertising interval of the fast period, in ms (Apple asks for 20).",
+    )
+    ble_advert_fast_s: int = _int_var(
+        "MUSHPI_BLE_ADVERT_FAST_S", "30", 0, 3600,
+        "How long the fast period lasts, in seconds (0: always slow).",
+    )
+    ble_advert_slow_ms: int = _int_var(
+        "MUSHPI_BLE_ADVERT_SLOW_MS", "418", 20, 10240,
+        "Advertising interval after the fast period, in ms, at least the fast one; 418 is "
+        "Apple's 417.5 ms on the air (bluetoothd rounds down to 0.625 ms units), inside "
+        "Android's 512 ms low-power scan window.",
+    )
     ble_adapter_recovery: bool = _bool_var(
         "MUSHPI_BLE_ADAPTER_RECOVERY", "true",
         "Power the adapter on and lift rfkill soft blocks when it is off; false only reports.",
@@ -334,6 +361,25 @@ class Settings:
     ble_actuator_status_enable: bool = _bool_var(
         "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "true",
         "Whether to expose the actuator status characteristic.",
+    )
+    ble_device_info: bool = _bool_var(
+        "MUSHPI_BLE_DEVICE_INFO", "true",
+        "Serve the Device Information Service (0x180A): manufacturer, model, firmware and "
+        "software revision, as phone makers ask (nRF Connect and the app show them).",
+    )
+    ble_manufacturer: str = _var(
+        "MUSHPI_BLE_MANUFACTURER", "MushPi", _info_text, "1..64 printable characters",
+        "Manufacturer Name String of the Device Information Service.",
+    )
+    ble_model: str = _var(
+        "MUSHPI_BLE_MODEL", "MushPi Controller", _info_text, "1..64 printable characters",
+        "Model Number String of the Device Information Service.",
+    )
+    ble_firmware_revision: str | None = _var(
+        "MUSHPI_BLE_FIRMWARE_REVISION", None, _info_text,
+        "1..64 printable characters, or empty (left out)",
+        "The controller's own version, served as the Firmware Revision String (the "
+        "Software Revision String is always this library's version).",
     )
     ble_queue_max_size: int = _int_var(
         "MUSHPI_BLE_QUEUE_MAX_SIZE", "64", 1, 4096,
@@ -343,9 +389,11 @@ class Settings:
         "MUSHPI_BLE_QUEUE_PUT_TIMEOUT_MS", "10", 0, 1000,
         "Longest a controller thread waits to hand over a payload, in milliseconds.",
     )
-    ble_backpressure_policy: BackpressurePolicy = _choice_var(
-        "MUSHPI_BLE_BACKPRESSURE_POLICY", _POLICIES, "drop_oldest",
-        "What a full publish queue does with a new payload (legacy 'priority' = drop_oldest).",
+    ble_backpressure_policy: BackpressurePolicy | None = _choice_var(
+        "MUSHPI_BLE_BACKPRESSURE_POLICY", _POLICIES, None,
+        "What a full publish queue does with a new payload, for every notifying "
+        "characteristic (legacy 'priority' = drop_oldest). Empty = each characteristic's "
+        "own policy: coalesce (the last value wins) for the MushPi state snapshots.",
         legacy=(("priority", "drop_oldest", _PRIORITY_WHY),),
     )
     #: Per-characteristic policies (keys from NOTIFYING_CHARACTERISTICS); see policy_for().
@@ -453,6 +501,11 @@ class Settings:
                 raise _unknown_characteristic(POLICY_PREFIX + key, policy, None)
             _check_field(_BY_NAME[POLICY_PREFIX + key], policy)
         self._check_access()
+        if self.ble_advert_slow_ms < self.ble_advert_fast_ms:
+            raise ConfigError(
+                "MUSHPI_BLE_ADVERT_SLOW_MS", str(self.ble_advert_slow_ms),
+                f"{self.ble_advert_fast_ms}..10240 (at least MUSHPI_BLE_ADVERT_FAST_MS)",
+                "the slow interval is shorter than the fast one")
 
     def _check_access(self) -> None:
         """Access modes that would protect nothing, or that a backend cannot enforce."""
@@ -486,14 +539,20 @@ class Settings:
                 f"({'not writable' if state.is_dir() else 'no such directory'})")
 
     def policy_for(self, characteristic: str) -> BackpressurePolicy:
-        """The back-pressure policy of one notifying characteristic (name case-insensitive)."""
+        """The back-pressure policy of one notifying characteristic (name case-insensitive):
+        its MUSHPI_BLE_POLICY_* override, else MUSHPI_BLE_BACKPRESSURE_POLICY when set,
+        else the characteristic's own from the table."""
         key = characteristic.upper()
         if key not in NOTIFYING_CHARACTERISTICS:
             raise ValueError(
                 f"{characteristic!r} is not a notifying characteristic: "
                 f"allowed {', '.join(NOTIFYING_CHARACTERISTICS)}"
             )
-        return self.policy_overrides.get(key, self.ble_backpressure_policy)
+        if key in self.policy_overrides:
+            return self.policy_overrides[key]
+        if self.ble_backpressure_policy is not None:
+            return self.ble_backpressure_policy
+        return cast("BackpressurePolicy", DEFAULT_POLICIES[key.lower()])
 
     @property
     def access_bonded(self) -> bool:

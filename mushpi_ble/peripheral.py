@@ -153,7 +153,7 @@ class Peripheral:
     async def _serve(self, conn: Connection, nursery: trio.Nursery,
                      task_status: trio.TaskStatus[None]) -> None:
         self.host.open_run(conn, nursery)
-        app = GattApplication(conn, self.settings.dbus_app_path, [self.service.definition()],
+        app = GattApplication(conn, self.settings.dbus_app_path, self.service.services(),
                               nursery=nursery, handler_timeout=self.settings.handler_timeout_s,
                               on_device_seen=self.steps.devices.note_request,
                               access=self.access.gate)
@@ -237,8 +237,10 @@ class Peripheral:
                 state = State.WAITING_FOR_BLUEZ
 
     def _enter(self, state: State) -> None:
-        """Log each transition once (a repeat, e.g. the same failure again, at debug)."""
-        old, self.state = self.state, state
+        """Log each transition once (a repeat, e.g. the same failure again, at debug); the
+        line is written before the state changes, so a status reader in another thread
+        that sees the new state finds its line logged."""
+        old = self.state
         if old is state:
             return
         detail = ""
@@ -248,6 +250,7 @@ class Peripheral:
         level = logging.DEBUG if key in self._logged else logging.INFO
         self._logged.add(key)
         log.log(level, "supervisor %s -> %s%s", old.value, state.value, detail)
+        self.state = state
         self.host.changed()
 
     def _failed(self, reason: str, step: str | None = None) -> State:

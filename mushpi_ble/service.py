@@ -19,6 +19,7 @@ from typing import Any
 
 import trio
 
+from . import __version__
 from .config import Settings
 from .controller import (
     CallbackRunner,
@@ -44,6 +45,7 @@ from .gatt import (
     ReadRequest,
     Service,
     WriteRequest,
+    device_information_service,
     refusal,
 )
 from .notify import Mailbox, Outcome, run_notifier
@@ -51,6 +53,7 @@ from .protocol import (
     ACTUATOR_STATUS,
     CHARACTERISTICS,
     ENV_MEASUREMENTS,
+    SERVICE_HANDLE,
     STATUS_FLAGS,
     StatusFlags,
 )
@@ -59,6 +62,9 @@ from .protocol import Characteristic as TableRow
 log = logging.getLogger(__name__)
 
 LOG_FLUSH_S = 10.0
+DEVICE_INFORMATION_HANDLE = 0x0F00
+"""The Device Information Service's fixed handles start here, below the MushPi service's
+(0x1000) and far above bluetoothd's own services."""
 
 __all__ = ["MushPiService", "WriteEvent"]
 
@@ -118,8 +124,21 @@ class MushPiService:
                 notify_queue=self.settings.ble_queue_max_size,
                 notify_policy=self.settings.policy_for(row.name) if notifies else "drop_oldest",
                 signal_fallback=mode == "auto",
+                handle=row.handle,
             ))
-        return Service(self.settings.ble_service_uuid, tuple(chars), name="mushpi")
+        return Service(self.settings.ble_service_uuid, tuple(chars), name="mushpi",
+                       handle=SERVICE_HANDLE)
+
+    def services(self) -> list[Service]:
+        """What the application serves: the MushPi service and, unless switched off, the
+        Device Information Service with the MushPi values."""
+        services = [self.definition()]
+        if self.settings.ble_device_info:
+            services.append(device_information_service(
+                manufacturer=self.settings.ble_manufacturer, model=self.settings.ble_model,
+                firmware=self.settings.ble_firmware_revision,
+                software=f"mushpi-ble {__version__}", handle=DEVICE_INFORMATION_HANDLE))
+        return services
 
     # -- wiring to a running application ------------------------------------------
     def attach(self, app: GattApplication, nursery: trio.Nursery) -> None:

@@ -261,14 +261,16 @@ async def test_subscribe_pushes_current_value_and_notifications_arrive_in_order(
         ble_gatt.notify_env_packet(20.0, 80.0, co2, 10)
     got: list[int] = []
     repeats = 0
-    while len(got) < 50:
+    while not got or got[-1] != 1050:
         packet = await central.next_notification(UUID["env_measurements"])
         co2 = struct.unpack_from("<H", packet.value)[0]
         if co2 == 1000 and not got:
             repeats += 1
             continue
         got.append(co2)
-    assert got == list(range(1001, 1051))
+    # env_measurements is a snapshot (the table's policy: the last value wins): a burst
+    # may be thinned, never reordered, and its newest value always arrives
+    assert got == sorted(set(got)) and set(got) <= set(range(1001, 1051))
     if not KNOWN_DIFFERENCES["may_repeat_value_pushed_on_subscribe"][served.backend]:
         assert repeats == 0
     counters = served.instance().get_status()["characteristics"]["env_measurements"]

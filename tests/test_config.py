@@ -23,6 +23,7 @@ from mushpi_ble.config import (
     render_env_example,
     render_markdown_table,
 )
+from mushpi_ble.protocol import DEFAULT_POLICIES, Notify
 
 REPO = Path(__file__).resolve().parent.parent
 SPECS = {spec.name: spec for spec in VARIABLES}
@@ -72,7 +73,7 @@ def test_defaults_with_empty_environ() -> None:
     assert s.ble_actuator_status_enable is True
     assert s.ble_queue_max_size == 64
     assert s.ble_queue_put_timeout_ms == 10
-    assert s.ble_backpressure_policy == "drop_oldest"
+    assert s.ble_backpressure_policy is None
     assert dict(s.policy_overrides) == {}
     assert s.ble_log_slow_publish_ms == 250
     assert s.ble_shutdown_timeout_ms == 1500
@@ -187,7 +188,7 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
         "MUSHPI_BLE_BACKPRESSURE_POLICY", "ble_backpressure_policy",
         [("drop_oldest", "drop_oldest"), ("drop_newest", "drop_newest"),
          ("Coalesce", "coalesce")],
-        ["", "drop", "latest", "priority_high"],
+        ["drop", "latest", "priority_high"],
     ),
     (
         "MUSHPI_BLE_NOTIFY_MODE", "ble_notify_mode",
@@ -239,11 +240,23 @@ EDGES: list[tuple[str, str, list[tuple[str, object]], list[str]]] = [
         ["", "localhost", "256.0.0.1", "1.2.3", "127.0.0.1:9100"],
     ),
     ("MUSHPI_SIM_INTERVAL_S", "sim_interval_s", [("5", 5), ("300", 300)], ["4", "301"]),
+    ("MUSHPI_BLE_MANUFACTURER", "ble_manufacturer", [("Acme", "Acme"), ("x" * 64, "x" * 64)],
+     ["", "x" * 65, "a\tb"]),
+    ("MUSHPI_BLE_MODEL", "ble_model", [("Grow Box 2", "Grow Box 2")], ["", "x" * 65]),
+    ("MUSHPI_BLE_FIRMWARE_REVISION", "ble_firmware_revision", [("2.3.1", "2.3.1")],
+     ["x" * 65, "1\n2"]),
+    ("MUSHPI_BLE_ADVERT_FAST_MS", "ble_advert_fast_ms", [("20", 20), ("418", 418)],
+     ["19", "10241", "20.5", ""]),
+    ("MUSHPI_BLE_ADVERT_FAST_S", "ble_advert_fast_s", [("0", 0), ("3600", 3600)],
+     ["-1", "3601", "1.5"]),
+    ("MUSHPI_BLE_ADVERT_SLOW_MS", "ble_advert_slow_ms", [("418", 418), ("10240", 10240)],
+     ["19", "10241", "417.5"]),
 ]
 
 BOOLS = [
     "MUSHPI_BLE_ADV_ENABLE", "MUSHPI_BLE_ACTUATOR_STATUS_ENABLE", "MUSHPI_BLE_ADAPTER_RECOVERY",
     "MUSHPI_BLE_SYSTEMD_NOTIFY",
+    "MUSHPI_BLE_ADVERT_INTERVALS", "MUSHPI_BLE_DEVICE_INFO",
 ]
 POLICY_OVERRIDES = [f"MUSHPI_BLE_POLICY_{name}" for name in NOTIFYING_CHARACTERISTICS]
 # need a real directory: tested with tmp_path (the state directory in test_bonded.py)
@@ -253,7 +266,15 @@ OTHERS = ["MUSHPI_BLE_METRICS_FILE", "MUSHPI_BLE_STATE_DIR"]
 def test_every_variable_is_covered() -> None:
     covered = {name for name, *_ in EDGES} | set(BOOLS) | set(POLICY_OVERRIDES) | set(OTHERS)
     assert covered == set(SPECS)
-    assert len(INT_VARIABLES) == 11
+    assert len(INT_VARIABLES) == 14
+
+
+def test_the_slow_advertising_interval_is_at_least_the_fast_one() -> None:
+    assert load(MUSHPI_BLE_ADVERT_FAST_MS="100", MUSHPI_BLE_ADVERT_SLOW_MS="100")
+    with pytest.raises(ConfigError) as info:
+        load(MUSHPI_BLE_ADVERT_FAST_MS="100", MUSHPI_BLE_ADVERT_SLOW_MS="50")
+    assert info.value.variable == "MUSHPI_BLE_ADVERT_SLOW_MS"
+    assert "MUSHPI_BLE_ADVERT_FAST_MS" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -385,6 +406,41 @@ def test_unknown_policy_characteristic_is_an_error(suffix: str) -> None:
     assert str(err).startswith(f"{variable}='coalesce' is invalid: unknown characteristic")
     for name in NOTIFYING_CHARACTERISTICS:
         assert name in err.allowed
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        # nothing set: each characteristic's own policy from the table (state snapshots
+        # coalesce: the last value wins)
+        ({}, {"ENV_MEASUREMENTS": "coalesce", "STATUS_FLAGS": "coalesce",
+              "ACTUATOR_STATUS": "coalesce"}),
+        ({"MUSHPI_BLE_BACKPRESSURE_POLICY": ""},
+         {"ENV_MEASUREMENTS": "coalesce", "STATUS_FLAGS": "coalesce",
+          "ACTUATOR_STATUS": "coalesce"}),
+        # the global setting, when set, is every characteristic's (the old meaning)
+        ({"MUSHPI_BLE_BACKPRESSURE_POLICY": "drop_oldest"},
+         {"ENV_MEASUREMENTS": "drop_oldest", "STATUS_FLAGS": "drop_oldest",
+          "ACTUATOR_STATUS": "drop_oldest"}),
+        # a characteristic's own setting wins over both
+        ({"MUSHPI_BLE_BACKPRESSURE_POLICY": "drop_newest",
+          "MUSHPI_BLE_POLICY_STATUS_FLAGS": "coalesce"},
+         {"ENV_MEASUREMENTS": "drop_newest", "STATUS_FLAGS": "coalesce",
+          "ACTUATOR_STATUS": "drop_newest"}),
+        ({"MUSHPI_BLE_POLICY_ENV_MEASUREMENTS": "drop_oldest"},
+         {"ENV_MEASUREMENTS": "drop_oldest", "STATUS_FLAGS": "coalesce",
+          "ACTUATOR_STATUS": "coalesce"}),
+    ],
+)
+def test_policy_precedence(environ: dict[str, str], expected: dict[str, str]) -> None:
+    s = load(**environ)
+    assert {name: s.policy_for(name) for name in NOTIFYING_CHARACTERISTICS} == expected
+
+
+def test_table_declares_every_notifying_policy() -> None:
+    assert set(DEFAULT_POLICIES) == {name.lower() for name in NOTIFYING_CHARACTERISTICS}
+    with pytest.raises(ValueError, match="unknown policy 'newest'"):
+        Notify(policy="newest")
 
 
 def test_policy_for_unknown_characteristic() -> None:

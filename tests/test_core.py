@@ -51,7 +51,7 @@ def test_the_core_serves_the_seven_characteristics_in_table_order() -> None:
     core, _ = make_core()
     assert [row.name for row in core.characteristics] == [
         "env_measurements", "control_targets", "stage_state", "override_bits",
-        "status_flags", "actuator_status", "stage_thresholds"]
+        "status_flags", "stage_thresholds", "actuator_status"]
     assert core.notifying == ("env_measurements", "status_flags", "actuator_status")
 
 

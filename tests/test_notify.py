@@ -8,6 +8,7 @@ import threading
 import pytest
 import trio
 
+from mushpi_ble import notify
 from mushpi_ble.notify import Mailbox, Outcome, run_notifier
 
 
@@ -34,8 +35,9 @@ async def test_not_running_until_attached() -> None:
         ("coalesce", [Outcome.QUEUED] + [Outcome.COALESCED] * 4, [4], 0, 4),
     ],
 )
-async def test_policies_under_overload(policy: str, outcomes: list[Outcome], kept: list[int],
-                                       dropped: int, coalesced: int) -> None:
+async def test_policies_under_overload(
+    policy: str, outcomes: list[Outcome], kept: list[int], dropped: int, coalesced: int
+) -> None:
     box = Mailbox("env", capacity=3, policy=policy, put_timeout=0.01)
     box.attach(trio.lowlevel.current_trio_token())
     assert [box.offer(payload(n)) for n in range(5)] == outcomes
@@ -48,7 +50,12 @@ async def test_policies_under_overload(policy: str, outcomes: list[Outcome], kep
     assert got == kept
     c = box.counters()
     assert (c.offered, c.sent, c.dropped, c.coalesced, c.pending) == (
-        5, len(kept), dropped, coalesced, 0)
+        5,
+        len(kept),
+        dropped,
+        coalesced,
+        0,
+    )
 
 
 async def test_thread_producers_wake_the_parked_notifier_in_order() -> None:
@@ -232,8 +239,7 @@ async def test_a_burst_is_paced_and_a_lone_value_is_not(autojump_clock: trio.abc
         return True
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: run_notifier(box, emit, slow_publish_s=1.0,
-                                                min_interval_s=0.05))
+        nursery.start_soon(lambda: run_notifier(box, emit, slow_publish_s=1.0, min_interval_s=0.05))
         start = trio.current_time()
         for n in range(3):
             box.offer(payload(n))
@@ -258,8 +264,7 @@ async def test_while_paced_a_burst_obeys_the_policy(autojump_clock: trio.abc.Clo
         return True
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(lambda: run_notifier(box, emit, slow_publish_s=1.0,
-                                                min_interval_s=0.05))
+        nursery.start_soon(lambda: run_notifier(box, emit, slow_publish_s=1.0, min_interval_s=0.05))
         box.offer(payload(0))
         await trio.sleep(0.01)  # the first is out; the next may go at 0.05
         for n in range(1, 10):
@@ -269,3 +274,92 @@ async def test_while_paced_a_burst_obeys_the_policy(autojump_clock: trio.abc.Clo
     assert sent == [payload(0), payload(9)]
     c = box.counters()
     assert (c.offered, c.sent, c.coalesced, c.pending) == (10, 2, 8, 0)
+
+
+def count_hand_offs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Each GIL hand-off of an offer, by thread id, instead of handing off."""
+    hand_offs: list[int] = []
+    monkeypatch.setattr(notify, "hand_off_gil", lambda: hand_offs.append(threading.get_ident()))
+    return hand_offs
+
+
+@pytest.mark.parametrize(
+    ("policy", "handed_off"),
+    [("drop_oldest", 2), ("drop_newest", 2), ("coalesce", 4)],
+)
+async def test_a_producer_whose_offers_are_thinned_hands_the_gil_to_the_loop(
+    monkeypatch: pytest.MonkeyPatch, policy: str, handed_off: int
+) -> None:
+    """A producer publishing faster than the notifications go out would keep the loop
+    waiting for the GIL a whole switch interval at each of its system calls: every
+    thinned offer (coalesced or dropped) hands the GIL over, an offer that queues
+    does not."""
+    hand_offs = count_hand_offs(monkeypatch)
+    box = Mailbox("env", capacity=3, policy=policy, put_timeout=0.01)
+    box.hand_off_every_s = 0.0
+    box.attach(trio.lowlevel.current_trio_token())
+
+    def produce() -> int:
+        for n in range(5):
+            box.offer(payload(n))
+        return threading.get_ident()
+
+    producer = await trio.to_thread.run_sync(produce)
+    assert hand_offs == [producer] * handed_off
+    check_sum(box)
+
+
+async def test_a_thinned_producer_hands_off_at_most_once_per_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hand_offs = count_hand_offs(monkeypatch)
+    box = Mailbox("env", capacity=3, policy="coalesce", put_timeout=0.01)
+    box.hand_off_every_s = 3600.0
+    box.attach(trio.lowlevel.current_trio_token())
+    outcomes = await trio.to_thread.run_sync(lambda: [box.offer(payload(n)) for n in range(100)])
+    assert outcomes.count(Outcome.COALESCED) == 99
+    assert len(hand_offs) == 1
+
+
+async def test_offers_in_the_loops_own_thread_never_hand_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loop's thread (a refresh publishing through the mailbox) must not block."""
+    hand_offs = count_hand_offs(monkeypatch)
+    box = Mailbox("env", capacity=3, policy="coalesce", put_timeout=0.01)
+    box.hand_off_every_s = 0.0
+    box.attach(trio.lowlevel.current_trio_token())
+    assert [box.offer(payload(n)) for n in range(5)] == [Outcome.QUEUED] + [Outcome.COALESCED] * 4
+    assert hand_offs == []
+
+
+async def test_an_unpaced_notifier_lets_other_tasks_run_between_sends() -> None:
+    """MUSHPI_BLE_NOTIFY_INTERVAL_MS=0: a full mailbox and a send into the notify sockets
+    (which does not wait) must not keep the loop's other tasks (the reads) waiting until
+    the mailbox is empty."""
+    box = Mailbox("env", capacity=8, policy="drop_oldest", put_timeout=0.01)
+    box.attach(trio.lowlevel.current_trio_token())
+    for n in range(5):
+        box.offer(payload(n))
+    ticks = 0
+    ticks_at_send: list[int] = []
+
+    async def emit(value: bytes) -> bool:
+        ticks_at_send.append(ticks)
+        return True
+
+    async def other_task() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await trio.lowlevel.checkpoint()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(other_task)
+        nursery.start_soon(lambda: run_notifier(box, emit, slow_publish_s=1.0))
+        while len(ticks_at_send) < 5:
+            await trio.sleep(0)
+        nursery.cancel_scope.cancel()
+    # each send is one scheduling round apart, and the other task runs once a round
+    # (before or after the notifier, as trio shuffles them): three whole rounds at least
+    assert ticks_at_send[-1] - ticks_at_send[0] >= 3, ticks_at_send

@@ -44,7 +44,9 @@ def env_path(rig: Rig) -> str:
 
 @pytest.fixture
 async def auto_rig(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Rig]:
-    async with rig_with(bus_address, bluez, MUSHPI_BLE_NOTIFY_MODE="auto") as running:
+    # drop_oldest: these tests follow every value of a burst along its path
+    async with rig_with(bus_address, bluez, MUSHPI_BLE_NOTIFY_MODE="auto",
+                        MUSHPI_BLE_BACKPRESSURE_POLICY="drop_oldest") as running:
         yield running
 
 

@@ -65,7 +65,8 @@ async def test_reads_give_exact_bytes_for_a_known_state(rig: Rig) -> None:
     # an actuator read asks the controller for the relays (all off here)
     assert await central.read(UUID["actuator_status"]) == bytes(6)
     assert rig.portal.publish_env(21.57, 88.04, 950, 600) is Outcome.QUEUED
-    assert rig.portal.publish_status(0b101) is Outcome.QUEUED
+    # the connect's own status packet may still be queued: the newest replaces it
+    assert rig.portal.publish_status(0b101) in (Outcome.QUEUED, Outcome.COALESCED)
     rig.controller.relays["fan"] = True
     rig.controller.reasons["fan"] = 3
     with trio.fail_after(2):
@@ -200,28 +201,44 @@ async def test_long_thresholds_write_in_pieces(rig: Rig) -> None:
     assert (stored["temp_max"], stored["co2_max"], stored["expected_days"]) == (20.5, 950, 8)
 
 
+@pytest.mark.parametrize("policy", ["drop_oldest", None])
 async def test_subscribe_pushes_current_value_and_notifications_arrive_in_order(
-    rig: Rig,
+    bus_address: str, bluez: FakeBluez, policy: str | None,
 ) -> None:
-    central = await phone(rig)
-    rig.portal.publish_env(20.0, 80.0, 1000, 10)
-    await trio.sleep(0.05)
-    await central.subscribe(UUID["env_measurements"])
-    first = await central.next_notification(UUID["env_measurements"])
-    assert first.value[:4] == bytes.fromhex("e803 c800")  # pushed at once
-    await central.subscribe(UUID["status_flags"])
-    status = await central.next_notification(UUID["status_flags"])
-    assert status.value == bytes.fromhex("1000 0000")
-    for co2 in range(1001, 1051):
-        assert rig.portal.publish_env(20.0, 80.0, co2, 10) is Outcome.QUEUED
-    got = []
-    for _ in range(50):
-        packet = await central.next_notification(UUID["env_measurements"])
-        got.append(struct.unpack_from("<H", packet.value)[0])
-    assert got == list(range(1001, 1051))
-    counters = rig.portal.get_status()["characteristics"]["env_measurements"]
-    assert counters["offered"] == 51
-    assert counters["sent"] + counters["pending"] == 51
+    """drop_oldest (an event stream) delivers every value of a burst in order; the
+    table's own policy for env_measurements (a snapshot: the last value wins) delivers
+    values in order too, never an older one after a newer, and always the newest."""
+    env = {"MUSHPI_BLE_POLICY_ENV_MEASUREMENTS": policy} if policy else {}
+    rig = await start_rig(bus_address, bluez, make_settings(**env))
+    try:
+        central = await phone(rig)
+        rig.portal.publish_env(20.0, 80.0, 1000, 10)
+        await trio.sleep(0.05)
+        await central.subscribe(UUID["env_measurements"])
+        first = await central.next_notification(UUID["env_measurements"])
+        assert first.value[:4] == bytes.fromhex("e803 c800")  # pushed at once
+        await central.subscribe(UUID["status_flags"])
+        status = await central.next_notification(UUID["status_flags"])
+        assert status.value == bytes.fromhex("1000 0000")
+        outcomes = [rig.portal.publish_env(20.0, 80.0, co2, 10) for co2 in range(1001, 1051)]
+        got: list[int] = []
+        while not got or got[-1] != 1050:
+            packet = await central.next_notification(UUID["env_measurements"])
+            got.append(struct.unpack_from("<H", packet.value)[0])
+        counters = rig.portal.get_status()["characteristics"]["env_measurements"]
+        assert counters["offered"] == 51
+        if policy == "drop_oldest":
+            assert outcomes == [Outcome.QUEUED] * 50
+            assert got == list(range(1001, 1051))
+            assert counters["sent"] + counters["pending"] == 51
+        else:
+            assert counters["policy"] == "coalesce"
+            assert set(outcomes) <= {Outcome.QUEUED, Outcome.COALESCED}
+            assert got == sorted(set(got))  # in order, none twice
+            assert counters["offered"] == counters["sent"] + counters["coalesced"] + counters[
+                "pending"]
+    finally:
+        await trio.to_thread.run_sync(rig.portal.stop)
 
 
 async def test_override_write_triggers_fresh_actuator_notification(rig: Rig) -> None:
@@ -367,7 +384,8 @@ async def test_ten_thousand_publishes_while_bus_stalled_never_block(
         c = rig.portal.get_status()["characteristics"]["env_measurements"]
         assert c["offered"] == 10_000
         assert c["offered"] == c["sent"] + c["dropped"] + c["coalesced"] + c["pending"]
-        assert c["dropped"] > 0
+        assert c["coalesced"] > 0  # a snapshot: the newest value replaces the queued one
+        assert c["queue_depth"] <= 1
     finally:
         bluez.resume_reading()
         await trio.to_thread.run_sync(rig.portal.stop)
@@ -421,8 +439,11 @@ async def test_a_published_burst_reaches_the_phone_paced(bus_address: str,
     order, spread over at least three intervals (a lower bound, so a slow machine
     cannot fail it; the slack is for the fake stamping on arrival)."""
     controller = SimulatedController(seed=1, now=lambda: NOW)
-    rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_NOTIFY_INTERVAL_MS="200"),
-                          controller)
+    # drop_oldest: every value of the burst matters here (the table's coalesce would send
+    # the first and the newest)
+    rig = await start_rig(bus_address, bluez, make_settings(
+        MUSHPI_BLE_NOTIFY_INTERVAL_MS="200", MUSHPI_BLE_POLICY_ENV_MEASUREMENTS="drop_oldest"),
+        controller)
     try:
         central = await phone(rig)
         await central.subscribe(UUID["env_measurements"])

@@ -210,6 +210,8 @@ async def test_twenty_restarts_reregister_without_blocking_or_leaking(
     rig: Rig,
 ) -> None:
     await rig.bluez.wait_for_advertisement()
+    # counted once the advert step is done (its fast period's slow-down task started)
+    await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
     baseline = await trio.to_thread.run_sync(_count_tasks, rig.portal)
     worst = 0.0
     for n in range(20):
@@ -223,6 +225,7 @@ async def test_twenty_restarts_reregister_without_blocking_or_leaking(
         await rig.bluez.wait_for_application(timeout=3.0)
         await rig.bluez.wait_for_advertisement(timeout=3.0)
         await status_until(rig.portal, lambda s: s["registered"], timeout=3.0)
+    await status_until(rig.portal, lambda s: s["advert_state"] == "advertising")
     status = rig.portal.get_status()
     assert status["restarts"] == 20
     assert status["last_recovery_s"] is not None

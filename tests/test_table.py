@@ -110,6 +110,7 @@ MIST_ROW = Characteristic(
     read=Read(ReadSource.GETTER, "get_control_data",
               lambda data: MistPulse.from_controller(data.get("mist_pulse")).pack()),
     write=Write(lambda data, _now: MistPulse.unpack(data), "apply_overrides"),
+    handle=0x1013,  # the next free value handle after the last row's CCC (0x1011)
 )
 
 
@@ -136,7 +137,10 @@ async def test_an_eighth_characteristic_is_one_row_plus_its_value_class(
             await central.write(MIST_UUID, b"\x01")
         assert short.value.code == 0x0D
         assert applied == [{"pulse_s": 10, "pause_s": 50}]
-        # the seven are still served as before
+        # the seven are still served as before, at the handles they always had
         assert await central.read(CHARACTERISTIC_UUIDS["env_measurements"]) == bytes(12)
+        assert central.characteristic(MIST_UUID).handle == 0x1013
+        for row in CHARACTERISTICS:
+            assert central.characteristic(row.uuid).handle == row.handle
     finally:
         await trio.to_thread.run_sync(portal.stop)

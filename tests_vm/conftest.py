@@ -527,8 +527,8 @@ def central_connect(bus: SystemBus, address: str, adapter: str = CENTRAL_ADAPTER
     path = connect_device(bus, address, adapter, timeout)
     if pair:
         pair_as_central(path)
-    wait_for(lambda: _device_prop(bus, path, "Connected"), timeout, f"{path} Connected")
-    wait_for(lambda: _device_prop(bus, path, "ServicesResolved"), timeout,
+    wait_for(lambda: device_prop(bus, path, "Connected"), timeout, f"{path} Connected")
+    wait_for(lambda: device_prop(bus, path, "ServicesResolved"), timeout,
              f"{path} ServicesResolved")
     return path
 
@@ -540,7 +540,8 @@ def forget_bond(bus: SystemBus, adapter: str, address: str) -> None:
                  (device_path(address, adapter),), timeout=15)
 
 
-def _device_prop(bus: SystemBus, path: str, prop: str) -> bool:
+def device_prop(bus: SystemBus, path: str, prop: str) -> bool:
+    """A Device1 flag (Connected, Paired, ServicesResolved); False while it cannot be read."""
     try:
         return bool(bus.get(path, "org.bluez.Device1", prop))
     except (DBusErrorResponse, TimeoutError):

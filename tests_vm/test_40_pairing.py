@@ -41,6 +41,7 @@ from conftest import (
     btmon_since,
     connect_device,
     device_path,
+    device_prop,
     forget_bond,
     pair_as_central,
     portal_in_place_of_the_lab,
@@ -64,17 +65,11 @@ ENCRYPTED = {adapter: re.compile(
     for adapter in (PERIPHERAL_ADAPTER, CENTRAL_ADAPTER)}
 
 
-def _prop(bus: SystemBus, path: str, name: str) -> bool:
-    try:
-        return bool(bus.get(path, "org.bluez.Device1", name))
-    except (DBusErrorResponse, TimeoutError):
-        return False
-
 
 def _part(bus: SystemBus, lab_address: str, central: str, status: Any) -> None:
     """Disconnect and forget the bond on both sides; the portal sees the central leave."""
     path = device_path(lab_address)
-    if _prop(bus, path, "Connected"):
+    if device_prop(bus, path, "Connected"):
         with contextlib.suppress(DBusErrorResponse, TimeoutError):
             bus.call(path, "org.bluez.Device1", "Disconnect", timeout=15)
     forget_bond(bus, CENTRAL_ADAPTER, lab_address)
@@ -100,7 +95,7 @@ def test_just_works_pairing_then_gatt_over_the_encrypted_link(
         started = time.monotonic()
         central_calls = pair_as_central(path)
         metrics.set(f"{bluez}.pairing_s", round(time.monotonic() - started, 2))
-        assert _prop(system_bus, path, "Paired")
+        assert device_prop(system_bus, path, "Paired")
 
         # Our agent answered the request that arrived on hci0, and only that one.
         def paired_in_status() -> dict[str, Any] | None:
@@ -134,7 +129,7 @@ def test_just_works_pairing_then_gatt_over_the_encrypted_link(
                      f"an Encryption Change (enabled) on {adapter} in btmon")
 
         # The app's conversation over the encrypted link.
-        wait_for(lambda: _prop(system_bus, path, "ServicesResolved"), 40, "ServicesResolved")
+        wait_for(lambda: device_prop(system_bus, path, "ServicesResolved"), 40, "ServicesResolved")
         with LoopThread("paired-hub") as loop:
             hub = Hub(device_at(path, portal_lab.address))
             loop.run(hub.connect(), 60)
@@ -158,7 +153,8 @@ def test_just_works_pairing_then_gatt_over_the_encrypted_link(
                     if EnvMeasurement.unpack(value).co2 == 1357:
                         break
                 metrics.add(f"{bluez}.paired_notify_latency_ms", (at - published) * 1000)
-                assert _prop(system_bus, path, "Paired") and _prop(system_bus, path, "Connected")
+                assert device_prop(system_bus, path, "Paired")
+                assert device_prop(system_bus, path, "Connected")
             finally:
                 loop.run(hub.disconnect(), 30)
     finally:
@@ -202,9 +198,9 @@ def test_pairing_off_is_refused_for_want_of_an_agent(
         reasons = PERIPHERAL_REFUSES.findall(btmon_since(trace_from, "Reason: Numeric"))
         metrics.set(f"{bluez}.pairing_refusal_reason",
                     reasons[0] if reasons else "link dropped before the peripheral's reply")
-        assert not _prop(system_bus, path, "Paired")
+        assert not device_prop(system_bus, path, "Paired")
         metrics.set(f"{bluez}.pairing_refusal_dropped_link",
-                    not _prop(system_bus, path, "Connected"))
+                    not device_prop(system_bus, path, "Connected"))
         # No agent: nothing was asked of the portal, nothing bonded.
         pairing = portal.get_status()["pairing"]
         assert pairing["requests"] == 0 and not pairing["bonded_devices"], pairing

@@ -76,6 +76,7 @@ from conftest import (
     btmon_offset,
     connect_device,
     device_path,
+    device_prop,
     forget_bond,
     wait_for,
 )
@@ -335,9 +336,9 @@ class Cycles:
             with contextlib.suppress(Exception):
                 loop.run(hub.disconnect(), 30)
         with contextlib.suppress(DBusErrorResponse, TimeoutError):
-            if _device_prop(self.bus, path, "Connected"):
+            if device_prop(self.bus, path, "Connected"):
                 self.bus.call(path, "org.bluez.Device1", "Disconnect", timeout=15)
-        wait_for(lambda: not _device_prop(self.bus, path, "Connected"), 20,
+        wait_for(lambda: not device_prop(self.bus, path, "Connected"), 20,
                  f"{path} disconnected")
         for char in hub.chars.values():
             wait_for(partial(_released, self.bus, char.obj[0]), 20,
@@ -454,12 +455,6 @@ def resolved_services(bus: SystemBus, path: str) -> dict[str, list[str]]:
                       if p.startswith(path + "/") and "org.bluez.GattService1" in ifaces)
     return {"uuids": uuids, "objects": services}
 
-
-def _device_prop(bus: SystemBus, path: str, prop: str) -> bool:
-    try:
-        return bool(bus.get(path, "org.bluez.Device1", prop))
-    except (DBusErrorResponse, TimeoutError):
-        return False
 
 
 def _released(bus: SystemBus, char_path: str) -> bool:

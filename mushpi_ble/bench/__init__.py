@@ -12,6 +12,7 @@ checkout. Benchmarks may import ``mushpi_ble.testing`` (the fakes); nothing
 else in the product does.
 """
 
-UNPACED = {"MUSHPI_BLE_NOTIFY_INTERVAL_MS": "0"}
-"""The setting of every benchmark that measures what a notification path can carry,
-not the pacing the product applies by default (``--hostile`` runs as shipped)."""
+UNPACED = {"MUSHPI_BLE_NOTIFY_INTERVAL_MS": "0", "MUSHPI_BLE_BACKPRESSURE_POLICY": "drop_oldest"}
+"""The settings of every benchmark that measures what a notification path can carry,
+not the pacing and thinning the product applies by default (every value is offered to
+the path, none coalesced away; ``--hostile`` and ``facade_ab`` run as shipped)."""

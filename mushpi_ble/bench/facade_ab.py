@@ -10,7 +10,12 @@ so its RSS and CPU are its own. Per backend:
   → phone), with the backend otherwise idle;
 * notify latency, publish → phone receives, at 100 packets/s (paced);
 * busy bus: the producer publishes flat out while a second phone reads
-  control_targets in a loop: producer call time p50/p99/max, notifications/s
+  control_targets in a loop: producer call time p50/p99/max, notifications/s,
+  the age of what the phone sees (publish to receipt of each value it gets),
+  how many newer values had been published by the time it arrived, and the
+  reads, all of them and split into those while the producer publishes and
+  those after, until the phone has the last value (the split compares policies
+  like with like: see :func:`split_reads`)
   (each backend as shipped: bluez-dbus paces a characteristic's notifications,
   ``MUSHPI_BLE_NOTIFY_INTERVAL_MS``, and thins a flat-out burst by its policy;
   the legacy backend hands every value to bluetoothd, which queues what the air
@@ -31,6 +36,7 @@ Usage::
 
     python -m mushpi_ble.bench.facade_ab            # both backends, 3 runs, medians + JSON
     python -m mushpi_ble.bench.facade_ab --quick    # smoke test
+    python -m mushpi_ble.bench.facade_ab --policy drop_oldest   # every queue drop_oldest
 
 The bluezero backend needs the extra: scripts/install-bluezero-deps. Each
 backend runs as server kind ``facade`` (:mod:`mushpi_ble.bench.wire`).
@@ -39,6 +45,7 @@ backend runs as server kind ``facade`` (:mod:`mushpi_ble.bench.wire`).
 from __future__ import annotations
 
 import argparse
+import bisect
 import os
 import struct
 import sys
@@ -64,6 +71,7 @@ STALL_LIMIT_MS = 50.0
 READ_P50_LIMIT_MS = 100.0
 READ_P95_LIMIT_MS = 500.0
 SHUTDOWN_LIMIT_S = 2.0
+POLICY_VARIABLE = "MUSHPI_BLE_BACKPRESSURE_POLICY"
 
 
 # ======================================================================
@@ -76,7 +84,10 @@ def serve(backend: str, address: str) -> int:
     from mushpi_ble.config import load_settings
     from mushpi_ble.sim import SimulatedController
 
-    settings = load_settings(environ={"MUSHPI_BLE_BACKEND": backend}, env_file=None)
+    environ = {"MUSHPI_BLE_BACKEND": backend}
+    if os.environ.get(POLICY_VARIABLE):  # --policy: one policy for every queue
+        environ[POLICY_VARIABLE] = os.environ[POLICY_VARIABLE]
+    settings = load_settings(environ=environ, env_file=None)
     ble_gatt.configure(settings=settings)
     controller = SimulatedController(seed=1)
     ble_gatt.set_callbacks(**controller.callbacks())
@@ -104,26 +115,32 @@ def serve(backend: str, address: str) -> int:
 
     def status(_command: wire.Event) -> dict[str, Any]:
         instance = ble_gatt.get_service_instance()
-        return {"connections": ble_gatt.get_connection_count(),
-                "characteristics": (instance.get_status()["characteristics"]
-                                    if instance is not None else {})}
+        return {
+            "connections": ble_gatt.get_connection_count(),
+            "characteristics": (
+                instance.get_status()["characteristics"] if instance is not None else {}
+            ),
+        }
 
     wire.emit("ready", backend=backend)
-    wire.serve_commands({
-        "init": lambda _c: timed(ble_gatt.initialize_ble_service),
-        "start": lambda _c: timed(ble_gatt.start_ble_service),
-        "stop": lambda _c: timed(ble_gatt.stop_ble_service),
-        "publish": publish,
-        "status": status,
-    })
+    wire.serve_commands(
+        {
+            "init": lambda _c: timed(ble_gatt.initialize_ble_service),
+            "start": lambda _c: timed(ble_gatt.start_ble_service),
+            "stop": lambda _c: timed(ble_gatt.stop_ble_service),
+            "publish": publish,
+            "status": status,
+        }
+    )
     return 0
 
 
 # ======================================================================
 # the parent: bus, fake bluetoothd, phones, measurements
 # ======================================================================
-async def bench_backend(backend: str, address: str, bluez: Any,
-                        args: argparse.Namespace) -> dict[str, Any]:
+async def bench_backend(
+    backend: str, address: str, bluez: Any, args: argparse.Namespace
+) -> dict[str, Any]:
     """One backend in its own server process, measured from here."""
     from mushpi_ble.bench.children import Child
 
@@ -132,8 +149,9 @@ async def bench_backend(backend: str, address: str, bluez: Any,
         return await measure_backend(child, backend, bluez, args)
 
 
-async def measure_backend(child: Child, backend: str, bluez: Any,
-                          args: argparse.Namespace) -> dict[str, Any]:
+async def measure_backend(
+    child: Child, backend: str, bluez: Any, args: argparse.Namespace
+) -> dict[str, Any]:
     import trio
 
     from mushpi_ble.bench.central import timed_reads
@@ -168,21 +186,28 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     result["reads_ms"] = {name: summary(s, 1e3) for name, s in reads.items()}
     cpu["reads"] = cpu_now() - mark
 
-    def latencies(answer: dict[str, Any], first: int) -> tuple[list[float], list[float]]:
-        stamps = answer["stamps"]
+    def phone_seen(first: int) -> dict[int, float]:
+        """Each sequence number the phone received from ``first`` on: when."""
         seen: dict[int, float] = {}
         for note in phone.notifications(UUID[ENV]):
             seq = struct.unpack_from("<H", note.value)[0]
-            if first <= seq < first + len(stamps) and seq not in seen:
+            if seq >= first and seq not in seen:
                 seen[seq] = note.timestamp
+        return seen
+
+    def latencies(answer: dict[str, Any], first: int) -> tuple[list[float], list[float]]:
+        stamps = answer["stamps"]
+        seen = {seq: at for seq, at in phone_seen(first).items() if seq < first + len(stamps)}
         lat = [(seen[s] - stamps[s - first]) * 1000 for s in sorted(seen)]
         return lat, sorted(seen.values())
 
     async def drain(first: int, count: int) -> None:
         last = min(first + count - 1, 0xFFFF)
         with trio.move_on_after(10):
-            while not any(struct.unpack_from("<H", n.value)[0] == last
-                          for n in phone.notifications(UUID[ENV])[-64:]):
+            while not any(
+                struct.unpack_from("<H", n.value)[0] == last
+                for n in phone.notifications(UUID[ENV])[-64:]
+            ):
                 await trio.sleep(0.02)
 
     # paced: notify latency while nothing else happens
@@ -194,7 +219,8 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     lat, _ = latencies(paced, first)
     result["notify_paced"] = {
         "latency_ms": summary(lat),
-        "received": len(lat), "sent": args.paced,
+        "received": len(lat),
+        "sent": args.paced,
         "producer_ms": summary(paced["call_ns"], MS),
     }
 
@@ -202,13 +228,13 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     first = PHASE_SEQ["busy"]
     mark = cpu_now()
     stop_reading = trio.Event()
-    busy_reads: list[int] = []
+    busy_reads: list[tuple[float, float]] = []  # (began, ended), CLOCK_MONOTONIC s
 
     async def read_loop() -> None:
         while not stop_reading.is_set():
-            began = time.perf_counter_ns()
+            began = time.monotonic()
             await reader.read(UUID["control_targets"])
-            busy_reads.append(time.perf_counter_ns() - began)
+            busy_reads.append((began, time.monotonic()))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(read_loop)
@@ -221,9 +247,12 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     result["busy"] = {
         "producer_ms": summary(busy["call_ns"], MS),
         "notify_latency_ms": summary(lat),
-        "received": len(lat), "sent": args.burst,
+        "behind_newest": summary(behind_newest(busy["stamps"], first, phone_seen(first))),
+        "received": len(lat),
+        "sent": args.burst,
         "notifications_per_s": len(lat) / span if span > 0 else None,
-        "reads_during_ms": summary(busy_reads, MS),
+        "reads_during_ms": summary([e - b for b, e in busy_reads], 1e3),
+        **split_reads(busy_reads, busy["stamps"]),
     }
 
     # stalled: bluetoothd stops reading its socket
@@ -231,8 +260,7 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     mark = cpu_now()
     bluez.stop_reading()
     try:
-        stalled = await child.ask("publish", count=args.burst, interval=0.0,
-                                  first=first)
+        stalled = await child.ask("publish", count=args.burst, interval=0.0, first=first)
     finally:
         bluez.resume_reading()
     await drain(first, args.burst)
@@ -240,7 +268,8 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     lat, _ = latencies(stalled, first)
     result["stalled"] = {
         "producer_ms": summary(stalled["call_ns"], MS),
-        "received_after_resume": len(lat), "sent": args.burst,
+        "received_after_resume": len(lat),
+        "sent": args.burst,
     }
     result["counters"] = (await child.ask("status"))["characteristics"].get(ENV)
 
@@ -266,10 +295,48 @@ async def measure_backend(child: Child, backend: str, bluez: Any,
     return result
 
 
+def behind_newest(stamps: Sequence[float], first: int, seen: dict[int, float]) -> list[float]:
+    """For each value the phone received: how many newer values had been published by
+    the time it arrived. 0 when the phone is shown the newest; a queue of stale snapshots
+    draining at the pacing rate shows as its length."""
+    out = []
+    for seq, at in sorted(seen.items()):
+        index = seq - first
+        if not 0 <= index < len(stamps):
+            continue
+        newest = bisect.bisect_right(stamps, at) - 1
+        out.append(float(max(0, newest - index)))
+    return out
+
+
+def split_reads(reads: Sequence[tuple[float, float]], stamps: Sequence[float]) -> dict[str, Any]:
+    """The busy phase's reads (each one's start and end) split at the producer's
+    publishing: those that overlap it and those begun after its last publish, while
+    the queue drains.
+
+    The busy phase lasts until the phone has the last value, so its length, and with
+    it the share of reads that overlap the publishing, depends on the policy: a
+    coalescing queue has the last value out within one pacing interval, a queue of
+    stale values drains for hundreds of ms with the producer idle. All reads together
+    are mostly the quiet ones after a burst under drop_oldest and mostly the ones
+    during it under coalesce; each half alone compares like with like."""
+    if not stamps:
+        return {}
+    first, last = stamps[0], stamps[-1]
+    during = [(e - b) * 1e3 for b, e in reads if b <= last and e >= first]
+    after = [(e - b) * 1e3 for b, e in reads if b > last]
+    return {
+        "publishing_ms": (last - first) * 1e3,
+        "reads_while_publishing_ms": summary(during),
+        "reads_after_publishing_ms": summary(after),
+    }
+
+
 def acceptance(result: dict[str, Any]) -> dict[str, bool]:
     reads = result["reads_ms"].values()
-    worst_producer = max(result["busy"]["producer_ms"]["max"],
-                         result["stalled"]["producer_ms"]["max"])
+    worst_producer = max(
+        result["busy"]["producer_ms"]["max"], result["stalled"]["producer_ms"]["max"]
+    )
     return {
         "reads_p50_le_100ms": all(r["p50"] <= READ_P50_LIMIT_MS for r in reads),
         "reads_p95_le_500ms": all(r["p95"] <= READ_P95_LIMIT_MS for r in reads),
@@ -278,7 +345,7 @@ def acceptance(result: dict[str, Any]) -> dict[str, bool]:
     }
 
 
-def print_table(results: dict[str, dict[str, Any]]) -> None:
+def print_table(results: dict[str, dict[str, Any]], policy: str | None = None) -> None:
     f = fmt
     names = list(results)
     width = 16
@@ -300,28 +367,57 @@ def print_table(results: dict[str, dict[str, Any]]) -> None:
         for q in ("p50", "p95", "p99"):
             value_row(f"read {name} {q} (ms)", lambda r, n=name, q=q: r["reads_ms"][n][q])
     for q in ("p50", "p95", "p99", "max"):
-        value_row(f"notify latency paced {q} (ms)",
-                  lambda r, q=q: r["notify_paced"]["latency_ms"][q])
+        value_row(
+            f"notify latency paced {q} (ms)", lambda r, q=q: r["notify_paced"]["latency_ms"][q]
+        )
     for phase in ("busy", "stalled"):
         for q in ("p50", "p99", "max"):
-            value_row(f"producer call {phase} {q} (ms)",
-                      lambda r, p=phase, q=q: r[p]["producer_ms"][q], 3)
+            value_row(
+                f"producer call {phase} {q} (ms)", lambda r, p=phase, q=q: r[p]["producer_ms"][q], 3
+            )
     value_row("notify latency busy p50 (ms)", lambda r: r["busy"]["notify_latency_ms"]["p50"])
     value_row("notify latency busy p99 (ms)", lambda r: r["busy"]["notify_latency_ms"]["p99"])
+    value_row(
+        "age of the shown value busy p50 (ms)", lambda r: r["busy"]["notify_latency_ms"]["p50"]
+    )
+    value_row(
+        "shown value, newer ones published busy p50", lambda r: r["busy"]["behind_newest"]["p50"], 0
+    )
+    value_row(
+        "shown value, newer ones published busy p99", lambda r: r["busy"]["behind_newest"]["p99"], 0
+    )
     value_row("notifications/s (busy)", lambda r: r["busy"]["notifications_per_s"], 0)
     value_row("received/sent busy", lambda r: r["busy"]["received"] / r["busy"]["sent"])
     value_row("read during busy p50 (ms)", lambda r: r["busy"]["reads_during_ms"]["p50"])
     value_row("read during busy p99 (ms)", lambda r: r["busy"]["reads_during_ms"]["p99"])
+    value_row("producer publishing, busy (ms)", lambda r: r["busy"].get("publishing_ms"), 1)
+    for when in ("while", "after"):
+        for q in ("p50", "p99"):
+            value_row(
+                f"read {when} publishing busy {q} (ms)",
+                lambda r, w=when, q=q: r["busy"].get(f"reads_{w}_publishing_ms", {}).get(q),
+            )
+        value_row(
+            f"reads {when} publishing busy (count)",
+            lambda r, w=when: r["busy"].get(f"reads_{w}_publishing_ms", {}).get("n"),
+            0,
+        )
     value_row("stop (s)", lambda r: r["stop_s"], 3)
     value_row("stop, bluetoothd stalled (s)", lambda r: r["stop_stalled_s"], 3)
     value_row("peak RSS (MiB)", lambda r: r["peak_rss_mib"], 1)
     value_row("CPU busy phase (s)", lambda r: r["cpu_s"]["busy"], 2)
-    value_row("CPU per notification busy (us)",
-              lambda r: ratio(r["cpu_s"]["busy"] * 1e6, r["busy"]["received"]), 0)
+    value_row(
+        "CPU per notification busy (us)",
+        lambda r: ratio(r["cpu_s"]["busy"] * 1e6, r["busy"]["received"]),
+        0,
+    )
     value_row("CPU total (s)", lambda r: r["cpu_total_s"], 2)
-    print("busy: bluez-dbus paces each characteristic's notifications (MUSHPI_BLE_NOTIFY_"
-          "INTERVAL_MS, default 5 ms) and thins a flat-out burst by its queue policy; "
-          "bluezero hands bluetoothd every value")
+    print(
+        "busy: bluez-dbus paces each characteristic's notifications (MUSHPI_BLE_NOTIFY_"
+        "INTERVAL_MS, default 5 ms) and thins a flat-out burst by its queue policy "
+        f"({policy or 'each characteristic its own'}); bluezero hands bluetoothd every value;"
+        " the notify latency is the age of what the phone is shown"
+    )
     print()
     for name in names:
         checks = acceptance(results[name])
@@ -338,8 +434,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with FakeBluez.serve(address) as bluez:
             for index in range(args.runs):
                 for backend in args.backends:
-                    print(f"run {index + 1}/{args.runs}: {backend} ...", file=sys.stderr,
-                          flush=True)
+                    print(
+                        f"run {index + 1}/{args.runs}: {backend} ...", file=sys.stderr, flush=True
+                    )
                     runs[backend].append(await bench_backend(backend, address, bluez, args))
     return runs
 
@@ -348,8 +445,7 @@ def median_of(runs: Sequence[Any]) -> Any:
     """Field by field: the median of numbers, the first of anything else."""
     first = runs[0]
     if isinstance(first, dict):
-        return {k: median_of([r[k] for r in runs if isinstance(r, dict) and k in r])
-                for k in first}
+        return {k: median_of([r[k] for r in runs if isinstance(r, dict) and k in r]) for k in first}
     if isinstance(first, bool) or not isinstance(first, int | float):
         return first
     return median(runs)
@@ -364,7 +460,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per backend (medians)")
     parser.add_argument("--quick", action="store_true", help="small counts, one run (smoke)")
     parser.add_argument("--json", type=Path, default=results.default_path(BENCHMARK))
+    parser.add_argument(
+        "--policy",
+        choices=("drop_oldest", "drop_newest", "coalesce"),
+        help="MUSHPI_BLE_BACKPRESSURE_POLICY for every queue (default: each "
+        "characteristic's own, as shipped)",
+    )
     args = parser.parse_args(argv)
+    if args.policy:
+        os.environ[POLICY_VARIABLE] = args.policy
     if args.quick:
         args.reads, args.paced, args.burst, args.runs = 30, 50, 300, 1
     return args
@@ -373,14 +477,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def ratios(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Backend B over backend A for the headline figures."""
     return {
-        "read_p50": {n: ratio(b["reads_ms"][n]["p50"], a["reads_ms"][n]["p50"])
-                     for n in READABLE},
-        "notify_paced_p50": ratio(b["notify_paced"]["latency_ms"]["p50"],
-                                  a["notify_paced"]["latency_ms"]["p50"]),
-        "notifications_per_s": ratio(b["busy"]["notifications_per_s"],
-                                     a["busy"]["notifications_per_s"]),
-        "producer_busy_p99": ratio(b["busy"]["producer_ms"]["p99"],
-                                   a["busy"]["producer_ms"]["p99"]),
+        "read_p50": {n: ratio(b["reads_ms"][n]["p50"], a["reads_ms"][n]["p50"]) for n in READABLE},
+        "notify_paced_p50": ratio(
+            b["notify_paced"]["latency_ms"]["p50"], a["notify_paced"]["latency_ms"]["p50"]
+        ),
+        "notifications_per_s": ratio(
+            b["busy"]["notifications_per_s"], a["busy"]["notifications_per_s"]
+        ),
+        "producer_busy_p99": ratio(
+            b["busy"]["producer_ms"]["p99"], a["busy"]["producer_ms"]["p99"]
+        ),
         "peak_rss": ratio(b["peak_rss_mib"], a["peak_rss_mib"]),
         "cpu_total": ratio(b["cpu_total_s"], a["cpu_total_s"]),
     }
@@ -394,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     backends = {name: median_of(each) for name, each in runs.items()}
     if args.runs > 1:
         print(f"\nmedians of {args.runs} runs", end="")
-    print_table(backends)
+    print_table(backends, args.policy)
     figures: dict[str, Any] = {
         "backends": backends,
         "runs": runs,
@@ -402,10 +508,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     if len(backends) == 2:
         figures["ratios_bluezero_over_bluez_dbus"] = ratios(*(backends[n] for n in BACKENDS))
-    results.write_report(args.json, results.report(
-        BENCHMARK, config={"reads": args.reads, "paced": args.paced, "burst": args.burst,
-                           "runs": args.runs, "backends": list(args.backends)},
-        results=figures, packages=["trio", "jeepney", "bluezero", "dbus-python", "PyGObject"]))
+    results.write_report(
+        args.json,
+        results.report(
+            BENCHMARK,
+            config={
+                "reads": args.reads,
+                "paced": args.paced,
+                "burst": args.burst,
+                "runs": args.runs,
+                "backends": list(args.backends),
+                "policy": args.policy,
+            },
+            results=figures,
+            packages=["trio", "jeepney", "bluezero", "dbus-python", "PyGObject"],
+        ),
+    )
     print(f"\nJSON written to {args.json}")
     # the seed acceptance binds the new backend; the legacy one is measured against it
     return 0 if all(figures["acceptance"].get("bluez-dbus", {"-": True}).values()) else 1

@@ -47,6 +47,7 @@ from mushpi_ble.gatt import (
     pick_adapter,
 )
 from mushpi_ble.management_api import BUS_NAME as MANAGEMENT_NAME
+from mushpi_ble.session.advert_interval import Interval
 from mushpi_ble.text import printable
 
 from . import check_system as system
@@ -135,6 +136,7 @@ async def run_checks(settings: Settings, bus: str, bluetoothd: str | None,
                                     f"{version} ({where})" + "".join(f"; {n}" for n in notes)))
         else:
             findings.append(Finding(WARN, "bluetoothd version", f"unrecognised: {version!r}"))
+    findings.append(advert_interval_finding(settings, version, bluetoothd_experimental()))
     try:
         async with open_connection(bus, call_timeout=timeout) as conn:
             findings.append(Finding(OK, "D-Bus", f"bus reachable as {conn.unique_name}"))
@@ -530,3 +532,51 @@ async def unapproved_bonds_finding(conn: Connection, settings: Settings) -> Find
                        "(mushpi-ble bonds --remove ADDRESS)")
     return Finding(OK, "approved bonds", f"{len(approved)} approved in "
                    f"{settings.ble_state_dir}; every bond is approved")
+def bluetoothd_experimental(proc: Path = Path("/proc")) -> bool | None:
+    """Whether the running bluetoothd was started with -E / --experimental (None: none
+    found, or its command line cannot be read)."""
+    try:
+        entries = list(proc.iterdir())
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and Path(argv[0].decode(errors="replace")).name == "bluetoothd":
+            return any(a in (b"-E", b"--experimental") or
+                       (a.startswith(b"-") and not a.startswith(b"--") and b"E" in a)
+                       for a in argv[1:])
+    return None
+
+
+def advert_interval_finding(settings: Settings, version: str | None,
+                            experimental: bool | None) -> Finding:
+    """The advertising interval in force: bluetoothd 5.77+ takes MinInterval/MaxInterval;
+    before, only with -E, and without it silently advertises at its default (~1.28 s)."""
+    title = "advertising interval"
+    if not settings.ble_adv_enable:
+        return Finding(INFO, title, "advertising is off (MUSHPI_BLE_ADV_ENABLE=false)")
+    if not settings.ble_advert_intervals:
+        return Finding(INFO, title, "bluetoothd's default, about 1.28 s "
+                       "(MUSHPI_BLE_ADVERT_INTERVALS=false)")
+    fast = Interval("fast", settings.ble_advert_fast_ms).on_air_ms
+    slow = Interval("slow", settings.ble_advert_slow_ms).on_air_ms
+    asked = (f"{fast:g} ms for {settings.ble_advert_fast_s} s after a start, a disconnect "
+             f"or a pairing window, then {slow:g} ms")
+    match = re.search(r"(\d+)\.(\d+)", version or "")
+    if match is None:
+        return Finding(WARN, title, f"{asked} if bluetoothd takes it (5.77+, or -E before); "
+                       "its version is unknown. get_status()['advert_interval'] shows a "
+                       "refusal")
+    parsed = (int(match.group(1)), int(match.group(2)))
+    if parsed >= (5, 77) or experimental:
+        how = "5.77+" if parsed >= (5, 77) else "-E"
+        return Finding(OK, title, f"{asked} (bluetoothd {version}, {how}); a kernel that "
+                       "refuses it gets bluetoothd's default, said in get_status()")
+    return Finding(WARN, title, f"bluetoothd's default, about 1.28 s: bluetoothd {version} "
+                   "ignores MinInterval/MaxInterval without -E (experimental; stable from "
+                   f"5.77). Add -E to its ExecStart for {asked}")

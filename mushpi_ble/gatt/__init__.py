@@ -33,6 +33,7 @@ from .agent import (
     agent_path,
 )
 from .application import GattApplication
+from .device_information import DEVICE_INFORMATION, device_information_service
 from .devices import Central, DeviceTracker
 from .errors import (
     DEADLINE_ERROR,
@@ -48,6 +49,7 @@ from .model import (
     GattDefinitionError,
     IncompleteValue,
     Service,
+    fixed_handles,
     normalise_uuid,
     slice_for_offset,
     validate_services,
@@ -66,6 +68,7 @@ from .names import (
 from .pairing_policy import PairingWindow
 from .queue_policy import POLICIES, Admission, admit, check_policy
 from .requests import ReadRequest, WriteRequest
+from .resubscribe import REPLAY_SETTLE_S, replay_on_reconnect
 from .rfkill import Rfkill
 from .state import CharacteristicState
 
@@ -78,12 +81,14 @@ __all__ = [
     "BLUEZ",
     "DEADLINE_ERROR",
     "DEVICE_IFACE",
+    "DEVICE_INFORMATION",
     "DOES_NOT_EXIST",
     "ERROR_PREFIX",
     "GATT_MANAGER_IFACE",
     "KERNEL_MISMATCH_ADVICE",
     "OBJECT_MANAGER",
     "POLICIES",
+    "REPLAY_SETTLE_S",
     "AccessGate",
     "AccessRules",
     "AdapterCondition",
@@ -116,8 +121,10 @@ __all__ = [
     "advert_path",
     "agent_path",
     "check_policy",
+    "device_information_service",
     "explain_refusal",
     "failed",
+    "fixed_handles",
     "invalid_offset",
     "invalid_value_length",
     "managed_objects",
@@ -126,6 +133,7 @@ __all__ = [
     "plan_advertisement",
     "read_capabilities",
     "refusal",
+    "replay_on_reconnect",
     "set_property",
     "slice_for_offset",
     "validate_services",

@@ -94,6 +94,10 @@ class AdvertisingCapabilities:
     max_scan_rsp_len: int = LEGACY_MAX
     min_tx_power: int = -127
     max_tx_power: int = 20
+    honours_intervals: bool = True
+    """MinInterval/MaxInterval reach the controller: bluetoothd 5.77 and newer, or older
+    ones with -E. The same switch shows SupportedCapabilities (one commit, 7e028287a,
+    made both stable), so its absence says the intervals would be parsed as nothing."""
 
     @classmethod
     def from_properties(cls, props: Mapping[str, Any]) -> AdvertisingCapabilities:
@@ -108,6 +112,7 @@ class AdvertisingCapabilities:
             max_scan_rsp_len=int(caps.get("MaxScnRspLen", LEGACY_MAX)),
             min_tx_power=int(caps.get("MinTxPower", -127)),
             max_tx_power=int(caps.get("MaxTxPower", 20)),
+            honours_intervals="SupportedCapabilities" in props,
         )
 
 
@@ -122,6 +127,8 @@ class AdvertPlan:
     size: int
     scan_response_size: int = 0
     left_out: tuple[str, ...] = ()
+    interval_ms: int | None = None
+    """MinInterval = MaxInterval in ms (bluetoothd 5.77+, or -E before); None: its default."""
 
 
 def plan_advertisement(
@@ -129,6 +136,7 @@ def plan_advertisement(
     service_uuid: str,
     capabilities: AdvertisingCapabilities,
     tx_level: str,
+    interval_ms: int | None = None,
 ) -> AdvertPlan:
     """Fit the service UUID, the tx power and the name into the legacy budgets.
 
@@ -164,7 +172,7 @@ def plan_advertisement(
         )
         local_name = None
     return AdvertPlan(uuids, local_name, tuple(includes), tx_power, size,
-                      name_size if local_name else 0, tuple(left_out))
+                      name_size if local_name else 0, tuple(left_out), interval_ms)
 
 
 class Advertisement(ExportedObject):
@@ -196,6 +204,9 @@ class Advertisement(ExportedObject):
                 out.append(Property("LocalName", "s", get=lambda: self.plan.local_name or ""))
             if self.plan.tx_power is not None:
                 out.append(Property("TxPower", "n", get=lambda: self.plan.tx_power))
+            if self.plan.interval_ms is not None:
+                out.append(Property("MinInterval", "u", get=lambda: self.plan.interval_ms))
+                out.append(Property("MaxInterval", "u", get=lambda: self.plan.interval_ms))
             return out
 
         return Interface(
@@ -218,8 +229,8 @@ class Advertisement(ExportedObject):
                               "RegisterAdvertisement", "oa{sv}", (self.path, {}),
                               timeout=timeout)
         self.registered_on = adapter_path
-        log.info("advertisement registered path=%s name=%s size=%d", self.path,
-                 self.plan.local_name or "-", self.plan.size)
+        log.info("advertisement registered path=%s name=%s size=%d interval_ms=%s", self.path,
+                 self.plan.local_name or "-", self.plan.size, self.plan.interval_ms or "default")
 
     async def unregister(self, *, timeout: float, quiet: bool = False) -> None:
         """Best effort; ``quiet`` when bluetoothd may well have dropped it already."""
@@ -235,8 +246,10 @@ class Advertisement(ExportedObject):
             log.log(logging.DEBUG if quiet else logging.WARNING,
                     "advertisement unregister failed error=%s", exc)
 
-    async def update(self, plan: AdvertPlan) -> None:
-        """Apply a new plan live: PropertiesChanged makes bluetoothd re-read it."""
+    async def update(self, plan: AdvertPlan, *, announce: bool = True) -> None:
+        """Apply a new plan; ``announce``: live, with PropertiesChanged making bluetoothd
+        re-read it (False: the next registration reads it; nothing to tell a bluetoothd
+        that does not hold it)."""
         old, self.plan = self.plan, plan
         if not self.exported:
             return
@@ -252,7 +265,13 @@ class Advertisement(ExportedObject):
                 changed["LocalName"] = plan.local_name
         if old.includes != plan.includes:
             changed["Includes"] = list(plan.includes)
-        if changed or invalidated:
+        if old.interval_ms != plan.interval_ms and plan.interval_ms is not None:
+            # bluetoothd applies each property as it comes: never min above max between two
+            pair = {"MinInterval": plan.interval_ms, "MaxInterval": plan.interval_ms}
+            growing = old.interval_ms is not None and plan.interval_ms > old.interval_ms
+            for key in (("MaxInterval", "MinInterval") if growing else pair):
+                changed[key] = pair[key]
+        if announce and (changed or invalidated):
             await self._conn.emit_properties_changed(self.path, ADVERTISEMENT_IFACE, changed,
                                                      invalidated)
 

@@ -21,6 +21,7 @@ import trio
 from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Method, Property
 
 from .access import READ, WRITE, AccessGate
+from .devices import Central
 from .errors import NOT_PERMITTED, NOT_SUPPORTED, GattError
 from .long_write import LongWrites
 from .model import (
@@ -39,6 +40,7 @@ from .names import (
 )
 from .notify_sockets import CLOSE_GRACE_S, DeviceSeen, NotifySockets
 from .requests import ReadRequest, WriteRequest
+from .resubscribe import REPLAY_SETTLE_S, replay_on_reconnect
 from .state import CharacteristicState
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,9 @@ class GattApplication:
         self._long_writes = LongWrites(long_write_timeout)
         self.access = access
         self._states: dict[str, CharacteristicState] = {}
+        self.replay_looks = 0
+        self._last_left = float("-inf")
+        """Bonded centrals' connects looked at by :meth:`replay_subscriptions`."""
         self.exported = False
         self.registered_on: str | None = None
         self._layout()
@@ -127,14 +132,14 @@ class GattApplication:
         self.exported = True
 
     def _service_interface(self, service: Service) -> Interface:
-        return Interface(
-            GATT_SERVICE_IFACE,
-            properties=[
-                Property("UUID", "s", get=lambda: service.uuid),
-                Property("Primary", "b", get=lambda: service.primary),
-                Property("Includes", "ao", get=lambda: []),
-            ],
-        )
+        properties = [
+            Property("UUID", "s", get=lambda: service.uuid),
+            Property("Primary", "b", get=lambda: service.primary),
+            Property("Includes", "ao", get=lambda: []),
+        ]
+        if service.handle:  # asked for; without it bluetoothd chooses
+            properties.append(Property("Handle", "q", get=lambda: service.handle))
+        return Interface(GATT_SERVICE_IFACE, properties=properties)
 
     def _characteristic_interface(self, state: CharacteristicState, s_path: str) -> Interface:
         spec = state.spec
@@ -146,6 +151,8 @@ class GattApplication:
             Property("Notifying", "b", get=lambda: state.notifying),
             Property("Value", "ay", get=lambda: state.value, restricted=True),
         ]
+        if spec.handle:
+            properties.append(Property("Handle", "q", get=lambda: spec.handle))
         methods = [
             Method("ReadValue", OPTIONS, "ay", arg_names=["options"], out_names=["value"],
                    handler=lambda ctx, opts: self._read_value(ctx, state, opts),
@@ -216,6 +223,7 @@ class GattApplication:
         if not state.spec.notifies:
             raise GattError(NOT_SUPPORTED, f"{state.spec.label} does not notify")
         state.start_notify_calls += 1
+        state.last_start_notify = trio.current_time()
         if not state.notifying:
             state.notifying = True
             self._conn.emit_properties_changed_nowait(state.path, GATT_CHARACTERISTIC_IFACE,
@@ -224,6 +232,54 @@ class GattApplication:
         if state.spec.on_subscribe is not None:
             # after this handler returns, so the reply to StartNotify leaves first
             self._start_subscribe_hook(state)
+
+    async def replay_subscriptions(self, central: Central, *,
+                                   settle: float = REPLAY_SETTLE_S) -> list[str]:
+        """A central connected: after ``settle``, give each characteristic it is still
+        subscribed to, as far as bluetoothd tells us, its subscribe push once (see
+        :mod:`.resubscribe`). Returns the labels replayed."""
+        # bluetoothd's StartNotify may overtake the Device1 signal of the same connect, so
+        # one since the last central left counts as this phone's (StartNotify names none)
+        since = self._last_left
+        connected = trio.current_time()
+        await trio.sleep(settle)
+        replayed = []
+        for state in self._states.values():
+            if state.spec.on_subscribe is None:
+                continue
+            pipe = state.sockets.get(central.path)
+            if pipe is not None:
+                # bluetoothd kept this phone's socket open while it was away (5.66: the
+                # one shared socket, held by its kept CCC): the same push, into it
+                kept_sent = pipe.last_offered is not None and pipe.last_offered >= connected
+                if replay_on_reconnect(bonded=central.bonded, notifying=not pipe.closed,
+                                       subscribed_since=pipe.opened_at >= since,
+                                       sent_since=kept_sent):
+                    replayed.append(state.spec.label)
+                    self._sockets.push_subscribe(state, central.path)
+                continue
+            fresh = state.last_start_notify is not None and state.last_start_notify >= since
+            sent = state.last_sent is not None and state.last_sent >= connected
+            # a socket characteristic whose phone has no socket (5.82 closes a bonded
+            # phone's socket when it leaves and asks for none when its kept CCC is
+            # enabled again): bluetoothd may hold a CCC we cannot see, and a signal
+            # reaches exactly the phones whose CCC is on
+            unseen = state.spec.acquire_notify and not state.notifying
+            if replay_on_reconnect(bonded=central.bonded,
+                                   notifying=state.notifying or unseen,
+                                   subscribed_since=fresh, sent_since=sent):
+                if unseen and not self._sockets.serve_by_signals(state, central.path):
+                    continue
+                replayed.append(state.spec.label)
+                self._start_subscribe_hook(state)
+        self.replay_looks += 1
+        log.debug("reconnect look device=%s bonded=%s since=%s states=%s", central.path,
+                  central.bonded, since, [(st.spec.label, st.notifying, st.last_start_notify)
+                                          for st in self._states.values()])
+        if replayed:
+            log.info("current value again for a bonded central device=%s characteristics=%s",
+                     central.path, ",".join(replayed))
+        return replayed
 
     def _start_subscribe_hook(self, state: CharacteristicState) -> None:
         self._nursery.start_soon(self._run_subscribe_hook, state)
@@ -251,7 +307,9 @@ class GattApplication:
 
     # -- notify sockets ---------------------------------------------------------------
     def device_left(self, device: str) -> None:
-        """A phone disconnected: it is no longer a reason to stay on signals."""
+        """A phone disconnected: it is no longer a reason to stay on signals (and a
+        StartNotify from now on belongs to a phone that comes, see replay_subscriptions)."""
+        self._last_left = trio.current_time()
         self._sockets.device_left(device)
 
     def phones(self) -> dict[str, dict[str, Any]]:
@@ -272,6 +330,7 @@ class GattApplication:
             await self._conn.emit_properties_changed(state.path, GATT_CHARACTERISTIC_IFACE,
                                                      {"Value": value})
             state.notifications_sent += 1
+            state.last_sent = trio.current_time()
             return True
         return self._sockets.offer(state, value)
 
@@ -283,6 +342,12 @@ class GattApplication:
         self._sockets.close_all("bluetoothd gone")
 
     # -- registration ----------------------------------------------------------
+    def fixed_handles(self) -> str | None:
+        """The handle ranges asked of bluetoothd, in words (None: it chooses them all)."""
+        ranges = [f"{service.name or service.uuid} 0x{service.handle:04x}.."
+                  f"0x{service.end_handle:04x}" for service in self.services if service.handle]
+        return ", ".join(ranges) or None
+
     async def register(self, adapter_path: str, *, timeout: float) -> None:
         """RegisterApplication under a deadline; raises DBusError on refusal."""
         self.export()

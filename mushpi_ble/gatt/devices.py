@@ -43,6 +43,8 @@ class Central:
     connected: bool = False
     mtu: int = 23
     connected_at: float | None = None
+    bonded: bool = False
+    """bluetoothd keeps its keys (Device1 ``Bonded``): its subscriptions outlive a visit."""
 
 
 @attrs.define
@@ -150,6 +152,8 @@ class DeviceTracker:
                 central.mtu = sighting.mtu
         if "Address" in props:
             central.address = str(props["Address"])
+        if "Bonded" in props:
+            central.bonded = bool(props["Bonded"])
         if "Connected" in props:
             self._set_connected(central, bool(props["Connected"]))
 

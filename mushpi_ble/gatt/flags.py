@@ -48,3 +48,5 @@ NOTIFY_FLAGS = frozenset(
     {"notify", "indicate", "encrypt-notify", "encrypt-indicate", "encrypt-authenticated-notify",
      "encrypt-authenticated-indicate", "secure-notify", "secure-indicate"}
 )
+EXTENDED_FLAGS = frozenset({"reliable-write", "writable-auxiliaries"})
+"""Flags for which bluetoothd adds a Characteristic Extended Properties descriptor."""

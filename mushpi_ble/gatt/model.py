@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import attrs
 
-from .flags import CHARACTERISTIC_FLAGS, NOTIFY_FLAGS, READ_FLAGS, WRITE_FLAGS
+from .flags import (
+    CHARACTERISTIC_FLAGS,
+    EXTENDED_FLAGS,
+    NOTIFY_FLAGS,
+    READ_FLAGS,
+    WRITE_FLAGS,
+)
 from .queue_policy import POLICIES
 from .requests import ReadRequest, WriteRequest
 
@@ -57,6 +63,9 @@ class Characteristic:
     ``rejects_writes`` says the write handler may refuse a value; such a
     characteristic must not carry ``write-without-response``.
 
+    ``handle`` asks bluetoothd for the characteristic's value handle (its declaration
+    is the handle before, its CCC the one after); 0 lets bluetoothd choose.
+
     ``acquire_notify`` exposes ``NotifyAcquired``, so bluetoothd hands us one
     notify socket per subscribing phone (``AcquireNotify``) instead of calling
     StartNotify; each socket queues at most ``notify_queue`` values, by
@@ -77,6 +86,7 @@ class Characteristic:
     notify_queue: int = 8
     notify_policy: str = "drop_oldest"
     signal_fallback: bool = True
+    handle: int = 0
 
     @property
     def label(self) -> str:
@@ -94,18 +104,51 @@ class Characteristic:
     def writable(self) -> bool:
         return bool(WRITE_FLAGS.intersection(self.flags))
 
+    @property
+    def span(self) -> int:
+        """Handles bluetoothd gives it: declaration, value, a CCC when it notifies or
+        indicates, an extended-properties descriptor when a flag needs one."""
+        return 2 + self.notifies + bool(EXTENDED_FLAGS.intersection(self.flags))
+
 
 @attrs.frozen
 class Service:
+    """A service; ``handle`` fixes its declaration's handle (0: bluetoothd chooses), and
+    then every characteristic's handle must follow bluetoothd's layout (see
+    :func:`fixed_handles`)."""
+
     uuid: str = attrs.field(converter=normalise_uuid)
     characteristics: tuple[Characteristic, ...]
     primary: bool = True
     name: str = ""
+    handle: int = 0
+
+    @property
+    def span(self) -> int:
+        return 1 + sum(char.span for char in self.characteristics)
+
+    @property
+    def end_handle(self) -> int:
+        return self.handle + self.span - 1 if self.handle else 0
+
+
+def fixed_handles(service_handle: int, spans: Sequence[int]) -> tuple[int, ...]:
+    """The value handle of each characteristic as bluetoothd lays a service out: the
+    service declaration, then per characteristic its declaration, its value and its
+    descriptors, with no gap (bluetoothd sizes the service by counting attributes, and
+    places a requested handle without checking the service's end)."""
+    handles = []
+    cursor = service_handle + 1
+    for span in spans:
+        handles.append(cursor + 1)
+        cursor += span
+    return tuple(handles)
 
 
 def validate_services(services: Sequence[Service]) -> None:
     """Raise :class:`GattDefinitionError` naming the first problem found."""
     seen_services: set[str] = set()
+    _validate_handles(services)
     for service in services:
         if service.uuid in seen_services:
             raise GattDefinitionError(f"service {service.uuid} is declared twice")
@@ -118,6 +161,37 @@ def validate_services(services: Sequence[Service]) -> None:
                     f"characteristic {char.uuid} appears twice in service {service.uuid}"
                 )
             seen_chars.add(char.uuid)
+
+
+def _validate_handles(services: Sequence[Service]) -> None:
+    """Fixed handles laid out as bluetoothd will, services apart: a clash names the handle."""
+    taken: list[tuple[int, int, str]] = []
+    for service in services:
+        label = service.name or service.uuid
+        if not service.handle:
+            for char in service.characteristics:
+                if char.handle:
+                    raise GattDefinitionError(
+                        f"characteristic {char.label}: handle 0x{char.handle:04x} needs a "
+                        f"fixed handle for its service {label} too")
+            continue
+        if service.end_handle > 0xFFFF:
+            raise GattDefinitionError(f"service {label}: handles 0x{service.handle:04x}.."
+                                      f"0x{service.end_handle:04x} do not fit in 0x0001..0xffff")
+        expected = fixed_handles(service.handle, [c.span for c in service.characteristics])
+        for char, want in zip(service.characteristics, expected, strict=True):
+            if char.handle != want:
+                raise GattDefinitionError(
+                    f"characteristic {char.label}: handle 0x{char.handle:04x} clashes with "
+                    f"bluetoothd's layout of service {label} at 0x{service.handle:04x}: "
+                    f"its value handle must be 0x{want:04x} (each characteristic takes its "
+                    "declaration, its value and its descriptors, in order, without gaps)")
+        for start, end, other in taken:
+            if service.handle <= end and start <= service.end_handle:
+                raise GattDefinitionError(
+                    f"service {label}: handles 0x{service.handle:04x}..0x{service.end_handle:04x}"
+                    f" clash with service {other} at 0x{start:04x}..0x{end:04x}")
+        taken.append((service.handle, service.end_handle, label))
 
 
 def _validate_characteristic(char: Characteristic) -> None:

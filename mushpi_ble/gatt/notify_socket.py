@@ -85,6 +85,9 @@ class NotifySocket:
         self.closed = False
         self.close_reason = ""
         self._queue: deque[bytes] = deque()
+        self.opened_at = trio.current_time()
+        self.last_offered: float | None = None
+        """When a value was last taken for this socket (trio time; see :mod:`.resubscribe`)."""
         self._on_closed = on_closed
         self._wake = trio.Event()
         self._scope = trio.CancelScope()
@@ -117,6 +120,7 @@ class NotifySocket:
                               "max=%d", self.characteristic, self.device, len(value),
                               self.max_value)
             return Admission.REFUSED
+        self.last_offered = trio.current_time()
         queue = self._queue
         if not queue and self._send(value, lost=True):
             stats.sent += 1

@@ -157,6 +157,14 @@ class NotifySockets:
                 _PUSH_TO.reset(token)
         return theirs, mtu
 
+    def push_subscribe(self, state: CharacteristicState, device: str) -> None:
+        """A first subscribe's push, again, into ``device``'s socket only."""
+        token = _PUSH_TO.set(device)
+        try:
+            self._start_subscribe_hook(state)
+        finally:
+            _PUSH_TO.reset(token)
+
     async def _close_sent_end(self, theirs: socket.socket) -> None:
         """Close our copy of bluetoothd's end once the reply carrying it has left, so
         bluetoothd's close reaches us as EOF."""
@@ -211,6 +219,24 @@ class NotifySockets:
         else:
             log.warning("notify socket lost under a connected phone characteristic=%s "
                         "device=%s: no fallback (notify mode socket)", state.spec.label, device)
+
+    def serve_by_signals(self, state: CharacteristicState, device: str) -> bool:
+        """A bonded phone is back with no socket of its own: bluetoothd 5.69+ closed it
+        with the link, kept its CCC, and asks for no new socket when the phone enables
+        it again. Serve the characteristic by signals (which bluetoothd sends to every
+        phone whose CCC is on) until that phone leaves or acquires again; False where
+        the notify mode allows no signals."""
+        if not state.spec.signal_fallback:
+            log.warning("bonded phone back without a notify socket characteristic=%s "
+                        "device=%s: it gets notifications only once it subscribes anew "
+                        "(notify mode socket)", state.spec.label, device)
+            return False
+        if device not in state.suspects:
+            state.suspects.add(device)
+            log.info("bonded phone back without a notify socket characteristic=%s "
+                     "device=%s: serving it by signals until it leaves or acquires again",
+                     state.spec.label, device)
+        return True
 
     def device_left(self, device: str) -> None:
         """A phone disconnected: it is no longer a reason to stay on signals."""

@@ -136,6 +136,7 @@ class PairingWindow:
         self.new_bonds = 0
         """Bonds made in the window opened last."""
         self.opened = 0
+        self._watchers: list[Callable[[], None]] = []
 
     def open(self, seconds: float) -> float:
         """Open (or extend, or shorten) the window to ``seconds`` from now; the wall
@@ -149,7 +150,20 @@ class PairingWindow:
         until = self._wall() + seconds
         log.info("pairing window opened seconds=%.0f until=%s new_phones=%s", seconds,
                  time.strftime("%H:%M:%S", time.localtime(until)), self.bonds or "any")
+        for watcher in list(self._watchers):
+            watcher()
         return until
+
+    def watch(self, opened: Callable[[], None]) -> Callable[[], None]:
+        """Call ``opened()`` (in the opener's thread) each time the window opens; returns
+        the function that stops it. A watcher must not block (hand over to its loop)."""
+        self._watchers.append(opened)
+
+        def stop() -> None:
+            if opened in self._watchers:
+                self._watchers.remove(opened)
+
+        return stop
 
     def close(self, why: str = "") -> None:
         if self._until is not None:

@@ -21,7 +21,12 @@ class CharacteristicState:
     value: bytes = b""
     notifying: bool = False
     start_notify_calls: int = 0
+    last_start_notify: float | None = None
+    """Loop time of the last StartNotify (a new subscription), for the reconnect look."""
     notifications_sent: int = 0
+    last_sent: float | None = None
+    """When the last value went out as a signal (trio time): a bonded phone back since
+    then has the current value (see :mod:`.resubscribe`)."""
     sockets: dict[str, NotifySocket] = attrs.Factory(dict)
     """Acquired notify sockets by device path."""
     suspects: set[str] = attrs.Factory(set)

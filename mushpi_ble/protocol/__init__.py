@@ -37,9 +37,11 @@ from .stage import MAX_STAGE_AGE_S, StageDict, StageState
 from .status import StatusFlags
 from .table import (
     CHARACTERISTICS,
+    DEFAULT_POLICIES,
     FIXED_SIZES,
     NOTIFYING,
     REQUIRED_BY_APP,
+    SERVICE_HANDLE,
     WRITABLE,
     Characteristic,
     Notify,
@@ -80,6 +82,7 @@ __all__ = [
     "CHARACTERISTIC_NAMES",
     "CHARACTERISTIC_UUIDS",
     "CONTROL_TARGETS",
+    "DEFAULT_POLICIES",
     "DEFAULT_QUERY",
     "ENV_MEASUREMENTS",
     "FIXED_SIZES",
@@ -91,6 +94,7 @@ __all__ = [
     "OVERRIDE_BITS",
     "READINGS",
     "REQUIRED_BY_APP",
+    "SERVICE_HANDLE",
     "SERVICE_UUID",
     "SPECIES",
     "STAGES",

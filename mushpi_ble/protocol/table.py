@@ -45,9 +45,12 @@ from .uuids import (
 
 __all__ = [
     "CHARACTERISTICS",
+    "DEFAULT_POLICIES",
     "FIXED_SIZES",
     "NOTIFYING",
+    "POLICIES",
     "REQUIRED_BY_APP",
+    "SERVICE_HANDLE",
     "WRITABLE",
     "Characteristic",
     "Notify",
@@ -116,6 +119,10 @@ class Write:
     remembered: bool = False
 
 
+POLICIES: tuple[str, ...] = ("drop_oldest", "drop_newest", "coalesce")
+"""What a full publish queue may do with a new value (the generic layer's queue policies)."""
+
+
 @attrs.frozen
 class Notify:
     """The characteristic notifies; ``refresh`` is the getter a new subscriber's
@@ -125,6 +132,15 @@ class Notify:
     refresh_encode: Encoder | None = None
     optional: bool = False
     """Left out when the settings disable it (actuator_status)."""
+    policy: str = "coalesce"
+    """What a burst keeps when the phone cannot take every value: ``coalesce`` (the
+    last value wins) for a state snapshot, where only the newest value means anything;
+    ``drop_oldest`` / ``drop_newest`` for an event stream whose values all matter.
+    The settings may override it (MUSHPI_BLE_BACKPRESSURE_POLICY, MUSHPI_BLE_POLICY_*)."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; allowed: {', '.join(POLICIES)}")
 
 
 @attrs.frozen
@@ -138,6 +154,10 @@ class Characteristic:
     read: Read | None = None
     write: Write | None = None
     notify: Notify | None = None
+    handle: int = 0
+    """The value handle asked of bluetoothd (declaration one before, CCC one after):
+    fixed, so a bonded phone's cached database stays true across restarts. A new row
+    goes last and takes the next free handles; no existing row's handle ever changes."""
 
     def __attrs_post_init__(self) -> None:
         if self.read is None and self.write is None and self.notify is None:
@@ -189,12 +209,18 @@ def _thresholds_decode(data: BytesLike, _now: Callable[[], float]) -> Any:
     return decode_thresholds_write(data)
 
 
+SERVICE_HANDLE = 0x1000
+"""The MushPi service declaration's handle: far above bluetoothd's own services (GAP,
+GATT, its PnP-only Device Information, the LE audio plugins on 5.82), with room after
+the last row for rows to come."""
+
 CHARACTERISTICS: tuple[Characteristic, ...] = (
     Characteristic(
         ENV_MEASUREMENTS, CHARACTERISTIC_UUIDS[ENV_MEASUREMENTS], EnvMeasurement,
         EnvMeasurement.SIZE,
         read=Read(ReadSource.PUBLISHED),
-        notify=Notify(),
+        notify=Notify(policy="coalesce"),  # a snapshot of the room: the newest wins
+        handle=0x1002,
     ),
     Characteristic(
         CONTROL_TARGETS, CHARACTERISTIC_UUIDS[CONTROL_TARGETS], ControlTargets,
@@ -202,37 +228,45 @@ CHARACTERISTICS: tuple[Characteristic, ...] = (
         read=Read(ReadSource.GETTER, "get_control_targets", _packer(ControlTargets),
                   default=ControlTargets.DEFAULT.pack()),
         write=Write(_fixed(ControlTargets), "set_control_targets", remembered=True),
+        handle=0x1005,
     ),
     Characteristic(
         STAGE_STATE, CHARACTERISTIC_UUIDS[STAGE_STATE], StageState, StageState.SIZE,
         read=Read(ReadSource.GETTER, "get_stage_data", _packer(StageState),
                   default=StageState.from_controller(None).pack()),
         write=Write(_stage_decode, "set_stage_state", remembered=True),
+        handle=0x1007,
     ),
     Characteristic(
         OVERRIDE_BITS, CHARACTERISTIC_UUIDS[OVERRIDE_BITS], OverrideBits, OverrideBits.SIZE,
         write=Write(_fixed(OverrideBits), "apply_overrides", refreshes=ACTUATOR_STATUS),
+        handle=0x1009,
     ),
     Characteristic(
         STATUS_FLAGS, CHARACTERISTIC_UUIDS[STATUS_FLAGS], StatusFlags, StatusFlags.SIZE,
         read=Read(ReadSource.STATUS),
-        notify=Notify(),
-    ),
-    Characteristic(
-        ACTUATOR_STATUS, CHARACTERISTIC_UUIDS[ACTUATOR_STATUS], ActuatorStatus,
-        ActuatorStatus.SIZE,
-        read=Read(ReadSource.GETTER, "get_control_data", _packer(ActuatorStatus),
-                  default=bytes(ActuatorStatus.SIZE)),
-        notify=Notify("get_control_data", _packer(ActuatorStatus), optional=True),
+        notify=Notify(policy="coalesce"),  # the flags now, not their history
+        handle=0x100B,
     ),
     Characteristic(
         STAGE_THRESHOLDS, CHARACTERISTIC_UUIDS[STAGE_THRESHOLDS], ThresholdsUpdate, None,
         read=Read(ReadSource.THRESHOLDS, "get_stage_thresholds"),
         write=Write(_thresholds_decode, "set_stage_thresholds",
                     max_length=MAX_THRESHOLDS_PAYLOAD, queries=(ThresholdsQuery,)),
+        handle=0x100E,
+    ),
+    Characteristic(
+        ACTUATOR_STATUS, CHARACTERISTIC_UUIDS[ACTUATOR_STATUS], ActuatorStatus,
+        ActuatorStatus.SIZE,
+        read=Read(ReadSource.GETTER, "get_control_data", _packer(ActuatorStatus),
+                  default=bytes(ActuatorStatus.SIZE)),
+        notify=Notify("get_control_data", _packer(ActuatorStatus), optional=True,
+                      policy="coalesce"),  # the relays now
+        handle=0x1010,
     ),
 )
-"""The MushPi service's characteristics, in the order the service declares them."""
+"""The MushPi service's characteristics, in the order the service declares them (and of
+their handles); optional rows last, so leaving one out moves no other."""
 
 _BY_NAME: Mapping[str, Characteristic] = MappingProxyType({c.name: c for c in CHARACTERISTICS})
 
@@ -244,6 +278,11 @@ FIXED_SIZES: Mapping[str, int] = MappingProxyType(
 
 NOTIFYING: tuple[str, ...] = tuple(c.name for c in CHARACTERISTICS if c.notify is not None)
 """Characteristics the Pi publishes with notifications."""
+
+DEFAULT_POLICIES: Mapping[str, str] = MappingProxyType(
+    {c.name: c.notify.policy for c in CHARACTERISTICS if c.notify is not None}
+)
+"""Each notifying characteristic's own back-pressure policy, unless the settings override it."""
 
 WRITABLE: tuple[str, ...] = tuple(c.name for c in CHARACTERISTICS if c.write is not None)
 """Characteristics the phone writes; their decoders validate and may refuse."""

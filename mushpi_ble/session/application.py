@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from ..dbus import ConnectionLost, DBusError
 from ..errors import RegistrationRefused
 from ..gatt import GattApplication
-from .step import CentralLeft, SessionEvent, Step
+from .step import CentralConnected, CentralLeft, SessionEvent, Step
+
+DATABASE_FAILED = "Failed to create entry in database"
+"""bluetoothd's refusal when a service does not fit its database (src/gatt-database.c)."""
 
 
 class Application(Step):
@@ -38,8 +42,12 @@ class Application(Step):
         except ConnectionLost:
             raise
         except DBusError as exc:
+            fixed = self.app.fixed_handles()
+            clash = (f"; the fixed handles ({fixed}) may clash with a service bluetoothd "
+                     "already holds there (another application's, or a plugin's)"
+                     if fixed and DATABASE_FAILED in exc.text else "")
             raise RegistrationRefused(
-                f"bluetoothd refused the GATT application: {exc.name}: {exc.text}"
+                f"bluetoothd refused the GATT application: {exc.name}: {exc.text}{clash}"
             ) from exc
         self.registered = True
         self.host.changed()
@@ -59,6 +67,10 @@ class Application(Step):
     def on_event(self, event: SessionEvent) -> None:
         if isinstance(event, CentralLeft) and self.app is not None:
             self.app.device_left(event.central.path)  # no longer a reason to stay on signals
+        elif (isinstance(event, CentralConnected) and event.central.bonded
+              and self.app is not None and self.registered):
+            # bluetoothd kept its subscriptions and will answer its CCC writes itself
+            self.host.spawn(partial(self.app.replay_subscriptions, event.central))
 
     def snapshot(self) -> dict[str, Any]:
         app = self.app

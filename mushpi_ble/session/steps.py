@@ -9,6 +9,7 @@ from ..access import RoomAccess
 from ..config import Settings
 from ..gatt import Central, PasskeyShown
 from .adapter import AdapterKeeper
+from .advert_interval import IntervalSettings
 from .advertiser import Advertiser
 from .application import Application
 from .devices import Devices
@@ -36,7 +37,12 @@ class SessionSteps:
         self.advertiser = Advertiser(
             app_root=settings.dbus_app_path, service_uuid=settings.ble_service_uuid,
             tx_power=settings.ble_adv_tx_power, enabled=settings.ble_adv_enable,
-            timeout=timeout, name=lambda: self.naming.current)
+            timeout=timeout, name=lambda: self.naming.current,
+            intervals=IntervalSettings(enabled=settings.ble_advert_intervals,
+                                       fast_ms=settings.ble_advert_fast_ms,
+                                       fast_s=settings.ble_advert_fast_s,
+                                       slow_ms=settings.ble_advert_slow_ms),
+            window=access.window)
         self.ordered: list[Step] = [self.application, self.devices, self.naming,
                                     Bonds(access, timeout=timeout), self.agent,
                                     self.advertiser]

@@ -73,6 +73,8 @@ class FakeAdapter:
         self.index = index
         self.path = f"/org/bluez/{adapter_id}"
         self.address = f"00:AA:01:00:00:{index & 0xFF:02X}"
+        self.kept_ccc: dict[str, dict[Any, int]] = {}
+        """CCC values bluetoothd keeps for bonded devices that left (``keep_bonded_ccc``)."""
         system = runtime.config.system_name
         self.name = system if index == 0 else f"{system} #{index + 1}"
         self._alias: str | None = None

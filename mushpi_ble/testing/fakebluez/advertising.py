@@ -77,6 +77,8 @@ class Payload:
     includes: tuple[str, ...]
     tx_power: int | None
     timeout: int
+    interval_units: tuple[int, int] | None = None
+    """(min, max) in 0.625 ms units as the controller gets them; None: bluetoothd's default."""
 
 
 def _get(props: Mapping[str, Variant], name: str, signature: str) -> Any:
@@ -117,7 +119,8 @@ def _interval(props: Mapping[str, Variant], name: str) -> int:
 def parse_advertisement(props: Mapping[str, Variant], *, alias: str,
                         supported_includes: Collection[str],
                         secondary_channels: Collection[str] = (),
-                        can_set_tx_power: bool = False) -> Payload:
+                        can_set_tx_power: bool = False,
+                        intervals: str = "honoured") -> Payload:
     """Parse an advert's properties like bluetoothd's parser table, and size it."""
     adtype = "broadcast"
     if "Type" in props:
@@ -177,8 +180,9 @@ def parse_advertisement(props: Mapping[str, Variant], *, alias: str,
         channel = _get(props, "SecondaryChannel", "s")
         if channel not in secondary_channels:
             raise AdvertParseError(f"SecondaryChannel {channel!r} is not supported")
-    min_interval = _interval(props, "MinInterval") if "MinInterval" in props else 0
-    max_interval = _interval(props, "MaxInterval") if "MaxInterval" in props else 0
+    honoured = intervals != "ignored"  # before 5.77 without -E the parsers skip them
+    min_interval = _interval(props, "MinInterval") if honoured and "MinInterval" in props else 0
+    max_interval = _interval(props, "MaxInterval") if honoured and "MaxInterval" in props else 0
     tx_power: int | None = None
     if "TxPower" in props:
         tx_power = int(_get(props, "TxPower", "n"))
@@ -202,8 +206,10 @@ def parse_advertisement(props: Mapping[str, Variant], *, alias: str,
         encoded = name.encode()[: MAX_SCAN_RSP_LEN - 2]
         advertised = encoded.decode(errors="ignore")
         scan_size = 2 + len(encoded)
+    # like refresh_extended_adv: the intervals go to the kernel only when both are set
+    units = (min_interval, max_interval) if min_interval and max_interval else None
     return Payload(adtype, size, scan_size, name, advertised, tuple(includes),
-                   tx_power if can_set_tx_power else None, timeout)
+                   tx_power if can_set_tx_power else None, timeout, units)
 
 
 def unwrap(props: Mapping[str, Variant]) -> dict[str, Any]:
@@ -249,6 +255,12 @@ class Advertisement:
     def type(self) -> str:
         return self.payload.type if self.payload else ""
 
+    @property
+    def interval_ms(self) -> tuple[float, float] | None:
+        """(min, max) advertising interval on the air in ms; None: bluetoothd's default."""
+        units = self.payload.interval_units if self.payload else None
+        return None if units is None else (units[0] * 0.625, units[1] * 0.625)
+
 
 class AdvertisingManager:
     """One adapter's advertising manager."""
@@ -259,6 +271,8 @@ class AdvertisingManager:
         self.adverts: list[Advertisement] = []
         self.registrations = 0
         """RegisterAdvertisement calls that succeeded."""
+        self.live_updates: list[tuple[str, ...]] = []
+        """The properties of each PropertiesChanged applied to an advert while held."""
         self.halted = False
         """The controller stopped advertising for a central (``halt_advertising_on_connect``);
         off the air while one is connected, until a new registration."""
@@ -274,10 +288,14 @@ class AdvertisingManager:
             Property("SupportedInstances", "y",
                      get=lambda: max(0, cfg.supported_instances - len(self.adverts))),
             Property("SupportedIncludes", "as", get=lambda: list(cfg.supported_includes)),
-            Property("SupportedFeatures", "as",
-                     get=lambda: ["CanSetTxPower"] if cfg.can_set_tx_power else []),
-            Property("SupportedCapabilities", "a{sv}", get=self._capabilities),
         ]
+        if cfg.advert_intervals != "ignored":
+            # before 5.77 without -E: experimental, hidden with the intervals' parsers
+            props += [
+                Property("SupportedFeatures", "as",
+                         get=lambda: ["CanSetTxPower"] if cfg.can_set_tx_power else []),
+                Property("SupportedCapabilities", "a{sv}", get=self._capabilities),
+            ]
         if cfg.secondary_channels:
             props.insert(3, Property("SupportedSecondaryChannels", "as",
                                      get=lambda: list(cfg.secondary_channels)))
@@ -370,11 +388,16 @@ class AdvertisingManager:
         try:
             payload = parse_advertisement(
                 variants, alias=self._adapter.alias, supported_includes=cfg.supported_includes,
-                secondary_channels=cfg.secondary_channels, can_set_tx_power=cfg.can_set_tx_power)
+                secondary_channels=cfg.secondary_channels, can_set_tx_power=cfg.can_set_tx_power,
+                intervals=cfg.advert_intervals)
         except AdvertParseError as exc:
             log.info("advertisement refused sender=%s path=%s reason=%r", advert.sender,
                      advert.path, str(exc))
             raise DBusError(FAILED, ADVERT_PARSE_FAILED) from None
+        if payload.interval_units is not None and cfg.advert_intervals == "refused":
+            log.info("advertisement refused sender=%s path=%s reason=intervals-refused",
+                     advert.sender, advert.path)
+            raise DBusError(FAILED, ADVERT_REGISTER_FAILED)
         if payload.adv_size > MAX_ADV_LEN:
             log.info("advertisement refused sender=%s path=%s reason=too-long adv_bytes=%d "
                      "max=%d", advert.sender, advert.path, payload.adv_size, MAX_ADV_LEN)
@@ -493,6 +516,7 @@ class AdvertisingManager:
         old_timeout = advert.payload.timeout if advert.payload else 0
         advert.variants = variants
         advert.payload = payload
+        self.live_updates.append(tuple(changed) + tuple(invalidated))
         log.info("advertisement updated sender=%s path=%s changed=%s invalidated=%s "
                  "local_name=%r adv_bytes=%d", sender, path, ",".join(changed),
                  ",".join(invalidated), payload.local_name, payload.adv_size)

@@ -634,6 +634,11 @@ class FakeCentral:
         return self.adapter.is_paired(self.address)
 
     # -- connection ---------------------------------------------------------------
+    def restore_ccc(self) -> None:
+        """A bonded phone is back: the CCC values bluetoothd kept are its again."""
+        kept = self.adapter.kept_ccc.pop(self.address, {})
+        self._ccc.update({chrc: value for chrc, value in kept.items() if not chrc.removed})
+
     def forget(self, chars: Iterable[Characteristic]) -> None:
         """Characteristics left the database: drop their CCC state, close sockets."""
         for chrc in chars:
@@ -655,13 +660,27 @@ class FakeCentral:
         self._arrived.set()
 
     async def disconnect(self, reason: str = "remote-user") -> None:
-        """The phone goes away; a disconnect counts as disabling every CCC."""
+        """The phone goes away; a disconnect counts as disabling every CCC (but a bonded
+        phone's CCC values stay with bluetoothd under ``keep_bonded_ccc``: on the signal
+        path and the shared socket of bluetoothd before 5.69 nothing is told; its own
+        socket of 5.69+ is closed)."""
         if not self.connected:
             return
+        keep = (self._runtime.config.keep_bonded_ccc
+                and self.address in self.adapter.bonded_devices)
+        kept: dict[Characteristic, int] = {}
         for app in self.adapter.gatt.registered():
             for chrc in app.characteristics():
                 if chrc in self._ccc:
-                    self._ccc.pop(chrc)
+                    value = self._ccc.pop(chrc)
+                    if keep:
+                        kept[chrc] = value
+                        if chrc not in self._acquired:
+                            continue  # no StopNotify: bluetoothd still counts it
+                        # 5.69+: the phone's own socket closes with its link; the CCC
+                        # stays, and enabling it again asks for no new socket (5.82)
                     await self._disable(app, chrc, leaving=True)
+        if kept:
+            self.adapter.kept_ccc[self.address] = kept
         self.drop_link(reason)
         self.adapter.device_disconnected(self.address)

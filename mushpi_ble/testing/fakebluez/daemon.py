@@ -90,6 +90,8 @@ class FakeBluez:
         notify_confirm_on_socket: bool = True,
         close_wrong_notify_socket: bool = False,
         notify_socket_per_device: bool = True,
+        advert_intervals: str = "honoured",
+        keep_bonded_ccc: bool = False,
     ) -> AsyncIterator[FakeBluez]:
         """Own ``org.bluez`` on ``bus_address`` for the duration of the block.
 
@@ -113,6 +115,7 @@ class FakeBluez:
             notify_confirm_on_socket=notify_confirm_on_socket,
             close_wrong_notify_socket=close_wrong_notify_socket,
             notify_socket_per_device=notify_socket_per_device,
+            advert_intervals=advert_intervals, keep_bonded_ccc=keep_bonded_ccc,
         )
         bluez = cls(bus_address, adapters, config)
         async with trio.open_nursery() as nursery:
@@ -219,6 +222,7 @@ class FakeBluez:
                               trusted=trusted, transport=transport)
         target.centrals[central.address] = central
         central.device_path = target.add_device(central, address_type, announce=announce)
+        central.restore_ccc()
         log.info("central connected adapter=%s address=%s mtu=%d security=%s", adapter,
                  central.address, central.mtu, security)
         if self.runtime.config.drop_adverts_on_connect:

@@ -74,14 +74,15 @@ CHARACTERISTIC_FLAGS: Final[dict[str, _Flag]] = {
     "extended-properties": _Flag(props=PROP_EXT),
     "reliable-write": _Flag(ext=EXT_RELIABLE_WRITE, perm=att.PERM_WRITE),
     "writable-auxiliaries": _Flag(ext=EXT_WRITABLE_AUX),
-    "encrypt-read": _Flag(PROP_READ, EXT_ENC_READ, att.PERM_READ | att.PERM_READ_ENCRYPT),
-    "encrypt-write": _Flag(PROP_WRITE, EXT_ENC_WRITE, att.PERM_WRITE | att.PERM_WRITE_ENCRYPT),
-    "encrypt-authenticated-read": _Flag(
-        PROP_READ, EXT_AUTH_READ, att.PERM_READ | att.PERM_READ_AUTHEN),
+    # since 5.62 ("gatt: remove superfluous extended properties") the security flags add
+    # no extended properties, so no Characteristic Extended Properties descriptor
+    "encrypt-read": _Flag(PROP_READ, perm=att.PERM_READ | att.PERM_READ_ENCRYPT),
+    "encrypt-write": _Flag(PROP_WRITE, perm=att.PERM_WRITE | att.PERM_WRITE_ENCRYPT),
+    "encrypt-authenticated-read": _Flag(PROP_READ, perm=att.PERM_READ | att.PERM_READ_AUTHEN),
     "encrypt-authenticated-write": _Flag(
-        PROP_WRITE, EXT_AUTH_WRITE, att.PERM_WRITE | att.PERM_WRITE_AUTHEN),
-    "secure-read": _Flag(PROP_READ, EXT_AUTH_READ, att.PERM_READ | att.PERM_READ_SECURE),
-    "secure-write": _Flag(PROP_WRITE, EXT_AUTH_WRITE, att.PERM_WRITE | att.PERM_WRITE_SECURE),
+        PROP_WRITE, perm=att.PERM_WRITE | att.PERM_WRITE_AUTHEN),
+    "secure-read": _Flag(PROP_READ, perm=att.PERM_READ | att.PERM_READ_SECURE),
+    "secure-write": _Flag(PROP_WRITE, perm=att.PERM_WRITE | att.PERM_WRITE_SECURE),
     "authorize": _Flag(authorize=True),
     "encrypt-notify": _Flag(props=PROP_NOTIFY, ccc_perm=att.PERM_WRITE_ENCRYPT),
     "encrypt-authenticated-notify": _Flag(props=PROP_NOTIFY, ccc_perm=att.PERM_WRITE_AUTHEN),

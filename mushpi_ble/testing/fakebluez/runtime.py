@@ -35,6 +35,15 @@ class Config:
     supported_instances: int = 5
     secondary_channels: tuple[str, ...] = ()
     can_set_tx_power: bool = False
+    keep_bonded_ccc: bool = False
+    """bluetoothd's way with a bonded device (seen on 5.82): its CCC values outlive the
+    link (no StopNotify when it leaves) and are its again when it comes back, so enabling
+    the same CCC again is answered without StartNotify. Signal-path characteristics only
+    here (a notify socket of the device is closed and forgotten as before)."""
+    advert_intervals: str = "honoured"
+    """``MinInterval``/``MaxInterval``: "honoured" (5.77+, or -E before), "ignored" (before
+    5.77 without -E: parsed as absent) or "refused" (a kernel that refuses advertising
+    parameters with intervals: "Failed to register advertisement")."""
     min_tx_power: int = -21
     max_tx_power: int = 10
     server_mtu: int = 517

@@ -1,0 +1,208 @@
+"""A bonded phone's second visit: bluetoothd kept its subscriptions and answers its CCC
+write itself, so the peripheral gives it the current value as on a first subscribe,
+once, and never twice to a phone that subscribes anew."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+import trio
+from rig import eventually, make_settings, start_rig, status_until
+
+from mushpi_ble.gatt import GattApplication, replay_on_reconnect
+from mushpi_ble.portal import BlePortal
+from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
+from mushpi_ble.testing.fakebluez import FakeBluez, FakeCentral
+
+ENV = CHARACTERISTIC_UUIDS["env_measurements"]
+PHONE = "11:22:33:44:55:66"
+
+
+@pytest.mark.parametrize(
+    ("why", "bonded", "notifying", "subscribed_since", "sent_since", "replay"),
+    [
+        ("bluetoothd kept a bonded phone's subscription: the push once", True, True, False,
+         False, True),
+        ("the phone subscribed anew (StartNotify): pushed already", True, True, True, False,
+         False),
+        ("a value went out since it came back: it has the current one", True, True, False,
+         True, False),
+        ("an unbonded phone's CCC goes with the link: it subscribes anew", False, True, False,
+         False, False),
+        ("nobody subscribed, as far as bluetoothd tells us", True, False, False, False,
+         False),
+    ],
+)
+def test_replay_on_reconnect(why: str, bonded: bool, notifying: bool, subscribed_since: bool,
+                             sent_since: bool, replay: bool) -> None:
+    assert replay_on_reconnect(bonded=bonded, notifying=notifying,
+                               subscribed_since=subscribed_since,
+                               sent_since=sent_since) is replay, why
+
+
+def co2(packet: bytes) -> int:
+    return int(struct.unpack_from("<H", packet)[0])
+
+
+def app_of(portal: BlePortal) -> GattApplication:
+    app = portal.peripheral.steps.application.app
+    assert app is not None
+    return app
+
+
+async def bonded_visit(bluez: FakeBluez) -> FakeCentral:
+    central = await bluez.connect_central(address=PHONE)
+    bluez.adapter().set_paired(PHONE, bonded=True)
+    return central
+
+
+async def test_a_bonded_phone_back_gets_the_current_value_once(bus_address: str) -> None:
+    async with FakeBluez.serve(bus_address, keep_bonded_ccc=True) as bluez:
+        rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_NOTIFY_MODE="signal"))
+        # every step done (devices followed): the first visit is seen as it happens
+        await status_until(rig.portal, lambda s: s["state"] == "serving")
+        try:
+            rig.portal.publish_env(20.0, 80.0, 900, 1)
+            central = await bonded_visit(bluez)
+            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+            await central.subscribe(ENV)
+            assert co2((await central.next_notification(ENV)).value) == 900
+            await central.disconnect()
+            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            assert rig.portal.get_status()["subscriptions"]["env_measurements"]  # kept
+            rig.portal.publish_env(20.0, 80.0, 950, 1)  # while the phone is away
+            await eventually(lambda: rig.portal.get_status()["characteristics"][
+                "env_measurements"]["pending"] == 0)
+            # second visit: enabling the same CCC again reaches bluetoothd only
+            back = await bluez.connect_central(address=PHONE)
+            await back.subscribe(ENV)
+            packet = await back.next_notification(ENV, timeout=5.0)
+            assert co2(packet.value) == 950  # the value published while it was away
+            await eventually(lambda: app_of(rig.portal).replay_looks >= 1)
+            rig.portal.publish_env(20.0, 80.0, 960, 1)
+            assert co2((await back.next_notification(ENV)).value) == 960  # no second copy
+            assert [co2(n.value) for n in back.notifications(ENV)] == [950, 960]
+        finally:
+            await trio.to_thread.run_sync(rig.portal.stop)
+
+
+async def test_a_bonded_phone_back_gets_it_through_the_socket_bluetoothd_kept(
+        bus_address: str) -> None:
+    """bluetoothd 5.66 with notify sockets (the default): its one socket per
+    characteristic stays open while a bonded phone is away (its CCC is kept), no
+    AcquireNotify comes when it is back, and the value published meanwhile went
+    nowhere; the push goes into that socket once (seen in the VM lab on 5.66)."""
+    async with FakeBluez.serve(bus_address, keep_bonded_ccc=True,
+                               notify_socket_per_device=False) as bluez:
+        rig = await start_rig(bus_address, bluez, make_settings())
+        await status_until(rig.portal, lambda s: s["state"] == "serving")
+        try:
+            rig.portal.publish_env(20.0, 80.0, 900, 1)
+            central = await bonded_visit(bluez)
+            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+            await central.subscribe(ENV)
+            assert co2((await central.next_notification(ENV)).value) == 900
+            app = app_of(rig.portal)
+            acquired = app.state("env_measurements").sockets_acquired
+            await central.disconnect()
+            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            rig.portal.publish_env(20.0, 80.0, 950, 1)  # while the phone is away
+            await eventually(lambda: rig.portal.get_status()["characteristics"][
+                "env_measurements"]["pending"] == 0)
+            back = await bluez.connect_central(address=PHONE)
+            await back.subscribe(ENV)
+            packet = await back.next_notification(ENV, timeout=5.0)
+            assert co2(packet.value) == 950
+            assert app.state("env_measurements").sockets_acquired == acquired
+            await eventually(lambda: app.replay_looks >= 1)
+            rig.portal.publish_env(20.0, 80.0, 960, 1)
+            assert co2((await back.next_notification(ENV)).value) == 960  # no second copy
+            assert [co2(n.value) for n in back.notifications(ENV)] == [950, 960]
+        finally:
+            await trio.to_thread.run_sync(rig.portal.stop)
+
+
+async def test_a_bonded_phone_back_without_a_socket_gets_it_as_a_signal(
+        bus_address: str) -> None:
+    """bluetoothd 5.82 with notify sockets (the default): the bonded phone's own socket
+    closes with its link, its CCC stays, and enabling it again asks for no new socket
+    (seen in the VM lab on 5.82); the push goes out as a signal, which bluetoothd sends
+    to every phone whose CCC is on — this one."""
+    async with FakeBluez.serve(bus_address, keep_bonded_ccc=True) as bluez:
+        rig = await start_rig(bus_address, bluez, make_settings())
+        await status_until(rig.portal, lambda s: s["state"] == "serving")
+        try:
+            rig.portal.publish_env(20.0, 80.0, 900, 1)
+            central = await bonded_visit(bluez)
+            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+            await central.subscribe(ENV)
+            assert co2((await central.next_notification(ENV)).value) == 900
+            app = app_of(rig.portal)
+            acquired = app.state("env_measurements").sockets_acquired
+            await central.disconnect()
+            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            await eventually(lambda: not app.state("env_measurements").sockets)
+            rig.portal.publish_env(20.0, 80.0, 950, 1)  # while the phone is away
+            back = await bluez.connect_central(address=PHONE)
+            await back.subscribe(ENV)
+            packet = await back.next_notification(ENV, timeout=5.0)
+            assert co2(packet.value) == 950
+            assert app.state("env_measurements").sockets_acquired == acquired
+            await eventually(lambda: app.replay_looks >= 1)
+            rig.portal.publish_env(20.0, 80.0, 960, 1)
+            assert co2((await back.next_notification(ENV)).value) == 960  # no second copy
+            assert [co2(n.value) for n in back.notifications(ENV)] == [950, 960]
+        finally:
+            await trio.to_thread.run_sync(rig.portal.stop)
+
+
+async def test_in_notify_mode_socket_a_bonded_phone_without_a_socket_is_named(
+        bus_address: str, caplog: pytest.LogCaptureFixture) -> None:
+    """MUSHPI_BLE_NOTIFY_MODE=socket allows no signals: the phone bluetoothd left without
+    a socket is named in a warning (it gets values once it subscribes anew)."""
+    async with FakeBluez.serve(bus_address, keep_bonded_ccc=True) as bluez:
+        rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_NOTIFY_MODE="socket"))
+        await status_until(rig.portal, lambda s: s["state"] == "serving")
+        try:
+            central = await bonded_visit(bluez)
+            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+            await central.subscribe(ENV)
+            await central.next_notification(ENV)
+            await central.disconnect()
+            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            back = await bluez.connect_central(address=PHONE)
+            await back.subscribe(ENV)
+            await eventually(lambda: app_of(rig.portal).replay_looks >= 1)
+            assert [r for r in caplog.records
+                    if "bonded phone back without a notify socket" in r.getMessage()
+                    and "notify mode socket" in r.getMessage()]
+            assert not back.notifications(ENV)
+        finally:
+            await trio.to_thread.run_sync(rig.portal.stop)
+
+
+async def test_a_phone_that_subscribes_anew_gets_it_once(bus_address: str) -> None:
+    """Without kept CCC values the bonded phone subscribes anew: StartNotify pushes the
+    value, the reconnect look finds that and pushes nothing more."""
+    async with FakeBluez.serve(bus_address, keep_bonded_ccc=False) as bluez:
+        rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_NOTIFY_MODE="signal"))
+        # every step done (devices followed): the first visit is seen as it happens
+        await status_until(rig.portal, lambda s: s["state"] == "serving")
+        try:
+            rig.portal.publish_env(20.0, 80.0, 900, 1)
+            central = await bonded_visit(bluez)
+            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+            await central.subscribe(ENV)
+            await central.next_notification(ENV)
+            await central.disconnect()
+            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            back = await bluez.connect_central(address=PHONE)
+            await back.subscribe(ENV)
+            assert co2((await back.next_notification(ENV)).value) == 900
+            await eventually(lambda: app_of(rig.portal).replay_looks >= 1)
+            rig.portal.publish_env(20.0, 80.0, 960, 1)
+            assert co2((await back.next_notification(ENV)).value) == 960
+            assert [co2(n.value) for n in back.notifications(ENV)] == [900, 960]
+        finally:
+            await trio.to_thread.run_sync(rig.portal.stop)
