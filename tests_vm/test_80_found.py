@@ -51,6 +51,9 @@ ONCE = "runs once per generation, in the classic (att) pass"
 ADV_PARAMS = re.compile(
     r"< HCI Command: LE Set Ext[^\n]*\(0x08\|0x0036\)[^\n]*\[hci0\][^\n]*\n"
     r"(?:\s+[^\n]*\n){0,8}?\s+Min advertising interval: ([0-9.]+) msec")
+BTMON_LAG_S = 60
+"""btmon writes through 9p from the emulated machine: on a loaded host its file runs
+more than 20 s behind the air (seen in CI beside other VMs)."""
 DIS_UUID = "0000180a-0000-1000-8000-00805f9b34fb"
 DIS_STRINGS = {"00002a29-0000-1000-8000-00805f9b34fb": "manufacturer",
                "00002a24-0000-1000-8000-00805f9b34fb": "model",
@@ -84,18 +87,18 @@ def test_fast_after_the_start_then_slow_then_fast_after_a_central_left(
         status = wait_for(lambda: (s := portal.get_status())["advert_state"] == "advertising"
                           and s, 20, "the advert registered")
         assert status["advert_interval"]["phase"] == "fast", status["advert_interval"]
-        wait_for(lambda: 20.0 in intervals_since(trace_from), 20,
+        wait_for(lambda: 20.0 in intervals_since(trace_from), BTMON_LAG_S,
                  "hci0's advertising parameters with 20 ms")
         wait_for(lambda: portal.get_status()["advert_interval"]["phase"] == "slow", 20,
                  "the slow phase")
-        wait_for(lambda: 417.5 in intervals_since(trace_from), 20,
+        wait_for(lambda: 417.5 in intervals_since(trace_from), BTMON_LAG_S,
                  "hci0's advertising parameters with 417.5 ms")
         after_slow = btmon_offset()
         path = connect_device(system_bus, portal_lab.address)
         wait_for(lambda: portal.get_status()["connection_count"] == 1, 20, "the connect")
         _leave(system_bus, portal_lab.address)
         wait_for(lambda: portal.get_status()["connection_count"] == 0, 20, "the central left")
-        wait_for(lambda: 20.0 in intervals_since(after_slow), 20,
+        wait_for(lambda: 20.0 in intervals_since(after_slow), BTMON_LAG_S,
                  "hci0's advertising parameters with 20 ms after the disconnect")
         seen = intervals_since(trace_from)
         metrics.set("found.advert_intervals_seen_ms", seen)
