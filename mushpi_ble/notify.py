@@ -17,19 +17,6 @@ waited on it was starved for seconds (the publish storm of
 interpreter makes atomic (``deque.popleft``, single attribute stores), and
 the policy tolerates a consumer popping concurrently
 (:func:`~mushpi_ble.gatt.queue_policy.admit`).
-
-Nor does a producer publishing flat out keep the loop from running. A thread
-that runs Python without pause holds the GIL until the interpreter's switch
-interval (5 ms) forces it to let go, and the loop waits that long every time it
-comes back from a system call (a D-Bus message received, a reply sent): a read
-answered during such a burst took 5 to 30 ms instead of 0.3
-(``python -m mushpi_ble.bench.facade_ab``, the busy phase's reads while the
-producer publishes). So an offer that was thinned by the policy (coalesced or
-dropped), which means the producer publishes faster than the notifications go
-out, hands the GIL over (``time.sleep(0)``), at most once every
-:data:`HAND_OFF_EVERY_S` per mailbox. An offer that queues, the steady case of
-one value per tick, does not, and neither does an offer made in the loop's own
-thread.
 """
 
 from __future__ import annotations
@@ -51,17 +38,7 @@ from .metrics import LatencyHistogram
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HAND_OFF_EVERY_S", "POLICIES", "Counters", "Mailbox", "Outcome", "run_notifier"]
-
-HAND_OFF_EVERY_S = 0.0002
-"""How often at most a producer whose offers are thinned hands the GIL to the loop:
-the loop then waits for it about this long instead of the interpreter's switch
-interval, and a producer call costs a hand-off only every so often."""
-
-
-def hand_off_gil() -> None:
-    """Release the GIL, so a thread waiting for it (the loop) takes it now."""
-    time.sleep(0)
+__all__ = ["POLICIES", "Counters", "Mailbox", "Outcome", "run_notifier"]
 
 
 class Outcome(enum.Enum):
@@ -106,9 +83,6 @@ class Mailbox:
         self._lock = threading.Lock()  # producers only, never the loop
         self._queue: deque[tuple[bytes, float]] = deque()
         self._token: trio.lowlevel.TrioToken | None = None
-        self._loop_thread: int | None = None
-        self.hand_off_every_s = HAND_OFF_EVERY_S
-        self._handed_off_at = -HAND_OFF_EVERY_S  # producers only, a benign race
         self._parked = False
         self._event: trio.Event | None = None
         # producer side, changed under the lock
@@ -139,15 +113,14 @@ class Mailbox:
             with self._timeout_lock:
                 self._lock_timeouts += 1
             return Outcome.DROPPED
-        thinned = False
         try:
             token = self._token
             if token is None:
                 return Outcome.NOT_RUNNING
             self._offered += 1
-            admission = admit(self._queue, (payload, perf_counter()), self.capacity, self.policy)
-            thinned = admission is not Admission.QUEUED
-            if thinned:
+            admission = admit(self._queue, (payload, perf_counter()), self.capacity,
+                              self.policy)
+            if admission is not Admission.QUEUED:
                 if admission is Admission.COALESCED:
                     self._coalesced += 1
                     return Outcome.COALESCED
@@ -162,28 +135,15 @@ class Mailbox:
                 self._parked = False
         finally:
             lock.release()
-            if thinned:
-                self._hand_off()
         if wake:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(self._wake)
         return Outcome.QUEUED
 
-    def _hand_off(self) -> None:
-        """After a thinned offer: let the loop run (see the module's notes)."""
-        if threading.get_ident() == self._loop_thread:
-            return
-        now = perf_counter()
-        if now - self._handed_off_at < self.hand_off_every_s:
-            return
-        self._handed_off_at = now
-        hand_off_gil()
-
     # -- consumer side (the trio thread) --------------------------------------
     def attach(self, token: trio.lowlevel.TrioToken) -> None:
         with self._lock:
             self._token = token
-            self._loop_thread = threading.get_ident()
 
     def detach(self) -> None:
         """Stop accepting; what is still queued counts as dropped."""
@@ -249,9 +209,8 @@ class Mailbox:
 Emit = Callable[[bytes], Awaitable[bool]]
 
 
-async def run_notifier(
-    mailbox: Mailbox, emit: Emit, *, slow_publish_s: float, min_interval_s: float = 0.0
-) -> None:
+async def run_notifier(mailbox: Mailbox, emit: Emit, *, slow_publish_s: float,
+                       min_interval_s: float = 0.0) -> None:
     """The one task behind one characteristic: take, emit, count, time.
 
     ``min_interval_s`` paces a burst: the next value goes out no sooner than that
@@ -275,12 +234,8 @@ async def run_notifier(
         finished = time.perf_counter()
         mailbox.latency.observe(finished - offered_at)
         if finished - started > slow_publish_s:
-            log.warning(
-                "slow publish characteristic=%s took_ms=%.1f threshold_ms=%.0f",
-                mailbox.name,
-                (finished - started) * 1000,
-                slow_publish_s * 1000,
-            )
+            log.warning("slow publish characteristic=%s took_ms=%.1f threshold_ms=%.0f",
+                        mailbox.name, (finished - started) * 1000, slow_publish_s * 1000)
         if min_interval_s > 0:
             await trio.sleep_until(started_loop + min_interval_s)
         else:  # unpaced: neither a full mailbox nor a socket send waits, so yield here

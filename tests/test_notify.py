@@ -8,7 +8,6 @@ import threading
 import pytest
 import trio
 
-from mushpi_ble import notify
 from mushpi_ble.notify import Mailbox, Outcome, run_notifier
 
 
@@ -274,63 +273,6 @@ async def test_while_paced_a_burst_obeys_the_policy(autojump_clock: trio.abc.Clo
     assert sent == [payload(0), payload(9)]
     c = box.counters()
     assert (c.offered, c.sent, c.coalesced, c.pending) == (10, 2, 8, 0)
-
-
-def count_hand_offs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Each GIL hand-off of an offer, by thread id, instead of handing off."""
-    hand_offs: list[int] = []
-    monkeypatch.setattr(notify, "hand_off_gil", lambda: hand_offs.append(threading.get_ident()))
-    return hand_offs
-
-
-@pytest.mark.parametrize(
-    ("policy", "handed_off"),
-    [("drop_oldest", 2), ("drop_newest", 2), ("coalesce", 4)],
-)
-async def test_a_producer_whose_offers_are_thinned_hands_the_gil_to_the_loop(
-    monkeypatch: pytest.MonkeyPatch, policy: str, handed_off: int
-) -> None:
-    """A producer publishing faster than the notifications go out would keep the loop
-    waiting for the GIL a whole switch interval at each of its system calls: every
-    thinned offer (coalesced or dropped) hands the GIL over, an offer that queues
-    does not."""
-    hand_offs = count_hand_offs(monkeypatch)
-    box = Mailbox("env", capacity=3, policy=policy, put_timeout=0.01)
-    box.hand_off_every_s = 0.0
-    box.attach(trio.lowlevel.current_trio_token())
-
-    def produce() -> int:
-        for n in range(5):
-            box.offer(payload(n))
-        return threading.get_ident()
-
-    producer = await trio.to_thread.run_sync(produce)
-    assert hand_offs == [producer] * handed_off
-    check_sum(box)
-
-
-async def test_a_thinned_producer_hands_off_at_most_once_per_interval(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    hand_offs = count_hand_offs(monkeypatch)
-    box = Mailbox("env", capacity=3, policy="coalesce", put_timeout=0.01)
-    box.hand_off_every_s = 3600.0
-    box.attach(trio.lowlevel.current_trio_token())
-    outcomes = await trio.to_thread.run_sync(lambda: [box.offer(payload(n)) for n in range(100)])
-    assert outcomes.count(Outcome.COALESCED) == 99
-    assert len(hand_offs) == 1
-
-
-async def test_offers_in_the_loops_own_thread_never_hand_off(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The loop's thread (a refresh publishing through the mailbox) must not block."""
-    hand_offs = count_hand_offs(monkeypatch)
-    box = Mailbox("env", capacity=3, policy="coalesce", put_timeout=0.01)
-    box.hand_off_every_s = 0.0
-    box.attach(trio.lowlevel.current_trio_token())
-    assert [box.offer(payload(n)) for n in range(5)] == [Outcome.QUEUED] + [Outcome.COALESCED] * 4
-    assert hand_offs == []
 
 
 async def test_an_unpaced_notifier_lets_other_tasks_run_between_sends() -> None:
