@@ -36,6 +36,11 @@ case "$outcome" in
     boot-failed) : >"$MUSHPI_VM_LOGS/boot-failed"; exit 90 ;;
     btvirt-core) : >"$MUSHPI_VM_LOGS/core.btvirt.123"; exit 1 ;;
     test-failed) echo "1 failed" >"$MUSHPI_VM_LOGS/pytest.log"; exit 1 ;;
+    kernel-bug) printf '%s\n' "list_del corruption, ffff88800656c480->prev is LIST_POISON2" \
+        "kernel BUG at lib/list_debug.c:56!" " hci_chan_del+0x18/0x90 [bluetooth]" \
+        >"$MUSHPI_VM_LOGS/console.log"; exit 1 ;;
+    other-oops) printf '%s\n' "kernel BUG at mm/slub.c:1!" " kfree+0x1/0x2" \
+        >"$MUSHPI_VM_LOGS/console.log"; exit 1 ;;
 esac
 """
 
@@ -88,3 +93,19 @@ def test_the_second_run_must_pass_on_its_own(tmp_path: Path) -> None:
     result, runs = run_vm_test(tmp_path, ["boot-failed", "boot-failed", "pass"])
     assert runs == 2
     assert result.returncode == 90
+
+
+def test_a_lane_whose_guest_kernel_bluetooth_stack_oopsed_runs_once_more(
+    tmp_path: Path,
+) -> None:
+    result, runs = run_vm_test(tmp_path, ["kernel-bug", "pass"])
+    assert runs == 2
+    assert result.returncode == 0, result.stderr
+    assert "Bluetooth stack oopsed" in result.stderr
+    assert (tmp_path / "logs" / "standin-kernel-bug" / "console.log").exists()
+
+
+def test_an_oops_outside_bluetooth_is_not_run_again(tmp_path: Path) -> None:
+    result, runs = run_vm_test(tmp_path, ["other-oops", "pass"])
+    assert runs == 1
+    assert result.returncode == 1
