@@ -54,6 +54,7 @@ log = logging.getLogger("tests_vm.bumble")
 
 BUMBLE_VERSION = version("bumble")
 CCC = UUID.from_16_bits(0x2902)
+STATIC_RANDOM = "F0:F1:F2:F3:F4:F5"  # the top two bits set: a static random address
 
 
 def _linux_bluetooth_constants() -> None:
@@ -120,7 +121,7 @@ class BumbleCentral:
         self.transport = await open_transport(f"hci-socket:{self.index}")
         device = Device.with_hci(
             "mushpi-bumble",
-            Address("F0:F1:F2:F3:F4:F5"),
+            Address(STATIC_RANDOM, Address.RANDOM_DEVICE_ADDRESS),
             self.transport.source,
             self.transport.sink,
         )
@@ -141,17 +142,27 @@ class BumbleCentral:
         assert self.device is not None
         return str(self.device.public_address).split("/")[0].upper()
 
-    async def connect(self, address: str, *, mtu: int = 23, timeout: float = 30.0) -> Link:
-        """Connect to ``address`` (public) with this server MTU maximum; no MTU request."""
+    async def connect(
+        self, address: str, *, mtu: int = 23, timeout: float = 30.0, static_random: bool = False
+    ) -> Link:
+        """Connect to ``address`` (public) with this server MTU maximum; no MTU request.
+        From the controller's public address, or with ``static_random`` from Bumble's
+        static random one (``STATIC_RANDOM``): another device to bluetoothd."""
         assert self.device is not None, "open() first"
         self.device.gatt_server.max_mtu = mtu
         connection = await self.device.connect(
             Address(address, Address.PUBLIC_DEVICE_ADDRESS),
-            own_address_type=OwnAddressType.PUBLIC,
+            own_address_type=OwnAddressType.RANDOM if static_random else OwnAddressType.PUBLIC,
             timeout=timeout,
         )
         link = Link(connection)
-        log.info("bumble connected to %s (handle 0x%04x)", address, connection.handle)
+        link.own_address = STATIC_RANDOM if static_random else self.address
+        log.info(
+            "bumble connected to %s from %s (handle 0x%04x)",
+            address,
+            link.own_address,
+            connection.handle,
+        )
         return link
 
     async def forget_bonds(self) -> None:
@@ -177,6 +188,8 @@ class Link:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        self.own_address = ""
+        """The address bluetoothd knows this end by."""
         self.peer = Peer(connection)
         self.client = connection.gatt_client
         self.disconnected = asyncio.Event()
@@ -311,6 +324,15 @@ class Link:
         while not queue.empty():
             out.append(queue.get_nowait())
         return out
+
+    async def send_raw(self, *pdus: att.ATT_PDU) -> None:
+        """Send PDUs as they are, waiting for no response (a central breaking ATT's
+        one-request-at-a-time rule)."""
+        for pdu in pdus:
+            self.client.send_gatt_pdu(bytes(pdu))
+
+    async def wait_disconnected(self, timeout: float) -> None:
+        await asyncio.wait_for(self.disconnected.wait(), timeout)
 
     async def request_mtu(self, mtu: int) -> int:
         return int(await self.peer.request_mtu(mtu))

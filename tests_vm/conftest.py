@@ -431,7 +431,7 @@ def restart_btmon_if_gone() -> bool:
     """Start btmon again, appending to the live capture, if it has crashed; whether it had.
 
     btmon 5.66 crashes (SIGSEGV, a call through a null pointer) on the link to Bumble
-    (tests_vm/test_80_bumble.py): its last line is bluetoothd's Write Request to a CCC
+    (tests_vm/test_85_bumble.py): its last line is bluetoothd's Write Request to a CCC
     of Bumble's GATT database, decoded as a write to a "Characteristic (0x2803)" (a
     declaration's handle in the Pi's own database). The tests after it read the air
     from btmon.txt. The guest's init started the first btmon the same way.

@@ -11,13 +11,15 @@ It runs once per generation, in the classic (att) pass, as the other
 once-per-generation tests do. For its duration bluetoothd runs with its own ATT
 defaults (``ExchangeMTU`` 517, one bearer: ``BUMBLE_CONFIG``) instead of the
 pass's MTU 48, so that one link can be held at 23 (Bumble's server maximum 23;
-it never asks itself) and another can ask for 517. The next pass starts
-bluetoothd with its own configuration again. hci3 (the second phone's peer in
-tests_vm/test_60_unattended.py) is taken from bluetoothd for Bumble and given
-back, powered, at the end.
+it never asks itself) and another can ask for 517. hci3 (the second phone's peer
+in tests_vm/test_60_unattended.py) is taken from bluetoothd for Bumble; at the
+end bluetoothd is stopped, hci3 handed back and bluetoothd started afresh (the
+next pass starts it with its own configuration again).
 
-The links: ``link`` (MTU 23) for discovery, reads, writes and notifications;
-``link_517`` for the MTU exchange, a long read at MTU 517 and pairing.
+The links: ``link`` (MTU 23, from Bumble's static random address) for discovery,
+reads, writes and notifications; ``link_517`` (the public address, as every
+later link) for the MTU exchange, a long read at MTU 517 and pairing; then
+links of their own for bonded-only writes, a bonded reconnect and robustness.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from typing import Any
 
 import mgmt
 import pytest
+from bumble import att
 from bumble.core import UUID
 from bumble_central import (
     BUMBLE_VERSION,
     CCC,
+    STATIC_RANDOM,
     AttError,
     BumbleCentral,
     Link,
@@ -44,6 +48,7 @@ from bumble_central import (
 )
 from conftest import (
     GENERAL,
+    GENERATION,
     HELPER_ADAPTER,
     JOB,
     PERIPHERAL_ADAPTER,
@@ -102,17 +107,36 @@ def stage(start: int, mode: int = 1, species: int = 2, stage_: int = 2, days: in
 class BumbleLab:
     """Bumble on hci3 with its loop thread, and the portal it talks to."""
 
-    def __init__(self, loop: LoopThread, central: BumbleCentral, lab: PortalLab) -> None:
+    def __init__(
+        self, loop: LoopThread, central: BumbleCentral, lab: PortalLab, bus: SystemBus
+    ) -> None:
         self.loop = loop
         self.central = central
         self.lab = lab
+        self.bus = bus
+        self.status_of: Callable[[], dict[str, Any]] = lab.status
+        """Whose status says the Pi advertises: the lab's portal, or one in its place."""
 
     def run(self, coro: Any, timeout: float = 30) -> Any:
         return self.loop.run(coro, timeout)
 
-    def connect(self, mtu: int) -> Link:
-        """A new link (Bumble's server maximum ``mtu``), the MushPi service discovered."""
-        link: Link = self.run(self.central.connect(self.lab.address, mtu=mtu), 45)
+    def connect(self, mtu: int, *, encrypt: bool = False, static_random: bool = False) -> Link:
+        """A new link (Bumble's server maximum ``mtu``), the MushPi service discovered;
+        ``encrypt``: first with the key of an earlier pairing, as a bonded phone does.
+
+        Only once the Pi advertises again (it registers its advert anew after each
+        connection): btvirt completes a connection only while the peripheral advertises,
+        and never one it was asked for before the advert started."""
+        wait_for(
+            lambda: _registered_and_advertising(self.status_of, self.bus),
+            30,
+            "the Pi advertising before Bumble connects",
+        )
+        link: Link = self.run(
+            self.central.connect(self.lab.address, mtu=mtu, static_random=static_random), 45
+        )
+        if encrypt:
+            self.run(link.connection.encrypt(), 30)
         self.run(link.discover(SERVICE_UUID, dict(CHARACTERISTIC_NAMES)), 60)
         return link
 
@@ -188,35 +212,46 @@ def bumble(
         loop.run(central.open(), 30)
         metrics.set("bumble.version", BUMBLE_VERSION)
         metrics.set("bumble.setup_s", round(time.monotonic() - started, 2))
-        yield BumbleLab(loop, central, portal_lab)
+        yield BumbleLab(loop, central, portal_lab, system_bus)
     finally:
-        address = central.address if central.device is not None else None
+        # hci3 goes back while bluetoothd is down, and a fresh bluetoothd takes all four
+        # controllers at its start, as at every start in the lab: bluetoothd 5.82, given
+        # hci3 back while it ran after this pass, crashed (SIGSEGV) in some trixie runs
+        # while adding it, and in others at the lab portal's next UnregisterApplication
+        # (test_bluetoothd_survived_the_bumble_pass is the pass's own check).
+        if bluetoothd.exited() is not None:
+            metrics.set("bumble.bluetoothd_exit", bluetoothd.exited())
+        else:  # no bond of the pass outlives it
+            forget_bond(system_bus, PERIPHERAL_ADAPTER, STATIC_RANDOM)
+            if central.device is not None:
+                forget_bond(system_bus, PERIPHERAL_ADAPTER, central.address)
+        bluetoothd.stop()
         loop.run(central.close(), 20)
         loop.close()
-        if address is not None:
-            forget_bond(system_bus, PERIPHERAL_ADAPTER, address)
-        # hci3 back to bluetoothd, powered, as the next pass's start expects.
-        wait_for(lambda: _power_on(system_bus), 20, f"{HELPER_ADAPTER} back, powered")
+        with contextlib.suppress(OSError):
+            mgmt.set_powered(BUMBLE_INDEX, True)
+        bluetoothd.start("bumble", BUMBLE_CONFIG)
+        wait_for(
+            lambda: _registered_and_advertising(portal_lab.status, system_bus),
+            40,
+            "the portal registered again after the Bumble pass",
+        )
         metrics.set("bumble.btmon_restarted", restart_btmon_if_gone())
         metrics.set("bumble.pass_s", round(time.monotonic() - started, 2))
 
 
-def _power_on(bus: SystemBus) -> bool:
-    if bus.adapter_powered(HELPER_ADAPTER):
-        return True
-    with contextlib.suppress(OSError):  # a socket timeout too: asked again next round
-        mgmt.set_powered(BUMBLE_INDEX, True, timeout=3)
-    time.sleep(0.5)
-    return bus.adapter_powered(HELPER_ADAPTER)
-
-
 @pytest.fixture(scope="module")
-def link(bumble: BumbleLab) -> Iterator[Link]:
-    link = bumble.connect(mtu=23)
+def link(bumble: BumbleLab, system_bus: SystemBus) -> Iterator[Link]:
+    """The MTU 23 link, from Bumble's static random address: the device that subscribes
+    here is never the one that bonds later (the public address). bluetoothd 5.82 keeps
+    the subscriptions of a device that becomes bonded, and crashed (SIGSEGV) at the next
+    UnregisterApplication in runs where the same address had subscribed and then paired."""
+    link = bumble.connect(mtu=23, static_random=True)
     try:
         yield link
     finally:
         bumble.run(link.disconnect(), 20)
+        forget_bond(system_bus, PERIPHERAL_ADAPTER, STATIC_RANDOM)
 
 
 def handle(link: Link, name: str) -> int:
@@ -359,7 +394,16 @@ def test_write_command_to_a_write_request_characteristic(bumble: BumbleLab, link
         "the controller to get the targets written as a command",
     )
     writes = len(controller.writes)
+    # A command has no response: a read right behind it may be answered before the
+    # write's own completion ends the read cache (500 ms), so the link is read until
+    # it gives the new value, as an app that wrote without response would.
+    wait_for(
+        lambda: bumble.run(link.read(h)) == targets(co2=1450),
+        5,
+        "a read to give the value written as a command",
+    )
     bumble.run(link.write_command(h, targets(t_min=250, t_max=240)))
+    time.sleep(0.6)
     assert bumble.run(link.read(h)) == targets(co2=1450)  # the link still answers
     assert len(controller.writes) == writes
 
@@ -377,7 +421,7 @@ def test_write_invalid_handle(bumble: BumbleLab, link: Link) -> None:
 
 
 def test_write_invalid_length(bumble: BumbleLab, link: Link) -> None:
-    """GATT/SR/GAW/BI-32-C: a Write of 13 bytes to control_targets (14): Invalid Attribute
+    """GATT/SR/GAW/BI-32-C: a Write of 13 bytes to control_targets (15): Invalid Attribute
     Value Length, nothing applied."""
     controller = bumble.lab.controller
     writes = len(controller.writes)
@@ -458,7 +502,7 @@ def test_prepared_write_invalid_offset(bumble: BumbleLab, link: Link) -> None:
 
 
 def test_prepared_write_invalid_length(bumble: BumbleLab, link: Link) -> None:
-    """GATT/SR/GAW/BI-33-C: a long write of 16 bytes to control_targets (14): Execute Write
+    """GATT/SR/GAW/BI-33-C: a long write of 17 bytes to control_targets (15): Execute Write
     answers Invalid Attribute Value Length, nothing applied."""
     controller = bumble.lab.controller
     writes = len(controller.writes)
@@ -636,9 +680,11 @@ def bonded_portal(
             )
 
         wait_for(ready, 30, "the bonded-access portal registered and advertising")
+        bumble.status_of = lambda: dict(portal.get_status())
         try:
             yield portal, shown
         finally:
+            bumble.status_of = bumble.lab.status
             forget_bond(bus, PERIPHERAL_ADAPTER, bumble.central.address)
             bumble.run(bumble.central.forget_bonds())
 
@@ -715,3 +761,128 @@ def test_pairing_refused_while_the_window_is_closed(
             )
         finally:
             bumble.run(link.disconnect(), 20)
+
+
+# -- a bonded phone comes back; robustness -------------------------------------------------------
+def test_bonded_reconnect_resubscribes(bumble: BumbleLab, system_bus: SystemBus) -> None:
+    """GATT/SR/GAN/BV-01-C across a bond, as a phone that comes back does: Bumble pairs
+    (Just Works, bonded), subscribes and leaves; it reconnects, encrypts at once with the
+    stored key (bluetoothd asks for it with an SMP Security Request and answers no ATT
+    request before), enables notifications again and must get the current value at once,
+    and then the next published reading."""
+    portal = bumble.lab.portal
+    try:
+        link = bumble.connect(mtu=23)
+        try:
+            bumble.run(link.pair(), 45)
+            bumble.run(link.subscribe("env_measurements"))
+            bumble.run(link.next_value("env_measurements", 10), 15)
+        finally:
+            bumble.run(link.disconnect(), 20)
+        wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
+        again = bumble.connect(mtu=23, encrypt=True)
+        try:
+            assert again.encrypted
+            bumble.run(again.subscribe("env_measurements"))
+            problems = []
+            try:
+                value = bumble.run(again.next_value("env_measurements", 10), 15)
+                if value != bumble.expected("env_measurements"):
+                    problems.append(f"the pushed value {value.hex()} is not the current one")
+            except TimeoutError:
+                problems.append("no current value within 10 s of the CCC write")
+            again.drain("env_measurements")
+            portal.publish_env(21.0, 88.0, 4321, 1.0)
+            try:
+                value = bumble.run(again.next_value("env_measurements", 10), 15)
+                if EnvMeasurement.unpack(value).co2 != 4321:
+                    problems.append(f"the next notification {value.hex()} is not the published one")
+            except TimeoutError:
+                problems.append("the published reading never arrived")
+            assert not problems, problems
+        finally:
+            bumble.run(again.disconnect(), 20)
+    finally:
+        wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
+        forget_bond(system_bus, PERIPHERAL_ADAPTER, bumble.central.address)
+        bumble.run(bumble.central.forget_bonds())
+
+
+def test_disconnect_in_the_middle_of_a_long_write(bumble: BumbleLab) -> None:
+    """Robustness (the issue's list; no PTS case): a central that prepared the first piece
+    of control_targets and left applies nothing; on its next link a second piece alone
+    is not joined to the first (Execute Write refused) and a whole write works."""
+    controller = bumble.lab.controller
+    writes = _control_target_writes(bumble)
+    link = bumble.connect(mtu=23)
+    h = handle(link, "control_targets")
+    try:
+        bumble.run(link.prepare(h, 0, targets(co2=2000)[:9]))
+    finally:
+        bumble.run(link.disconnect(), 20)
+    wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
+    assert _control_target_writes(bumble) == writes
+    again = bumble.connect(mtu=23)
+    try:
+        bumble.run(again.prepare(h, 9, targets(co2=2000)[9:]))
+        assert att_error(bumble, again.execute(True)) in (INVALID_OFFSET, INVALID_LENGTH)
+        assert _control_target_writes(bumble) == writes
+        bumble.run(again.write(h, targets(co2=2001)))
+        wait_for(
+            lambda: controller.control_targets.get("co2_max") == 2001,
+            5,
+            "the whole write after the broken one",
+        )
+    finally:
+        bumble.run(again.disconnect(), 20)
+
+
+def test_bluetoothd_survived_the_bumble_pass(bumble: BumbleLab, bluetoothd: Bluetoothd) -> None:
+    """Whatever the cases above sent, the Pi's bluetoothd is still the process the pass
+    started (a crash leaves core.bluetoothd.<pid> in the lane's log folder)."""
+    exited = bluetoothd.exited()
+    assert exited is None, f"bluetoothd ended with {exited} (negative: the signal)"
+
+
+def test_a_second_request_before_the_first_response(
+    bumble: BumbleLab, bluetoothd: Bluetoothd, system_bus: SystemBus
+) -> None:
+    """Robustness (the issue's list; no PTS case), last as it harms bluetoothd: ATT is
+    sequential, and a central that sends a second Read Request before the first one's
+    response loses its link (bluetoothd shuts the bearer, src/shared/att.c); the
+    peripheral counts it gone and serves the next central; and bluetoothd, stopped
+    afterwards, exits cleanly. It does not: both generations' bluetoothd crash after
+    such a central (5.82 a second later or at its next clean-up, 5.66 at its exit), an
+    expected failure here until BlueZ is fixed."""
+    link = bumble.connect(mtu=23)
+    h = handle(link, "control_targets")
+    try:
+        read = att.ATT_Read_Request(attribute_handle=h)
+        bumble.run(link.send_raw(read, read))
+        bumble.run(link.wait_disconnected(20), 25)
+    finally:
+        bumble.run(link.disconnect(), 20)
+    crashed = "after a central broke ATT's one-request rule: core.bluetoothd.{} in the log folder"
+    try:
+        wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
+        again = bumble.connect(mtu=23)
+        try:
+            assert bumble.run(again.read(h)) == bumble.expected("control_targets")
+        finally:
+            bumble.run(again.disconnect(), 20)
+    except BaseException:
+        if bluetoothd.exited() is not None and bluetoothd.proc is not None:
+            pytest.xfail(
+                f"bluetoothd ({GENERATION}) ended with {bluetoothd.exited()} "
+                + crashed.format(bluetoothd.proc.pid)
+            )
+        raise
+    proc = bluetoothd.proc
+    assert proc is not None
+    bluetoothd.stop()  # started again by the module's end, once hci3 is back
+    code = proc.returncode
+    if code != 0:
+        pytest.xfail(
+            f"bluetoothd ({GENERATION}) ended with {code} (negative: the signal) when "
+            "stopped " + crashed.format(proc.pid)
+        )
