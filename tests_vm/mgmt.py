@@ -13,6 +13,7 @@ import socket
 import struct
 
 AF_BLUETOOTH, BTPROTO_HCI, HCI_CHANNEL_CONTROL, HCI_DEV_NONE = 31, 1, 3, 0xFFFF
+MGMT_OP_SET_POWERED = 0x0005
 MGMT_OP_DISCONNECT = 0x0014
 MGMT_OP_SET_IO_CAPABILITY = 0x0018
 KEYBOARD_DISPLAY = 0x04
@@ -51,3 +52,9 @@ def set_io_capability(index: int, capability: int) -> None:
     """MGMT Set IO Capability: what the controller's side of a pairing offers."""
     status = command(index, MGMT_OP_SET_IO_CAPABILITY, bytes([capability]))
     assert status == 0, f"Set IO Capability on hci{index}: status {status}"
+
+
+def set_powered(index: int, on: bool, timeout: float = 10.0) -> int:
+    """MGMT Set Powered: 0 done. Powered off, the controller can be bound to the HCI
+    user channel (Bumble's ``hci-socket:N``), which hides it from bluetoothd."""
+    return command(index, MGMT_OP_SET_POWERED, bytes([int(on)]), timeout)

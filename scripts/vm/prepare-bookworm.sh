@@ -4,31 +4,33 @@
 # Sets KDIR, KVER, GUEST_ROOT, GUEST_VENV, GUEST_SHARES, GUEST_LINK_PROJECT.
 
 prepare_generation() {
-    local need=() kpkg kver kdir d
+    local need=() kpkg kver kdir d spec
     [ -x /usr/libexec/bluetooth/bluetoothd ] || need+=(bluez)
     command -v btvirt >/dev/null 2>&1 || need+=(bluez-test-tools)
     command -v dbus-daemon >/dev/null 2>&1 || need+=(dbus-daemon)
     command -v rfkill >/dev/null 2>&1 || need+=(rfkill)  # the suite blocks adapters with it
     host_packages "${need[@]}"
 
-    # Python: the project venv with pytest and bleak.
+    # Python: the project venv with pytest, bleak and Bumble.
     if ! "$VENV/bin/python" -c 'import mushpi_ble, pytest' >/dev/null 2>&1; then
         say "creating the project venv"
         (cd "$repo" && MUSHPI_VENV=$VENV bash -c 'source scripts/_env.sh test') \
             >"$LOGS/venv.log" 2>&1 \
             || die_no_vm "could not create the venv (see $LOGS/venv.log)"
     fi
-    if ! "$VENV/bin/python" - "$BLEAK_SPEC" <<'EOF' >/dev/null 2>&1
+    for spec in "$BLEAK_SPEC" "$BUMBLE_SPEC"; do
+        if ! "$VENV/bin/python" - "$spec" <<'EOF' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
 name, _, wanted = sys.argv[1].partition("==")
 sys.exit(0 if not wanted or version(name) == wanted else 1)
 EOF
-    then
-        say "installing $BLEAK_SPEC into $VENV"
-        "$VENV/bin/python" -m pip install -q "$BLEAK_SPEC" >"$LOGS/pip.log" 2>&1 \
-            || die_no_vm "pip install $BLEAK_SPEC failed (see $LOGS/pip.log)"
-    fi
+        then
+            say "installing $spec into $VENV"
+            "$VENV/bin/python" -m pip install -q "$spec" >>"$LOGS/pip.log" 2>&1 \
+                || die_no_vm "pip install $spec failed (see $LOGS/pip.log)"
+        fi
+    done
     # Byte-compile on the host: the guest sees the tree read-only and is slow.
     "$VENV/bin/python" -m compileall -q -j 0 "$repo/mushpi_ble" "$repo/tests_vm" \
         "$VENV/lib" >/dev/null 2>&1 || true

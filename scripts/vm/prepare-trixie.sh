@@ -2,7 +2,7 @@
 # trixie ships — BlueZ 5.82, Python 3.13, kernel 6.12 — on this bookworm host,
 # which stays bookworm. The guest's root is a trixie tree made by debootstrap
 # (mounted over 9p instead of the host's /) with a venv of its own holding the
-# project's dependencies, pytest and bleak; the kernel is trixie's generic one,
+# project's dependencies, pytest, bleak and Bumble; the kernel is trixie's generic one,
 # fetched with an apt configuration of its own. All cached in $CACHE/trixie.
 # Sets KDIR, KVER, GUEST_ROOT, GUEST_VENV, GUEST_SHARES, GUEST_LINK_PROJECT.
 
@@ -96,14 +96,14 @@ prepare_generation() {
     fi
     install -D -m 0755 "$btvirt" "$root/usr/local/bin/btvirt"
 
-    # -- venv inside the root: the project's dependencies, pytest and bleak on 3.13
+    # -- venv inside the root: the project's dependencies, pytest, bleak and Bumble on 3.13
     reqs=$(python3 - "$repo/pyproject.toml" <<'EOF'
 import sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
 print(" ".join([*project["dependencies"], *project["optional-dependencies"]["metrics"]]))
 EOF
     ) || die_no_vm "cannot read the dependencies from pyproject.toml"
-    reqs="$reqs pytest>=8 $BLEAK_SPEC"
+    reqs="$reqs pytest>=8 $BLEAK_SPEC $BUMBLE_SPEC"
     vhash=$(echo "$reqs" | sha256sum | cut -c1-12)
     venv=/opt/mushpi-venv-$vhash
     if [ ! -f "$root$venv/.complete" ]; then
