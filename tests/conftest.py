@@ -10,6 +10,7 @@ from hypothesis import settings
 from rig import Rig, make_settings, start_rig
 
 from mushpi_ble.dbus import Connection, open_connection
+from mushpi_ble.portal import BlePortal
 from mushpi_ble.testing import private_bus
 from mushpi_ble.testing.fakebluez import FakeBluez
 
@@ -58,3 +59,12 @@ async def rig(bus_address: str, bluez: FakeBluez) -> AsyncIterator[Rig]:
         yield running
     finally:
         await trio.to_thread.run_sync(running.portal.stop)
+
+
+@pytest.fixture
+async def stopper() -> AsyncIterator[list[BlePortal]]:
+    """Portals a test started, stopped after it (in the loop's worker thread)."""
+    portals: list[BlePortal] = []
+    yield portals
+    for portal in portals:
+        await trio.to_thread.run_sync(portal.stop)

@@ -3,7 +3,6 @@ bluetoothd honouring, ignoring (before 5.77 without -E) and refusing the interva
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -100,14 +99,6 @@ def test_the_default_slow_interval_is_apples_417_5_ms_on_the_air() -> None:
 
 
 # -- on the fake bluetoothd -------------------------------------------------------------------
-
-@pytest.fixture
-async def stopper() -> AsyncIterator[list[BlePortal]]:
-    portals: list[BlePortal] = []
-    yield portals
-    for portal in portals:
-        await trio.to_thread.run_sync(portal.stop)
-
 
 async def serve(bus_address: str, bluez: FakeBluez, stopper: list[BlePortal],
                 **env: str) -> Rig:

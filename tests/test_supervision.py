@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -21,14 +20,6 @@ from mushpi_ble.testing.fakebluez import FakeBluez
 
 UUID = CHARACTERISTIC_UUIDS
 SERVICE = "12345678-1234-5678-1234-56789abcdef0"
-
-
-@pytest.fixture
-async def stopper() -> AsyncIterator[list[BlePortal]]:
-    portals: list[BlePortal] = []
-    yield portals
-    for portal in portals:
-        await trio.to_thread.run_sync(portal.stop)
 
 
 async def serve(bus_address: str, bluez: FakeBluez, stopper: list[BlePortal],

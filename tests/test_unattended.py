@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +22,6 @@ from mushpi_ble.testing.controller import SimulatedController
 from mushpi_ble.testing.fakebluez import FakeBluez, NotDiscoverable
 
 UUID = CHARACTERISTIC_UUIDS
-
-
-@pytest.fixture
-async def stopper() -> AsyncIterator[list[BlePortal]]:
-    portals: list[BlePortal] = []
-    yield portals
-    for portal in portals:
-        await trio.to_thread.run_sync(portal.stop)
 
 
 async def serve(bus_address: str, bluez: FakeBluez, stopper: list[BlePortal], *,
