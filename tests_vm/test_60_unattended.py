@@ -269,8 +269,18 @@ def test_still_discoverable_after_connect_disconnect_cycles(
         # only when advertising is enabled, and the Pi re-registers its advert after a
         # connect and as its interval changes (a connect begun in that gap hangs until
         # the kernel cancels it; its cancel then failed with -EBUSY in the lab)
-        wait_advertising(bus, lab, f"before connection {cycle + 1}")
-        central_connect(bus, lab.address)
+        for attempt in range(1, 4):
+            wait_advertising(bus, lab, f"before connection {cycle + 1}")
+            try:
+                central_connect(bus, lab.address, timeout=15)
+                break
+            except (DBusErrorResponse, TimeoutError) as exc:
+                # as a phone does: again, when the link was not made
+                if attempt == 3:
+                    raise
+                metrics.add("cycle_connect_retries", 1)
+                print(f"connection {cycle + 1}, attempt {attempt}: {exc!r}; again")
+                drop_link(bus, CENTRAL_ADAPTER, lab.address)
         wait_for(lambda: lab.status()["connection_count"] == 1, 15,
                  f"the portal to see connection {cycle + 1}")
         drop_link(bus, CENTRAL_ADAPTER, lab.address)
