@@ -41,7 +41,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from bumble import att
+from bumble import att, hci
 from bumble.core import UUID
 from bumble.device import Connection, Device, Peer
 from bumble.gatt_client import CharacteristicProxy, ServiceProxy
@@ -55,6 +55,14 @@ log = logging.getLogger("tests_vm.bumble")
 BUMBLE_VERSION = version("bumble")
 CCC = UUID.from_16_bits(0x2902)
 STATIC_RANDOM = "F0:F1:F2:F3:F4:F5"  # the top two bits set: a static random address
+# Which address a link is made from: the controller's public one (Bumble's identity
+# address, the one it distributes when it pairs), the static random one (another device
+# to bluetoothd), or a new resolvable private address made from Bumble's IRK (the same
+# device, as a phone with privacy on looks each time it comes back).
+OWN_PUBLIC, OWN_STATIC, OWN_RPA = "public", "static", "rpa"
+SERVICE_CHANGED = UUID.from_16_bits(0x2A05)
+DATABASE_HASH = UUID.from_16_bits(0x2B2A)
+GATT_SERVICE = UUID.from_16_bits(0x1801)
 
 
 def _linux_bluetooth_constants() -> None:
@@ -142,21 +150,40 @@ class BumbleCentral:
         assert self.device is not None
         return str(self.device.public_address).split("/")[0].upper()
 
+    async def _use_random_address(self, address: Address) -> None:
+        """The controller's random address for the next connection (no advertising or
+        connecting is under way between links)."""
+        assert self.device is not None
+        await self.device.send_sync_command(
+            hci.HCI_LE_Set_Random_Address_Command(random_address=address)
+        )
+        self.device.random_address = address
+
     async def connect(
-        self, address: str, *, mtu: int = 23, timeout: float = 30.0, static_random: bool = False
+        self, address: str, *, mtu: int = 23, timeout: float = 30.0, own: str = OWN_PUBLIC
     ) -> Link:
         """Connect to ``address`` (public) with this server MTU maximum; no MTU request.
-        From the controller's public address, or with ``static_random`` from Bumble's
-        static random one (``STATIC_RANDOM``): another device to bluetoothd."""
+        ``own``: which of Bumble's addresses the link comes from (``OWN_*``); with
+        ``OWN_RPA`` a new resolvable private address from Bumble's IRK each time."""
         assert self.device is not None, "open() first"
         self.device.gatt_server.max_mtu = mtu
+        if own == OWN_PUBLIC:
+            own_type, own_address = OwnAddressType.PUBLIC, self.address
+        else:
+            random = (
+                Address(STATIC_RANDOM, Address.RANDOM_DEVICE_ADDRESS)
+                if own == OWN_STATIC
+                else Address.generate_private_address(self.device.irk)
+            )
+            await self._use_random_address(random)
+            own_type, own_address = OwnAddressType.RANDOM, str(random).split("/")[0].upper()
         connection = await self.device.connect(
             Address(address, Address.PUBLIC_DEVICE_ADDRESS),
-            own_address_type=OwnAddressType.RANDOM if static_random else OwnAddressType.PUBLIC,
+            own_address_type=own_type,
             timeout=timeout,
         )
         link = Link(connection)
-        link.own_address = STATIC_RANDOM if static_random else self.address
+        link.own_address = own_address
         log.info(
             "bumble connected to %s from %s (handle 0x%04x)",
             address,
@@ -197,6 +224,19 @@ class Link:
         self.service: ServiceProxy | None = None
         self.chars: dict[str, CharacteristicProxy[bytes]] = {}
         self.values: dict[int, asyncio.Queue[bytes]] = {}
+        self.indications: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+        """Every indication of the link, (handle, value), whoever subscribed: one that
+        comes as the link starts (a Service Changed pending for a bonded phone) arrives
+        before any subscription of this link."""
+        confirm = self.client.on_att_handle_value_indication
+
+        def indicated(indication: att.ATT_Handle_Value_Indication) -> None:
+            self.indications.put_nowait(
+                (int(indication.attribute_handle), bytes(indication.attribute_value))
+            )
+            confirm(indication)
+
+        self.client.on_att_handle_value_indication = indicated
 
     @property
     def mtu(self) -> int:
@@ -215,6 +255,23 @@ class Link:
                 self.chars[name] = char
         self.service = service
         return service
+
+    async def service_changed(self) -> tuple[int, int]:
+        """The GATT service's Service Changed characteristic: (value handle, its CCC)."""
+        (service,) = await self.peer.discover_service(GATT_SERVICE)
+        await service.discover_characteristics()
+        (char,) = [c for c in service.characteristics if c.uuid == SERVICE_CHANGED]
+        await char.discover_descriptors()
+        descriptor = char.get_descriptor(CCC)
+        assert descriptor is not None, "Service Changed without a CCC"
+        return int(char.handle), int(descriptor.handle)
+
+    async def next_indication(self, timeout: float) -> tuple[int, bytes]:
+        return await asyncio.wait_for(self.indications.get(), timeout)
+
+    def handles(self) -> dict[str, int]:
+        """The discovered MushPi characteristics' value handles, by name."""
+        return {name: int(char.handle) for name, char in self.chars.items()}
 
     async def request(self, pdu: att.ATT_PDU) -> att.ATT_PDU:
         """Send one request; its response (an Error Response raises AttError)."""

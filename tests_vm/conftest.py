@@ -299,9 +299,10 @@ class Bluetoothd:
         self.started_at = 0.0
         self.btmon_start = 0
 
-    def start(self, mode: str, config: str | None = None) -> float:
+    def start(self, mode: str, config: str | None = None, *, helper: bool = True) -> float:
         """Start with configuration ``mode`` (``CONFIGS[mode]`` unless ``config`` is
-        given); returns seconds until all adapters are up."""
+        given); returns seconds until all adapters are up (hci3 too unless ``helper`` is
+        False: Bumble holds it through the HCI user channel, which bluetoothd never sees)."""
         assert self.proc is None, "bluetoothd is already running"
         conf = JOB / f"main-{mode}.conf"
         conf.write_text(CONFIGS[mode] if config is None else config)
@@ -325,9 +326,10 @@ class Bluetoothd:
                     and self.bus.adapter_powered(PERIPHERAL_ADAPTER)
                     and self.bus.adapter_powered(CENTRAL_ADAPTER)
                     and self.bus.adapter_powered(SECOND_CENTRAL_ADAPTER)
-                    and self.bus.adapter_powered(HELPER_ADAPTER))
+                    and (not helper or self.bus.adapter_powered(HELPER_ADAPTER)))
 
-        wait_for(ready, 30, f"bluetoothd ({mode}) with hci0 to hci3 powered", 0.1)
+        adapters = "hci0 to hci3" if helper else "hci0 to hci2"
+        wait_for(ready, 30, f"bluetoothd ({mode}) with {adapters} powered", 0.1)
         return time.monotonic() - self.started_at
 
     @property

@@ -39,6 +39,10 @@ from bumble.core import UUID
 from bumble_central import (
     BUMBLE_VERSION,
     CCC,
+    DATABASE_HASH,
+    OWN_PUBLIC,
+    OWN_RPA,
+    OWN_STATIC,
     STATIC_RANDOM,
     AttError,
     BumbleCentral,
@@ -83,6 +87,7 @@ BUMBLE_CONFIG = GENERAL + "\n[GATT]\nChannels = 1\n"
 INVALID_HANDLE, READ_NOT_PERMITTED, WRITE_NOT_PERMITTED = 0x01, 0x02, 0x03
 REQUEST_NOT_SUPPORTED, INVALID_OFFSET, INVALID_LENGTH = 0x06, 0x07, 0x0D
 INSUFFICIENT_AUTHENTICATION, INSUFFICIENT_ENCRYPTION = 0x05, 0x0F
+ATTRIBUTE_NOT_FOUND = 0x0A
 PROPERTY = {"read": 0x02, "write": 0x08, "notify": 0x10}
 READABLE = tuple(c.name for c in CHARACTERISTICS if c.read is not None)
 LIONS_MANE = {"species": "Lion's Mane", "stage": "Fruiting"}
@@ -120,9 +125,13 @@ class BumbleLab:
     def run(self, coro: Any, timeout: float = 30) -> Any:
         return self.loop.run(coro, timeout)
 
-    def connect(self, mtu: int, *, encrypt: bool = False, static_random: bool = False) -> Link:
-        """A new link (Bumble's server maximum ``mtu``), the MushPi service discovered;
-        ``encrypt``: first with the key of an earlier pairing, as a bonded phone does.
+    def connect(
+        self, mtu: int, *, encrypt: bool = False, own: str = OWN_PUBLIC, discover: bool = True
+    ) -> Link:
+        """A new link (Bumble's server maximum ``mtu``, from Bumble's ``own`` address),
+        the MushPi service discovered unless ``discover`` is False (a bonded phone that
+        trusts its cached handles); ``encrypt``: first with the key of an earlier
+        pairing, as a bonded phone does.
 
         Only once the Pi advertises again (it registers its advert anew after each
         connection): btvirt completes a connection only while the peripheral advertises,
@@ -132,12 +141,11 @@ class BumbleLab:
             30,
             "the Pi advertising before Bumble connects",
         )
-        link: Link = self.run(
-            self.central.connect(self.lab.address, mtu=mtu, static_random=static_random), 45
-        )
+        link: Link = self.run(self.central.connect(self.lab.address, mtu=mtu, own=own), 45)
         if encrypt:
             self.run(link.connection.encrypt(), 30)
-        self.run(link.discover(SERVICE_UUID, dict(CHARACTERISTIC_NAMES)), 60)
+        if discover:
+            self.run(link.discover(SERVICE_UUID, dict(CHARACTERISTIC_NAMES)), 60)
         return link
 
     def expected(self, name: str) -> bytes:
@@ -246,12 +254,48 @@ def link(bumble: BumbleLab, system_bus: SystemBus) -> Iterator[Link]:
     here is never the one that bonds later (the public address). bluetoothd 5.82 keeps
     the subscriptions of a device that becomes bonded, and crashed (SIGSEGV) at the next
     UnregisterApplication in runs where the same address had subscribed and then paired."""
-    link = bumble.connect(mtu=23, static_random=True)
+    link = bumble.connect(mtu=23, own=OWN_STATIC)
     try:
         yield link
     finally:
         bumble.run(link.disconnect(), 20)
         forget_bond(system_bus, PERIPHERAL_ADAPTER, STATIC_RANDOM)
+
+
+def devices_known_as(bus: SystemBus, *addresses: str) -> list[str]:
+    """The Pi's Device1 objects whose Address is one of ``addresses``: a phone first seen
+    under a private address keeps that object (dev_<private address>) after bluetoothd
+    learned its identity address from its IRK."""
+    (objects,) = bus.call(
+        "/", "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", timeout=10
+    )
+    wanted = {a.upper() for a in addresses}
+    return sorted(
+        path
+        for path, interfaces in objects.items()
+        if path.startswith(f"/org/bluez/{PERIPHERAL_ADAPTER}/")
+        and str(interfaces.get("org.bluez.Device1", {}).get("Address", ("s", ""))[1]).upper()
+        in wanted
+    )
+
+
+def forget_devices(bus: SystemBus, *addresses: str) -> None:
+    """``RemoveDevice`` for every object known by one of ``addresses`` (see above)."""
+    for path in devices_known_as(bus, *addresses):
+        with contextlib.suppress(DBusErrorResponse, TimeoutError):
+            bus.call(
+                f"/org/bluez/{PERIPHERAL_ADAPTER}",
+                "org.bluez.Adapter1",
+                "RemoveDevice",
+                "o",
+                (path,),
+                timeout=15,
+            )
+
+
+def resolvable_private(address: str) -> bool:
+    """A resolvable private address: the two top bits of its first octet are 0b01."""
+    return int(address[:2], 16) >> 6 == 0b01
 
 
 def handle(link: Link, name: str) -> int:
@@ -685,7 +729,7 @@ def bonded_portal(
             yield portal, shown
         finally:
             bumble.status_of = bumble.lab.status
-            forget_bond(bus, PERIPHERAL_ADAPTER, bumble.central.address)
+            forget_devices(bus, bumble.central.address)
             bumble.run(bumble.central.forget_bonds())
 
 
@@ -805,6 +849,162 @@ def test_bonded_reconnect_resubscribes(bumble: BumbleLab, system_bus: SystemBus)
     finally:
         wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
         forget_bond(system_bus, PERIPHERAL_ADAPTER, bumble.central.address)
+        bumble.run(bumble.central.forget_bonds())
+
+
+def test_a_private_address_phone_keeps_its_bond_and_write_access(
+    bumble: BumbleLab, system_bus: SystemBus, metrics: Metrics
+) -> None:
+    """SM/PER/KDU (key distribution: the central's IRK and identity address) and
+    GATT/SR/GAW/BV-03-C across it, with writes for bonded phones only (window mode): a
+    phone with privacy on connects from a resolvable private address, pairs in the
+    window (Just Works; Bumble distributes its IRK and its public identity address) and
+    writes; it comes back from a new private address with the window closed, encrypts
+    with the stored key, and its write reaches the controller: bluetoothd resolved the
+    new address to the bond, and the peripheral's approval still holds. The Pi keeps
+    one device for that phone, known by its identity address, approved."""
+    with bonded_portal(bumble, system_bus, "window") as (portal, _shown):
+        identity = bumble.central.address
+        portal.open_pairing_window(60)
+        first = bumble.connect(mtu=23, own=OWN_RPA)
+        h = handle(first, "control_targets")
+        before = _control_target_writes(bumble)
+        try:
+            assert resolvable_private(first.own_address), first.own_address
+            bumble.run(first.pair(), 45)
+            assert first.encrypted
+            bumble.run(first.write(h, targets(co2=2100)))
+            wait_for(
+                lambda: _control_target_writes(bumble) == before + 1,
+                5,
+                "the first write after pairing",
+            )
+        finally:
+            bumble.run(first.disconnect(), 20)
+        portal.close_pairing_window()
+        wait_for(lambda: portal.get_status()["connection_count"] == 0, 15, "Bumble gone")
+        again = bumble.connect(mtu=23, own=OWN_RPA, encrypt=True)
+        try:
+            assert resolvable_private(again.own_address), again.own_address
+            assert again.own_address != first.own_address
+            assert again.encrypted
+            bumble.run(again.write(h, targets(co2=2200)))
+            wait_for(
+                lambda: _control_target_writes(bumble) == before + 2,
+                5,
+                "the write from the new private address",
+            )
+            known = devices_known_as(system_bus, identity, first.own_address, again.own_address)
+            assert len(known) == 1, known
+            assert system_bus.get(known[0], "org.bluez.Device1", "Paired")
+            bonds = [b for b in portal.bonds() if b["address"].upper() == identity]
+            assert [b["approved"] for b in bonds] == [True], portal.bonds()
+            metrics.set("bumble.private_addresses", [first.own_address, again.own_address])
+        finally:
+            bumble.run(again.disconnect(), 20)
+
+
+def database_hash(bumble: BumbleLab, link: Link) -> bytes | None:
+    """The GATT service's Database Hash (Read By Type 0x2B2A), None where bluetoothd
+    has none (it needs the kernel's AF_ALG crypto)."""
+    try:
+        ((_, value),) = bumble.run(link.read_by_type(str(DATABASE_HASH)))
+    except AttError as refused:
+        if refused.code == ATTRIBUTE_NOT_FOUND:
+            return None
+        raise
+    return value
+
+
+def ranges_indicated(
+    link: Link, service_changed: int, quiet_s: float, bumble: BumbleLab
+) -> list[tuple[int, int]]:
+    """Every Service Changed range indicated on ``link`` until ``quiet_s`` pass without one."""
+    ranges = []
+    while True:
+        try:
+            got, value = bumble.run(link.next_indication(quiet_s), quiet_s + 5)
+        except TimeoutError:
+            return ranges
+        assert got == service_changed, f"an indication on 0x{got:04x}"
+        ranges.append(struct.unpack("<HH", value))
+
+
+def test_service_changed_when_the_peripheral_registers_again(
+    bumble: BumbleLab, metrics: Metrics
+) -> None:
+    """GATT/SR/GAS/BV-01-C (Service Changed), for our own re-registration: a central
+    connected with Service Changed indications on sees the peripheral stop and start
+    (UnregisterApplication, RegisterApplication). bluetoothd indicates each of our
+    services' range as it is removed and as it is added again, one indication a
+    service, nothing else; after it, discovery finds every characteristic at the
+    handle it had (fixed handles) and the Database Hash is the one before."""
+    link = bumble.connect(mtu=23)
+    try:
+        service_changed, ccc = bumble.run(link.service_changed())
+        bumble.run(link.write(ccc, struct.pack("<H", 2)))
+        assert link.service is not None
+        mushpi = (int(link.service.handle), int(link.service.end_group_handle))
+        dis = dis_range(bumble, link)
+        handles, hash_before = link.handles(), database_hash(bumble, link)
+        portal = bumble.lab.portal
+        portal.stop()
+        portal.start()
+        wait_for(lambda: bumble.lab.status()["registered"], 30, "the portal registered again")
+        ranges = ranges_indicated(link, service_changed, 5, bumble)
+        metrics.set("bumble.service_changed_ranges", [f"{a:04x}-{b:04x}" for a, b in ranges])
+        assert sorted(ranges) == sorted([mushpi, mushpi, dis, dis]), ranges
+        bumble.run(link.discover(SERVICE_UUID, dict(CHARACTERISTIC_NAMES)), 60)
+        assert link.handles() == handles
+        assert database_hash(bumble, link) == hash_before
+        metrics.set("bumble.database_hash", hash_before.hex() if hash_before else None)
+    finally:
+        bumble.run(link.disconnect(), 20)
+
+
+def dis_range(bumble: BumbleLab, link: Link) -> tuple[int, int]:
+    """The Device Information service's handle range, as discovered on ``link``."""
+    (service,) = bumble.run(link.peer.discover_service(UUID.from_16_bits(0x180A)))
+    return int(service.handle), int(service.end_group_handle)
+
+
+def test_service_changed_for_a_bonded_phone_after_bluetoothd_restarts(
+    bumble: BumbleLab, bluetoothd: Bluetoothd, system_bus: SystemBus
+) -> None:
+    """GATT/SR/GAS/BV-01-C across a bluetoothd restart, as a bonded phone that keeps its
+    GATT cache meets it: Bumble pairs, turns Service Changed indications on and leaves;
+    bluetoothd restarts (the peripheral registers again by itself); Bumble comes back,
+    encrypts and discovers nothing. bluetoothd indicates Service Changed over the whole
+    database (0x0001-0xFFFF: it cannot know what changed across its restart), so a phone
+    discovers again; the handles it had still answer byte-exact, and discovery finds
+    every characteristic where it was."""
+    link = bumble.connect(mtu=23)
+    try:
+        bumble.run(link.pair(), 45)
+        service_changed, ccc = bumble.run(link.service_changed())
+        bumble.run(link.write(ccc, struct.pack("<H", 2)))
+        cached, hash_before = link.handles(), database_hash(bumble, link)
+    finally:
+        bumble.run(link.disconnect(), 20)
+    try:
+        wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
+        bluetoothd.stop()
+        bluetoothd.start("bumble", BUMBLE_CONFIG, helper=False)  # hci3 is Bumble's
+        again = bumble.connect(mtu=23, encrypt=True, discover=False)
+        try:
+            assert again.encrypted
+            got, value = bumble.run(again.next_indication(15), 20)
+            assert (got, struct.unpack("<HH", value)) == (service_changed, (0x0001, 0xFFFF))
+            for name in ("control_targets", "stage_state", "status_flags"):
+                assert bumble.run(again.read(cached[name])) == bumble.expected(name), name
+            bumble.run(again.discover(SERVICE_UUID, dict(CHARACTERISTIC_NAMES)), 60)
+            assert again.handles() == cached
+            assert database_hash(bumble, again) == hash_before
+        finally:
+            bumble.run(again.disconnect(), 20)
+    finally:
+        wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
+        forget_devices(system_bus, bumble.central.address)
         bumble.run(bumble.central.forget_bonds())
 
 
