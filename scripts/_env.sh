@@ -10,6 +10,8 @@ command -v dbus-send >/dev/null 2>&1 || mushpi_need_apt+=(dbus-bin)
 if [ "${1:-}" = "test" ]; then
     command -v gdbus >/dev/null 2>&1 || mushpi_need_apt+=(libglib2.0-bin)
     command -v busctl >/dev/null 2>&1 || mushpi_need_apt+=(systemd)
+    # bluez's bluetooth.service, which setup's drop-in for it is verified against
+    [ -f /lib/systemd/system/bluetooth.service ] || mushpi_need_apt+=(bluez)
 fi
 if [ "${#mushpi_need_apt[@]}" -gt 0 ]; then
     echo "installing Debian packages: ${mushpi_need_apt[*]}"

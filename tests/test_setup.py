@@ -255,3 +255,30 @@ def test_unit_and_drop_in_score_at_most_2(root: Path,
     setup(capsys, "--root", str(root), "--remove")
     setup(capsys, "--root", str(root), "--standalone")
     assert exposure(root, files.STANDALONE_UNIT) <= 2.0
+
+
+@pytest.mark.parametrize("argv", [["--unit", CONTROLLER], ["--standalone"]])
+def test_bluetoothd_is_started_again_after_a_crash(root: Path, capsys: pytest.CaptureFixture[str],
+                                                   argv: list[str]) -> None:
+    """bookworm's bluetooth.service ships Restart= commented out: setup adds a drop-in of
+    its own for it, in either mode, and --remove takes it (and its folder) away."""
+    before = snapshot(root)
+    setup(capsys, "--root", str(root), *argv)
+    dropin = at(root, files.dropin_path(files.BLUETOOTHD_UNIT))
+    assert dropin == root / "etc/systemd/system/bluetooth.service.d/50-mushpi-ble.conf"
+    service = dropin.read_text().split("[Service]\n", 1)[1].splitlines()
+    assert "Restart=on-failure" in service and "RestartSec=2" in service
+    assert files.BLUETOOTHD_UNIT in json.loads(at(root, files.MANIFEST).read_text())["units"]
+    setup(capsys, "--root", str(root), "--remove")
+    assert snapshot(root) == before
+
+
+@needs_systemd
+@pytest.mark.skipif(not Path("/lib/systemd/system/bluetooth.service").exists(),
+                    reason="bluez's bluetooth.service missing (scripts/test installs bluez)")
+def test_systemd_accepts_the_bluetoothd_drop_in(root: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """bookworm's own bluetooth.service with our drop-in from the root."""
+    setup(capsys, "--root", str(root), "--unit", CONTROLLER)
+    output = verify(root, files.BLUETOOTHD_UNIT)
+    assert [line for line in output.splitlines() if "50-mushpi-ble" in line] == [], output

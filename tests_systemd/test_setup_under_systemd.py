@@ -53,7 +53,12 @@ WantedBy=multi-user.target
 OURS = (Path("/etc/udev/rules.d/70-mushpi-rfkill.rules"),
         Path("/etc/dbus-1/system.d/org.mushpi.Ble.conf"),
         Path(f"/etc/systemd/system/{UNIT}.d/50-mushpi-ble.conf"),
+        Path("/etc/systemd/system/bluetooth.service.d/50-mushpi-ble.conf"),
         Path("/var/lib/mushpi-ble/setup.json"))
+# trixie's bluetooth.service restarts bluetoothd on failure; bookworm's (Raspberry Pi OS
+# 12) has that line commented out. The lab makes this trixie behave like bookworm, so the
+# crash step shows setup's own drop-in at work.
+AS_BOOKWORM = Path("/etc/systemd/system/bluetooth.service.d/00-lab-as-bookworm.conf")
 FIGURES: dict[str, Any] = {
     "generation": "systemd", "passes": [], "kernel": os.uname().release,
     "python": platform.python_version(),
@@ -150,7 +155,10 @@ def test_02_setup_for_the_controllers_unit() -> None:
     SETTINGS.parent.mkdir(parents=True, exist_ok=True)
     SETTINGS.write_text(GOOD_SETTINGS)
     Path(f"/etc/systemd/system/{UNIT}").write_text(CONTROLLER_UNIT)
+    AS_BOOKWORM.parent.mkdir(parents=True, exist_ok=True)
+    AS_BOOKWORM.write_text("[Service]\nRestart=no\n")
     sh("systemctl", "daemon-reload")
+    assert show("bluetooth.service", "Restart")["Restart"] == "no"
     BEFORE.update(system_state())
     figure("security_before", security_score(UNIT))
     done = sh(CLI, "setup", "--user", "mushpi", "--unit", UNIT, "--notify",
@@ -374,6 +382,28 @@ def test_08_bluetoothd_restart_is_survived() -> None:
     assert show(UNIT, "MainPID", "ActiveState") == {"MainPID": pid, "ActiveState": "active"}
 
 
+def test_08b_a_crashed_bluetoothd_is_started_again() -> None:
+    """bluetoothd killed by SIGSEGV, as a central that leaves while a read is pending
+    makes it crash later (README): bluetooth.service starts it again only through setup's
+    drop-in (the lab's own makes it bookworm's Restart=no), and the peripheral, still
+    the same process, registers again on the new bluetoothd."""
+    shown = show("bluetooth.service", "Restart", "DropInPaths", "MainPID")
+    assert shown["Restart"] == "on-failure", shown
+    assert "/bluetooth.service.d/50-mushpi-ble.conf" in shown["DropInPaths"], shown
+    ours = show(UNIT, "MainPID")["MainPID"]
+    mark = cursor()
+    sh("kill", "-SEGV", shown["MainPID"])
+
+    def started_again() -> bool:
+        now = show("bluetooth.service", "MainPID", "ActiveState")
+        return now["ActiveState"] == "active" and now["MainPID"] not in ("0", shown["MainPID"])
+
+    wait_for(started_again, 60, "systemd to start bluetoothd again")
+    wait_for(lambda: "registered again" in journal(mark, "-u", UNIT), 60,
+             "the peripheral registered again")
+    assert show(UNIT, "MainPID", "ActiveState") == {"MainPID": ours, "ActiveState": "active"}
+
+
 def test_09_broken_settings_stop_the_unit_without_a_restart_loop() -> None:
     mark = cursor()
     # the README's old snippet: systemd keeps an inline comment as part of the value
@@ -453,6 +483,7 @@ def test_11_remove_leaves_nothing_of_ours() -> None:
     done = sh(CLI, "setup", "--remove")
     print(done.stdout)
     assert system_state() == BEFORE
+    assert show("bluetooth.service", "Restart")["Restart"] == "no"  # the lab's, as before
     assert sh("stat", "-c", "%G", "/dev/rfkill").stdout.strip() == "root"
 
 

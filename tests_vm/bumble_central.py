@@ -310,11 +310,13 @@ class Link:
                 break
         return value, requests
 
-    async def read_by_type(self, uuid: str) -> list[tuple[int, bytes]]:
+    async def read_by_type(self, uuid: str | UUID) -> list[tuple[int, bytes]]:
         """Read By Type over the whole database: (handle, value) pairs of the first answer."""
         response = await self.request(
             att.ATT_Read_By_Type_Request(
-                starting_handle=0x0001, ending_handle=0xFFFF, attribute_type=UUID(uuid)
+                starting_handle=0x0001,
+                ending_handle=0xFFFF,
+                attribute_type=uuid if isinstance(uuid, UUID) else UUID(uuid),
             )
         )
         return [(int(h), bytes(v)) for h, v in response.attributes]

@@ -142,6 +142,30 @@ def service_lines(service: Service) -> list[str]:
     return lines
 
 
+BLUETOOTHD_UNIT = "bluetooth.service"
+BLUETOOTHD_RESTART_S = 2
+
+
+def bluetoothd_dropin_text() -> str:
+    """bluetoothd started again when it crashes: Debian bookworm's unit (Raspberry Pi OS
+    12) ships ``#Restart=on-failure`` commented out, so one crash left the room without
+    Bluetooth until a reboot. A central can crash it from the air (README, "Against the
+    real bluetoothd"); the peripheral registers again once bluetoothd is back."""
+    return "\n".join([
+        "# mushpi-ble setup: bluetoothd started again when it crashes (bookworm's unit leaves",
+        "# Restart= commented out; a central that leaves while a GATT read or write is",
+        "# pending can crash bluetoothd later). Undo with `mushpi-ble setup --remove`.",
+        "[Unit]",
+        "StartLimitIntervalSec=300",
+        "StartLimitBurst=10",
+        "",
+        "[Service]",
+        "Restart=on-failure",
+        f"RestartSec={BLUETOOTHD_RESTART_S}",
+        "",
+    ])
+
+
 def dropin_path(unit: str) -> Path:
     return UNIT_DIR / f"{unit}.d" / DROPIN
 

@@ -260,6 +260,8 @@ def set_up(ctx: Context, args: argparse.Namespace) -> None:
             and not ctx.dry_run):
         ctx.manifest["trees"].append(state_dir)  # systemd makes it (StateDirectory): ours
     units: list[str] = []
+    if write_file(ctx, files.dropin_path(files.BLUETOOTHD_UNIT), files.bluetoothd_dropin_text()):
+        units.append(files.BLUETOOTHD_UNIT)
     if args.standalone:
         written = write_file(ctx, files.SETTINGS, render_env_example(), mode=0o640,
                              group=user, keep_existing=True)
