@@ -7,8 +7,8 @@ byte. Each test's docstring names the case of BlueZ's
 doc/qualification/gatt-pts.rst (the Bluetooth SIG's GATT test suite) it
 corresponds to, checked against the MushPi service.
 
-It runs once per generation, in the classic (att) pass, as the other
-once-per-generation tests do. For its duration bluetoothd runs with its own ATT
+It runs once per generation, as a step of its own after the suite (its own pytest run
+in the same VM, the classic (att) pass only: scripts/vm/steps.sh). For its duration bluetoothd runs with its own ATT
 defaults (``ExchangeMTU`` 517, one bearer: ``BUMBLE_CONFIG``) instead of the
 pass's MTU 48, so that one link can be held at 23 (Bumble's server maximum 23;
 it never asks itself) and another can ask for 517. hci3 (the second phone's peer
@@ -17,9 +17,13 @@ end bluetoothd is stopped, hci3 handed back and bluetoothd started afresh (the
 next pass starts it with its own configuration again).
 
 The links: ``link`` (MTU 23, from Bumble's static random address) for discovery,
-reads, writes and notifications; ``link_517`` (the public address, as every
-later link) for the MTU exchange, a long read at MTU 517 and pairing; then
-links of their own for bonded-only writes, a bonded reconnect and robustness.
+reads, writes and notifications; ``link_517`` (the public address, as most
+later links) for the MTU exchange, a long read at MTU 517 and pairing; then
+links of their own for bonded-only writes, a bonded reconnect, a phone with
+privacy on (resolvable private addresses made from Bumble's IRK), Service
+Changed (our re-registration; a bluetoothd restart, hci3 kept by Bumble) and
+robustness; last the two cases that crash bluetoothd (a request pending when
+the link ends), each starting a new one when it has died.
 """
 
 from __future__ import annotations
