@@ -7,14 +7,14 @@ byte. Each test's docstring names the case of BlueZ's
 doc/qualification/gatt-pts.rst (the Bluetooth SIG's GATT test suite) it
 corresponds to, checked against the MushPi service.
 
-It runs once per generation, as a step of its own after the suite (its own pytest run
-in the same VM, the classic (att) pass only: scripts/vm/steps.sh). For its duration bluetoothd runs with its own ATT
-defaults (``ExchangeMTU`` 517, one bearer: ``BUMBLE_CONFIG``) instead of the
-pass's MTU 48, so that one link can be held at 23 (Bumble's server maximum 23;
-it never asks itself) and another can ask for 517. hci3 (the second phone's peer
-in tests_vm/test_60_unattended.py) is taken from bluetoothd for Bumble; at the
-end bluetoothd is stopped, hci3 handed back and bluetoothd started afresh (the
-next pass starts it with its own configuration again).
+It runs once per generation, as a step of its own after the suite (its own pytest run in
+the same VM, the classic (att) pass only: scripts/vm/steps.sh). For its duration
+bluetoothd runs with its own ATT defaults (``ExchangeMTU`` 517, one bearer:
+``BUMBLE_CONFIG``) instead of the pass's MTU 48, so that one link can be held at 23
+(Bumble's server maximum 23; it never asks itself) and another can ask for 517. hci3
+(the second phone's peer in tests_vm/test_60_unattended.py) is taken from bluetoothd for
+Bumble; at the end bluetoothd is stopped, hci3 handed back and bluetoothd started afresh
+(the next pass starts it with its own configuration again).
 
 The links: ``link`` (MTU 23, from Bumble's static random address) for discovery,
 reads, writes and notifications; ``link_517`` (the public address, as most
@@ -1053,14 +1053,17 @@ def test_bluetoothd_survived_the_bumble_pass(bumble: BumbleLab, bluetoothd: Blue
 
 # -- last, as they harm bluetoothd: a request pending when the link ends ------------------
 BLUEZ_PENDING_OP = (
-    "the central's link ended while bluetoothd waited for our ReadValue reply: "
-    "pending_disconnect_cb (src/gatt-database.c) clears the pending op's queue pointer but "
-    "leaves it queued on the characteristic, and the op outlives the ATT channel it "
-    "answers; our late reply, or later the freeing of our characteristics "
-    "(UnregisterApplication, our exit, bluetoothd's exit: chrc_free -> "
-    "cancel_pending_read -> gatt_db_attribute_read_result), touches freed memory (SIGSEGV; "
-    "BlueZ 5.66 to 5.87 and master)"
+    "the central's link ended while bluetoothd waited for our ReadValue reply, and the "
+    "read outlives the ATT channel it answers (src/gatt-database.c pending_disconnect_cb "
+    "only clears the op's queue pointer; read_reply_cb drops our late reply): 5 s after "
+    "the request, gatt-db's read timeout answers on the freed channel (read_timeout -> "
+    "read_complete_cb -> bt_att_chan_send_error_rsp: SIGSEGV, or an Unlikely Error sent "
+    "into whichever link reused the memory), and freeing our characteristics "
+    "(UnregisterApplication, our exit, bluetoothd's: chrc_free -> cancel_pending_read) "
+    "touches the freed op. BlueZ 5.66 to 5.87 and master"
 )
+ATTRIBUTE_TIMEOUT_S = 5.0
+"""gatt-db's own deadline for an attribute's read (src/shared/gatt-db.c ATTRIBUTE_TIMEOUT)."""
 SLOW_READ_S = 1.5
 
 
@@ -1089,16 +1092,20 @@ def bluetoothd_died(bumble: BumbleLab, bluetoothd: Bluetoothd, within_s: float) 
     return died
 
 
-def served_then_registered_again(bumble: BumbleLab, bluetoothd: Bluetoothd, h: int) -> None:
-    """What must hold after a central left with a request pending, once our late reply
-    went out: bluetoothd alive, the next central served, and bluetoothd alive through
-    our own re-registration (stop: UnregisterApplication frees our characteristics in
-    bluetoothd; start), as a restart of the controller's service does. Where bluetoothd
-    dies, the test is an expected failure naming when (BLUEZ_PENDING_OP)."""
+def served_then_registered_again(
+    bumble: BumbleLab, bluetoothd: Bluetoothd, h: int, asked: float
+) -> None:
+    """What must hold after a central left with a request pending (sent at monotonic
+    ``asked``): bluetoothd alive past gatt-db's read timeout, the next central served,
+    and bluetoothd alive through our own re-registration (stop: UnregisterApplication
+    frees our characteristics in bluetoothd; start), as a restart of the controller's
+    service does. Where bluetoothd dies, the test is an expected failure naming when
+    (BLUEZ_PENDING_OP)."""
+    time.sleep(max(0.0, asked + ATTRIBUTE_TIMEOUT_S - time.monotonic()))
     died = bluetoothd_died(bumble, bluetoothd, 3)
     if died is not None:
         pytest.xfail(
-            f"bluetoothd ({GENERATION}) ended with {died} once our late reply came: "
+            f"bluetoothd ({GENERATION}) ended with {died} at gatt-db's read timeout: "
             + BLUEZ_PENDING_OP
         )
     wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
@@ -1135,12 +1142,13 @@ def test_a_second_request_before_the_first_response(
     try:
         with slow_controller(bumble):
             read = att.ATT_Read_Request(attribute_handle=h)
+            asked = time.monotonic()
             bumble.run(link.send_raw(read, read))
             bumble.run(link.wait_disconnected(20), 25)
             time.sleep(SLOW_READ_S)  # our reply to the first read goes out meanwhile
     finally:
         bumble.run(link.disconnect(), 20)
-    served_then_registered_again(bumble, bluetoothd, h)
+    served_then_registered_again(bumble, bluetoothd, h, asked)
 
 
 def test_a_central_that_leaves_while_its_read_is_pending(
@@ -1155,8 +1163,9 @@ def test_a_central_that_leaves_while_its_read_is_pending(
     link = bumble.connect(mtu=23)
     h = handle(link, "stage_state")
     with slow_controller(bumble):
+        asked = time.monotonic()
         bumble.run(link.send_raw(att.ATT_Read_Request(attribute_handle=h)))
         time.sleep(0.3)  # the ReadValue is with the slow controller
         bumble.run(link.disconnect(), 20)
         time.sleep(SLOW_READ_S)  # our reply goes out meanwhile
-    served_then_registered_again(bumble, bluetoothd, h)
+    served_then_registered_again(bumble, bluetoothd, h, asked)
