@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from system_root import BASE, make_root
 
-from mushpi_ble.cli import main
+from mushpi_ble.cli import check_system, main
 from mushpi_ble.cli import system_files as files
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="setup changes a root: run as root")
@@ -268,7 +268,10 @@ def test_bluetoothd_is_started_again_after_a_crash(root: Path, capsys: pytest.Ca
     assert dropin == root / "etc/systemd/system/bluetooth.service.d/50-mushpi-ble.conf"
     service = dropin.read_text().split("[Service]\n", 1)[1].splitlines()
     assert "Restart=on-failure" in service and "RestartSec=2" in service
-    assert files.BLUETOOTHD_UNIT in json.loads(at(root, files.MANIFEST).read_text())["units"]
+    # the service's own unit is still the one check looks at
+    unit = CONTROLLER if "--unit" in argv else files.STANDALONE_UNIT
+    assert json.loads(at(root, files.MANIFEST).read_text())["units"] == [unit]
+    assert check_system.service_unit(root) == unit
     setup(capsys, "--root", str(root), "--remove")
     assert snapshot(root) == before
 

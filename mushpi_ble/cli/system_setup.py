@@ -259,9 +259,9 @@ def set_up(ctx: Context, args: argparse.Namespace) -> None:
     if (not ctx.at(Path(state_dir)).exists() and state_dir not in ctx.manifest["trees"]
             and not ctx.dry_run):
         ctx.manifest["trees"].append(state_dir)  # systemd makes it (StateDirectory): ours
-    units: list[str] = []
-    if write_file(ctx, files.dropin_path(files.BLUETOOTHD_UNIT), files.bluetoothd_dropin_text()):
-        units.append(files.BLUETOOTHD_UNIT)
+    units: list[str] = []  # the service's own units (check reads the first)
+    reload = write_file(ctx, files.dropin_path(files.BLUETOOTHD_UNIT),
+                        files.bluetoothd_dropin_text())
     if args.standalone:
         written = write_file(ctx, files.SETTINGS, render_env_example(), mode=0o640,
                              group=user, keep_existing=True)
@@ -280,7 +280,7 @@ def set_up(ctx: Context, args: argparse.Namespace) -> None:
         if unit not in ctx.manifest["units"] and not ctx.dry_run:
             ctx.manifest["units"].append(unit)
     save_manifest(ctx)
-    if units:
+    if units or reload:
         ctx.run(["systemctl", "daemon-reload"], check=False)
     if args.standalone:
         if ctx.run(["systemctl", "enable", "--now", files.STANDALONE_UNIT], check=False) \
@@ -336,6 +336,7 @@ def remove(ctx: Context) -> None:
         ctx.run(["systemctl", "disable", "--now", unit], check=False)
         if not ctx.dry_run:
             manifest["enabled"].remove(unit)
+    reload = str(files.dropin_path(files.BLUETOOTHD_UNIT)) in manifest["files"]
     for name, entry in list(manifest["files"].items()):
         remove_file(ctx, Path(name), entry)
     for tree in list(manifest["trees"]):
@@ -345,7 +346,7 @@ def remove(ctx: Context) -> None:
         shutil.rmtree(ctx.at(Path(tree)), ignore_errors=True)
         manifest["trees"].remove(tree)
         ctx.say(f"removed {tree} (state the service kept there)")
-    if manifest["units"]:
+    if manifest["units"] or reload:
         ctx.run(["systemctl", "daemon-reload"], check=False)
     if not ctx.dry_run:
         manifest["units"] = []
