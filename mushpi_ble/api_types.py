@@ -76,6 +76,7 @@ class Status(TypedDict):
     connects: int
     disconnects: int
     subscriptions: dict[str, bool]
+    left_waiting: dict[str, int]
     characteristics: dict[str, dict[str, Any]]
     notify: dict[str, Any]
     callbacks: dict[str, dict[str, Any]]

@@ -66,6 +66,12 @@ class StatusCollector:
                                ("disconnects", "central disconnections seen"),
                                ("restarts", "bluetoothd restarts survived")):
             yield CounterMetricFamily(f"{PREFIX}_{key}", help_text, value=status[key])
+        if "left_waiting" in status:  # the backend's own status (bluezero) has none
+            yield CounterMetricFamily(
+                f"{PREFIX}_phones_left_waiting",
+                "Phones that left while a read or write of theirs was being answered "
+                "(bluetoothd 5.66 to 5.87 may crash about 5 s later).",
+                value=status["left_waiting"]["phones"])
         yield from _unattended(status)
         characteristics = status["characteristics"].items()
         yield from _labelled_counters(

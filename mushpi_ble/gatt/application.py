@@ -23,6 +23,7 @@ from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Metho
 from .access import READ, WRITE, AccessGate
 from .devices import Central
 from .errors import NOT_PERMITTED, NOT_SUPPORTED, GattError
+from .in_flight import InFlight
 from .long_write import LongWrites
 from .model import (
     Characteristic,
@@ -83,6 +84,7 @@ class GattApplication:
         self._allowed_caller = allowed_caller
         self._on_device_seen = on_device_seen
         self._long_writes = LongWrites(long_write_timeout)
+        self.in_flight = InFlight()
         self.access = access
         self._states: dict[str, CharacteristicState] = {}
         self.replay_looks = 0
@@ -195,17 +197,26 @@ class GattApplication:
         value = read(request)
         if isinstance(value, bytes):
             return slice_for_offset(value, request.offset)
-        return _read_later(value, request.offset)
+        return self._read_awaited(value, request)
+
+    async def _read_awaited(self, value: Awaitable[bytes], request: ReadRequest) -> bytes:
+        with self.in_flight.answering(request.device):
+            return await _read_later(value, request.offset)
 
     async def _read_checked(self, state: CharacteristicState, read: ReadHandler,
                             request: ReadRequest) -> bytes:
         assert self.access is not None
-        await self.access.check(READ, request.device, state.spec.label, request.link)
-        return await _read_later(read(request), request.offset)
+        with self.in_flight.answering(request.device):
+            await self.access.check(READ, request.device, state.spec.label, request.link)
+            return await _read_later(read(request), request.offset)
 
     async def _write_value(self, _ctx: CallContext, state: CharacteristicState, value: bytes,
                            options: dict[str, Any]) -> None:
         piece = WriteRequest.from_options(value, options)
+        with self.in_flight.answering(piece.device):
+            await self._write_piece(state, piece)
+
+    async def _write_piece(self, state: CharacteristicState, piece: WriteRequest) -> None:
         self._saw_device(piece.device, piece.mtu)
         if state.spec.write is None:
             raise GattError(NOT_PERMITTED, f"{state.spec.label} is not writable")
@@ -311,6 +322,13 @@ class GattApplication:
         StartNotify from now on belongs to a phone that comes, see replay_subscriptions)."""
         self._last_left = trio.current_time()
         self._sockets.device_left(device)
+        waiting = self.in_flight.device_left(device)
+        if waiting:
+            log.warning(
+                "phone left before we answered device=%s requests=%d: bluetoothd (BlueZ "
+                "5.66 to 5.87) keeps such a request and may crash about 5 s after it; "
+                "a controller callback that answers quickly keeps this rare (README, "
+                "'Against the real bluetoothd')", device, waiting)
 
     def phones(self) -> dict[str, dict[str, Any]]:
         """Per device: its acquired sockets, MTU, queues and counters."""

@@ -78,4 +78,7 @@ class Application(Step):
             "registered": self.registered,
             "subscriptions": ({s.spec.name: s.subscribed for s in app.characteristics
                                if s.spec.notifies} if app is not None else {}),
+            "left_waiting": ({"phones": app.in_flight.phones_left_waiting,
+                              "requests": app.in_flight.requests_outlived_link}
+                             if app is not None else {"phones": 0, "requests": 0}),
         }
