@@ -1074,6 +1074,11 @@ def slow_controller(bumble: BumbleLab) -> Iterator[None]:
         controller.getter_delay_s = 0.0
 
 
+def _left_waiting(bumble: BumbleLab) -> int:
+    """Phones the peripheral saw leave while a request of theirs was being answered."""
+    return int(bumble.lab.status()["left_waiting"]["phones"])
+
+
 def bluetoothd_died(bumble: BumbleLab, bluetoothd: Bluetoothd, within_s: float) -> int | None:
     """bluetoothd's exit status if it dies within ``within_s``; then a new one is started
     (hci3 stays Bumble's) and the lab's portal registers on it."""
@@ -1134,6 +1139,7 @@ def test_a_second_request_before_the_first_response(
     without it passes."""
     link = bumble.connect(mtu=23)
     h = handle(link, "stage_state")
+    before = _left_waiting(bumble)
     try:
         with slow_controller(bumble):
             read = att.ATT_Read_Request(attribute_handle=h)
@@ -1143,6 +1149,7 @@ def test_a_second_request_before_the_first_response(
             time.sleep(SLOW_READ_S)  # our reply to the first read goes out meanwhile
     finally:
         bumble.run(link.disconnect(), 20)
+    assert _left_waiting(bumble) == before + 1  # counted and named in a WARNING
     served_then_registered_again(bumble, bluetoothd, h, asked)
 
 
@@ -1157,10 +1164,12 @@ def test_a_central_that_leaves_while_its_read_is_pending(
     setup's bluetooth.service drop-in (Restart=on-failure) is how a room lives with it."""
     link = bumble.connect(mtu=23)
     h = handle(link, "stage_state")
+    before = _left_waiting(bumble)
     with slow_controller(bumble):
         asked = time.monotonic()
         bumble.run(link.send_raw(att.ATT_Read_Request(attribute_handle=h)))
         time.sleep(0.3)  # the ReadValue is with the slow controller
         bumble.run(link.disconnect(), 20)
         time.sleep(SLOW_READ_S)  # our reply goes out meanwhile
+    assert _left_waiting(bumble) == before + 1  # counted and named in a WARNING
     served_then_registered_again(bumble, bluetoothd, h, asked)
