@@ -1048,10 +1048,10 @@ def test_bluetoothd_survived_the_bumble_pass(bumble: BumbleLab, bluetoothd: Blue
 
 # -- last, as they harm bluetoothd: a request pending when the link ends ------------------
 BLUEZ_PENDING_OP = (
-    "the central's link ended while bluetoothd waited for our ReadValue reply, and the "
-    "read outlives the ATT channel it answers (src/gatt-database.c pending_disconnect_cb "
-    "only clears the op's queue pointer; read_reply_cb drops our late reply): 5 s after "
-    "the request, gatt-db's read timeout answers on the freed channel (read_timeout -> "
+    "the central's link ended while bluetoothd waited for our ReadValue or WriteValue "
+    "reply, and the request outlives the ATT channel it answers (src/gatt-database.c pending_disconnect_cb "
+    "only clears the op's queue pointer; the reply callback drops our late reply): 5 s "
+    "after the request, gatt-db's timeout answers on the freed channel (read_timeout -> "
     "read_complete_cb -> bt_att_chan_send_error_rsp: SIGSEGV, or an Unlikely Error sent "
     "into whichever link reused the memory), and freeing our characteristics "
     "(UnregisterApplication, our exit, bluetoothd's: chrc_free -> cancel_pending_read) "
@@ -1173,3 +1173,42 @@ def test_a_central_that_leaves_while_its_read_is_pending(
         time.sleep(SLOW_READ_S)  # our reply goes out meanwhile
     assert _left_waiting(bumble) == before + 1  # counted and named in a WARNING
     served_then_registered_again(bumble, bluetoothd, h, asked)
+
+
+@contextlib.contextmanager
+def slow_setter(bumble: BumbleLab) -> Iterator[None]:
+    """The controller takes ``SLOW_READ_S`` to apply control targets (bluetoothd waits
+    for our WriteValue reply meanwhile)."""
+    portal, controller = bumble.lab.portal, bumble.lab.controller
+
+    def slow_set(values: dict[str, Any]) -> None:
+        time.sleep(SLOW_READ_S)
+        controller.set_control_targets(values)
+
+    portal.set_callbacks(set_control_targets=slow_set)
+    try:
+        yield
+    finally:
+        portal.set_callbacks(set_control_targets=controller.set_control_targets)
+
+
+def test_a_central_that_leaves_while_its_write_is_pending(
+    bumble: BumbleLab, bluetoothd: Bluetoothd
+) -> None:
+    """Robustness, the write side: a phone that leaves while a busy controller applies
+    its write. The peripheral counts it, the next central reads, and bluetoothd must
+    live on, through our own re-registration too; where it does not (BLUEZ_PENDING_OP
+    on the write path), an expected failure naming when."""
+    link = bumble.connect(mtu=23)
+    h = handle(link, "control_targets")
+    stage_handle = handle(link, "stage_state")
+    before = _left_waiting(bumble)
+    with slow_setter(bumble):
+        asked = time.monotonic()
+        write = att.ATT_Write_Request(attribute_handle=h, attribute_value=targets(co2=2300))
+        bumble.run(link.send_raw(write))
+        time.sleep(0.3)  # the WriteValue is with the slow controller
+        bumble.run(link.disconnect(), 20)
+        time.sleep(SLOW_READ_S)  # the controller applied it; our reply goes out
+    assert _left_waiting(bumble) == before + 1  # counted and named in a WARNING
+    served_then_registered_again(bumble, bluetoothd, stage_handle, asked)
