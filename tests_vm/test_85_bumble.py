@@ -1049,8 +1049,8 @@ def test_bluetoothd_survived_the_bumble_pass(bumble: BumbleLab, bluetoothd: Blue
 # -- last, as they harm bluetoothd: a request pending when the link ends ------------------
 BLUEZ_PENDING_OP = (
     "the central's link ended while bluetoothd waited for our ReadValue or WriteValue "
-    "reply, and the request outlives the ATT channel it answers (src/gatt-database.c pending_disconnect_cb "
-    "only clears the op's queue pointer; the reply callback drops our late reply): 5 s "
+    "reply, and the request outlives the ATT channel it answers (src/gatt-database.c "
+    "pending_disconnect_cb only clears the op's queue pointer; the reply callback drops our late reply): 5 s "
     "after the request, gatt-db's timeout answers on the freed channel (read_timeout -> "
     "read_complete_cb -> bt_att_chan_send_error_rsp: SIGSEGV, or an Unlikely Error sent "
     "into whichever link reused the memory), and freeing our characteristics "
