@@ -1050,12 +1050,12 @@ def test_bluetoothd_survived_the_bumble_pass(bumble: BumbleLab, bluetoothd: Blue
 BLUEZ_PENDING_OP = (
     "the central's link ended while bluetoothd waited for our ReadValue or WriteValue "
     "reply, and the request outlives the ATT channel it answers (src/gatt-database.c "
-    "pending_disconnect_cb only clears the op's queue pointer; the reply callback drops our late reply): 5 s "
-    "after the request, gatt-db's timeout answers on the freed channel (read_timeout -> "
-    "read_complete_cb -> bt_att_chan_send_error_rsp: SIGSEGV, or an Unlikely Error sent "
-    "into whichever link reused the memory), and freeing our characteristics "
-    "(UnregisterApplication, our exit, bluetoothd's: chrc_free -> cancel_pending_read) "
-    "touches the freed op. BlueZ 5.66 to 5.87 and master"
+    "pending_disconnect_cb only clears the op's queue pointer; the reply callback drops "
+    "our late reply): 5 s after the request, gatt-db's timeout answers on the freed "
+    "channel (read_timeout -> read_complete_cb -> bt_att_chan_send_error_rsp: SIGSEGV, "
+    "or an Unlikely Error sent into whichever link reused the memory), and freeing our "
+    "characteristics (UnregisterApplication, our exit, bluetoothd's: chrc_free -> "
+    "cancel_pending_read) touches the freed op. BlueZ 5.66 to 5.87 and master"
 )
 ATTRIBUTE_TIMEOUT_S = 5.0
 """gatt-db's own deadline for an attribute's read (src/shared/gatt-db.c ATTRIBUTE_TIMEOUT)."""
