@@ -732,6 +732,15 @@ def _control_target_writes(bumble: BumbleLab) -> int:
     return sum(1 for name, _ in bumble.lab.controller.writes if name == "control_targets")
 
 
+def write_reaches_controller(
+    bumble: BumbleLab, link: Link, h: int, co2: int, writes: int, what: str
+) -> None:
+    """A Write Request of control targets (``co2``) answered, and the controller at
+    ``writes`` control-target writes within 5 s."""
+    bumble.run(link.write(h, targets(co2=co2)))
+    wait_for(lambda: _control_target_writes(bumble) == writes, 5, what)
+
+
 def test_write_refused_before_pairing_then_passkey_entry(
     bumble: BumbleLab, system_bus: SystemBus, metrics: Metrics
 ) -> None:
@@ -760,11 +769,8 @@ def test_write_refused_before_pairing_then_passkey_entry(
             assert link.encrypted
             assert shown and shown[-1][0] == bumble.central.address, shown
             assert keyboard.typed == shown[-1][1]
-            bumble.run(link.write(h, targets(co2=1800)))
-            wait_for(
-                lambda: _control_target_writes(bumble) == before + 1,
-                5,
-                "the bonded write to reach the controller",
+            write_reaches_controller(
+                bumble, link, h, 1800, before + 1, "the bonded write to reach the controller"
             )
         finally:
             bumble.run(link.disconnect(), 20)
@@ -792,11 +798,8 @@ def test_pairing_refused_while_the_window_is_closed(
             portal.open_pairing_window(60)
             bumble.run(link.pair(), 45)
             assert link.encrypted
-            bumble.run(link.write(h, targets(co2=1900)))
-            wait_for(
-                lambda: _control_target_writes(bumble) == before + 1,
-                5,
-                "the write after pairing in the window",
+            write_reaches_controller(
+                bumble, link, h, 1900, before + 1, "the write after pairing in the window"
             )
         finally:
             bumble.run(link.disconnect(), 20)
@@ -868,11 +871,8 @@ def test_a_private_address_phone_keeps_its_bond_and_write_access(
             assert resolvable_private(first.own_address), first.own_address
             bumble.run(first.pair(), 45)
             assert first.encrypted
-            bumble.run(first.write(h, targets(co2=2100)))
-            wait_for(
-                lambda: _control_target_writes(bumble) == before + 1,
-                5,
-                "the first write after pairing",
+            write_reaches_controller(
+                bumble, first, h, 2100, before + 1, "the first write after pairing"
             )
         finally:
             bumble.run(first.disconnect(), 20)
@@ -883,11 +883,8 @@ def test_a_private_address_phone_keeps_its_bond_and_write_access(
             assert resolvable_private(again.own_address), again.own_address
             assert again.own_address != first.own_address
             assert again.encrypted
-            bumble.run(again.write(h, targets(co2=2200)))
-            wait_for(
-                lambda: _control_target_writes(bumble) == before + 2,
-                5,
-                "the write from the new private address",
+            write_reaches_controller(
+                bumble, again, h, 2200, before + 2, "the write from the new private address"
             )
             known = devices_known_as(system_bus, identity, first.own_address, again.own_address)
             assert len(known) == 1, known
