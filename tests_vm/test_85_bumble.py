@@ -1055,7 +1055,8 @@ BLUEZ_PENDING_OP = (
     "cancel_pending_read) touches the freed op. BlueZ 5.66 to 5.87 and master"
 )
 ATTRIBUTE_TIMEOUT_S = 5.0
-"""gatt-db's own deadline for an attribute's read (src/shared/gatt-db.c ATTRIBUTE_TIMEOUT)."""
+"""gatt-db's own deadline for an attribute's read or write (src/shared/gatt-db.c
+ATTRIBUTE_TIMEOUT)."""
 SLOW_READ_S = 1.5
 
 
@@ -1115,7 +1116,7 @@ def served_then_registered_again(
     died = bluetoothd_died(bumble, bluetoothd, 3)
     if died is not None:
         pytest.xfail(
-            f"bluetoothd ({GENERATION}) ended with {died} at gatt-db's read timeout: "
+            f"bluetoothd ({GENERATION}) ended with {died} at gatt-db's 5 s request timeout: "
             + BLUEZ_PENDING_OP
         )
     wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
