@@ -16,6 +16,7 @@ from typing import Any
 
 from . import __version__
 from .config import Settings
+from .gatt import BLUEZ_AFFECTED
 from .metrics import LatencyHistogram
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class StatusCollector:
             yield CounterMetricFamily(
                 f"{PREFIX}_phones_left_waiting",
                 "Phones that left while a read or write of theirs was being answered "
-                "(bluetoothd 5.66 to 5.87 may crash about 5 s later).",
+                f"(bluetoothd, {BLUEZ_AFFECTED}, may crash about 5 s later).",
                 value=status["left_waiting"]["phones"])
         yield from _unattended(status)
         characteristics = status["characteristics"].items()

@@ -365,23 +365,52 @@ async def test_a_phone_that_leaves_while_its_read_waits_is_named(
     portal.set_callbacks({**controller.callbacks(), "get_control_targets": hung})
     await trio.to_thread.run_sync(portal.start)
     try:
-        quiet = await bluez.connect_central(address="11:22:33:44:55:01")
-        await quiet.read(UUID["stage_state"])
-        await quiet.disconnect()
-        central = await bluez.connect_central(address="11:22:33:44:55:02")
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_read_ignoring_the_end, central)
-            await eventually(lambda: len(hung.calls) == 1)
-            caplog.clear()
-            with caplog.at_level(logging.WARNING, logger="mushpi_ble"):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="mushpi_ble"):
+            quiet = await bluez.connect_central(address="11:22:33:44:55:01")
+            await quiet.read(UUID["stage_state"])
+            await quiet.disconnect()
+            central = await bluez.connect_central(address="11:22:33:44:55:02")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_read_ignoring_the_end, central)
+                await eventually(lambda: len(hung.calls) == 1)
                 await central.disconnect()
                 await eventually(lambda: portal.get_status()["left_waiting"]["phones"] == 1)
-            hung.release.set()
+                hung.release.set()
         assert portal.get_status()["left_waiting"] == {"phones": 1, "requests": 1}
         warned = [r.getMessage() for r in caplog.records if "phone left before" in r.getMessage()]
         assert len(warned) == 1 and "dev_11_22_33_44_55_02" in warned[0], warned
         assert "requests=1" in warned[0]
         assert "mushpi_ble_phones_left_waiting_total 1.0" in _metrics(portal)
+    finally:
+        hung.release.set()
+        await trio.to_thread.run_sync(portal.stop)
+
+
+async def test_phones_counted_gone_because_bluetoothd_went_are_not_blamed(
+    bus_address: str, bluez: FakeBluez, gates: list[Gate], caplog: pytest.LogCaptureFixture
+) -> None:
+    """bluetoothd restarting (or crashing) ends every link at once: a phone whose read
+    was being answered then did not leave on its own, and is neither counted nor named
+    (the log beside a bluetoothd crash must not blame a bystander)."""
+    controller = SimulatedController(seed=1)
+    portal = BlePortal(make_settings(), bus=bus_address)
+    hung = _gate(gates, controller.get_control_targets())
+    portal.set_callbacks({**controller.callbacks(), "get_control_targets": hung})
+    await trio.to_thread.run_sync(portal.start)
+    try:
+        central = await bluez.connect_central(address="11:22:33:44:55:03")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_read_ignoring_the_end, central)
+            await eventually(lambda: len(hung.calls) == 1)
+            caplog.clear()
+            with caplog.at_level(logging.WARNING, logger="mushpi_ble"):
+                await bluez.restart(graceful=False)
+                await eventually(lambda: portal.get_status()["restarts"] >= 1, timeout=10)
+            hung.release.set()
+            nursery.cancel_scope.cancel()  # the old bluetoothd's read waits for no one
+        assert portal.get_status()["left_waiting"] == {"phones": 0, "requests": 0}
+        assert not [r for r in caplog.records if "phone left before" in r.getMessage()]
     finally:
         hung.release.set()
         await trio.to_thread.run_sync(portal.stop)

@@ -44,6 +44,7 @@ from .errors import (
     invalid_value_length,
     refusal,
 )
+from .in_flight import BLUEZ_AFFECTED, InFlight
 from .model import (
     Characteristic,
     GattDefinitionError,
@@ -79,6 +80,7 @@ __all__ = [
     "AGENT_MANAGER_IFACE",
     "AGENT_MANAGER_PATH",
     "BLUEZ",
+    "BLUEZ_AFFECTED",
     "DEADLINE_ERROR",
     "DEVICE_IFACE",
     "DEVICE_INFORMATION",
@@ -107,6 +109,7 @@ __all__ = [
     "GattApplication",
     "GattDefinitionError",
     "GattError",
+    "InFlight",
     "IncompleteValue",
     "Pairing",
     "PairingWindow",

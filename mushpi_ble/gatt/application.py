@@ -23,7 +23,7 @@ from mushpi_ble.dbus import CallContext, Connection, DBusError, Interface, Metho
 from .access import READ, WRITE, AccessGate
 from .devices import Central
 from .errors import NOT_PERMITTED, NOT_SUPPORTED, GattError
-from .in_flight import InFlight
+from .in_flight import BLUEZ_AFFECTED, InFlight
 from .long_write import LongWrites
 from .model import (
     Characteristic,
@@ -317,18 +317,20 @@ class GattApplication:
         state.confirmations += 1
 
     # -- notify sockets ---------------------------------------------------------------
-    def device_left(self, device: str) -> None:
+    def device_left(self, device: str, *, link_ended: bool = True) -> None:
         """A phone disconnected: it is no longer a reason to stay on signals (and a
-        StartNotify from now on belongs to a phone that comes, see replay_subscriptions)."""
+        StartNotify from now on belongs to a phone that comes, see replay_subscriptions).
+        ``link_ended``: its own link went (False: bluetoothd went, with every link), so
+        requests it left open are counted and named."""
         self._last_left = trio.current_time()
         self._sockets.device_left(device)
-        waiting = self.in_flight.device_left(device)
+        waiting = self.in_flight.device_left(device) if link_ended else 0
         if waiting:
             log.warning(
-                "phone left before we answered device=%s requests=%d: bluetoothd (BlueZ "
-                "5.66 to 5.87) keeps such a request and may crash about 5 s after it; "
-                "a controller callback that answers quickly keeps this rare (README, "
-                "'Against the real bluetoothd')", device, waiting)
+                "phone left before we answered device=%s requests=%d: bluetoothd (%s) "
+                "keeps such a request and may crash about 5 s after it; a controller "
+                "callback that answers quickly keeps this rare (README, 'Against the "
+                "real bluetoothd')", device, waiting, BLUEZ_AFFECTED)
 
     def phones(self) -> dict[str, dict[str, Any]]:
         """Per device: its acquired sockets, MTU, queues and counters."""

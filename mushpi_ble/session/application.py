@@ -7,7 +7,7 @@ from typing import Any
 
 from ..dbus import ConnectionLost, DBusError
 from ..errors import RegistrationRefused
-from ..gatt import GattApplication
+from ..gatt import GattApplication, InFlight
 from .step import CentralConnected, CentralLeft, SessionEvent, Step
 
 DATABASE_FAILED = "Failed to create entry in database"
@@ -66,7 +66,9 @@ class Application(Step):
 
     def on_event(self, event: SessionEvent) -> None:
         if isinstance(event, CentralLeft) and self.app is not None:
-            self.app.device_left(event.central.path)  # no longer a reason to stay on signals
+            # no longer a reason to stay on signals; requests it left open count only
+            # when its own link ended (not when bluetoothd went away)
+            self.app.device_left(event.central.path, link_ended=not event.session_ended)
         elif (isinstance(event, CentralConnected) and event.central.bonded
               and self.app is not None and self.registered):
             # bluetoothd kept its subscriptions and will answer its CCC writes itself
@@ -78,7 +80,5 @@ class Application(Step):
             "registered": self.registered,
             "subscriptions": ({s.spec.name: s.subscribed for s in app.characteristics
                                if s.spec.notifies} if app is not None else {}),
-            "left_waiting": ({"phones": app.in_flight.phones_left_waiting,
-                              "requests": app.in_flight.requests_outlived_link}
-                             if app is not None else {"phones": 0, "requests": 0}),
+            "left_waiting": (app.in_flight if app is not None else InFlight()).counts(),
         }

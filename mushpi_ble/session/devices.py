@@ -22,6 +22,7 @@ class Devices(Step):
         self.tracker: DeviceTracker | None = None
         self.connects = 0
         self.disconnects = 0
+        self._forgetting = False
 
     def detach(self) -> None:
         super().detach()
@@ -37,7 +38,11 @@ class Devices(Step):
 
     def forget(self) -> None:
         if self.tracker is not None:
-            self.tracker.clear()
+            self._forgetting = True
+            try:
+                self.tracker.clear()
+            finally:
+                self._forgetting = False
 
     def note_request(self, device: str, mtu: int) -> None:
         """A request named ``device`` (from the application, before or after we follow)."""
@@ -50,7 +55,8 @@ class Devices(Step):
             self.host.announce(CentralConnected(central))
         else:
             self.disconnects += 1
-            self.host.announce(CentralLeft(central, any_connected=self.any_connected))
+            self.host.announce(CentralLeft(central, any_connected=self.any_connected,
+                                           session_ended=self._forgetting))
         self._on_connectivity(self.any_connected)
         self.host.changed()
 

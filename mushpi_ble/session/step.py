@@ -35,6 +35,8 @@ class CentralLeft:
     central: Central
     any_connected: bool
     """Whether another central is still connected."""
+    session_ended: bool = False
+    """Counted gone because bluetoothd went (a restart, a crash), not its own link."""
 
 
 @attrs.frozen

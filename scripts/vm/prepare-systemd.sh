@@ -43,8 +43,9 @@ EOF
     fi
 
     # This checkout's wheel, into the job folder (the guest sees it at the same path).
-    # An early preparation (CI, while scripts/test makes the venv) leaves it to the run.
-    if [ "$action" = prepare ] && [ ! -x "$VENV/bin/python" ]; then
+    # An early preparation (CI's, while scripts/test makes the venv: MUSHPI_VM_NO_WHEEL,
+    # as a venv half made has python but no pip yet) leaves it to the run.
+    if [ "$action" = prepare ] && { [ -n "${MUSHPI_VM_NO_WHEEL:-}" ] || [ ! -x "$VENV/bin/python" ]; }; then
         say "no venv yet ($VENV): the wheel is built when the lane runs"
         GUEST_INIT=$repo/scripts/vm/systemd-init
         GUEST_WHEELHOUSE=$wheels
