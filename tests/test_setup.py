@@ -158,7 +158,8 @@ def test_dry_run_prints_every_file_and_command_and_changes_nothing(
     out = setup(capsys, "--root", str(root), "--standalone", "--dry-run")
     assert snapshot(root) == before
     for path in (files.UDEV_RULE, files.POLICY, files.SETTINGS,
-                 files.UNIT_DIR / files.STANDALONE_UNIT):
+                 files.UNIT_DIR / files.STANDALONE_UNIT,
+                 files.dropin_path(files.BLUETOOTHD_UNIT)):
         assert f"would write {path}" in out
     assert "would run: useradd --system" in out
     assert "    | KERNEL==\"rfkill\"" in out
@@ -285,3 +286,15 @@ def test_systemd_accepts_the_bluetoothd_drop_in(root: Path,
     setup(capsys, "--root", str(root), "--unit", CONTROLLER)
     output = verify(root, files.BLUETOOTHD_UNIT)
     assert [line for line in output.splitlines() if "50-mushpi-ble" in line] == [], output
+
+
+def test_dry_run_without_a_unit_still_reloads_for_the_bluetoothd_drop_in(
+        root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With neither --unit nor --standalone, setup still writes bluetooth.service's
+    drop-in, and systemd must read it: a dry run says both, as a real run does them."""
+    out = setup(capsys, "--root", str(root), "--dry-run")
+    assert f"would write {files.dropin_path(files.BLUETOOTHD_UNIT)}" in out
+    assert "systemctl daemon-reload" in out
+    real = setup(capsys, "--root", str(root))
+    assert f"wrote {files.dropin_path(files.BLUETOOTHD_UNIT)}" in real
+    assert "systemctl daemon-reload" in real

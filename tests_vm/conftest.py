@@ -192,24 +192,31 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def merged_metrics(earlier: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
-    """This run's figures over an earlier step's of the same boot (scripts/vm/guest-init
-    runs the suite, then the Bumble step): the passes of both, the first step's start."""
-    merged = {**earlier, **summary}
-    if "passes" in earlier:
-        merged["passes"] = list(dict.fromkeys([*earlier["passes"], *summary.get("passes", [])]))
-    if "suite_started_uptime_s" in earlier:
-        merged["suite_started_uptime_s"] = earlier["suite_started_uptime_s"]
+    """This run's figures beside an earlier step's of the same boot (scripts/vm/steps.sh
+    runs the suite, then the Bumble step): a figure both measured keeps the earlier
+    step's (the Bumble step's own classic-pass start is not the suite's), the passes of
+    both are listed, and the end is this run's."""
+    merged = {**summary, **earlier}
+    merged["passes"] = list(dict.fromkeys([*earlier.get("passes", []),
+                                           *summary.get("passes", [])]))
+    merged["suite_finished_uptime_s"] = summary["suite_finished_uptime_s"]
     return merged
+
+
+def _earlier_metrics(path: Path) -> dict[str, Any]:
+    """An earlier step's figures; none when there are none or they cannot be read."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     METRICS.set("suite_finished_uptime_s", _uptime())
-    summary = METRICS.summary()
-    path = JOB / "metrics.json"
-    with contextlib.suppress(OSError, ValueError):
-        earlier = json.loads(path.read_text()) if path.exists() else {}
-        path.write_text(json.dumps(merged_metrics(earlier, summary), indent=2, sort_keys=True)
-                        + "\n")
+    summary = merged_metrics(_earlier_metrics(JOB / "metrics.json"), METRICS.summary())
+    with contextlib.suppress(OSError):
+        (JOB / "metrics.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     terminalreporter.section("real bluetoothd figures (ms unless named _s)")
     for key in sorted(summary):
         terminalreporter.write_line(f"{key:40} {summary[key]}")

@@ -32,6 +32,7 @@ import contextlib
 import json
 import struct
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -987,6 +988,7 @@ def test_service_changed_for_a_bonded_phone_after_bluetoothd_restarts(
         bumble.run(link.disconnect(), 20)
     try:
         wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
+        assert bluetoothd.exited() is None, "bluetoothd died before this case restarted it"
         bluetoothd.stop()
         bluetoothd.start("bumble", BUMBLE_CONFIG, helper=False)  # hci3 is Bumble's
         again = bumble.connect(mtu=23, encrypt=True, discover=False)
@@ -1057,24 +1059,49 @@ BLUEZ_PENDING_OP = (
 ATTRIBUTE_TIMEOUT_S = 5.0
 """gatt-db's own deadline for an attribute's read or write (src/shared/gatt-db.c
 ATTRIBUTE_TIMEOUT)."""
-SLOW_READ_S = 1.5
+
+
+class ControllerGate:
+    """A controller callback held until released (a busy controller: bluetoothd waits
+    for our ReadValue or WriteValue reply meanwhile); ``entered`` once it was called."""
+
+    def __init__(self, body: Callable[..., Any]) -> None:
+        self.body = body
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, *args: Any) -> Any:
+        self.entered.set()
+        self.release.wait(30)
+        return self.body(*args)
 
 
 @contextlib.contextmanager
-def slow_controller(bumble: BumbleLab) -> Iterator[None]:
-    """The controller answers reads after ``SLOW_READ_S`` (a busy controller; bluetoothd
-    waits for our ReadValue reply meanwhile)."""
-    controller = bumble.lab.controller
-    controller.getter_delay_s = SLOW_READ_S
+def held(bumble: BumbleLab, callback: str) -> Iterator[ControllerGate]:
+    """The lab controller's ``callback`` behind a gate while the block runs."""
+    body = bumble.lab.controller.callbacks()[callback]
+    gate = ControllerGate(body)
+    bumble.lab.portal.set_callbacks({callback: gate})
     try:
-        yield
+        yield gate
     finally:
-        controller.getter_delay_s = 0.0
+        gate.release.set()
+        bumble.lab.portal.set_callbacks({callback: body})
 
 
 def _left_waiting(bumble: BumbleLab) -> int:
     """Phones the peripheral saw leave while a request of theirs was being answered."""
     return int(bumble.lab.status()["left_waiting"]["phones"])
+
+
+def leave_while_held(bumble: BumbleLab, link: Link, gate: ControllerGate, before: int) -> None:
+    """Once the request is with the controller, the phone leaves; the peripheral counts
+    it (within 15 s), then the controller answers."""
+    assert gate.entered.wait(15), "the request never reached the controller"
+    bumble.run(link.disconnect(), 20)
+    with contextlib.suppress(pytest.fail.Exception):
+        wait_for(lambda: _left_waiting(bumble) > before, 15, "the departure counted")
+    gate.release.set()
 
 
 def counted_then_recover(
@@ -1090,16 +1117,20 @@ def counted_then_recover(
         pytest.fail(f"left_waiting went up by {counted}, not 1")
 
 
-def bluetoothd_died(bumble: BumbleLab, bluetoothd: Bluetoothd, within_s: float) -> int | None:
+def bluetoothd_died(
+    bumble: BumbleLab, bluetoothd: Bluetoothd, within_s: float, *, wait_registered: bool = True
+) -> int | None:
     """bluetoothd's exit status if it dies within ``within_s``; then a new one is started
-    (hci3 stays Bumble's) and the lab's portal registers on it."""
-    with contextlib.suppress(BaseException):
+    (hci3 stays Bumble's) and, unless told not to (the portal is stopped), the lab's
+    portal waited for until it registered on it."""
+    with contextlib.suppress(pytest.fail.Exception):
         wait_for(lambda: bluetoothd.exited() is not None, within_s, "bluetoothd to die")
     died = bluetoothd.exited()
     if died is not None:
         bluetoothd.stop()
         bluetoothd.start("bumble", BUMBLE_CONFIG, helper=False)
-        wait_for(lambda: bumble.lab.status()["registered"], 40, "the portal registered again")
+        if wait_registered:
+            wait_for(lambda: bumble.lab.status()["registered"], 40, "the portal registered")
     return died
 
 
@@ -1107,8 +1138,8 @@ def served_then_registered_again(
     bumble: BumbleLab, bluetoothd: Bluetoothd, h: int, asked: float
 ) -> None:
     """What must hold after a central left with a request pending (sent at monotonic
-    ``asked``): bluetoothd alive past gatt-db's read timeout, the next central served,
-    and bluetoothd alive through our own re-registration (stop: UnregisterApplication
+    ``asked``): bluetoothd alive past gatt-db's timeout, the next central served, and
+    bluetoothd alive through our own re-registration (stop: UnregisterApplication
     frees our characteristics in bluetoothd; start), as a restart of the controller's
     service does. Where bluetoothd dies, the test is an expected failure naming when
     (BLUEZ_PENDING_OP)."""
@@ -1128,9 +1159,11 @@ def served_then_registered_again(
     wait_for(lambda: bumble.lab.status()["connection_count"] == 0, 15, "Bumble gone")
     portal = bumble.lab.portal
     portal.stop()
-    died = bluetoothd_died(bumble, bluetoothd, 3)
-    portal.start()
-    wait_for(lambda: bumble.lab.status()["registered"], 30, "the portal registered again")
+    try:
+        died = bluetoothd_died(bumble, bluetoothd, 3, wait_registered=False)
+    finally:
+        portal.start()
+    wait_for(lambda: bumble.lab.status()["registered"], 40, "the portal registered again")
     if died is not None:
         pytest.xfail(
             f"bluetoothd ({GENERATION}) ended with {died} at our UnregisterApplication: "
@@ -1152,12 +1185,12 @@ def test_a_second_request_before_the_first_response(
     link = bumble.connect(mtu=23)
     h = handle(link, "stage_state")
     try:
-        with slow_controller(bumble):
+        with held(bumble, "get_stage_data") as gate:
             read = att.ATT_Read_Request(attribute_handle=h)
             asked = time.monotonic()
             bumble.run(link.send_raw(read, read))
+            assert gate.entered.wait(15), "the first read never reached the controller"
             bumble.run(link.wait_disconnected(20), 25)
-            time.sleep(SLOW_READ_S)  # our reply to the first read goes out meanwhile
     finally:
         bumble.run(link.disconnect(), 20)
     served_then_registered_again(bumble, bluetoothd, h, asked)
@@ -1175,31 +1208,12 @@ def test_a_central_that_leaves_while_its_read_is_pending(
     link = bumble.connect(mtu=23)
     h = handle(link, "stage_state")
     before = _left_waiting(bumble)
-    with slow_controller(bumble):
+    with held(bumble, "get_stage_data") as gate:
         asked = time.monotonic()
         bumble.run(link.send_raw(att.ATT_Read_Request(attribute_handle=h)))
-        time.sleep(0.3)  # the ReadValue is with the slow controller
-        bumble.run(link.disconnect(), 20)
-        time.sleep(SLOW_READ_S)  # our reply goes out meanwhile
+        leave_while_held(bumble, link, gate, before)
     counted_then_recover(bumble, bluetoothd, before, asked)
     served_then_registered_again(bumble, bluetoothd, h, asked)
-
-
-@contextlib.contextmanager
-def slow_setter(bumble: BumbleLab) -> Iterator[None]:
-    """The controller takes ``SLOW_READ_S`` to apply control targets (bluetoothd waits
-    for our WriteValue reply meanwhile)."""
-    portal, controller = bumble.lab.portal, bumble.lab.controller
-
-    def slow_set(values: dict[str, Any]) -> None:
-        time.sleep(SLOW_READ_S)
-        controller.set_control_targets(values)
-
-    portal.set_callbacks(set_control_targets=slow_set)
-    try:
-        yield
-    finally:
-        portal.set_callbacks(set_control_targets=controller.set_control_targets)
 
 
 def test_a_central_that_leaves_while_its_write_is_pending(
@@ -1213,12 +1227,10 @@ def test_a_central_that_leaves_while_its_write_is_pending(
     h = handle(link, "control_targets")
     stage_handle = handle(link, "stage_state")
     before = _left_waiting(bumble)
-    with slow_setter(bumble):
+    with held(bumble, "set_control_targets") as gate:
         asked = time.monotonic()
         write = att.ATT_Write_Request(attribute_handle=h, attribute_value=targets(co2=2300))
         bumble.run(link.send_raw(write))
-        time.sleep(0.3)  # the WriteValue is with the slow controller
-        bumble.run(link.disconnect(), 20)
-        time.sleep(SLOW_READ_S)  # the controller applied it; our reply goes out
+        leave_while_held(bumble, link, gate, before)
     counted_then_recover(bumble, bluetoothd, before, asked)
     served_then_registered_again(bumble, bluetoothd, stage_handle, asked)

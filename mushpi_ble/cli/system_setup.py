@@ -261,7 +261,7 @@ def set_up(ctx: Context, args: argparse.Namespace) -> None:
         ctx.manifest["trees"].append(state_dir)  # systemd makes it (StateDirectory): ours
     units: list[str] = []  # the service's own units (check reads the first)
     reload = write_file(ctx, files.dropin_path(files.BLUETOOTHD_UNIT),
-                        files.bluetoothd_dropin_text())
+                        files.bluetoothd_dropin_text()) or ctx.dry_run
     if args.standalone:
         written = write_file(ctx, files.SETTINGS, render_env_example(), mode=0o640,
                              group=user, keep_existing=True)

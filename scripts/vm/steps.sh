@@ -3,10 +3,12 @@
 # (junit-<step>.xml: scripts/vm/steps.py counts them for vm-test's summary): the
 # end-to-end suite, then the Bumble step (tests_vm/test_85_bumble.py: a central that is
 # not BlueZ, once, in the classic pass). Arguments naming test files run as one step,
-# exactly as named. The caller provides: $job, $MUSHPI_VM_VENV, $suite_timeout (seconds
-# for all steps), $console (where pytest's output is echoed), out() and uptime_s().
-# run_steps sets $steps_rc: 5 (pytest's "no test selected") only when no step ran a
-# test, else the first failing step's code, else 0.
+# exactly as named (an option's value that names a file goes as --opt=value: two words,
+# `--deselect x.py::t`, read as a named file). The caller provides: $job,
+# $MUSHPI_VM_VENV, $suite_timeout (seconds for all steps), $console (where pytest's
+# output is echoed), out() and uptime_s(). run_steps sets $steps_rc: 5 (pytest's "no
+# test selected") only when no step ran a test, else the first failing step's code,
+# else 0.
 # No plugin autoload: pytest-trio's plugin imports hypothesis, ~9 s under
 # emulation, and this suite needs neither.
 BUMBLE_TESTS=test_85_bumble.py
@@ -43,7 +45,9 @@ run_steps() {  # run_steps [pytest args]
         run_step suite "$suite_timeout" --ignore="$BUMBLE_TESTS" "$@"
         steps_rc=$(cat "$job/pytest-suite.rc" 2>/dev/null)
     else
-        run_step suite "$((suite_timeout - BUMBLE_RESERVE_S))" --ignore="$BUMBLE_TESTS" "$@"
+        limit=$((suite_timeout - BUMBLE_RESERVE_S))
+        [ "$limit" -ge 60 ] || limit=$((suite_timeout / 2))
+        run_step suite "$limit" --ignore="$BUMBLE_TESTS" "$@"
         left=$((deadline - $(uptime_s)))
         [ "$left" -ge 60 ] || left=60
         (MUSHPI_VM_PASSES=att && export MUSHPI_VM_PASSES && run_step bumble "$left" "$BUMBLE_TESTS" "$@")
