@@ -41,6 +41,10 @@ case "$outcome" in
         >"$MUSHPI_VM_LOGS/console.log"; exit 1 ;;
     other-oops) printf '%s\n' "kernel BUG at mm/slub.c:1!" " kfree+0x1/0x2" \
         >"$MUSHPI_VM_LOGS/console.log"; exit 1 ;;
+    controllers-gone) echo "E   Failed: timed out after 30 s waiting for bluetoothd (att)" \
+        "with hci0 to hci3 powered" >"$MUSHPI_VM_LOGS/pytest.log"; exit 1 ;;
+    no-adapters-only) echo "INFO supervisor finding-adapter -> backing-off reason=adapter" \
+        "'hci0' not found; bluetoothd has: no adapters" >"$MUSHPI_VM_LOGS/pytest.log"; exit 1 ;;
 esac
 """
 
@@ -107,5 +111,21 @@ def test_a_lane_whose_guest_kernel_bluetooth_stack_oopsed_runs_once_more(
 
 def test_an_oops_outside_bluetooth_is_not_run_again(tmp_path: Path) -> None:
     result, runs = run_vm_test(tmp_path, ["other-oops", "pass"])
+    assert runs == 1
+    assert result.returncode == 1
+
+
+def test_a_lane_whose_controllers_never_came_back_runs_once_more(tmp_path: Path) -> None:
+    """bluetoothd's start timed out waiting for the emulated controllers: the radio."""
+    result, runs = run_vm_test(tmp_path, ["controllers-gone", "pass"])
+    assert runs == 2
+    assert result.returncode == 0, result.stderr
+    assert "controllers vanished" in result.stderr
+
+
+def test_no_adapters_for_a_moment_is_not_the_radio(tmp_path: Path) -> None:
+    """The portal says "no adapters" after every bluetoothd restart (the Bumble step
+    restarts it): a failing test beside that line is a failure, not a rerun."""
+    result, runs = run_vm_test(tmp_path, ["no-adapters-only", "pass"])
     assert runs == 1
     assert result.returncode == 1

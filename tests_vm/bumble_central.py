@@ -39,7 +39,7 @@ import struct
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from bumble import att, hci
 from bumble.core import UUID
@@ -59,7 +59,10 @@ STATIC_RANDOM = "F0:F1:F2:F3:F4:F5"  # the top two bits set: a static random add
 # address, the one it distributes when it pairs), the static random one (another device
 # to bluetoothd), or a new resolvable private address made from Bumble's IRK (the same
 # device, as a phone with privacy on looks each time it comes back).
-OWN_PUBLIC, OWN_STATIC, OWN_RPA = "public", "static", "rpa"
+OwnAddress = Literal["public", "static", "rpa"]
+OWN_PUBLIC: OwnAddress = "public"
+OWN_STATIC: OwnAddress = "static"
+OWN_RPA: OwnAddress = "rpa"
 SERVICE_CHANGED = UUID.from_16_bits(0x2A05)
 DATABASE_HASH = UUID.from_16_bits(0x2B2A)
 GATT_SERVICE = UUID.from_16_bits(0x1801)
@@ -160,7 +163,7 @@ class BumbleCentral:
         self.device.random_address = address
 
     async def connect(
-        self, address: str, *, mtu: int = 23, timeout: float = 30.0, own: str = OWN_PUBLIC
+        self, address: str, *, mtu: int = 23, timeout: float = 30.0, own: OwnAddress = OWN_PUBLIC
     ) -> Link:
         """Connect to ``address`` (public) with this server MTU maximum; no MTU request.
         ``own``: which of Bumble's addresses the link comes from (``OWN_*``); with
@@ -170,6 +173,8 @@ class BumbleCentral:
         if own == OWN_PUBLIC:
             own_type, own_address = OwnAddressType.PUBLIC, self.address
         else:
+            if own not in (OWN_STATIC, OWN_RPA):
+                raise ValueError(f"own address {own!r}: one of public, static, rpa")
             random = (
                 Address(STATIC_RANDOM, Address.RANDOM_DEVICE_ADDRESS)
                 if own == OWN_STATIC

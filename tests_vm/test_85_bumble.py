@@ -52,6 +52,7 @@ from bumble_central import (
     AttError,
     BumbleCentral,
     Link,
+    OwnAddress,
     PasskeyKeyboard,
     RawRequest,
 )
@@ -132,7 +133,12 @@ class BumbleLab:
         return self.loop.run(coro, timeout)
 
     def connect(
-        self, mtu: int, *, encrypt: bool = False, own: str = OWN_PUBLIC, discover: bool = True
+        self,
+        mtu: int,
+        *,
+        encrypt: bool = False,
+        own: OwnAddress = OWN_PUBLIC,
+        discover: bool = True,
     ) -> Link:
         """A new link (Bumble's server maximum ``mtu``, from Bumble's ``own`` address),
         the MushPi service discovered unless ``discover`` is False (a bonded phone that
@@ -913,7 +919,7 @@ def ranges_indicated(
     link: Link, service_changed: int, quiet_s: float, bumble: BumbleLab
 ) -> list[tuple[int, int]]:
     """Every Service Changed range indicated on ``link`` until ``quiet_s`` pass without one."""
-    ranges = []
+    ranges: list[tuple[int, int]] = []
     while True:
         try:
             got, value = bumble.run(link.next_indication(quiet_s), quiet_s + 5)
