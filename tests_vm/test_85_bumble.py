@@ -1185,9 +1185,9 @@ def test_a_second_request_before_the_first_response(
     link (bluetoothd shuts the bearer, src/shared/att.c: "Received request while another
     is pending"); the next central is served, and bluetoothd lives on, through our own
     re-registration too. It does not on 5.66 and 5.82 (BLUEZ_PENDING_OP): an expected
-    failure while BlueZ has the bug; a BlueZ without it passes. (The peripheral cannot
-    count this central in ``left_waiting``: only its ATT bearer is shut at once, and
-    Device1 says Connected false seconds later, when the read was long answered.)"""
+    failure while BlueZ has the bug; a BlueZ without it passes. (``left_waiting`` is not
+    asserted here: the ATT bearer is shut at once, and Device1 can say Connected false
+    only seconds later, after the read was answered.)"""
     link = bumble.connect(mtu=23)
     h = handle(link, "stage_state")
     try:
