@@ -14,6 +14,8 @@ from mushpi_ble.gatt import GattApplication, replay_on_reconnect
 from mushpi_ble.portal import BlePortal
 from mushpi_ble.protocol import CHARACTERISTIC_UUIDS
 from mushpi_ble.testing.fakebluez import FakeBluez, FakeCentral
+from mushpi_ble.testing.fakebluez.gatt_db import Characteristic
+from mushpi_ble.testing.fakebluez.uuids import normalize_uuid
 
 ENV = CHARACTERISTIC_UUIDS["env_measurements"]
 PHONE = "11:22:33:44:55:66"
@@ -43,6 +45,13 @@ def test_replay_on_reconnect(why: str, bonded: bool, notifying: bool, subscribed
 
 def co2(packet: bytes) -> int:
     return int(struct.unpack_from("<H", packet)[0])
+
+
+def fake_chrc(bluez: FakeBluez, uuid: str) -> Characteristic:
+    """The fake bluetoothd's own record of a registered characteristic."""
+    wanted = normalize_uuid(uuid)
+    return next(chrc for app in bluez.adapter().gatt.registered()
+                for chrc in app.characteristics() if chrc.uuid == wanted)
 
 
 def app_of(portal: BlePortal) -> GattApplication:
@@ -118,9 +127,12 @@ async def test_a_bonded_phone_back_with_notify_sockets_gets_the_current_value(
             await status_until(rig.portal, lambda s: s["connection_count"] == 0)
             await eventually(lambda: bool(app.state("env_measurements").sockets)
                              is shared_socket)
+            reads = fake_chrc(bluez, ENV).socket_reads
             rig.portal.publish_env(20.0, 80.0, 950, 1)  # while the phone is away
             await eventually(lambda: rig.portal.get_status()["characteristics"][
                 "env_measurements"]["pending"] == 0)
+            if shared_socket:  # bluetoothd has read it from the kept socket, for no one
+                await eventually(lambda: fake_chrc(bluez, ENV).socket_reads > reads)
             back = await bluez.connect_central(address=PHONE)
             await back.subscribe(ENV)
             packet = await back.next_notification(ENV, timeout=5.0)

@@ -536,6 +536,7 @@ class FakeCentral:
                         chrc.shared_notify = None
                     sock.close()
                     return
+                chrc.socket_reads += 1
                 self.adapter.notify(app, chrc, data, only=None if shared else self, via=sock)
 
     def over_the_air(self, chrc: Characteristic, value: bytes, *, indication: bool) -> None:

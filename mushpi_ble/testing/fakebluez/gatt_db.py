@@ -168,6 +168,7 @@ class Characteristic:
     removed: bool = False
     write_socket: socket.socket | None = None  # from AcquireWrite, shared by all devices
     shared_notify: Any = None  # before 5.69: the one notify socket of every subscriber
+    socket_reads: int = 0  # values read from notify sockets (delivered or not), for tests
 
     @property
     def can_notify(self) -> bool:
