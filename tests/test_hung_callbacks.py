@@ -359,11 +359,7 @@ async def test_a_phone_that_leaves_while_its_read_waits_is_named(
     before we answered it (README, "Against the real bluetoothd"): such a departure is
     counted in the status and logged as a WARNING naming the phone; a phone that leaves
     with nothing open is neither."""
-    controller = SimulatedController(seed=1)
-    portal = BlePortal(make_settings(), bus=bus_address)
-    hung = _gate(gates, controller.get_control_targets())
-    portal.set_callbacks({**controller.callbacks(), "get_control_targets": hung})
-    await trio.to_thread.run_sync(portal.start)
+    portal, hung = await _started_with_hung_targets(bus_address, gates)
     try:
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="mushpi_ble"):
@@ -393,11 +389,7 @@ async def test_phones_counted_gone_because_bluetoothd_went_are_not_blamed(
     """bluetoothd restarting (or crashing) ends every link at once: a phone whose read
     was being answered then did not leave on its own, and is neither counted nor named
     (the log beside a bluetoothd crash must not blame a bystander)."""
-    controller = SimulatedController(seed=1)
-    portal = BlePortal(make_settings(), bus=bus_address)
-    hung = _gate(gates, controller.get_control_targets())
-    portal.set_callbacks({**controller.callbacks(), "get_control_targets": hung})
-    await trio.to_thread.run_sync(portal.start)
+    portal, hung = await _started_with_hung_targets(bus_address, gates)
     try:
         central = await bluez.connect_central(address="11:22:33:44:55:03")
         async with trio.open_nursery() as nursery:
@@ -414,6 +406,18 @@ async def test_phones_counted_gone_because_bluetoothd_went_are_not_blamed(
     finally:
         hung.release.set()
         await trio.to_thread.run_sync(portal.stop)
+
+
+async def _started_with_hung_targets(
+    bus_address: str, gates: list[Gate]
+) -> tuple[BlePortal, Gate]:
+    """A started portal whose controller holds every control-targets read at a gate."""
+    controller = SimulatedController(seed=1)
+    portal = BlePortal(make_settings(), bus=bus_address)
+    hung = _gate(gates, controller.get_control_targets())
+    portal.set_callbacks({**controller.callbacks(), "get_control_targets": hung})
+    await trio.to_thread.run_sync(portal.start)
+    return portal, hung
 
 
 async def _read_ignoring_the_end(central: Any) -> None:
