@@ -8,7 +8,7 @@ import struct
 
 import pytest
 import trio
-from rig import eventually, make_settings, start_rig, status_until
+from rig import Rig, eventually, make_settings, start_rig, status_until
 
 from mushpi_ble.gatt import GattApplication, replay_on_reconnect
 from mushpi_ble.portal import BlePortal
@@ -66,6 +66,18 @@ async def bonded_visit(bluez: FakeBluez) -> FakeCentral:
     return central
 
 
+async def first_visit(rig: Rig, bluez: FakeBluez) -> int:
+    """The bonded phone's first visit: it connects, subscribes, gets the current value
+    and leaves; that value's CO2."""
+    central = await bonded_visit(bluez)
+    await status_until(rig.portal, lambda s: s["connection_count"] == 1)
+    await central.subscribe(ENV)
+    first = co2((await central.next_notification(ENV)).value)
+    await central.disconnect()
+    await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+    return first
+
+
 async def test_a_bonded_phone_back_gets_the_current_value_once(bus_address: str) -> None:
     async with FakeBluez.serve(bus_address, keep_bonded_ccc=True) as bluez:
         rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_NOTIFY_MODE="signal"))
@@ -73,12 +85,7 @@ async def test_a_bonded_phone_back_gets_the_current_value_once(bus_address: str)
         await status_until(rig.portal, lambda s: s["state"] == "serving")
         try:
             rig.portal.publish_env(20.0, 80.0, 900, 1)
-            central = await bonded_visit(bluez)
-            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
-            await central.subscribe(ENV)
-            assert co2((await central.next_notification(ENV)).value) == 900
-            await central.disconnect()
-            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            assert await first_visit(rig, bluez) == 900
             assert rig.portal.get_status()["subscriptions"]["env_measurements"]  # kept
             rig.portal.publish_env(20.0, 80.0, 950, 1)  # while the phone is away
             await eventually(lambda: rig.portal.get_status()["characteristics"][
@@ -117,14 +124,9 @@ async def test_a_bonded_phone_back_with_notify_sockets_gets_the_current_value(
         await status_until(rig.portal, lambda s: s["state"] == "serving")
         try:
             rig.portal.publish_env(20.0, 80.0, 900, 1)
-            central = await bonded_visit(bluez)
-            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
-            await central.subscribe(ENV)
-            assert co2((await central.next_notification(ENV)).value) == 900
+            assert await first_visit(rig, bluez) == 900
             app = app_of(rig.portal)
-            acquired = app.state("env_measurements").sockets_acquired
-            await central.disconnect()
-            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            acquired = app.state("env_measurements").sockets_acquired  # leaving acquires none
             await eventually(lambda: bool(app.state("env_measurements").sockets)
                              is shared_socket)
             reads = fake_chrc(bluez, ENV).socket_reads
@@ -154,12 +156,7 @@ async def test_in_notify_mode_socket_a_bonded_phone_without_a_socket_is_named(
         rig = await start_rig(bus_address, bluez, make_settings(MUSHPI_BLE_NOTIFY_MODE="socket"))
         await status_until(rig.portal, lambda s: s["state"] == "serving")
         try:
-            central = await bonded_visit(bluez)
-            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
-            await central.subscribe(ENV)
-            await central.next_notification(ENV)
-            await central.disconnect()
-            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            await first_visit(rig, bluez)
             back = await bluez.connect_central(address=PHONE)
             await back.subscribe(ENV)
             await eventually(lambda: app_of(rig.portal).replay_looks >= 1)
@@ -180,12 +177,7 @@ async def test_a_phone_that_subscribes_anew_gets_it_once(bus_address: str) -> No
         await status_until(rig.portal, lambda s: s["state"] == "serving")
         try:
             rig.portal.publish_env(20.0, 80.0, 900, 1)
-            central = await bonded_visit(bluez)
-            await status_until(rig.portal, lambda s: s["connection_count"] == 1)
-            await central.subscribe(ENV)
-            await central.next_notification(ENV)
-            await central.disconnect()
-            await status_until(rig.portal, lambda s: s["connection_count"] == 0)
+            await first_visit(rig, bluez)
             back = await bluez.connect_central(address=PHONE)
             await back.subscribe(ENV)
             assert co2((await back.next_notification(ENV)).value) == 900
